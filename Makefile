@@ -1,0 +1,46 @@
+# streamagent: every command a person, the README and CI use.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEB_PACKAGES := ffmpeg flite fonts-dejavu-core
+
+.PHONY: run test bench lint setup system-deps example-plugin clean
+
+run: setup  ## set up and start the server on the embedded default
+	$(VENV)/bin/streamagent serve
+
+test: setup example-plugin  ## set up and run the whole test suite
+	$(PY) -m pytest -q
+
+bench: setup  ## measure ingest CPU, added latency and session memory
+	$(PY) -m benchmarks.run
+
+lint: setup
+	$(VENV)/bin/ruff check agent plugins tests
+	$(VENV)/bin/mypy
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	# silero-vad declares torch as a dependency, but we only use its bundled ONNX model.
+	$(PY) -m pip install -q --no-deps 'silero-vad>=5,<7'
+	touch $(STAMP)
+
+system-deps:  ## Debian packages: media tools for tests and `streamagent stream`
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+example-plugin: setup
+	$(PY) -m pip install -q -e examples/streamagent-colors
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

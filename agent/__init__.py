@@ -1,0 +1,45 @@
+"""streamagent: the public API that plugins import."""
+
+from agent.config import Config, HandlerConfig, ModelConfig, ProfileConfig, ServerConfig
+from agent.engine import Engine, ModelRequest, ThreadedEngine, Turn, iterate_in_thread
+from agent.errors import (
+    ConfigError,
+    EngineError,
+    InvalidMedia,
+    InvalidRequest,
+    StreamAgentError,
+)
+from agent.handler import Handler, HandlerContext, Mailbox, Question
+from agent.hookspecs import hookimpl, hookspec
+from agent.media import AUDIO_RATE, Frame, Modality, Window
+from agent.pool import LocalPool, Pool
+
+__all__ = [
+    "AUDIO_RATE",
+    "Config",
+    "ConfigError",
+    "Engine",
+    "EngineError",
+    "Frame",
+    "Handler",
+    "HandlerConfig",
+    "HandlerContext",
+    "InvalidMedia",
+    "InvalidRequest",
+    "LocalPool",
+    "Mailbox",
+    "ModelConfig",
+    "ModelRequest",
+    "Modality",
+    "Pool",
+    "ProfileConfig",
+    "Question",
+    "ServerConfig",
+    "StreamAgentError",
+    "ThreadedEngine",
+    "Turn",
+    "Window",
+    "hookimpl",
+    "hookspec",
+    "iterate_in_thread",
+]

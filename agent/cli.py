@@ -1,0 +1,126 @@
+"""The ``streamagent`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+
+import click
+
+from agent.config import load_config
+from agent.errors import ConfigError
+
+DEFAULT_URL = "ws://127.0.0.1:8000/v1/realtime?model=default"
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: "
+                        "%(message)s", datefmt="%H:%M:%S")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streamagent")
+def main() -> None:
+    """streamagent: stream camera frames and microphone audio over a websocket, get text back.
+
+    Start a server with `streamagent serve`, then point any OpenAI Realtime client at
+    ws://HOST:PORT/v1/realtime?model=default, or stream a file with `streamagent stream FILE`.
+    """
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to listen on [default: 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [default: 8000; 0 picks a free one].")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="YAML config: server limits, models, handlers, profiles (docs/config.md).")
+@click.option("--api-key", envvar="STREAMAGENT_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' [env: STREAMAGENT_API_KEY].")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(host: str | None, port: int | None, config_path: str | None, api_key: str | None,
+          log_level: str) -> None:
+    """Load the models and serve the realtime endpoint until SIGINT/SIGTERM."""
+    from agent.plugins import get_plugin_manager
+    from agent.runtime import Runtime
+    from agent.serve import serve_forever
+
+    _logging(log_level)
+    try:
+        config = load_config(config_path, host=host, port=port, api_key=api_key)
+        runtime = Runtime.build(config, get_plugin_manager())
+        asyncio.run(serve_forever(runtime))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve: {exc}") from None
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(as_json: bool) -> None:
+    """List the loaded plugins, the hooks each implements, and what they registered."""
+    from agent.plugins import collect, describe, get_plugin_manager
+
+    pm = get_plugin_manager()
+    found, reg = describe(pm), collect(pm)
+    if as_json:
+        click.echo(json.dumps({"plugins": found, "engines": sorted(reg.engines),
+                               "models": sorted(reg.models), "handlers": sorted(reg.handlers)},
+                              indent=2))
+        return
+    for p in found:
+        version = f" {p['version']}" if p["version"] else ""
+        click.echo(f"{p['name']}{version}\n  hooks: {', '.join(p['hooks'])}")
+    click.echo(f"engines:  {', '.join(sorted(reg.engines))}")
+    click.echo(f"models:   {', '.join(f'{n} ({m.engine})' for n, m in sorted(reg.models.items()))}")
+    click.echo(f"handlers: {', '.join(sorted(reg.handlers))}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--url", default=DEFAULT_URL, show_default=True, help="Realtime endpoint.")
+@click.option("--api-key", envvar="STREAMAGENT_API_KEY", default=None,
+              help="API key [env: STREAMAGENT_API_KEY].")
+@click.option("--speed", type=float, default=1.0, show_default=True,
+              help="Pace: 1 is real time, 2 twice as fast.")
+@click.option("--send-fps", type=float, default=10.0, show_default=True,
+              help="Video frames sent per second of media.")
+@click.option("--sample-fps", type=float, default=1.0, show_default=True,
+              help="Windows per second the server samples.")
+@click.option("--handlers", default=None, help="Comma-separated handlers [default: the "
+              "server's].")
+@click.option("--idle", type=float, default=3.0, show_default=True,
+              help="Seconds without news after the end before quitting.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per response.")
+def stream(path: str, url: str, api_key: str | None, speed: float, send_fps: float,
+           sample_fps: float, handlers: str | None, idle: float, as_json: bool) -> None:
+    """Stream a video or audio file (mp4, webm, avi, wav, ...) and print each response with
+    its window of media time and its handler."""
+    from dataclasses import asdict
+
+    from agent.streamer import stream_file
+
+    _logging("warning")
+
+    def show(reply: object) -> None:
+        line = json.dumps(asdict(reply)) if as_json else reply.line()  # type: ignore
+        click.echo(line)
+
+    names = [h.strip() for h in handlers.split(",") if h.strip()] if handlers else None
+    try:
+        _, stats = asyncio.run(stream_file(
+            path, url, speed=speed, send_fps=send_fps, sample_fps=sample_fps, handlers=names,
+            api_key=api_key or os.environ.get("OPENAI_API_KEY"), idle_s=idle, on_reply=show))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"sent {stats.frames} frames and {stats.audio_s:.1f} s of audio"
+               + (f"; skipped {stats.bad_packets} bad packets" if stats.bad_packets else ""),
+               err=True)
+    sys.exit(1 if stats.errors and not as_json else 0)
+
+
+if __name__ == "__main__":
+    main()

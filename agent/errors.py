@@ -1,0 +1,62 @@
+"""The error hierarchy. Each error knows its wire code and whether a retry may help.
+
+Only the session maps these to the wire (an ``error`` event, or a close code when fatal).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class StreamAgentError(Exception):
+    """Base of every error the gateway reports to a client."""
+
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "server_error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequest(StreamAgentError):
+    """A client event that cannot be acted on: bad JSON, unknown type, missing field."""
+
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class UnknownEvent(InvalidRequest):
+    code = "unknown_event"
+
+
+class InvalidMedia(InvalidRequest):
+    """A frame or audio chunk that cannot be decoded (corrupt JPEG, odd-length PCM16, ...)."""
+
+    code = "invalid_media"
+
+
+class RateLimited(InvalidRequest):
+    code = "rate_limit_exceeded"
+    retryable = True
+
+
+class NoActiveResponse(InvalidRequest):
+    code = "response_cancel_not_active"
+
+
+class UnknownModel(InvalidRequest):
+    code = "model_not_found"
+
+
+class EngineError(StreamAgentError):
+    """A model engine failed while generating. The session stays open."""
+
+    code = "engine_error"
+    retryable = True
+
+
+class ConfigError(Exception):
+    """Bad configuration, found at start-up (never mid-session)."""

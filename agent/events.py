@@ -1,0 +1,67 @@
+"""Server events of the OpenAI Realtime GA protocol, as plain dicts ready for ``json.dumps``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from agent.errors import StreamAgentError
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def event(type_: str, **fields: Any) -> dict[str, Any]:
+    return {"type": type_, "event_id": new_id("event"), **fields}
+
+
+def error(exc: StreamAgentError, client_event_id: str | None = None) -> dict[str, Any]:
+    return event(
+        "error",
+        error={
+            "type": exc.type,
+            "code": exc.code,
+            "message": exc.message,
+            "param": exc.param,
+            "event_id": client_event_id,
+        },
+    )
+
+
+def session_object(session_id: str, model: str, config: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "realtime", "object": "realtime.session", "id": session_id, "model": model,
+            **config}
+
+
+def message_item(item_id: str, text: str, status: str, role: str = "assistant") -> dict[str, Any]:
+    content_type = "output_text" if role == "assistant" else "input_text"
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "status": status,
+        "role": role,
+        "content": [{"type": content_type, "text": text}],
+    }
+
+
+def response_object(
+    response_id: str,
+    status: str,
+    metadata: dict[str, str],
+    output: list[dict[str, Any]],
+    status_details: dict[str, Any] | None = None,
+    output_tokens: int = 0,
+) -> dict[str, Any]:
+    return {
+        "object": "realtime.response",
+        "id": response_id,
+        "status": status,
+        "status_details": status_details,
+        "output": output,
+        "metadata": metadata,
+        "output_modalities": ["text"],
+        "usage": {"total_tokens": output_tokens, "input_tokens": 0,
+                  "output_tokens": output_tokens},
+    }

@@ -1,0 +1,102 @@
+"""Modality handlers: the per-session objects plugins register.
+
+A handler sees every window in order through ``feed`` (cheap, on the event loop), which returns
+a unit of work or ``None``. Work is handed to ``respond`` latest-wins: while a response is being
+generated, at most one newer unit waits and a still newer one replaces it (the drop is counted).
+``respond`` may yield nothing, which means "nothing worth saying". ``answer`` serves
+``response.create`` (question mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from agent.engine import ModelRequest, Turn
+from agent.media import Frame, Modality, Window
+from agent.pool import Pool
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerContext:
+    """What a handler gets from its session: the pool, its model and its options."""
+
+    pool: Pool
+    model: str | None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    session_id: str = ""
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[str]:
+        """Stream text from this handler's model."""
+        if self.model is None:
+            raise RuntimeError("this handler has no model configured")
+        return self.pool.stream(self.model, request)
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """A ``response.create``: the latest user text, the latest media and the conversation."""
+
+    text: str
+    instructions: str = ""
+    frame: Frame | None = None
+    frames: tuple[Frame, ...] = ()
+    window: Window | None = None
+    history: tuple[Turn, ...] = ()
+
+
+class Handler:
+    """Base class of every handler. Subclasses set ``name`` and ``modality``."""
+
+    name: ClassVar[str] = ""
+    modality: ClassVar[Modality] = "image"
+    default_model: ClassVar[str | None] = None
+    """The model used when the config names none."""
+    enabled_by_default: ClassVar[bool] = True
+    """Whether the default profile turns this handler on."""
+
+    def __init__(self, ctx: HandlerContext) -> None:
+        self.ctx = ctx
+
+    def feed(self, window: Window) -> object | None:
+        """Called for every window, in order. Return work for ``respond``, or ``None``."""
+        return window if window.has(self.modality) else None
+
+    async def respond(self, work: Any) -> AsyncIterator[str]:
+        """Live mode: stream a response to ``work``, or yield nothing to stay silent."""
+        return
+        yield  # pragma: no cover
+
+    async def answer(self, question: Question) -> AsyncIterator[str]:
+        """Question mode: stream this handler's part of the answer (nothing: no part)."""
+        return
+        yield  # pragma: no cover
+
+
+class Mailbox(Generic[T]):
+    """A one-slot latest-wins hand-off: ``put`` never blocks, a newer item replaces the older."""
+
+    def __init__(self) -> None:
+        self._item: T | None = None
+        self._full = False
+        self._ready = asyncio.Event()
+        self.dropped = 0
+
+    def put(self, item: T) -> None:
+        if self._full:
+            self.dropped += 1
+        self._item, self._full = item, True
+        self._ready.set()
+
+    async def get(self) -> T:
+        await self._ready.wait()
+        self._ready.clear()
+        item, self._item, self._full = self._item, None, False
+        return item  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return int(self._full)

@@ -1,0 +1,34 @@
+"""The plugin hooks. Each runs once at start-up and registers objects through a callback;
+per-window work happens in the async methods of those objects, never in a hook."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from agent.config import ModelConfig
+    from agent.engine import Engine
+    from agent.handler import Handler
+
+hookspec = pluggy.HookspecMarker("streamagent")
+hookimpl = pluggy.HookimplMarker("streamagent")
+
+
+@hookspec
+def register_engines(register: Callable[[type[Engine]], None]) -> None:
+    """Register engine classes, by their ``kind``: ``register(RapidOCREngine)``."""
+
+
+@hookspec
+def register_models(register: Callable[[str, ModelConfig], None]) -> None:
+    """Register default models by name: ``register("ocr", ModelConfig(engine="rapidocr"))``.
+
+    A model of the same name in the config file wins."""
+
+
+@hookspec
+def register_handlers(register: Callable[[type[Handler]], None]) -> None:
+    """Register handler classes, by their ``name``: ``register(TextInViewHandler)``."""

@@ -1,0 +1,128 @@
+"""A session's media path: sampler -> windows -> handlers, latest-wins for busy handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.handler import Handler, Mailbox
+from agent.media import Audio, Frame, Window
+from agent.runtime import Runtime
+from agent.sampler import Sampler
+
+log = logging.getLogger(__name__)
+OnWork = Callable[[Handler, Any], Awaitable[None]]
+MAX_RECENT_FRAMES = 64
+
+
+@dataclass
+class _Slot:
+    handler: Handler
+    mailbox: Mailbox[Any]
+    task: asyncio.Task[None]
+
+
+class LiveMedia:
+    """Owns the sampler, the handlers and their workers for one session."""
+
+    def __init__(
+        self, runtime: Runtime, session_id: str, on_work: OnWork, *, sample_fps: float,
+        video_window_s: float,
+    ) -> None:
+        self.runtime = runtime
+        self.session_id = session_id
+        self.on_work = on_work
+        self.live = False
+        self.sampler = Sampler(1.0 / sample_fps)
+        self.video_window_s = video_window_s
+        self.slots: dict[str, _Slot] = {}
+        self.last_window: Window | None = None
+        self.recent: deque[Frame] = deque(maxlen=self._recent_len())
+        self._ticker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick_loop(), name=f"tick-{self.session_id}")
+
+    async def close(self) -> None:
+        tasks = [s.task for s in self.slots.values()]
+        if self._ticker is not None:
+            tasks.append(self._ticker)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.slots.clear()
+
+    @property
+    def handler_names(self) -> list[str]:
+        return list(self.slots)
+
+    @property
+    def handlers_dropped(self) -> int:
+        return sum(s.mailbox.dropped for s in self.slots.values())
+
+    def latest_frames(self) -> tuple[Frame, ...]:
+        """The sampled frames of the video window, the open window's newest frame last."""
+        pending = self.sampler.pending_frame
+        return (*self.recent, pending) if pending is not None else tuple(self.recent)
+
+    def set_handlers(self, names: list[str]) -> None:
+        for name in list(self.slots):
+            if name not in names:
+                self.slots.pop(name).task.cancel()
+        for name in names:
+            if name not in self.slots:
+                handler = self.runtime.make_handler(name, self.session_id)
+                box: Mailbox[Any] = Mailbox()
+                task = asyncio.create_task(self._worker(handler, box), name=f"{name}-worker")
+                self.slots[name] = _Slot(handler, box, task)
+
+    def set_fps(self, sample_fps: float) -> None:
+        self._dispatch(self.sampler.set_window(1.0 / sample_fps))
+        self.recent = deque(self.recent, maxlen=self._recent_len())
+
+    def set_video_window(self, seconds: float) -> None:
+        self.video_window_s = seconds
+        self.recent = deque(self.recent, maxlen=self._recent_len())
+
+    def add_frame(self, frame: Frame) -> None:
+        self._dispatch(self.sampler.add_frame(frame))
+
+    def add_audio(self, samples: Audio, ts: float | None) -> None:
+        self._dispatch(self.sampler.add_audio(samples, ts))
+
+    def flush(self) -> None:
+        self._dispatch(self.sampler.flush(final=True))
+
+    def _recent_len(self) -> int:
+        return max(1, min(MAX_RECENT_FRAMES, round(self.video_window_s / self.sampler.window_s)))
+
+    def _dispatch(self, windows: list[Window]) -> None:
+        for window in windows:
+            self.last_window = window
+            if window.frame is not None:
+                self.recent.append(window.frame)
+            for slot in self.slots.values():
+                try:
+                    work = slot.handler.feed(window)
+                except Exception:
+                    log.exception("handler %s failed on window %d", slot.handler.name, window.index)
+                    continue
+                if work is not None and self.live:
+                    slot.mailbox.put(work)
+
+    async def _worker(self, handler: Handler, box: Mailbox[Any]) -> None:
+        while True:
+            work = await box.get()
+            await self.on_work(handler, work)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.05, self.sampler.window_s / 4))
+            self._dispatch(self.sampler.tick())

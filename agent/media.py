@@ -1,0 +1,122 @@
+"""Frames, audio and windows: the values that flow from the sampler to the handlers."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, UnidentifiedImageError
+
+from agent.errors import InvalidMedia
+
+Modality = Literal["image", "video", "audio"]
+AUDIO_RATE = 16_000
+"""Every window's audio is mono float32 at this rate."""
+
+_MAGIC = {
+    b"\xff\xd8\xff": "image/jpeg",
+    b"\x89PNG\r\n\x1a\n": "image/png",
+}
+_MAX_PIXELS = 4096 * 4096
+Audio = NDArray[np.float32]
+RGB = NDArray[np.uint8]
+
+
+def sniff_image(data: bytes) -> str:
+    """The MIME type of an encoded image from its first bytes; raise if it is not one we take."""
+    for magic, mime in _MAGIC.items():
+        if data.startswith(magic):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    raise InvalidMedia("not a JPEG, PNG or WebP image", param="image_url")
+
+
+def split_data_url(url: str) -> str:
+    """The base64 payload of an image data URL (``data:image/jpeg;base64,...``), not decoded."""
+    head, sep, payload = url.partition(",")
+    if not sep or not head.startswith("data:") or not head.endswith(";base64"):
+        raise InvalidMedia(
+            "image_url must be a data URL: data:image/jpeg;base64,...", param="image_url"
+        )
+    return payload
+
+
+class Frame:
+    """One encoded video frame. It is decoded at most once, and only if a handler looks at it.
+
+    Not a frozen dataclass on purpose: it caches its decoded picture so that two handlers
+    reading the same window decode it once, from whichever thread asks first.
+    """
+
+    __slots__ = ("_image", "_lock", "b64", "ts")
+
+    def __init__(self, b64: str, ts: float) -> None:
+        self.b64 = b64
+        self.ts = ts
+        self._image: RGB | None = None
+        self._lock = threading.Lock()
+
+    def image(self) -> RGB:
+        """The frame as an RGB array (height, width, 3); raises InvalidMedia if corrupt."""
+        with self._lock:
+            if self._image is None:
+                self._image = decode_image(self.b64)
+            return self._image
+
+    @property
+    def decoded(self) -> bool:
+        return self._image is not None
+
+
+def b64decode(data: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidMedia(f"{what} is not valid base64: {exc}", param=what) from None
+
+
+def decode_image(b64: str) -> RGB:
+    raw = b64decode(b64, "image_url")
+    sniff_image(raw)
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            if img.width * img.height > _MAX_PIXELS:
+                raise InvalidMedia(f"image too large: {img.width}x{img.height}")
+            img.load()
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidMedia(f"corrupt image: {exc}", param="image_url") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What the sampler hands the handlers: ``[start, end)`` seconds of media time."""
+
+    index: int
+    start: float
+    end: float
+    frame: Frame | None = None
+    audio: Audio = field(default_factory=lambda: np.zeros(0, np.float32))
+    frames_dropped: int = 0
+    final: bool = False
+    """True when the client committed its audio or the stream ended: close open utterances."""
+
+    def has(self, modality: Modality) -> bool:
+        if modality == "audio":
+            return self.audio.size > 0 or self.final
+        return self.frame is not None
+
+    @property
+    def start_ms(self) -> int:
+        return round(self.start * 1000)
+
+    @property
+    def end_ms(self) -> int:
+        return round(self.end * 1000)

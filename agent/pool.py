@@ -1,0 +1,85 @@
+"""The model pool: model names to engines. In-process here; Ray Serve has the same interface."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+
+from agent.engine import Engine, ModelRequest
+from agent.errors import ConfigError, EngineError, StreamAgentError, UnknownModel
+
+log = logging.getLogger(__name__)
+
+
+class Pool(abc.ABC):
+    @property
+    @abc.abstractmethod
+    def names(self) -> list[str]:
+        """The model names this pool serves."""
+
+    async def start(self) -> None:
+        """Load every model."""
+
+    async def close(self) -> None:
+        """Free every model."""
+
+    @abc.abstractmethod
+    def stream(self, model: str, request: ModelRequest) -> AsyncIterator[str]:
+        """Stream text from ``model``; closing the iterator aborts generation."""
+
+    async def health(self) -> dict[str, bool]:
+        return {}
+
+
+class LocalPool(Pool):
+    """Every engine in the gateway process: the embedded default, no Ray needed."""
+
+    def __init__(self, engines: Mapping[str, Engine], start_timeout_s: float = 600) -> None:
+        self.engines = dict(engines)
+        self.start_timeout_s = start_timeout_s
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.engines)
+
+    async def start(self) -> None:
+        for name, engine in self.engines.items():
+            began = time.perf_counter()
+            log.info("loading model %s (engine %s)", name, engine.kind)
+            try:
+                await asyncio.wait_for(engine.start(), self.start_timeout_s)
+            except Exception as exc:
+                raise ConfigError(f"model {name!r} failed to load: {exc}") from exc
+            log.info("model %s ready in %.1f s", name, time.perf_counter() - began)
+
+    async def close(self) -> None:
+        for engine in self.engines.values():
+            await engine.close()
+
+    async def stream(self, model: str, request: ModelRequest) -> AsyncIterator[str]:
+        engine = self.engines.get(model)
+        if engine is None:
+            raise UnknownModel(f"no model named {model!r}; the pool has {self.names}")
+        agen = engine.stream(request)
+        try:
+            async for text in agen:
+                yield text
+        except StreamAgentError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"model {model!r} failed: {exc}") from exc
+        finally:
+            await agen.aclose()
+
+    async def health(self) -> dict[str, bool]:
+        result = {}
+        for name, engine in self.engines.items():
+            try:
+                await engine.check_health()
+                result[name] = True
+            except Exception:
+                result[name] = False
+        return result

@@ -1,0 +1,178 @@
+"""Client events of the OpenAI Realtime GA subset we speak, validated with pydantic.
+
+Unknown fields are ignored (clients send a lot we do not use); unknown event types and missing
+fields are errors. Extensions live in an object field named ``streamagent``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from agent.errors import InvalidRequest, UnknownEvent
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class MediaExtension(_Model):
+    """``streamagent`` on a frame or audio chunk: its media timestamp in seconds."""
+
+    timestamp: float | None = Field(default=None, ge=0)
+
+
+class StreamagentSession(_Model):
+    """The ``streamagent`` object of ``session.update``: what the OpenAI standard lacks."""
+
+    live: bool | None = None
+    sample_fps: float | None = Field(default=None, gt=0, le=30)
+    handlers: list[str] | None = None
+    video_window_s: float | None = Field(default=None, gt=0, le=600)
+    models: dict[str, str] | None = None
+
+
+class AudioFormat(_Model):
+    type: str = "audio/pcm"
+    rate: int = 24000
+
+
+class AudioInput(_Model):
+    format: AudioFormat | None = None
+
+
+class AudioConfig(_Model):
+    input: AudioInput | None = None
+
+
+class SessionParams(_Model):
+    type: str | None = None
+    instructions: str | None = None
+    output_modalities: list[str] | None = None
+    audio: AudioConfig | None = None
+    turn_detection: Any = None
+    streamagent: StreamagentSession | None = None
+
+
+class InputText(_Model):
+    type: Literal["input_text"]
+    text: str
+
+
+class InputImage(_Model):
+    type: Literal["input_image"]
+    image_url: str
+    detail: str | None = None
+    streamagent: MediaExtension | None = None
+
+
+class InputAudio(_Model):
+    type: Literal["input_audio"]
+    audio: str | None = None
+    transcript: str | None = None
+
+
+ContentPart = Annotated[InputText | InputImage | InputAudio, Field(discriminator="type")]
+
+
+class Item(_Model):
+    id: str | None = Field(default=None, max_length=64)
+    type: Literal["message"]
+    role: Literal["user", "system", "assistant"] = "user"
+    content: list[ContentPart] = Field(max_length=32)
+
+
+class _Event(_Model):
+    event_id: str | None = None
+
+
+class SessionUpdate(_Event):
+    type: Literal["session.update"]
+    session: SessionParams
+
+
+class AudioAppend(_Event):
+    type: Literal["input_audio_buffer.append"]
+    audio: str
+    streamagent: MediaExtension | None = None
+
+
+class AudioCommit(_Event):
+    type: Literal["input_audio_buffer.commit"]
+
+
+class AudioClear(_Event):
+    type: Literal["input_audio_buffer.clear"]
+
+
+class ItemCreate(_Event):
+    type: Literal["conversation.item.create"]
+    item: Item
+    previous_item_id: str | None = None
+
+
+class ResponseParams(_Model):
+    instructions: str | None = None
+    metadata: dict[str, Any] | None = None
+    conversation: str | None = None
+
+
+class ResponseCreate(_Event):
+    type: Literal["response.create"]
+    response: ResponseParams | None = None
+
+
+class ResponseCancel(_Event):
+    type: Literal["response.cancel"]
+    response_id: str | None = None
+
+
+ClientEvent = Annotated[
+    SessionUpdate
+    | AudioAppend
+    | AudioCommit
+    | AudioClear
+    | ItemCreate
+    | ResponseCreate
+    | ResponseCancel,
+    Field(discriminator="type"),
+]
+EVENT_TYPES = (
+    "session.update",
+    "input_audio_buffer.append",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.clear",
+    "conversation.item.create",
+    "response.create",
+    "response.cancel",
+)
+_adapter: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
+
+
+def parse_event(message: str | bytes) -> ClientEvent:
+    """Parse one client message; raise InvalidRequest / UnknownEvent with a readable message."""
+    try:
+        return _adapter.validate_json(message)
+    except ValidationError as exc:
+        raise _explain(exc) from None
+
+
+def _explain(exc: ValidationError) -> InvalidRequest:
+    first = exc.errors(include_url=False)[0]
+    kind, loc = first["type"], ".".join(str(p) for p in first["loc"])
+    if kind == "json_invalid":
+        return InvalidRequest(f"message is not valid JSON: {first['msg']}")
+    if kind == "union_tag_not_found" and not first["loc"]:
+        return InvalidRequest("event has no 'type' field", param="type")
+    if kind == "union_tag_invalid" and not first["loc"]:
+        tag = first.get("ctx", {}).get("tag", "?")
+        return UnknownEvent(
+            f"unknown event type {tag!r}; supported: {', '.join(EVENT_TYPES)}", param="type"
+        )
+    if not first["loc"]:
+        return InvalidRequest(f"event must be a JSON object with a 'type': {first['msg']}")
+    # Drop the discriminator tag from the path: "session.update.session.x" -> "session.x".
+    parts = [str(p) for p in first["loc"][1:]]
+    param = ".".join(parts) or loc
+    return InvalidRequest(f"{param}: {first['msg']}", param=param)

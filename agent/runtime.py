@@ -1,0 +1,92 @@
+"""What every session shares: the config, what plugins registered, and the model pool."""
+
+from __future__ import annotations
+
+import pluggy
+
+from agent.config import Config, ModelConfig, ProfileConfig
+from agent.engine import Engine
+from agent.errors import ConfigError, UnknownModel
+from agent.handler import Handler, HandlerContext
+from agent.plugins import Registry, collect
+from agent.pool import LocalPool, Pool
+
+
+class Runtime:
+    def __init__(self, config: Config, registry: Registry, pool: Pool) -> None:
+        self.config = config
+        self.registry = registry
+        self.pool = pool
+        self._check()
+
+    @classmethod
+    def build(cls, config: Config, pm: pluggy.PluginManager) -> Runtime:
+        """Collect the plugins' registrations and build the in-process pool from config."""
+        registry = collect(pm)
+        models = {**registry.models, **config.models}
+        return cls(config, registry, LocalPool(build_engines(models, registry.engines)))
+
+    def _check(self) -> None:
+        for name, profile in self.config.profiles.items():
+            for handler in profile.handlers or []:
+                if handler not in self.registry.handlers:
+                    raise ConfigError(
+                        f"profile {name!r} names handler {handler!r}; "
+                        f"known handlers: {sorted(self.registry.handlers)}"
+                    )
+        for name in self.config.handlers:
+            if name not in self.registry.handlers:
+                raise ConfigError(
+                    f"config has settings for unknown handler {name!r}; "
+                    f"known handlers: {sorted(self.registry.handlers)}"
+                )
+        for name in self.registry.handlers:
+            model = self.handler_model(name)
+            if model is not None and model not in self.pool.names:
+                raise ConfigError(
+                    f"handler {name!r} uses model {model!r}, which is not configured; "
+                    f"models: {self.pool.names}"
+                )
+
+    @property
+    def profile_names(self) -> list[str]:
+        return sorted(self.config.profiles)
+
+    def profile(self, name: str | None) -> ProfileConfig:
+        name = name or "default"
+        if name not in self.config.profiles:
+            raise UnknownModel(
+                f"unknown model {name!r}; this server offers: {', '.join(self.profile_names)}",
+                param="model",
+            )
+        return self.config.profiles[name]
+
+    def default_handlers(self, profile: ProfileConfig) -> list[str]:
+        if profile.handlers is not None:
+            return list(profile.handlers)
+        return sorted(n for n, h in self.registry.handlers.items() if h.enabled_by_default)
+
+    def handler_model(self, name: str) -> str | None:
+        settings = self.config.handlers.get(name)
+        if settings is not None and settings.model is not None:
+            return settings.model
+        return self.registry.handlers[name].default_model
+
+    def make_handler(self, name: str, session_id: str) -> Handler:
+        cls = self.registry.handlers[name]
+        settings = self.config.handlers.get(name)
+        options = settings.options if settings else {}
+        return cls(HandlerContext(self.pool, self.handler_model(name), options, session_id))
+
+
+def build_engines(
+    models: dict[str, ModelConfig], kinds: dict[str, type[Engine]]
+) -> dict[str, Engine]:
+    engines = {}
+    for name, model in models.items():
+        if model.engine not in kinds:
+            raise ConfigError(
+                f"model {name!r} uses engine {model.engine!r}; known engines: {sorted(kinds)}"
+            )
+        engines[name] = kinds[model.engine](name, model)
+    return engines

@@ -1,0 +1,129 @@
+"""Running the gateway with uvicorn: from the CLI (blocking) or inside a test (a context)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from agent.config import ServerConfig
+from agent.runtime import Runtime
+from agent.server import Gateway
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but SIGINT/SIGTERM only start a graceful exit (uvicorn re-raises the
+    signal afterwards, which would kill us before the models are closed)."""
+
+    def __init__(self, config: uvicorn.Config, signals: bool) -> None:
+        super().__init__(config)
+        self.signals = signals
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if not self.signals:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def uvicorn_config(gateway: Gateway, server: ServerConfig) -> uvicorn.Config:
+    return uvicorn.Config(
+        gateway.app(),
+        ws="websockets-sansio",
+        ws_max_size=server.max_message_bytes,
+        ws_max_queue=16,
+        ws_ping_interval=server.ping_interval_s,
+        ws_ping_timeout=server.ping_interval_s,
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=server.shutdown_timeout_s,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    @property
+    def http(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return self.http.replace("http://", "ws://", 1)
+
+    @property
+    def realtime(self) -> str:
+        return f"{self.ws}/v1/realtime?model=default"
+
+
+async def serve_forever(runtime: Runtime, announce: bool = True) -> None:
+    """Load the models, then serve until SIGINT/SIGTERM; close the models on the way out."""
+    cfg = runtime.config.server
+    await runtime.pool.start()
+    try:
+        gateway = Gateway(runtime)
+        gateway.ready.set()
+        sock = bind(cfg.host, cfg.port)
+        addr = Address(cfg.host, sock.getsockname()[1])
+        server = _Server(uvicorn_config(gateway, cfg), signals=True)
+        if announce:
+            print(f"streamagent is serving on {addr.http}\n"
+                  f"  realtime endpoint: {addr.realtime}\n"
+                  f"  health:            {addr.http}/healthz", flush=True)
+        await server.serve(sockets=[sock])
+    finally:
+        await runtime.pool.close()
+        log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def running(runtime: Runtime, host: str = "127.0.0.1") -> AsyncIterator[Address]:
+    """Serve ``runtime`` on a free port inside the current event loop (tests, benchmarks)."""
+    await runtime.pool.start()
+    gateway = Gateway(runtime)
+    gateway.ready.set()
+    sock = bind(host, 0)
+    server = _Server(uvicorn_config(gateway, runtime.config.server), signals=False)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        yield Address(host, sock.getsockname()[1])
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+        await runtime.pool.close()

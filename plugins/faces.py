@@ -1,0 +1,96 @@
+"""Faces in view: OpenCV's Haar cascade (shipped in opencv-python-headless < 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+
+from agent import Handler, ModelConfig, ModelRequest, Question, ThreadedEngine, Window, hookimpl
+
+
+class HaarFaceEngine(ThreadedEngine):
+    """Yields one JSON list of face boxes ``[x, y, w, h]`` per image, in pixels."""
+
+    kind = "haar-faces"
+
+    def load(self) -> None:
+        import cv2
+
+        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        self.cascade = cv2.CascadeClassifier(path)
+        if self.cascade.empty():
+            raise RuntimeError(f"cannot load {path}: opencv-python-headless 5 ships no cascades, "
+                               "install 'opencv-python-headless<5'")
+        self.min_neighbors = int(self.config.options.get("min_neighbors", 5))
+
+    def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:
+        import cv2
+
+        for image in request.images:
+            if cancelled.is_set():
+                return
+            gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+            scale = max(1.0, gray.shape[1] / 640)
+            if scale > 1:
+                gray = cv2.resize(gray, None, fx=1 / scale, fy=1 / scale)
+            gray = cv2.equalizeHist(gray)
+            found = self.cascade.detectMultiScale(
+                gray, scaleFactor=1.1, minNeighbors=self.min_neighbors, minSize=(30, 30)
+            )
+            yield json.dumps([[round(float(v) * scale) for v in box] for box in found])
+
+
+async def count_faces(handler: Handler, image: Any) -> int:
+    count = 0
+    async for boxes in handler.ctx.stream(ModelRequest(images=(image,))):
+        count += len(json.loads(boxes))
+    return count
+
+
+def describe(count: int) -> str:
+    if count == 0:
+        return "No face in view."
+    return f"{count} face{'s' if count > 1 else ''} in view."
+
+
+class FacesHandler(Handler):
+    """Live: speaks when a face appears, leaves, or the number of faces changes."""
+
+    name = "faces"
+    modality = "image"
+    default_model = "faces"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last = 0
+
+    async def respond(self, work: Window) -> AsyncIterator[str]:
+        assert work.frame is not None
+        count = await count_faces(self, await asyncio.to_thread(work.frame.image))
+        if count != self.last:
+            self.last = count
+            yield describe(count)
+
+    async def answer(self, question: Question) -> AsyncIterator[str]:
+        if question.frame is not None:
+            yield describe(await count_faces(self, await asyncio.to_thread(question.frame.image)))
+
+
+@hookimpl
+def register_engines(register: Any) -> None:
+    register(HaarFaceEngine)
+
+
+@hookimpl
+def register_models(register: Any) -> None:
+    register("faces", ModelConfig(engine=HaarFaceEngine.kind))
+
+
+@hookimpl
+def register_handlers(register: Any) -> None:
+    register(FacesHandler)

@@ -1,0 +1,101 @@
+"""Text in view: reads the newest frame with RapidOCR (PP-OCR models inside the wheel)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+
+from agent import (
+    Handler,
+    ModelConfig,
+    ModelRequest,
+    Question,
+    ThreadedEngine,
+    Window,
+    hookimpl,
+)
+
+
+class RapidOCREngine(ThreadedEngine):
+    """Yields one line of text per line read, top to bottom. Option ``min_score`` (0.5)."""
+
+    kind = "rapidocr"
+
+    def load(self) -> None:
+        try:
+            from rapidocr import RapidOCR
+        except ImportError as exc:  # pragma: no cover - a dependency of streamagent
+            raise RuntimeError("the rapidocr engine needs: pip install 'rapidocr>=3'") from exc
+        logging.getLogger("RapidOCR").setLevel(logging.WARNING)
+        self.ocr = RapidOCR()
+        self.min_score = float(self.config.options.get("min_score", 0.5))
+
+    def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:
+        for image in request.images:
+            if cancelled.is_set():
+                return
+            result = self.ocr(np.ascontiguousarray(image[:, :, ::-1]))  # it wants BGR
+            for text, score in zip(result.txts or (), result.scores or (), strict=False):
+                if score >= self.min_score and text.strip():
+                    yield text.strip() + "\n"
+
+
+async def read_text(handler: Handler, frame_image: Any) -> list[str]:
+    lines = []
+    async for line in handler.ctx.stream(ModelRequest(images=(frame_image,))):
+        lines.append(line.strip())
+    return lines
+
+
+class TextInViewHandler(Handler):
+    """Live: says the text in view whenever it changes. Asked: says what text is in view."""
+
+    name = "text_in_view"
+    modality = "image"
+    default_model = "ocr"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last: tuple[str, ...] = ()
+
+    async def respond(self, work: Window) -> AsyncIterator[str]:
+        assert work.frame is not None
+        image = await asyncio.to_thread(work.frame.image)
+        lines = tuple(await read_text(self, image))
+        if not lines or _norm(lines) == _norm(self.last):
+            self.last = lines
+            return
+        self.last = lines
+        for i, line in enumerate(lines):
+            yield line if i == 0 else "\n" + line
+
+    async def answer(self, question: Question) -> AsyncIterator[str]:
+        if question.frame is None:
+            return
+        image = await asyncio.to_thread(question.frame.image)
+        lines = await read_text(self, image)
+        yield "Text in view: " + " / ".join(lines) if lines else "I see no text."
+
+
+def _norm(lines: tuple[str, ...]) -> str:
+    return " ".join(" ".join(lines).lower().split())
+
+
+@hookimpl
+def register_engines(register: Any) -> None:
+    register(RapidOCREngine)
+
+
+@hookimpl
+def register_models(register: Any) -> None:
+    register("ocr", ModelConfig(engine=RapidOCREngine.kind))
+
+
+@hookimpl
+def register_handlers(register: Any) -> None:
+    register(TextInViewHandler)
