@@ -1,0 +1,166 @@
+"""Fakes and helpers for tests, here and in plugin packages. Built on the real base classes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from agent.config import Config, ModelConfig, ProfileConfig
+from agent.engine import ModelRequest, ThreadedEngine
+from agent.handler import Handler, Question
+from agent.hookspecs import hookimpl
+from agent.media import Window
+from agent.plugins import get_plugin_manager
+from agent.runtime import Runtime
+from agent.serve import Address, running
+
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
+
+
+class FakeEngine(ThreadedEngine):
+    """Streams ``tokens`` words ("tok0 tok1 ..."), ``delay_s`` apart; counts what it did.
+
+    ``generated`` counts tokens actually produced, so a test can check that a cancelled
+    response really stopped the engine."""
+
+    kind = "fake"
+
+    def load(self) -> None:
+        self.tokens = int(self.config.options.get("tokens", 5))
+        self.delay_s = float(self.config.options.get("delay_s", 0.0))
+        self.fail_after = self.config.options.get("fail_after")
+        self.generated = 0
+        self.requests: list[ModelRequest] = []
+        self.active = 0
+
+    def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:
+        self.requests.append(request)
+        self.active += 1
+        try:
+            for i in range(int(request.options.get("tokens", self.tokens))):
+                if cancelled.is_set():
+                    return
+                if self.fail_after is not None and i >= int(self.fail_after):
+                    raise RuntimeError("fake engine failure")
+                if self.delay_s:
+                    time.sleep(self.delay_s)
+                self.generated += 1
+                yield f"tok{i} "
+        finally:
+            self.active -= 1
+
+
+class EchoHandler(Handler):
+    """Live: says which window it saw, at once (no model). Asked: streams from the fake model."""
+
+    name = "echo"
+    modality = "image"
+    default_model = "fake"
+    enabled_by_default = False
+
+    async def respond(self, work: Window) -> AsyncIterator[str]:
+        assert work.frame is not None
+        image = await asyncio.to_thread(work.frame.image)
+        yield f"window {work.index}: {image.shape[1]}x{image.shape[0]}"
+
+    async def answer(self, question: Question) -> AsyncIterator[str]:
+        async for text in self.ctx.stream(ModelRequest(prompt=question.text)):
+            yield text
+
+
+class FakePlugin:
+    """Registers FakeEngine (model "fake") and EchoHandler."""
+
+    def __init__(self, **engine_options: Any) -> None:
+        self.engine_options = engine_options
+
+    @hookimpl
+    def register_engines(self, register: Any) -> None:
+        register(FakeEngine)
+
+    @hookimpl
+    def register_models(self, register: Any) -> None:
+        register("fake", ModelConfig(engine="fake", options=self.engine_options))
+
+    @hookimpl
+    def register_handlers(self, register: Any) -> None:
+        register(EchoHandler)
+
+
+def fake_runtime(handlers: tuple[str, ...] = ("echo",), live: bool = False,
+                 plugins: tuple[object, ...] = (), **engine_options: Any) -> Runtime:
+    config = Config(profiles={"default": ProfileConfig(handlers=list(handlers), live=live)})
+    pm = get_plugin_manager([FakePlugin(**engine_options), *plugins])
+    return Runtime.build(config, pm)
+
+
+def jpeg_bytes(text: str = "", size: tuple[int, int] = (320, 240), font_size: int = 48,
+               color: str = "white", quality: int = 85) -> bytes:
+    img = Image.new("RGB", size, color)
+    if text:
+        draw = ImageDraw.Draw(img)
+        draw.text((20, size[1] // 2 - font_size // 2), text, fill="black",
+                  font=ImageFont.truetype(FONT, font_size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/jpeg") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def image_event(url: str, timestamp: float | None = None, text: str | None = None) -> dict:
+    part: dict[str, Any] = {"type": "input_image", "image_url": url}
+    if timestamp is not None:
+        part["streamagent"] = {"timestamp": timestamp}
+    content = [part] + ([{"type": "input_text", "text": text}] if text else [])
+    return {"type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": content}}
+
+
+class ServerThread:
+    """Runs a gateway for ``runtime`` on a free port in a thread with its own event loop."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.address: Address | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="streamagent-server", daemon=True)
+
+    def __enter__(self) -> Address:
+        self._thread.start()
+        self._ready.wait(120)
+        if self._error is not None:
+            raise self._error
+        assert self.address is not None, "server did not start in 120 s"
+        return self.address
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def _main(self) -> None:
+        async def go() -> None:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            try:
+                async with running(self.runtime) as address:
+                    self.address = address
+                    self._ready.set()
+                    await self._stop.wait()
+            except BaseException as exc:
+                self._error = exc
+                self._ready.set()
+
+        asyncio.run(go())
