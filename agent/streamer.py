@@ -61,6 +61,7 @@ def media_items(path: str, send_fps: float, stats: StreamStats) -> Iterator[tupl
                   if s.start_time is not None), default=0.0)
         resampler = av.AudioResampler(format="s16", layout="mono", rate=SEND_RATE)
         next_frame_t = 0.0
+        audio_t: float | None = None  # resampled audio is timed by its sample count
         for packet in container.demux(streams):
             try:
                 frames = packet.decode()
@@ -79,8 +80,14 @@ def media_items(path: str, send_fps: float, stats: StreamStats) -> Iterator[tupl
                     stats.frames += 1
                     yield t, _image_event(frame, t)
                 else:
+                    audio_t = audio_t if audio_t is not None else t
                     for out in resampler.resample(frame):
-                        yield from _audio_events(out, t, stats)
+                        yield from _audio_events(out, audio_t, stats)
+                        audio_t += out.samples / SEND_RATE
+        for out in resampler.resample(None):  # what the resampler still holds
+            if audio_t is not None:
+                yield from _audio_events(out, audio_t, stats)
+                audio_t += out.samples / SEND_RATE
 
 
 def _image_event(frame: av.VideoFrame, t: float) -> dict[str, Any]:

@@ -1,0 +1,56 @@
+"""The official openai SDK's realtime client, unchanged, against the embedded default."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from openai import AsyncOpenAI
+from PIL import Image
+from skimage import data as skdata
+
+from agent.serve import Address
+from agent.testing import data_url, jpeg_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def astronaut_jpeg() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(skdata.astronaut())).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+async def ask(address: Address, image: bytes, question: str) -> tuple[list[str], object]:
+    client = AsyncOpenAI(api_key="any", websocket_base_url=f"{address.ws}/v1")
+    deltas: list[str] = []
+    async with client.realtime.connect(model="default") as conn:
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"],
+                                           "instructions": "Say what you see."})
+        await conn.conversation.item.create(item={
+            "type": "message", "role": "user",
+            "content": [{"type": "input_image", "image_url": data_url(image)},
+                        {"type": "input_text", "text": question}]})
+        await conn.response.create()
+        async for event in conn:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+            elif event.type == "error":
+                raise AssertionError(event.error)
+            elif event.type == "response.done":
+                return deltas, event.response
+    raise AssertionError("no response.done")
+
+
+async def test_sdk_reads_the_text_in_an_image(embedded: Address) -> None:
+    deltas, response = await ask(embedded, jpeg_bytes("OPEN SESAME", size=(640, 240)),
+                                 "What does it say?")
+    assert len(deltas) >= 1
+    assert "OPEN SESAME" in "".join(deltas)
+    assert response.status == "completed"  # type: ignore[attr-defined]
+
+
+async def test_sdk_sees_a_face(embedded: Address) -> None:
+    deltas, _ = await ask(embedded, astronaut_jpeg(), "Who is there?")
+    assert "1 face in view." in "".join(deltas)
