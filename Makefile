@@ -25,10 +25,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -e '.[test]'
 	# silero-vad declares torch as a dependency, but we only use its bundled ONNX model.
-	$(PY) -m pip install -q --no-deps 'silero-vad>=5,<7'
+	$(PY) -m pip install -qq --no-deps 'silero-vad>=5,<7'
 	touch $(STAMP)
 
 system-deps:  ## Debian packages: media tools for tests and `streamagent stream`
@@ -40,7 +40,7 @@ system-deps:  ## Debian packages: media tools for tests and `streamagent stream`
 	fi
 
 example-plugin: setup
-	$(PY) -m pip install -q -e examples/streamagent-colors
+	$(PY) -m pip install -qq -e examples/streamagent-colors
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

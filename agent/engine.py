@@ -10,7 +10,7 @@ import abc
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -56,7 +56,7 @@ class Engine(abc.ABC):
         """Load the model. Called once, before the first request."""
 
     @abc.abstractmethod
-    def stream(self, request: ModelRequest) -> AsyncIterator[str]:
+    def stream(self, request: ModelRequest) -> AsyncGenerator[str, None]:
         """Yield text deltas for ``request``; ``aclose()`` stops generation."""
 
     async def check_health(self) -> None:
@@ -87,7 +87,7 @@ class ThreadedEngine(Engine):
     def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:
         """Yield text for ``request`` (runs on the worker thread)."""
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[str]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[str, None]:
         cancelled = threading.Event()
         async for text in iterate_in_thread(
             lambda: self.generate(request, cancelled), self._executor, cancelled

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -63,16 +64,14 @@ class LocalPool(Pool):
         engine = self.engines.get(model)
         if engine is None:
             raise UnknownModel(f"no model named {model!r}; the pool has {self.names}")
-        agen = engine.stream(request)
         try:
-            async for text in agen:
-                yield text
+            async with contextlib.aclosing(engine.stream(request)) as agen:
+                async for text in agen:
+                    yield text
         except StreamAgentError:
             raise
         except Exception as exc:
             raise EngineError(f"model {model!r} failed: {exc}") from exc
-        finally:
-            await agen.aclose()
 
     async def health(self) -> dict[str, bool]:
         result = {}

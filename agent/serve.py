@@ -51,7 +51,7 @@ def uvicorn_config(gateway: Gateway, server: ServerConfig) -> uvicorn.Config:
         ws_ping_interval=server.ping_interval_s,
         ws_ping_timeout=server.ping_interval_s,
         ws_per_message_deflate=False,
-        timeout_graceful_shutdown=server.shutdown_timeout_s,
+        timeout_graceful_shutdown=max(1, round(server.shutdown_timeout_s)),
         lifespan="on",
         log_config=None,
         access_log=False,

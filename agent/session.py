@@ -18,8 +18,13 @@ from typing import Any
 from agent import events, protocol
 from agent.audio import AudioConverter
 from agent.engine import Turn
-from agent.errors import InvalidMedia, InvalidRequest, NoActiveResponse, RateLimited, \
-    StreamAgentError
+from agent.errors import (
+    InvalidMedia,
+    InvalidRequest,
+    NoActiveResponse,
+    RateLimited,
+    StreamAgentError,
+)
 from agent.handler import Handler, Question
 from agent.live import LiveMedia
 from agent.media import Frame, b64decode, sniff_image, split_data_url

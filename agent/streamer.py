@@ -51,14 +51,17 @@ def _clock(ms: int) -> str:
     return f"{ms // 60000:02d}:{ms % 60000 / 1000:06.3f}"
 
 
-def media_items(path: str, send_fps: float, stats: StreamStats) -> Iterator[tuple[float, dict]]:
+Item = tuple[float, dict[str, Any]]
+
+
+def media_items(path: str, send_fps: float, stats: StreamStats) -> Iterator[Item]:
     """(media time, client event) pairs in time order. Bad packets are counted and skipped."""
     with av.open(path) as container:
         streams = [s for s in container.streams if s.type in ("video", "audio")]
         if not streams:
             raise ValueError(f"{path} has no audio or video stream")
         t0 = min((float(s.start_time * s.time_base) for s in streams
-                  if s.start_time is not None), default=0.0)
+                  if s.start_time is not None and s.time_base is not None), default=0.0)
         resampler = av.AudioResampler(format="s16", layout="mono", rate=SEND_RATE)
         next_frame_t = 0.0
         audio_t: float | None = None  # resampled audio is timed by its sample count
@@ -70,7 +73,7 @@ def media_items(path: str, send_fps: float, stats: StreamStats) -> Iterator[tupl
                 log.warning("skipping a bad %s packet: %s", packet.stream.type, exc)
                 continue
             for frame in frames:
-                if frame.time is None:
+                if not isinstance(frame, (av.VideoFrame, av.AudioFrame)) or frame.time is None:
                     continue
                 t = max(0.0, frame.time - t0)
                 if isinstance(frame, av.VideoFrame):
@@ -92,15 +95,14 @@ def media_items(path: str, send_fps: float, stats: StreamStats) -> Iterator[tupl
 
 def _image_event(frame: av.VideoFrame, t: float) -> dict[str, Any]:
     buf = io.BytesIO()
-    frame.to_image().save(buf, format="JPEG", quality=85)
+    frame.to_image().save(buf, format="JPEG", quality=85)  # type: ignore[no-untyped-call]
     url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
     part = {"type": "input_image", "image_url": url, "streamagent": {"timestamp": round(t, 4)}}
     return {"type": "conversation.item.create",
             "item": {"type": "message", "role": "user", "content": [part]}}
 
 
-def _audio_events(frame: av.AudioFrame, t: float, stats: StreamStats) -> Iterator[
-        tuple[float, dict]]:
+def _audio_events(frame: av.AudioFrame, t: float, stats: StreamStats) -> Iterator[Item]:
     pcm = frame.to_ndarray().astype("<i2").reshape(-1)
     step = int(SEND_RATE * AUDIO_CHUNK_S)
     for i in range(0, pcm.size, step):

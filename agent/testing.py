@@ -67,6 +67,9 @@ class EchoHandler(Handler):
 
     async def respond(self, work: Window) -> AsyncIterator[str]:
         assert work.frame is not None
+        if not self.ctx.options.get("decode", True):  # option decode=false: pure overhead
+            yield f"window {work.index}"
+            return
         image = await asyncio.to_thread(work.frame.image)
         yield f"window {work.index}: {image.shape[1]}x{image.shape[0]}"
 
@@ -117,7 +120,8 @@ def data_url(data: bytes, mime: str = "image/jpeg") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode()
 
 
-def image_event(url: str, timestamp: float | None = None, text: str | None = None) -> dict:
+def image_event(url: str, timestamp: float | None = None,
+                text: str | None = None) -> dict[str, Any]:
     part: dict[str, Any] = {"type": "input_image", "image_url": url}
     if timestamp is not None:
         part["streamagent"] = {"timestamp": timestamp}

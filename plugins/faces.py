@@ -21,7 +21,8 @@ class HaarFaceEngine(ThreadedEngine):
     def load(self) -> None:
         import cv2
 
-        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        cascades: str = cv2.data.haarcascades  # type: ignore[attr-defined]
+        path = cascades + "haarcascade_frontalface_default.xml"
         self.cascade = cv2.CascadeClassifier(path)
         if self.cascade.empty():
             raise RuntimeError(f"cannot load {path}: opencv-python-headless 5 ships no cascades, "

@@ -8,8 +8,16 @@ from typing import Any
 
 import numpy as np
 
-from agent import AUDIO_RATE, Handler, ModelConfig, ModelRequest, Question, ThreadedEngine, \
-    Window, hookimpl
+from agent import (
+    AUDIO_RATE,
+    Handler,
+    ModelConfig,
+    ModelRequest,
+    Question,
+    ThreadedEngine,
+    Window,
+    hookimpl,
+)
 from plugins import vad
 
 

@@ -39,7 +39,7 @@ class RapidOCREngine(ThreadedEngine):
         for image in request.images:
             if cancelled.is_set():
                 return
-            result = self.ocr(np.ascontiguousarray(image[:, :, ::-1]))  # it wants BGR
+            result: Any = self.ocr(np.ascontiguousarray(image[:, :, ::-1]))  # it wants BGR
             for text, score in zip(result.txts or (), result.scores or (), strict=False):
                 if score >= self.min_score and text.strip():
                     yield text.strip() + "\n"

@@ -55,8 +55,8 @@ async def test_video_with_speech_and_faces_all_handlers(
     speech, rate = read_wav(flite_wav(tmp_path / "s.wav", SENTENCE))
     speech = np.concatenate([np.zeros(rate // 2, np.float32), speech,
                              np.zeros(rate * 6 - speech.size - rate // 2, np.float32)])
-    video = word_video(tmp_path / "both.mp4", ["HELLO", "HELLO", "HELLO", "WORLD", "WORLD", "WORLD"],
-                       speech=speech, audio_rate=rate)
+    words = ["HELLO"] * 3 + ["WORLD"] * 3
+    video = word_video(tmp_path / "both.mp4", words, speech=speech, audio_rate=rate)
     replies, _ = await stream_file(str(video), embedded.realtime, speed=1.0)
     by = {h: [r for r in replies if r.handler == h] for h in ("text_in_view", "speech")}
     assert [r.text.strip() for r in by["text_in_view"]] == ["HELLO", "WORLD"]
