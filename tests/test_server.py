@@ -254,3 +254,15 @@ async def test_session_limit_and_frame_rate_limit() -> None:
         error = await client.error()
         assert error["code"] == "rate_limit_exceeded"
         await client.close()
+
+
+def test_listening_socket_is_tcp_so_asyncio_turns_nagle_off() -> None:
+    import socket
+
+    from agent.serve import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:  # asyncio sets TCP_NODELAY only on accepted sockets whose proto is IPPROTO_TCP
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
