@@ -119,3 +119,32 @@ async def test_faces_speak_when_a_face_appears_and_leaves(embedded: Address) -> 
     assert [(s["metadata"]["window_start_ms"], s["output"][0]["content"][0]["text"])
             for s in said] == [("1000", "1 face in view."), ("3000", "No face in view.")]
     await client.close()
+
+
+async def test_microphone_audio_on_the_receive_clock_then_a_question(
+        embedded: Address, tmp_path: Path) -> None:
+    """The OpenAI way: 24 kHz PCM16 chunks with no timestamps, commit, response.create."""
+    import base64
+
+    import soxr
+
+    from tests.helpers import Client
+
+    speech, rate = read_wav(flite_wav(tmp_path / "mic.wav", SENTENCE))
+    pcm = (soxr.resample(speech, rate, 24000) * 32767).astype("<i2")
+    client = await Client.connect(embedded.realtime)
+    await client.update(live=False, handlers=["speech", "text_in_view"])
+    step = 2400  # 100 ms at 24 kHz, sent in real time
+    for i in range(0, pcm.size, step):
+        await client.send({"type": "input_audio_buffer.append",
+                           "audio": base64.b64encode(pcm[i:i + step].tobytes()).decode()})
+        await asyncio.sleep(0.1)
+    await client.send({"type": "input_audio_buffer.commit"})
+    await client.until("input_audio_buffer.committed")
+    await client.send({"type": "response.create"})
+    got = await client.until("response.done")
+    text = "".join(e["delta"] for e in got if e["type"] == "response.output_text.delta")
+    assert text.startswith("Last heard:"), text
+    assert len(set(text.lower().replace('"', "").split()) & KEYWORDS) >= 3, text
+    assert not [e for e in got if e["type"] == "error"]
+    await client.close()
