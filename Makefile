@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := ffmpeg flite fonts-dejavu-core
+DEB_PACKAGES := ffmpeg flite fonts-dejavu-core chromium chromium-driver
 
 .PHONY: run test bench lint setup system-deps example-plugin clean
 

@@ -38,10 +38,14 @@ def main() -> None:
               help="YAML config: server limits, models, handlers, profiles (docs/config.md).")
 @click.option("--api-key", envvar="STREAMAGENT_API_KEY", default=None,
               help="Require 'Authorization: Bearer KEY' [env: STREAMAGENT_API_KEY].")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM certificate: serve https/wss (cameras need a secure origin off localhost).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM private key for --tls-cert.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str | None, port: int | None, config_path: str | None, api_key: str | None,
-          log_level: str) -> None:
+          tls_cert: str | None, tls_key: str | None, log_level: str) -> None:
     """Load the models and serve the realtime endpoint until SIGINT/SIGTERM."""
     from agent.plugins import get_plugin_manager
     from agent.runtime import Runtime
@@ -49,7 +53,8 @@ def serve(host: str | None, port: int | None, config_path: str | None, api_key: 
 
     _logging(log_level)
     try:
-        config = load_config(config_path, host=host, port=port, api_key=api_key)
+        config = load_config(config_path, host=host, port=port, api_key=api_key,
+                             tls_certfile=tls_cert, tls_keyfile=tls_key)
         runtime = Runtime.build(config, get_plugin_manager())
         asyncio.run(serve_forever(runtime))
     except ConfigError as exc:

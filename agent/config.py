@@ -28,6 +28,10 @@ class ServerConfig(_Config):
     """Frames accepted per second per session; the excess is dropped with an error event."""
     max_history: int = Field(default=32, ge=0)
     """Conversation turns kept per session."""
+    tls_certfile: str | None = None
+    """Serve https/wss with this certificate (PEM); browsers allow cameras only on secure
+    origins, so this is how a phone on the network reaches the camera page."""
+    tls_keyfile: str | None = None
     ping_interval_s: float = Field(default=20.0, gt=0)
     shutdown_timeout_s: float = Field(default=5.0, ge=0)
 

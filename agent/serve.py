@@ -55,6 +55,8 @@ def uvicorn_config(gateway: Gateway, server: ServerConfig) -> uvicorn.Config:
         lifespan="on",
         log_config=None,
         access_log=False,
+        ssl_certfile=server.tls_certfile,
+        ssl_keyfile=server.tls_keyfile,
     )
 
 
@@ -74,15 +76,17 @@ def bind(host: str, port: int) -> socket.socket:
 class Address:
     host: str
     port: int
+    tls: bool = False
 
     @property
     def http(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        host = "localhost" if host in ("0.0.0.0", "[::]") else host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def ws(self) -> str:
-        return self.http.replace("http://", "ws://", 1)
+        return "ws" + self.http.removeprefix("http")
 
     @property
     def realtime(self) -> str:
@@ -97,10 +101,11 @@ async def serve_forever(runtime: Runtime, announce: bool = True) -> None:
         gateway = Gateway(runtime)
         gateway.ready.set()
         sock = bind(cfg.host, cfg.port)
-        addr = Address(cfg.host, sock.getsockname()[1])
+        addr = Address(cfg.host, sock.getsockname()[1], tls=cfg.tls_certfile is not None)
         server = _Server(uvicorn_config(gateway, cfg), signals=True)
         if announce:
             print(f"streamagent is serving on {addr.http}\n"
+                  f"  camera page:       {addr.http}/\n"
                   f"  realtime endpoint: {addr.realtime}\n"
                   f"  health:            {addr.http}/healthz", flush=True)
         await server.serve(sockets=[sock])
@@ -110,12 +115,13 @@ async def serve_forever(runtime: Runtime, announce: bool = True) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(runtime: Runtime, host: str = "127.0.0.1") -> AsyncIterator[Address]:
-    """Serve ``runtime`` on a free port inside the current event loop (tests, benchmarks)."""
+async def running(runtime: Runtime, host: str = "127.0.0.1",
+                  port: int = 0) -> AsyncIterator[Address]:
+    """Serve ``runtime`` (on a free port by default) inside the current event loop."""
     await runtime.pool.start()
     gateway = Gateway(runtime)
     gateway.ready.set()
-    sock = bind(host, 0)
+    sock = bind(host, port)
     server = _Server(uvicorn_config(gateway, runtime.config.server), signals=False)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -123,7 +129,8 @@ async def running(runtime: Runtime, host: str = "127.0.0.1") -> AsyncIterator[Ad
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        yield Address(host, sock.getsockname()[1])
+        tls = runtime.config.server.tls_certfile is not None
+        yield Address(host, sock.getsockname()[1], tls=tls)
     finally:
         server.should_exit = True
         await task

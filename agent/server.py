@@ -12,7 +12,8 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agent import events
@@ -37,6 +38,7 @@ class Gateway:
             Route("/healthz", self.healthz),
             WebSocketRoute("/v1/realtime", self.realtime),
             WebSocketRoute("/v1/realtime/", self.realtime),
+            Mount("/", StaticFiles(packages=[("agent", "static")], html=True), name="page"),
         ]
         return Starlette(routes=routes)
 

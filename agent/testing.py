@@ -133,8 +133,9 @@ def image_event(url: str, timestamp: float | None = None,
 class ServerThread:
     """Runs a gateway for ``runtime`` on a free port in a thread with its own event loop."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, port: int = 0) -> None:
         self.runtime = runtime
+        self.port = port
         self.address: Address | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -159,7 +160,7 @@ class ServerThread:
         async def go() -> None:
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
             try:
-                async with running(self.runtime) as address:
+                async with running(self.runtime, port=self.port) as address:
                     self.address = address
                     self._ready.set()
                     await self._stop.wait()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -31,8 +30,7 @@ class RapidOCREngine(ThreadedEngine):
             from rapidocr import RapidOCR
         except ImportError as exc:  # pragma: no cover - a dependency of streamagent
             raise RuntimeError("the rapidocr engine needs: pip install 'rapidocr>=3'") from exc
-        logging.getLogger("RapidOCR").setLevel(logging.WARNING)
-        self.ocr = RapidOCR()
+        self.ocr = RapidOCR(params={"Global.log_level": "warning"})
         self.min_score = float(self.config.options.get("min_score", 0.5))
 
     def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:

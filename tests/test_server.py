@@ -266,3 +266,31 @@ def test_listening_socket_is_tcp_so_asyncio_turns_nagle_off() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+@pytest.fixture
+def tls_files(tmp_path: Any) -> tuple[str, str]:
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is needed to make a test certificate"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+async def test_tls_serves_wss(tls_files: tuple[str, str]) -> None:
+    import ssl
+
+    runtime = fake_runtime()
+    runtime.config.server.tls_certfile, runtime.config.server.tls_keyfile = tls_files
+    async with running(runtime) as address:
+        assert address.ws.startswith("wss://")
+        ctx = ssl.create_default_context(cafile=tls_files[0])
+        client = await Client.connect(url(address), ssl=ctx)
+        await client.send({"type": "response.create"})
+        assert (await client.until("response.done"))[-1]["response"]["status"] == "completed"
+        await client.close()

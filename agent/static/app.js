@@ -1,0 +1,292 @@
+// streamagent's live camera page: the OpenAI Realtime protocol over a websocket, no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const RATES = [8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000];
+const MAX_RESPONSES = 200;
+const MAX_ERRORS = 20;
+const state = {
+  running: false, ws: null, stream: null, audio: null, frameTimer: null, reconnectTimer: null,
+  retry: 0, handlers: null, available: [], responses: new Map(),
+};
+
+function setStatus(kind, text) {
+  const el = $("status");
+  el.dataset.state = kind;
+  el.textContent = text;
+}
+
+function send(event) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(event));
+}
+
+function clock(ms) {
+  const s = Number(ms) / 1000;
+  return `${String(Math.floor(s / 60)).padStart(2, "0")}:${(s % 60).toFixed(1).padStart(4, "0")}`;
+}
+
+// ---- media ---------------------------------------------------------------------------------
+
+async function openMedia() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    const err = new Error("insecure origin");
+    err.name = "InsecureOrigin";
+    throw err;
+  }
+  const cam = $("camera-select").value, mic = $("mic-select").value;
+  const video = cam ? { deviceId: { exact: cam } } : { width: 640, height: 480 };
+  // The agent answers in text and plays nothing, so there is no echo to cancel: give the
+  // speech models the microphone as it is.
+  const raw = { channelCount: 1, echoCancellation: false, noiseSuppression: false,
+                autoGainControl: false };
+  const audio = mic ? { ...raw, deviceId: { exact: mic } } : raw;
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video, audio });
+  } catch (err) {
+    if (err.name !== "NotFoundError" && err.name !== "OverconstrainedError") throw err;
+    // One of the two is missing: go on with whichever exists.
+    stream = await navigator.mediaDevices.getUserMedia({ video }).catch(
+      () => navigator.mediaDevices.getUserMedia({ audio }));
+  }
+  state.stream = stream;
+  $("preview").srcObject = stream;
+  await listDevices();
+  if (stream.getAudioTracks().length) await startAudio(stream);
+}
+
+function mediaError(err) {
+  if (err.name === "NotAllowedError" || err.name === "SecurityError") {
+    setStatus("denied", "Camera/microphone permission denied. Allow access for this site, then press Start.");
+  } else if (err.name === "NotFoundError" || err.name === "OverconstrainedError") {
+    setStatus("nodevice", "No camera or microphone found. Connect one, then press Start.");
+  } else if (err.name === "InsecureOrigin") {
+    setStatus("insecure", "Browsers allow cameras only on https:// or http://localhost. See docs/camera-page.md.");
+  } else {
+    setStatus("error", `Cannot open the camera or microphone: ${err.message || err.name}`);
+  }
+}
+
+async function listDevices() {
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  for (const [id, kind] of [["camera-select", "videoinput"], ["mic-select", "audioinput"]]) {
+    const select = $(id), chosen = select.value;
+    select.replaceChildren(new Option("default", ""));
+    devices.filter((d) => d.kind === kind).forEach((d, i) =>
+      select.add(new Option(d.label || `${kind} ${i + 1}`, d.deviceId)));
+    select.value = chosen;
+  }
+}
+
+async function startAudio(stream) {
+  let ctx = new AudioContext();
+  if (!RATES.includes(ctx.sampleRate)) {
+    await ctx.close();
+    ctx = new AudioContext({ sampleRate: 48000 });
+  }
+  await ctx.audioWorklet.addModule("pcm-worklet.js");
+  const source = ctx.createMediaStreamSource(stream);
+  const node = new AudioWorkletNode(ctx, "pcm-capture");
+  const mute = ctx.createGain();
+  mute.gain.value = 0;
+  source.connect(node).connect(mute).connect(ctx.destination);
+  node.port.onmessage = (msg) => {
+    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+    send({ type: "input_audio_buffer.append", audio: base64(new Uint8Array(msg.data)) });
+  };
+  state.audio = ctx;
+}
+
+function base64(bytes) {
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(s);
+}
+
+function startFrames() {
+  stopFrames();
+  const fps = Math.min(30, Math.max(0.2, Number($("fps").value) || 2));
+  state.frameTimer = setInterval(sendFrame, 1000 / fps);
+}
+
+function stopFrames() {
+  clearInterval(state.frameTimer);
+  state.frameTimer = null;
+}
+
+function sendFrame() {
+  const video = $("preview"), canvas = $("canvas");
+  if (!video.videoWidth || !state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+  if (state.ws.bufferedAmount > 1 << 20) return;  // the link is behind: skip (latest wins)
+  const scale = Math.min(1, 640 / video.videoWidth);
+  canvas.width = Math.round(video.videoWidth * scale);
+  canvas.height = Math.round(video.videoHeight * scale);
+  canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+  const url = canvas.toDataURL("image/jpeg", 0.8);
+  send({ type: "conversation.item.create", item: { type: "message", role: "user",
+         content: [{ type: "input_image", image_url: url }] } });
+}
+
+// ---- the session ---------------------------------------------------------------------------
+
+function wsUrl() {
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const model = new URLSearchParams(location.search).get("model") || "default";
+  return `${proto}://${location.host}/v1/realtime?model=${encodeURIComponent(model)}`;
+}
+
+function connect() {
+  setStatus(state.retry ? "reconnecting" : "connecting", state.retry ? "Reconnecting…" : "Connecting…");
+  const key = $("api-key").value.trim();
+  const ws = new WebSocket(wsUrl(), key ? ["realtime", `openai-insecure-api-key.${key}`] : []);
+  state.ws = ws;
+  ws.onopen = () => {
+    state.retry = 0;
+    updateSession();
+    setStatus("live", "Live");
+    $("ask").disabled = false;
+    startFrames();
+  };
+  ws.onmessage = (msg) => onEvent(JSON.parse(msg.data));
+  ws.onclose = (ev) => {
+    if (state.ws !== ws) return;
+    stopFrames();
+    $("ask").disabled = true;
+    if (!state.running) return;
+    if (ev.code === 1008) {
+      setStatus("error", `The server refused the session: ${ev.reason || "policy"}`);
+      return;
+    }
+    const delay = Math.min(10000, 500 * 2 ** state.retry++);
+    setStatus("reconnecting", `Connection lost; reconnecting in ${(delay / 1000).toFixed(1)} s…`);
+    state.reconnectTimer = setTimeout(connect, delay);
+  };
+}
+
+function updateSession() {
+  const rate = state.audio ? state.audio.sampleRate : 24000;
+  const streamagent = { live: true, sample_fps: 1 };
+  if (state.handlers) streamagent.handlers = state.handlers;
+  send({ type: "session.update", session: { type: "realtime", instructions: $("instructions").value,
+         audio: { input: { format: { type: "audio/pcm", rate } } }, streamagent } });
+}
+
+function onEvent(ev) {
+  switch (ev.type) {
+    case "session.created":
+    case "session.updated":
+      showHandlers(ev.session.streamagent);
+      break;
+    case "response.created": addResponse(ev.response); break;
+    case "response.output_text.delta": {
+      const el = state.responses.get(ev.response_id);
+      if (el) el.querySelector(".text").textContent += ev.delta;
+      break;
+    }
+    case "response.done": {
+      const el = state.responses.get(ev.response.id);
+      if (el) el.dataset.status = ev.response.status;
+      state.responses.delete(ev.response.id);
+      break;
+    }
+    case "error": addError(ev.error); break;
+    default: break;
+  }
+}
+
+function addResponse(response) {
+  const meta = response.metadata || {};
+  const li = document.createElement("li");
+  li.dataset.responseId = response.id;
+  li.dataset.handler = meta.handler || "";
+  li.dataset.status = "in_progress";
+  const label = document.createElement("span");
+  label.className = "label";
+  const span = meta.window_start_ms ? ` · ${clock(meta.window_start_ms)}–${clock(meta.window_end_ms)}` : "";
+  label.textContent = `${meta.handler || "response"}${span} · ${new Date().toLocaleTimeString()}`;
+  const text = document.createElement("span");
+  text.className = "text";
+  li.append(label, text);
+  const list = $("responses");
+  list.prepend(li);
+  while (list.children.length > MAX_RESPONSES) list.lastElementChild.remove();
+  state.responses.set(response.id, li);
+}
+
+function addError(error) {
+  const li = document.createElement("li");
+  li.textContent = `${error.code}: ${error.message}`;
+  const list = $("errors");
+  list.prepend(li);
+  while (list.children.length > MAX_ERRORS) list.lastElementChild.remove();
+}
+
+function showHandlers(ext) {
+  if (!ext) return;
+  state.available = ext.available_handlers || state.available;
+  const box = $("handlers");
+  box.replaceChildren(Object.assign(document.createElement("legend"), { textContent: "Handlers" }));
+  for (const name of state.available) {
+    const input = Object.assign(document.createElement("input"), {
+      type: "checkbox", value: name, checked: ext.handlers.includes(name) });
+    input.onchange = () => {
+      state.handlers = [...box.querySelectorAll("input:checked")].map((i) => i.value);
+      updateSession();
+    };
+    const label = document.createElement("label");
+    label.append(input, ` ${name}`);
+    box.append(label);
+  }
+}
+
+// ---- controls ------------------------------------------------------------------------------
+
+async function start() {
+  $("start").disabled = true;
+  state.running = true;
+  setStatus("connecting", "Opening the camera…");
+  try {
+    await openMedia();
+  } catch (err) {
+    state.running = false;
+    $("start").disabled = false;
+    mediaError(err);
+    return;
+  }
+  $("stop").disabled = false;
+  connect();
+}
+
+function stop() {
+  state.running = false;
+  clearTimeout(state.reconnectTimer);
+  stopFrames();
+  if (state.ws) state.ws.close(1000);
+  state.ws = null;
+  if (state.stream) state.stream.getTracks().forEach((t) => t.stop());
+  if (state.audio) state.audio.close();
+  state.stream = state.audio = null;
+  $("start").disabled = false;
+  $("stop").disabled = true;
+  $("ask").disabled = true;
+  setStatus("idle", "Stopped");
+}
+
+$("start").onclick = start;
+$("stop").onclick = stop;
+$("fps").onchange = () => { if (state.frameTimer) startFrames(); };
+$("instructions").onchange = updateSession;
+for (const id of ["camera-select", "mic-select"]) {
+  $(id).onchange = async () => { if (state.running) { stop(); await start(); } };
+}
+$("ask-form").onsubmit = (e) => {
+  e.preventDefault();
+  const q = $("question").value.trim();
+  send({ type: "conversation.item.create", item: { type: "message", role: "user",
+         content: [{ type: "input_text", text: q || "What do you see and hear?" }] } });
+  send({ type: "response.create" });
+  $("question").value = "";
+};
+if (new URLSearchParams(location.search).has("autostart")) start();

@@ -1,0 +1,161 @@
+"""The camera page in a real headless Chromium with a fake camera and microphone fed from files
+made here (a picture with words and a face, a spoken sentence)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+from skimage import data as skdata
+
+from agent.serve import Address
+from agent.testing import FONT, ServerThread, fake_runtime
+from tests.conftest import need
+from tests.media import flite_wav, read_wav
+
+pytestmark = pytest.mark.slow
+os.environ.setdefault("SE_OFFLINE", "true")  # selenium: never fetch drivers or browsers
+os.environ.setdefault("SE_AVOID_STATS", "true")
+SENTENCE = "hello world. this is a test of speech recognition"
+
+
+def camera_y4m(path: Path) -> Path:
+    img = Image.new("RGB", (640, 480), "white")
+    face = Image.fromarray(np.asarray(skdata.astronaut())).resize((300, 300))
+    img.paste(face, (170, 170))
+    ImageDraw.Draw(img).text((80, 50), "HELLO CAMERA", fill="black",
+                             font=ImageFont.truetype(FONT, 56))
+    png = path.with_suffix(".png")
+    img.save(png)
+    subprocess.run([need("ffmpeg"), "-loglevel", "error", "-y", "-loop", "1", "-i", str(png),
+                    "-t", "2", "-r", "10", "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path
+
+
+def microphone_wav(path: Path) -> Path:
+    """The sentence, then two seconds of silence so that each loop is one utterance."""
+    speech, rate = read_wav(flite_wav(path.with_name("sentence.wav"), SENTENCE))
+    padded = np.concatenate([np.zeros(rate // 2), speech, np.zeros(rate * 2)])
+    pcm = (padded * 32767).astype("<i2")
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def chromium(tmp: Path, fake_device: bool = True, fake_ui: bool = True,
+             video: Path | None = None, audio: Path | None = None) -> WebDriver:
+    opts = Options()
+    opts.binary_location = need("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--no-first-run", "--disable-sync", "--disable-quic",
+                "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp}",
+                "--window-size=1280,900"):
+        opts.add_argument(arg)
+    if fake_device:
+        opts.add_argument("--use-fake-device-for-media-stream")
+    if fake_ui:
+        opts.add_argument("--use-fake-ui-for-media-stream")
+    if video is not None:
+        opts.add_argument(f"--use-file-for-fake-video-capture={video}")
+    if audio is not None:
+        opts.add_argument(f"--use-file-for-fake-audio-capture={audio}")
+    return webdriver.Chrome(service=Service(need("chromedriver")), options=opts)
+
+
+@pytest.fixture
+def browser_dir(tmp_path: Path) -> Iterator[Path]:
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    yield profile
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def texts_by(driver: WebDriver, handler: str) -> list[str]:
+    items = driver.find_elements(By.CSS_SELECTOR, f'#responses li[data-handler="{handler}"] .text')
+    return [i.text for i in items]
+
+
+def status(driver: WebDriver) -> tuple[str, str]:
+    el = driver.find_element(By.ID, "status")
+    return el.get_attribute("data-state") or "", el.text
+
+
+def test_page_reads_sees_and_hears(embedded: Address, tmp_path: Path, browser_dir: Path) -> None:
+    driver = chromium(browser_dir, video=camera_y4m(tmp_path / "cam.y4m"),
+                      audio=microphone_wav(tmp_path / "mic.wav"))
+    try:
+        driver.get(embedded.http + "/")
+        driver.find_element(By.ID, "start").click()
+        wait = WebDriverWait(driver, 40, poll_frequency=0.5)
+        wait.until(lambda d: status(d)[0] == "live")
+        wait.until(lambda d: any("HELLO CAMERA" in t for t in texts_by(d, "text_in_view")))
+        wait.until(lambda d: "1 face in view." in texts_by(d, "faces"))
+        wait.until(lambda d: any(len(set(t.lower().split()) & {"hello", "world", "test",
+                                                               "speech", "recognition"}) >= 3
+                                 for t in texts_by(d, "speech")))
+        labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#responses .label")]
+        assert all(" · " in label for label in labels)  # handler · window times · clock
+        driver.find_element(By.ID, "question").send_keys("What is in view?")
+        driver.find_element(By.ID, "ask").click()
+        wait.until(lambda d: any("Text in view: HELLO CAMERA" in t
+                                 for t in texts_by(d, "faces+speech+text_in_view")))
+        shot = os.environ.get("STREAMAGENT_SCREENSHOT", str(tmp_path / "page.png"))
+        driver.save_screenshot(shot)
+        assert driver.find_elements(By.CSS_SELECTOR, "#errors li") == []
+    finally:
+        driver.quit()
+
+
+def test_permission_denied_is_explained(embedded: Address, browser_dir: Path) -> None:
+    driver = chromium(browser_dir, fake_ui=False)
+    try:
+        driver.get(embedded.http + "/")
+        driver.find_element(By.ID, "start").click()
+        WebDriverWait(driver, 20).until(lambda d: status(d)[0] == "denied")
+        assert "permission denied" in status(driver)[1]
+    finally:
+        driver.quit()
+
+
+def test_no_camera_is_explained(embedded: Address, browser_dir: Path) -> None:
+    driver = chromium(browser_dir, fake_device=False)
+    try:
+        driver.get(embedded.http + "/")
+        driver.find_element(By.ID, "start").click()
+        WebDriverWait(driver, 20).until(lambda d: status(d)[0] == "nodevice")
+        assert "No camera or microphone found" in status(driver)[1]
+    finally:
+        driver.quit()
+
+
+def test_page_reconnects_after_the_server_restarts(browser_dir: Path) -> None:
+    driver = chromium(browser_dir)
+    try:
+        with ServerThread(fake_runtime(live=True)) as address:
+            driver.get(address.http + "/")
+            driver.find_element(By.ID, "start").click()
+            WebDriverWait(driver, 20).until(lambda d: status(d)[0] == "live")
+            WebDriverWait(driver, 20).until(lambda d: texts_by(d, "echo"))
+        WebDriverWait(driver, 20).until(lambda d: status(d)[0] == "reconnecting")
+        with ServerThread(fake_runtime(live=True), port=address.port):
+            WebDriverWait(driver, 30).until(lambda d: status(d)[0] == "live")
+    finally:
+        driver.quit()
