@@ -22,13 +22,14 @@ lint: setup
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints-cpu.txt
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -qq -e '.[test]'
+	$(PY) -m pip install -qq -c constraints-cpu.txt -e '.[test,transformers]'
 	# silero-vad declares torch as a dependency, but we only use its bundled ONNX model.
 	$(PY) -m pip install -qq --no-deps 'silero-vad>=5,<7'
+	$(PY) scripts/patch_torchvision.py
 	touch $(STAMP)
 
 system-deps:  ## Debian packages: media tools for tests and `streamagent stream`

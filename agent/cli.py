@@ -127,5 +127,23 @@ def stream(path: str, url: str, api_key: str | None, speed: float, send_fps: flo
     sys.exit(1 if stats.errors and not as_json else 0)
 
 
+@main.command("tiny-model")
+@click.argument("family")
+@click.argument("directory", type=click.Path(file_okay=False))
+def tiny_model(family: str, directory: str) -> None:
+    """Build a tiny random-weight checkpoint of FAMILY's real architecture in DIRECTORY,
+    offline (qwen2-vl, qwen2.5-vl, qwen2-audio, qwen2.5-omni, minicpm-v, minicpm-o). Its output
+    is gibberish: it is for tests and for plugin authors."""
+    from agent.tiny import FAMILIES, build
+
+    if family not in FAMILIES:
+        raise click.BadParameter(f"choose one of {', '.join(sorted(FAMILIES))}", param_hint="FAMILY")
+    try:
+        out = build(family, directory)
+    except ImportError as exc:
+        raise click.ClickException(f"{exc}: pip install 'streamagent[transformers]'") from None
+    click.echo(f"built a tiny {family} checkpoint in {out}")
+
+
 if __name__ == "__main__":
     main()

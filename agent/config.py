@@ -36,12 +36,38 @@ class ServerConfig(_Config):
     shutdown_timeout_s: float = Field(default=5.0, ge=0)
 
 
+class GenerationConfig(_Config):
+    """Decoding defaults, as in the MiniCPM-V demo: sampling or beam search."""
+
+    max_new_tokens: int = Field(default=128, ge=1)
+    min_new_tokens: int = Field(default=0, ge=0)
+    do_sample: bool = False
+    temperature: float = Field(default=0.7, gt=0)
+    top_p: float = Field(default=0.8, gt=0, le=1)
+    top_k: int = Field(default=100, ge=0)
+    repetition_penalty: float = Field(default=1.05, gt=0)
+    num_beams: int = Field(default=1, ge=1)
+    """Beam search when > 1 (text then arrives when the search ends, not token by token)."""
+
+
 class ModelConfig(_Config):
     engine: str
     """The engine kind that runs it (``rapidocr``, ``transformers``, ``vllm``, ...)."""
+    family: str | None = None
+    """The model family, for engines that serve several (``qwen2-vl``, ``minicpm-v``, ...)."""
     source: str | None = None
     """A local directory or a hub id, for engines that load checkpoints."""
     device: str = "cpu"
+    """``cuda``, ``cuda:1``, ``mps`` or ``cpu``."""
+    dtype: str = "auto"
+    """``auto``, ``bfloat16``, ``float16`` or ``float32``."""
+    device_map: str | dict[str, Any] | None = None
+    """Spread one model over several GPUs (``auto``); overrides ``device``."""
+    trust_remote_code: bool = False
+    """Needed for models whose code ships with the checkpoint (MiniCPM-V / MiniCPM-o)."""
+    generation: GenerationConfig = GenerationConfig()
+    handlers: list[str] = []
+    """Handlers that use this model; they form a profile named after the model."""
     options: dict[str, Any] = {}
 
 
@@ -55,6 +81,8 @@ class ProfileConfig(_Config):
 
     handlers: list[str] | None = None
     """Handler names; ``None`` means every handler that is on by default."""
+    models: dict[str, str] = {}
+    """Per-handler model for this profile (handler name -> model name)."""
     live: bool = False
     sample_fps: float = Field(default=1.0, gt=0, le=30)
     video_window_s: float = Field(default=8.0, gt=0)

@@ -40,7 +40,10 @@ class ModelRequest:
     video_fps: float = 1.0
     audio: Audio | None = None
     history: tuple[Turn, ...] = ()
+    examples: tuple[tuple[RGB, str], ...] = ()
+    """Few-shot examples: (image, answer) pairs shown before the question."""
     options: Mapping[str, Any] = field(default_factory=dict)
+    """Per-request decoding overrides (``max_new_tokens``, ``temperature``, ...)."""
 
 
 class Engine(abc.ABC):
@@ -125,8 +128,9 @@ async def iterate_in_thread(
         loop.call_soon_threadsafe(queue.put_nowait, (done, value))
 
     def work() -> None:
+        items = make()
         try:
-            for item in make():
+            for item in items:
                 if cancelled.is_set():
                     return
                 emit(False, item)
@@ -136,6 +140,10 @@ async def iterate_in_thread(
         except Exception as exc:  # handed to the consumer, raised there
             with contextlib.suppress(_Stop, RuntimeError):
                 emit(True, exc)
+        finally:  # run the generator's own clean-up on this thread, before the stream ends
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     future = loop.run_in_executor(executor, work)
     try:

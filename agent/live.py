@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.config import ProfileConfig
 from agent.handler import Handler, Mailbox
 from agent.media import Audio, Frame, Window
 from agent.runtime import Runtime
@@ -31,10 +32,11 @@ class LiveMedia:
     """Owns the sampler, the handlers and their workers for one session."""
 
     def __init__(
-        self, runtime: Runtime, session_id: str, on_work: OnWork, *, sample_fps: float,
-        video_window_s: float,
+        self, runtime: Runtime, session_id: str, on_work: OnWork, *, profile: ProfileConfig,
     ) -> None:
         self.runtime = runtime
+        self.profile = profile
+        sample_fps, video_window_s = profile.sample_fps, profile.video_window_s
         self.session_id = session_id
         self.on_work = on_work
         self.live = False
@@ -78,7 +80,7 @@ class LiveMedia:
                 self.slots.pop(name).task.cancel()
         for name in names:
             if name not in self.slots:
-                handler = self.runtime.make_handler(name, self.session_id)
+                handler = self.runtime.make_handler(name, self.session_id, self.profile)
                 box: Mailbox[Any] = Mailbox()
                 task = asyncio.create_task(self._worker(handler, box), name=f"{name}-worker")
                 self.slots[name] = _Slot(handler, box, task)

@@ -24,6 +24,7 @@ class Runtime:
         """Collect the plugins' registrations and build the in-process pool from config."""
         registry = collect(pm)
         models = {**registry.models, **config.models}
+        config = with_model_profiles(config)
         return cls(config, registry, LocalPool(build_engines(models, registry.engines)))
 
     def _check(self) -> None:
@@ -47,6 +48,12 @@ class Runtime:
                     f"handler {name!r} uses model {model!r}, which is not configured; "
                     f"models: {self.pool.names}"
                 )
+        for pname, profile in self.config.profiles.items():
+            for handler, model in profile.models.items():
+                if model not in self.pool.names:
+                    raise ConfigError(f"profile {pname!r} gives handler {handler!r} model "
+                                      f"{model!r}, which is not configured; models: "
+                                      f"{self.pool.names}")
 
     @property
     def profile_names(self) -> list[str]:
@@ -72,11 +79,38 @@ class Runtime:
             return settings.model
         return self.registry.handlers[name].default_model
 
-    def make_handler(self, name: str, session_id: str) -> Handler:
+    def model_for(self, handler: str, profile: ProfileConfig) -> str | None:
+        return profile.models.get(handler) or self.handler_model(handler)
+
+    def usable_handlers(self, profile: ProfileConfig) -> list[str]:
+        """Handlers a session of this profile may turn on: those with a model."""
+        return sorted(h for h in self.registry.handlers if self.model_for(h, profile))
+
+    def make_handler(self, name: str, session_id: str,
+                     profile: ProfileConfig | None = None) -> Handler:
         cls = self.registry.handlers[name]
         settings = self.config.handlers.get(name)
         options = settings.options if settings else {}
-        return cls(HandlerContext(self.pool, self.handler_model(name), options, session_id))
+        model = (profile.models.get(name) if profile else None) or self.handler_model(name)
+        return cls(HandlerContext(self.pool, model, options, session_id))
+
+
+def with_model_profiles(config: Config) -> Config:
+    """Each model that lists handlers becomes a profile of its name; the first one is the
+    default unless the config sets profiles itself (the embedded default stays as
+    ``embedded``)."""
+    derived = {
+        name: ProfileConfig(handlers=list(model.handlers),
+                            models={h: name for h in model.handlers})
+        for name, model in config.models.items() if model.handlers
+    }
+    if not derived:
+        return config
+    profiles = {**derived, **config.profiles}
+    if "profiles" not in config.model_fields_set:
+        profiles["embedded"] = config.profiles["default"]
+        profiles["default"] = next(iter(derived.values()))
+    return config.model_copy(update={"profiles": profiles})
 
 
 def build_engines(

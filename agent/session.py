@@ -50,9 +50,7 @@ class RealtimeSession:
         self.pending_text: list[str] = []
         self.responses: dict[str, ResponseRun] = {}
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(OUTBOX_SIZE)
-        self.media = LiveMedia(runtime, self.id, self._live_response,
-                               sample_fps=self.profile.sample_fps,
-                               video_window_s=self.profile.video_window_s)
+        self.media = LiveMedia(runtime, self.id, self._live_response, profile=self.profile)
         self.media.live = self.profile.live
         self._fps_limit = runtime.config.server.max_frames_per_s
         self._tokens, self._token_t = self._fps_limit, time.monotonic()
@@ -126,11 +124,12 @@ class RealtimeSession:
     def _update(self, params: protocol.SessionParams) -> None:
         ext = params.streamagent
         if ext is not None and ext.handlers is not None:
-            unknown = [h for h in ext.handlers if h not in self.runtime.registry.handlers]
+            usable = self.runtime.usable_handlers(self.profile)
+            unknown = [h for h in ext.handlers if h not in usable]
             if unknown:
                 raise InvalidRequest(
-                    f"unknown handlers {unknown}; known: {sorted(self.runtime.registry.handlers)}",
-                    param="session.streamagent.handlers")
+                    f"unknown handlers {unknown} (or no model for them in this profile); "
+                    f"available: {usable}", param="session.streamagent.handlers")
         fmt = params.audio.input.format if params.audio and params.audio.input else None
         if fmt is not None:
             if fmt.type not in ("audio/pcm", "pcm16"):
@@ -161,7 +160,7 @@ class RealtimeSession:
                 "sample_fps": 1.0 / self.media.sampler.window_s,
                 "handlers": self.media.handler_names,
                 "video_window_s": self.media.video_window_s,
-                "available_handlers": sorted(self.runtime.registry.handlers),
+                "available_handlers": self.runtime.usable_handlers(self.profile),
             },
         })
 

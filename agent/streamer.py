@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import heapq
 import io
 import json
 import logging
@@ -18,6 +19,7 @@ import websockets
 
 log = logging.getLogger(__name__)
 AUDIO_CHUNK_S = 0.1
+REORDER_S = 0.5
 SEND_RATE = 16000
 
 
@@ -55,7 +57,23 @@ Item = tuple[float, dict[str, Any]]
 
 
 def media_items(path: str, send_fps: float, stats: StreamStats) -> Iterator[Item]:
-    """(media time, client event) pairs in time order. Bad packets are counted and skipped."""
+    """(media time, client event) pairs in time order. Bad packets are counted and skipped.
+
+    Containers interleave audio and video loosely (an audio packet may come before an earlier
+    video frame), so items are re-ordered through a small look-ahead heap: a server closes a
+    window as soon as a later item arrives, and a late frame would land in the next window."""
+    heap: list[tuple[float, int, dict[str, Any]]] = []
+    for n, (t, event) in enumerate(_decoded(path, send_fps, stats)):
+        heapq.heappush(heap, (t, n, event))
+        while heap and heap[0][0] <= t - REORDER_S:
+            first, _, item = heapq.heappop(heap)
+            yield first, item
+    while heap:
+        first, _, item = heapq.heappop(heap)
+        yield first, item
+
+
+def _decoded(path: str, send_fps: float, stats: StreamStats) -> Iterator[Item]:
     with av.open(path) as container:
         streams = [s for s in container.streams if s.type in ("video", "audio")]
         if not streams:

@@ -1,0 +1,209 @@
+"""The builders, one per family. Heavy imports (torch, transformers) happen inside."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.tiny import templates
+
+TOKENIZER = Path(__file__).with_name("tokenizer.json")
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+           "<|image_pad|>", "<|video_pad|>", "<|IMAGE|>", "<|VIDEO|>", "<|AUDIO|>",
+           "<|vision_bos|>", "<|vision_eos|>", "<|audio_bos|>", "<|audio_eos|>"]
+TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=4096)
+IMAGE_SIZE = {"shortest_edge": 28 * 28, "longest_edge": 16 * 28 * 28}
+
+
+def tokenizer(**special_attrs: str) -> Any:
+    from transformers import Qwen2Tokenizer
+
+    data = json.loads(TOKENIZER.read_text())
+    vocab = data["model"]["vocab"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in data["model"]["merges"]]
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token="<|endoftext|>",
+                         eos_token="<|im_end|>", pad_token="<|endoftext|>", **special_attrs)
+    tok.add_special_tokens({"additional_special_tokens": SPECIAL})
+    return tok
+
+
+def ids(tok: Any) -> dict[str, int]:
+    return {t: tok.convert_tokens_to_ids(t) for t in SPECIAL}
+
+
+def _seed() -> None:
+    import torch
+
+    torch.manual_seed(0)
+
+
+def _save(model: Any, processor: Any, tok: Any, out: Path) -> None:
+    from transformers import GenerationConfig
+
+    i = ids(tok)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[i["<|im_end|>"], i["<|endoftext|>"]], pad_token_id=i["<|endoftext|>"],
+        do_sample=False)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def qwen2_vl(out: Path, v25: bool = False) -> None:
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tok = tokenizer()
+    i = ids(tok)
+    text = _text(tok, mrope=True)
+    vision: dict[str, Any] = dict(depth=2, num_heads=2, patch_size=14, spatial_merge_size=2,
+                                  temporal_patch_size=2, in_channels=3)
+    tokens = dict(image_token_id=i["<|image_pad|>"], video_token_id=i["<|video_pad|>"],
+                  vision_start_token_id=i["<|vision_start|>"],
+                  vision_end_token_id=i["<|vision_end|>"])
+    if v25:
+        vision.update(hidden_size=64, intermediate_size=128, out_hidden_size=128,
+                      window_size=112, fullatt_block_indexes=[1])
+        config: Any = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
+        model: Any = Qwen2_5_VLForConditionalGeneration(config)
+        proc_cls: Any = Qwen2_5_VLProcessor
+    else:
+        vision.update(embed_dim=64, hidden_size=128, mlp_ratio=2)
+        config = Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
+        model = Qwen2VLForConditionalGeneration(config)
+        proc_cls = Qwen2VLProcessor
+    processor = proc_cls(image_processor=Qwen2VLImageProcessor(size=IMAGE_SIZE),
+                         video_processor=Qwen2VLVideoProcessor(size=IMAGE_SIZE),
+                         tokenizer=tok, chat_template=templates.QWEN2_VL)
+    _save(model, processor, tok, out)
+
+
+def qwen2_5_vl(out: Path) -> None:
+    qwen2_vl(out, v25=True)
+
+
+AUDIO = dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128,
+             num_mel_bins=128, max_source_positions=1500)
+
+
+def _text(tok: Any, mrope: bool) -> dict[str, Any]:
+    i = ids(tok)
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": 1e6}
+    if mrope:
+        rope["mrope_section"] = [4, 6, 6]
+    return dict(TEXT, vocab_size=len(tok), bos_token_id=i["<|endoftext|>"],
+                eos_token_id=i["<|im_end|>"], pad_token_id=i["<|endoftext|>"],
+                rope_parameters=rope)
+
+
+def _audio_tokens() -> dict[str, str]:
+    return dict(audio_token="<|AUDIO|>", audio_bos_token="<|audio_bos|>",
+                audio_eos_token="<|audio_eos|>")
+
+
+def qwen2_audio(out: Path) -> None:
+    from transformers import (
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        WhisperFeatureExtractor,
+    )
+
+    tok = tokenizer(**_audio_tokens())
+    config = Qwen2AudioConfig(audio_config=AUDIO, text_config=_text(tok, mrope=False),
+                              audio_token_index=ids(tok)["<|AUDIO|>"])
+    processor = Qwen2AudioProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok,
+        chat_template=templates.QWEN2_AUDIO, **_audio_tokens())
+    _save(Qwen2AudioForConditionalGeneration(config), processor, tok, out)
+
+
+def qwen2_5_omni(out: Path) -> None:
+    from transformers import (
+        Qwen2_5OmniProcessor,
+        Qwen2_5OmniThinkerConfig,
+        Qwen2_5OmniThinkerForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+        WhisperFeatureExtractor,
+    )
+
+    vision_tokens = dict(image_token="<|IMAGE|>", video_token="<|VIDEO|>",
+                         vision_bos_token="<|vision_bos|>", vision_eos_token="<|vision_eos|>")
+    tok = tokenizer(**_audio_tokens(), **vision_tokens)
+    i = ids(tok)
+    vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2,
+                  out_hidden_size=128, fullatt_block_indexes=[1], window_size=112,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    config = Qwen2_5OmniThinkerConfig(
+        audio_config=dict(AUDIO, output_dim=128, n_window=100), vision_config=vision,
+        text_config=_text(tok, mrope=True), audio_token_index=i["<|AUDIO|>"],
+        image_token_index=i["<|IMAGE|>"], video_token_index=i["<|VIDEO|>"],
+        audio_start_token_id=i["<|audio_bos|>"], audio_end_token_id=i["<|audio_eos|>"],
+        vision_start_token_id=i["<|vision_bos|>"], vision_end_token_id=i["<|vision_eos|>"],
+        user_token_id=i["<|im_start|>"])
+    processor = Qwen2_5OmniProcessor(
+        image_processor=Qwen2VLImageProcessor(size=IMAGE_SIZE),
+        video_processor=Qwen2VLVideoProcessor(size=IMAGE_SIZE),
+        feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok,
+        chat_template=templates.QWEN2_5_OMNI)
+    _save(Qwen2_5OmniThinkerForConditionalGeneration(config), processor, tok, out)
+
+
+def minicpm(out: Path, audio: bool) -> None:
+    import shutil
+
+    from transformers import AutoConfig, AutoModel
+
+    tok = tokenizer()
+    code = Path(__file__).with_name("minicpm")
+    (out / "config.json").write_text(json.dumps({
+        "model_type": "tiny_minicpm", "architectures": ["TinyMiniCPM"],
+        "auto_map": {"AutoConfig": "configuration_tinyminicpm.TinyMiniCPMConfig",
+                     "AutoModel": "modeling_tinyminicpm.TinyMiniCPM"},
+        "text_config": _text(tok, mrope=False), "audio": audio}))
+    for name in ("configuration_tinyminicpm.py", "modeling_tinyminicpm.py"):
+        shutil.copy(code / name, out / name)
+    config = AutoConfig.from_pretrained(out, trust_remote_code=True)
+    AutoModel.from_config(config, trust_remote_code=True).save_pretrained(out)
+    tok.save_pretrained(out)
+    for name in ("configuration_tinyminicpm.py", "modeling_tinyminicpm.py"):  # save_pretrained
+        shutil.copy(code / name, out / name)  # may have rewritten them: keep ours
+
+
+def minicpm_v(out: Path) -> None:
+    minicpm(out, audio=False)
+
+
+def minicpm_o(out: Path) -> None:
+    minicpm(out, audio=True)
+
+
+FAMILIES: dict[str, Callable[[Path], None]] = {
+    "minicpm-v": minicpm_v,
+    "minicpm-o": minicpm_o,
+    "qwen2-audio": qwen2_audio,
+    "qwen2.5-omni": qwen2_5_omni,
+    "qwen2-vl": qwen2_vl,
+    "qwen2.5-vl": qwen2_5_vl,
+}
+
+
+def build(family: str, directory: str | Path) -> Path:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; tiny checkpoints exist for {sorted(FAMILIES)}")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    _seed()
+    FAMILIES[family](out)
+    return out

@@ -1,0 +1,186 @@
+"""Handlers for multimodal LLMs: image (newest frame), video (sliding window), audio (utterances
+or fixed-length chunks). They work with any model whose family takes that modality."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from agent import AUDIO_RATE, Frame, Handler, ModelRequest, Question, Window
+from agent.media import RGB
+from plugins import vad
+
+DESCRIBE = "Describe what you see in one short sentence."
+SUMMARIZE = "Summarize what happened in these frames in one short sentence."
+LISTEN = "What do you hear? Transcribe any speech."
+
+
+class _LLMHandler(Handler):
+    enabled_by_default = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        opts = self.ctx.options
+        self.prompt = str(opts.get("prompt", self.default_prompt()))
+        self.examples = tuple(load_examples(opts.get("few_shot", [])))
+
+    def default_prompt(self) -> str:
+        return DESCRIBE
+
+    def request(self, prompt: str, question: Question | None = None,
+                **media: Any) -> ModelRequest:
+        return ModelRequest(
+            prompt=prompt, examples=self.examples,
+            instructions=question.instructions if question else "",
+            history=question.history if question else (), **media)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[str]:
+        async for text in self.ctx.stream(request):
+            yield text
+
+
+class DescribeHandler(_LLMHandler):
+    """Live: describes the newest frame of each window. Asked: answers about the newest frame."""
+
+    name = "describe"
+    modality = "image"
+
+    async def respond(self, work: Window) -> AsyncIterator[str]:
+        assert work.frame is not None
+        image = await asyncio.to_thread(work.frame.image)
+        async for text in self.stream(self.request(self.prompt, images=(image,))):
+            yield text
+
+    async def answer(self, question: Question) -> AsyncIterator[str]:
+        if question.frame is None:
+            return
+        image = await asyncio.to_thread(question.frame.image)
+        req = self.request(question.text or self.prompt, question, images=(image,))
+        async for text in self.stream(req):
+            yield text
+
+
+class VideoHandler(_LLMHandler):
+    """A sliding window of sampled frames (``video_window_s``, at most 64, with fps metadata).
+    Live: summarizes every ``every_s`` seconds (default: the window length). Asked: answers
+    about what happened over the window."""
+
+    name = "video"
+    modality = "video"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.frames: deque[tuple[float, Frame]] = deque(maxlen=64)
+        self.window_s = float(self.ctx.options.get("window_s", 8.0))
+        self.every_s = float(self.ctx.options.get("every_s", self.window_s))
+        self._next = self.every_s
+
+    def default_prompt(self) -> str:
+        return SUMMARIZE
+
+    def feed(self, window: Window) -> Window | None:
+        if window.frame is None:
+            return None
+        self.frames.append((window.end, window.frame))
+        while self.frames and self.frames[0][0] <= window.end - self.window_s:
+            self.frames.popleft()
+        if window.end + 1e-6 < self._next:
+            return None
+        self._next = window.end + self.every_s
+        return Window(window.index, self.frames[0][0] - (window.end - window.start), window.end,
+                      window.frame)
+
+    async def _video(self, frames: list[Frame]) -> tuple[tuple[RGB, ...], float]:
+        images = await asyncio.to_thread(lambda: tuple(f.image() for f in frames))
+        span = max(1e-3, frames[-1].ts - frames[0].ts) if len(frames) > 1 else 1.0
+        fps = (len(frames) - 1) / span if len(frames) > 1 else 1.0
+        return images, fps
+
+    async def respond(self, work: Window) -> AsyncIterator[str]:
+        video, fps = await self._video([f for _, f in self.frames])
+        async for text in self.stream(self.request(self.prompt, video=video, video_fps=fps)):
+            yield text
+
+    async def answer(self, question: Question) -> AsyncIterator[str]:
+        frames = list(question.frames) or [f for _, f in self.frames]
+        if not frames:
+            return
+        video, fps = await self._video(frames)
+        req = self.request(question.text or self.prompt, question, video=video, video_fps=fps)
+        async for text in self.stream(req):
+            yield text
+
+
+class ListenHandler(_LLMHandler):
+    """Audio for audio-language models: one response per utterance found by voice activity,
+    or, with option ``chunk_s``, per fixed-length chunk."""
+
+    name = "listen"
+    modality = "audio"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.chunk_s = self.ctx.options.get("chunk_s")
+        self.segmenter = None if self.chunk_s else vad.Segmenter(
+            min_silence_s=float(self.ctx.options.get("min_silence_s", 0.5)))
+        self._buffer: list[np.ndarray] = []
+        self._start: float | None = None
+        self.last: vad.Utterance | None = None
+        self.recent: deque[np.ndarray] = deque(maxlen=10)  # windows: what a question hears
+        # when no utterance was found
+
+    def default_prompt(self) -> str:
+        return LISTEN
+
+    def feed(self, window: Window) -> vad.Utterance | None:
+        if window.audio.size:
+            self.recent.append(window.audio)
+        t = window.end - window.audio.size / AUDIO_RATE
+        if self.segmenter is not None:
+            done = self.segmenter.feed(window.audio, t, final=window.final)
+        else:
+            done = self._chunks(window, t)
+        if not done:
+            return None
+        self.last = done[-1]
+        return done[-1]
+
+    def _chunks(self, window: Window, t: float) -> list[vad.Utterance]:
+        if self._start is None:
+            self._start = t
+        self._buffer.append(window.audio)
+        audio = np.concatenate(self._buffer)
+        if audio.size < float(self.chunk_s) * AUDIO_RATE and not (window.final and audio.size):
+            return []
+        self._buffer, start, self._start = [], self._start, None
+        return [vad.Utterance(start, start + audio.size / AUDIO_RATE, audio)]
+
+    async def respond(self, work: vad.Utterance) -> AsyncIterator[str]:
+        async for text in self.stream(self.request(self.prompt, audio=work.audio)):
+            yield text
+
+    async def answer(self, question: Question) -> AsyncIterator[str]:
+        if self.last is not None:
+            audio = self.last.audio
+        elif self.recent:
+            audio = np.concatenate(list(self.recent))
+        else:
+            return
+        req = self.request(question.text or self.prompt, question, audio=audio)
+        async for text in self.stream(req):
+            yield text
+
+
+def load_examples(items: list[dict[str, str]]) -> list[tuple[RGB, str]]:
+    """Few-shot examples from config: ``[{image: PATH, answer: TEXT}, ...]``."""
+    out = []
+    for item in items:
+        with Image.open(Path(item["image"]).expanduser()) as img:
+            out.append((np.asarray(img.convert("RGB")), str(item["answer"])))
+    return out

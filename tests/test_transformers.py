@@ -1,0 +1,164 @@
+"""Each model family on the transformers engine, end to end through the realtime endpoint, on
+tiny random-weight checkpoints of the real architectures (built here, offline). Output is
+gibberish: these tests check token counts, ordering, windows, cancellation and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import transformers  # noqa: F401  (a test dependency: fail loudly if missing)
+
+from agent.config import Config, GenerationConfig, ModelConfig
+from agent.errors import ConfigError
+from agent.plugins import get_plugin_manager
+from agent.runtime import Runtime
+from agent.serve import Address
+from agent.streamer import stream_file
+from agent.testing import ServerThread, data_url, image_event, jpeg_bytes
+from agent.tiny import build
+from tests.helpers import Client, texts
+from tests.media import flite_wav, word_video
+
+pytestmark = pytest.mark.slow
+HANDLERS = {
+    "qwen2-vl": ["describe", "video"],
+    "qwen2.5-vl": ["describe", "video"],
+    "qwen2-audio": ["listen"],
+    "qwen2.5-omni": ["describe", "video", "listen"],
+    "minicpm-v": ["describe", "video"],
+    "minicpm-o": ["describe", "video", "listen"],
+}
+TOKENS = 8
+
+
+IMAGE = sorted(f for f, h in HANDLERS.items() if "describe" in h)
+AUDIO = sorted(f for f, h in HANDLERS.items() if "listen" in h)
+ALL = sorted(HANDLERS)
+
+
+@pytest.fixture(scope="module")
+def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+        tuple[str, Address, Runtime]]:
+    name = request.param
+    source = str(build(name, tmp_path_factory.mktemp(name.replace(".", "_"))))
+    handlers = HANDLERS[name]
+    remote = name.startswith("minicpm")
+    models = {
+        "tiny": ModelConfig(engine="transformers", family=name, source=source, handlers=handlers,
+                            trust_remote_code=remote,
+                            generation=GenerationConfig(max_new_tokens=TOKENS,
+                                                        min_new_tokens=TOKENS)),
+        "slow": ModelConfig(engine="transformers", family=name, source=source,
+                            handlers=handlers[-1:], trust_remote_code=remote,
+                            generation=GenerationConfig(max_new_tokens=2000,
+                                                        min_new_tokens=2000)),
+    }
+    runtime = Runtime.build(Config(models=models), get_plugin_manager())
+    with ServerThread(runtime) as address:
+        yield name, address, runtime
+
+
+def engine(runtime: Runtime, model: str) -> Any:
+    return runtime.pool.engines[model]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("family", ALL, indirect=True)
+async def test_question_streams_deltas_then_done(family: Any) -> None:
+    name, address, runtime = family
+    client = await Client.connect(address.realtime)
+    before = engine(runtime, "tiny").tokens_generated
+    if "describe" in HANDLERS[name]:
+        await client.send(image_event(data_url(jpeg_bytes("hi")), text="What is this?"))
+    else:
+        await client.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "What did you hear?"}]}})
+    await client.send({"type": "response.create"})
+    got = await client.until("response.done", timeout=120)
+    done = got[-1]["response"]
+    assert done["status"] == "completed"
+    assert done["metadata"]["handler"] == "+".join(HANDLERS[name])
+    if "describe" in HANDLERS[name]:
+        assert texts(got), "no deltas"
+        assert engine(runtime, "tiny").tokens_generated - before >= TOKENS
+    await client.close()
+
+
+@pytest.mark.parametrize("family", IMAGE, indirect=True)
+async def test_live_video_gets_a_response_per_window(family: Any, tmp_path: Path) -> None:
+    name, address, _ = family
+    video = word_video(tmp_path / "v.mp4", ["ONE", "TWO", "THREE"])
+    replies, _ = await stream_file(str(video), address.realtime, handlers=["describe"],
+                                   send_fps=5, idle_s=2)
+    spans = [(r.start_ms, r.end_ms) for r in replies if r.handler == "describe"]
+    assert spans == [(0, 1000), (1000, 2000), (2000, 3000)]
+    assert all(r.status == "completed" and r.text for r in replies)
+
+
+@pytest.mark.parametrize("family", AUDIO, indirect=True)
+async def test_audio_gets_a_response_per_utterance(family: Any, tmp_path: Path) -> None:
+    name, address, _ = family
+    wav = flite_wav(tmp_path / "s.wav", "hello world. this is a test of speech recognition")
+    replies, _ = await stream_file(str(wav), address.realtime, handlers=["listen"], idle_s=2)
+    assert [r.handler for r in replies] == ["listen"]
+    assert replies[0].status == "completed" and replies[0].start_ms is not None
+
+
+@pytest.mark.parametrize("family", ALL, indirect=True)
+async def test_cancel_stops_the_engine(family: Any) -> None:
+    name, address, runtime = family
+    slow = engine(runtime, "slow")
+    client = await Client.connect(f"{address.ws}/v1/realtime?model=slow")
+    if "listen" in HANDLERS[name][-1:]:
+        wav_like = {"type": "input_audio_buffer.append",
+                    "audio": __import__("base64").b64encode(b"\x10\x20" * 24000).decode()}
+        await client.send(wav_like)
+        await client.send({"type": "input_audio_buffer.commit"})
+        # no utterance was found in that buzz: the question goes to the model anyway
+        await client.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "say a lot"}]}})
+    else:
+        await client.send(image_event(data_url(jpeg_bytes("x")), text="say a lot"))
+    await client.send({"type": "response.create"})
+    await client.until("response.output_text.delta", timeout=120)
+    await client.send({"type": "response.cancel"})
+    got = await client.until("response.done", timeout=60)
+    if got[-1]["response"]["status"] != "cancelled":
+        pytest.fail(f"{got[-1]['response']['status']}: {got[-3:]}")
+    stopped = slow.tokens_generated
+    await asyncio.sleep(0.5)
+    assert slow.tokens_generated == stopped < 2000
+    assert slow.active == 0
+    await client.close()
+
+
+@pytest.mark.parametrize(("model", "words"), [
+    (dict(family="qwen9", source="/nowhere"), "unknown family 'qwen9'"),
+    (dict(family="qwen2-vl", source="/nowhere/at/all"), "no checkpoint at /nowhere/at/all"),
+    (dict(family="qwen2-vl"), "no source"),
+    (dict(family="minicpm-v", source="org/minicpm"), "set trust_remote_code: true"),
+    (dict(family="qwen2-vl", source="/tmp", dtype="float8"), "no checkpoint at /tmp"),
+])
+def test_bad_model_config_fails_at_start_up(model: dict[str, Any], words: str) -> None:
+    config = Config(models={"m": ModelConfig(engine="transformers", **model)})
+    with pytest.raises(ConfigError) as info:
+        Runtime.build(config, get_plugin_manager())
+    assert words in str(info.value)
+
+
+def test_bad_model_config_is_one_clear_line_from_the_cli(tmp_path: Path) -> None:
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("models:\n  qwen:\n    engine: transformers\n    family: qwen2-vl\n"
+                   f"    source: {tmp_path}/missing\n    handlers: [describe]\n")
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "serve", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"model 'qwen': no checkpoint at {tmp_path}/missing" in out.stderr
