@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from agent.config import load_config
+from agent.config import Config, ModelConfig, load_config
 from agent.errors import ConfigError
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/realtime?model=default"
@@ -42,11 +42,22 @@ def main() -> None:
               help="PEM certificate: serve https/wss (cameras need a secure origin off localhost).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
               help="PEM private key for --tls-cert.")
+@click.option("--family", default=None,
+              help="Serve one multimodal LLM: qwen2-vl, qwen2.5-vl, qwen2-audio, qwen2.5-omni, "
+                   "minicpm-v or minicpm-o (needs --source). See docs/models.md.")
+@click.option("--source", default=None, help="Its checkpoint: a directory or a hub id.")
+@click.option("--device", default="cpu", show_default=True, help="cuda, cuda:N, mps or cpu.")
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "bfloat16", "float16", "float32"]))
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow code shipped with the checkpoint (MiniCPM-V / MiniCPM-o).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str | None, port: int | None, config_path: str | None, api_key: str | None,
-          tls_cert: str | None, tls_key: str | None, log_level: str) -> None:
-    """Load the models and serve the realtime endpoint until SIGINT/SIGTERM."""
+          tls_cert: str | None, tls_key: str | None, family: str | None, source: str | None,
+          device: str, dtype: str, trust_remote_code: bool, log_level: str) -> None:
+    """Load the models and serve the camera page and the realtime endpoint until
+    SIGINT/SIGTERM. With no config and no --family: the embedded CPU models."""
     from agent.plugins import get_plugin_manager
     from agent.runtime import Runtime
     from agent.serve import serve_forever
@@ -55,12 +66,26 @@ def serve(host: str | None, port: int | None, config_path: str | None, api_key: 
     try:
         config = load_config(config_path, host=host, port=port, api_key=api_key,
                              tls_certfile=tls_cert, tls_keyfile=tls_key)
+        if family is not None or source is not None:
+            config = with_flag_model(config, family, source, device, dtype, trust_remote_code)
         runtime = Runtime.build(config, get_plugin_manager())
         asyncio.run(serve_forever(runtime))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot serve: {exc}") from None
+
+
+def with_flag_model(config: Config, family: str | None, source: str | None, device: str,
+                    dtype: str, trust_remote_code: bool) -> Config:
+    """``--family F --source S``: one transformers model, its handlers by modality, the default."""
+    if not family or not source:
+        raise ConfigError("--family and --source go together")
+    handlers = {"qwen2-audio": ["listen"], "qwen2.5-omni": ["describe", "video", "listen"],
+                "minicpm-o": ["describe", "video", "listen"]}.get(family, ["describe", "video"])
+    model = ModelConfig(engine="transformers", family=family, source=source, device=device,
+                        dtype=dtype, trust_remote_code=trust_remote_code, handlers=handlers)
+    return config.model_copy(update={"models": {**config.models, family: model}})
 
 
 @main.command()
@@ -137,7 +162,8 @@ def tiny_model(family: str, directory: str) -> None:
     from agent.tiny import FAMILIES, build
 
     if family not in FAMILIES:
-        raise click.BadParameter(f"choose one of {', '.join(sorted(FAMILIES))}", param_hint="FAMILY")
+        raise click.BadParameter(f"choose one of {', '.join(sorted(FAMILIES))}",
+                                 param_hint="FAMILY")
     try:
         out = build(family, directory)
     except ImportError as exc:

@@ -49,7 +49,8 @@ def main() -> int:
             print(f"unexpected {path}: not patched", file=sys.stderr)
             return 1
         text = text.replace(anchor, GUARD + anchor, 1)
-        text = text.replace('@torch.library.register_fake("torchvision::', '@_register_fake("torchvision::')
+        text = text.replace('@torch.library.register_fake("torchvision::',
+                            '@_register_fake("torchvision::')
         path.write_text(text)
     if not imports():
         print(f"patched {path}, but torchvision still does not import", file=sys.stderr)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import transformers  # noqa: F401  (a test dependency: fail loudly if missing)
 
 from agent.config import Config, GenerationConfig, ModelConfig
@@ -162,3 +161,36 @@ def test_bad_model_config_is_one_clear_line_from_the_cli(tmp_path: Path) -> None
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"model 'qwen': no checkpoint at {tmp_path}/missing" in out.stderr
+
+
+def test_serve_with_family_and_source_flags(tmp_path: Path) -> None:
+    """`streamagent serve --family F --source DIR` serves that model as the default profile."""
+    import json
+    import os
+
+    import websockets.sync.client as ws_client
+
+    source = build("qwen2-vl", tmp_path / "qwen")
+    cmd = [sys.executable, "-m", "agent.cli", "serve", "--port", "0", "--family", "qwen2-vl",
+           "--source", str(source)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
+        try:
+            assert proc.stdout is not None
+            url = ""
+            for _ in range(50):
+                line = proc.stdout.readline()
+                if "realtime endpoint:" in line:
+                    url = line.split("realtime endpoint:")[1].strip()
+                    break
+            with ws_client.connect(url, max_size=None) as ws:
+                session = json.loads(ws.recv())["session"]
+                assert session["streamagent"]["handlers"] == ["describe", "video"]
+                ws.send(json.dumps(image_event(data_url(jpeg_bytes("x")), text="what?")))
+                ws.send(json.dumps({"type": "response.create"}))
+                while (event := json.loads(ws.recv(timeout=60)))["type"] != "response.done":
+                    assert event["type"] != "error", event
+                assert event["response"]["status"] == "completed"
+        finally:
+            proc.terminate()
+            proc.wait(20)

@@ -23,7 +23,8 @@ def tokenizer(**special_attrs: str) -> Any:
 
     data = json.loads(TOKENIZER.read_text())
     vocab = data["model"]["vocab"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in data["model"]["merges"]]
+    merges: Any = [tuple(m) if isinstance(m, list) else tuple(m.split(" "))
+                   for m in data["model"]["merges"]]
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token="<|endoftext|>",
                          eos_token="<|im_end|>", pad_token="<|endoftext|>", **special_attrs)
     tok.add_special_tokens({"additional_special_tokens": SPECIAL})
@@ -68,7 +69,8 @@ def qwen2_vl(out: Path, v25: bool = False) -> None:
     text = _text(tok, mrope=True)
     vision: dict[str, Any] = dict(depth=2, num_heads=2, patch_size=14, spatial_merge_size=2,
                                   temporal_patch_size=2, in_channels=3)
-    tokens = dict(image_token_id=i["<|image_pad|>"], video_token_id=i["<|video_pad|>"],
+    tokens: dict[str, Any] = dict(
+                  image_token_id=i["<|image_pad|>"], video_token_id=i["<|video_pad|>"],
                   vision_start_token_id=i["<|vision_start|>"],
                   vision_end_token_id=i["<|vision_end|>"])
     if v25:
@@ -145,7 +147,7 @@ def qwen2_5_omni(out: Path) -> None:
     vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2,
                   out_hidden_size=128, fullatt_block_indexes=[1], window_size=112,
                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-    config = Qwen2_5OmniThinkerConfig(
+    config = Qwen2_5OmniThinkerConfig(  # type: ignore[call-arg]
         audio_config=dict(AUDIO, output_dim=128, n_window=100), vision_config=vision,
         text_config=_text(tok, mrope=True), audio_token_index=i["<|AUDIO|>"],
         image_token_index=i["<|IMAGE|>"], video_token_index=i["<|VIDEO|>"],
@@ -201,7 +203,8 @@ FAMILIES: dict[str, Callable[[Path], None]] = {
 
 def build(family: str, directory: str | Path) -> Path:
     if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; tiny checkpoints exist for {sorted(FAMILIES)}")
+        raise ValueError(f"unknown family {family!r}; "
+                         f"tiny checkpoints exist for {sorted(FAMILIES)}")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     _seed()

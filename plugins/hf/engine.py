@@ -76,7 +76,7 @@ class TransformersEngine(ThreadedEngine):
             out = self.model.generate(**inputs, **options)
             new = out[0, inputs["input_ids"].shape[1]:]
             self.tokens_generated += int(new.numel())
-            yield self.tokenizer.decode(new, skip_special_tokens=True)
+            yield str(self.tokenizer.decode(new, skip_special_tokens=True))
             return
         streamer = counting_streamer(self, self.tokenizer)
         failure: list[BaseException] = []
@@ -128,9 +128,8 @@ class TransformersEngine(ThreadedEngine):
         # MiniCPM's chat() keeps only the generation options it knows, so a stopping criterion
         # never reaches generate(): hand it to the language model's generate() directly.
         llm = getattr(self.model, "llm", None)
-        original = llm.generate if llm is not None else None
         if llm is not None:
-            llm.generate = functools.partial(original, stopping_criteria=stop)
+            llm.generate = functools.partial(llm.generate, stopping_criteria=stop)
         try:
             for text in self.model.chat(image=None, msgs=msgs, tokenizer=self.tokenizer,
                                         sampling=sampling, stream=True,
@@ -175,7 +174,7 @@ def counting_streamer(engine: TransformersEngine, tokenizer: Any) -> Any:
     """A TextIteratorStreamer that also counts the tokens generated (after the prompt)."""
     from transformers import TextIteratorStreamer
 
-    class CountingStreamer(TextIteratorStreamer):  # type: ignore[misc]
+    class CountingStreamer(TextIteratorStreamer):
         def put(self, value: Any) -> None:
             if not (self.skip_prompt and self.next_tokens_are_prompt):
                 engine.tokens_generated += int(value.numel())

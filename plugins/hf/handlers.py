@@ -126,7 +126,8 @@ class ListenHandler(_LLMHandler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.chunk_s = self.ctx.options.get("chunk_s")
+        chunk = self.ctx.options.get("chunk_s")
+        self.chunk_s = float(chunk) if chunk else None
         self.segmenter = None if self.chunk_s else vad.Segmenter(
             min_silence_s=float(self.ctx.options.get("min_silence_s", 0.5)))
         self._buffer: list[np.ndarray] = []
@@ -156,7 +157,8 @@ class ListenHandler(_LLMHandler):
             self._start = t
         self._buffer.append(window.audio)
         audio = np.concatenate(self._buffer)
-        if audio.size < float(self.chunk_s) * AUDIO_RATE and not (window.final and audio.size):
+        assert self.chunk_s is not None
+        if audio.size < self.chunk_s * AUDIO_RATE and not (window.final and audio.size):
             return []
         self._buffer, start, self._start = [], self._start, None
         return [vad.Utterance(start, start + audio.size / AUDIO_RATE, audio)]

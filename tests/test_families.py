@@ -1,0 +1,59 @@
+"""How a request becomes a model's chat, frames and decoding options (unit tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from agent.config import GenerationConfig, ModelConfig
+from agent.engine import ModelRequest, Turn
+from plugins.hf.engine import decoding
+from plugins.hf.families import fit, messages, subsample
+from plugins.hf.handlers import load_examples
+
+
+def test_chat_order_instructions_examples_history_then_question() -> None:
+    img = np.zeros((4, 4, 3), np.uint8)
+    request = ModelRequest(prompt="And this one?", instructions="Be brief.",
+                           examples=((img, "A black square."),),
+                           history=(Turn("user", "hi"), Turn("assistant", "hello"),
+                                    Turn("system", "ignored")))
+    msgs = messages(request, [{"type": "image"}])
+    assert [(m["role"], [c["type"] for c in m["content"]]) for m in msgs] == [
+        ("system", ["text"]), ("user", ["image"]), ("assistant", ["text"]),
+        ("user", ["text"]), ("assistant", ["text"]), ("user", ["image", "text"])]
+    assert msgs[2]["content"][0]["text"] == "A black square."
+    assert msgs[-1]["content"][-1]["text"] == "And this one?"
+
+
+def test_frames_fit_a_pixel_budget_and_video_is_capped_uniformly() -> None:
+    big = np.zeros((1080, 1920, 3), np.uint8)
+    small = fit(big, 640 * 480)
+    assert small.shape[0] * small.shape[1] <= 640 * 480
+    assert abs(small.shape[1] / small.shape[0] - 16 / 9) < 0.02
+    assert small.flags.writeable and fit(small, 10**9).flags.writeable
+    frames = tuple(np.full((2, 2, 3), i, np.uint8) for i in range(200))
+    picked = subsample(frames)
+    assert len(picked) == 64
+    idx = [int(f[0, 0, 0]) for f in picked]
+    assert idx == sorted(idx) and idx[0] < 4 and idx[-1] > 195
+    assert len(subsample(frames[:10])) == 10
+
+
+def test_decoding_options_greedy_sampling_and_overrides() -> None:
+    greedy = decoding(ModelConfig(engine="transformers"), {})
+    assert greedy["do_sample"] is False and "temperature" not in greedy
+    cfg = ModelConfig(engine="transformers",
+                      generation=GenerationConfig(do_sample=True, temperature=0.3, top_p=0.9))
+    sampled = decoding(cfg, {"max_new_tokens": 7, "bogus": 1})
+    assert sampled["temperature"] == 0.3 and sampled["top_p"] == 0.9
+    assert sampled["max_new_tokens"] == 7 and "bogus" not in sampled
+
+
+def test_few_shot_examples_load_from_files(tmp_path: Path) -> None:
+    path = tmp_path / "red.png"
+    Image.new("RGB", (8, 6), "red").save(path)
+    ((image, answer),) = load_examples([{"image": str(path), "answer": "Red."}])
+    assert image.shape == (6, 8, 3) and tuple(image[0, 0]) == (255, 0, 0) and answer == "Red."
