@@ -170,9 +170,10 @@ class RealtimeSession:
             if isinstance(part, protocol.InputText):
                 if item.role == "system":
                     self.instructions = part.text
-                elif item.role == "user":
+                elif item.role == "user":  # joins the history when it is asked
                     self.pending_text.append(part.text)
-                self.history.append(Turn(item.role, part.text))
+                else:
+                    self.history.append(Turn(item.role, part.text))
             elif isinstance(part, protocol.InputImage):
                 self._add_image(part)
             elif part.audio is not None:
@@ -216,6 +217,7 @@ class RealtimeSession:
             window=self.media.last_window,
             history=tuple(self.history),
         )
+        self.history.extend(Turn("user", text) for text in self.pending_text)
         self.pending_text.clear()
         handlers = [s.handler for s in self.media.slots.values()]
         meta = self._metadata("+".join(h.name for h in handlers),

@@ -57,3 +57,38 @@ def test_few_shot_examples_load_from_files(tmp_path: Path) -> None:
     Image.new("RGB", (8, 6), "red").save(path)
     ((image, answer),) = load_examples([{"image": str(path), "answer": "Red."}])
     assert image.shape == (6, 8, 3) and tuple(image[0, 0]) == (255, 0, 0) and answer == "Red."
+
+
+async def test_describe_handler_sends_instructions_examples_history_and_frame(
+        tmp_path: Path) -> None:
+    from agent.config import Config, HandlerConfig, ProfileConfig
+    from agent.plugins import get_plugin_manager
+    from agent.runtime import Runtime
+    from agent.serve import running
+    from agent.testing import FakeEngine, FakePlugin, data_url, image_event, jpeg_bytes
+    from plugins import hf
+    from tests.helpers import Client
+
+    path = tmp_path / "ex.png"
+    Image.new("RGB", (8, 6), "blue").save(path)
+    config = Config(
+        handlers={"describe": HandlerConfig(model="fake", options={
+            "few_shot": [{"image": str(path), "answer": "Blue."}]})},
+        profiles={"default": ProfileConfig(handlers=["describe"])})
+    runtime = Runtime.build(config, get_plugin_manager([FakePlugin(), hf]))
+    async with running(runtime) as address:
+        client = await Client.connect(address.realtime)
+        await client.send({"type": "session.update", "session": {"instructions": "Be brief."}})
+        for question in ("first?", "second?"):
+            await client.send(image_event(data_url(jpeg_bytes("x")), text=question))
+            await client.send({"type": "response.create"})
+            await client.until("response.done")
+        fake = runtime.pool.engines["fake"]  # type: ignore[attr-defined]
+        assert isinstance(fake, FakeEngine)
+        last = fake.requests[-1]
+        assert last.prompt == "second?" and last.instructions == "Be brief."
+        assert [a for _, a in last.examples] == ["Blue."]
+        assert [(t.role, t.text) for t in last.history] == [
+            ("user", "first?"), ("assistant", "tok0 tok1 tok2 tok3 tok4 ")]
+        assert last.images[0].shape == (240, 320, 3)
+        await client.close()
