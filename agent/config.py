@@ -28,6 +28,12 @@ class ServerConfig(_Config):
     """Frames accepted per second per session; the excess is dropped with an error event."""
     max_history: int = Field(default=32, ge=0)
     """Conversation turns kept per session."""
+    max_concurrent_requests: int = Field(default=16, ge=1)
+    """Chat completions in flight at once; the next gets HTTP 503."""
+    media_dirs: list[str] = []
+    """Directories whose files chat requests may name by path (none by default)."""
+    fetch_urls: bool = False
+    """Whether chat requests may name http(s) media URLs (public addresses only)."""
     tls_certfile: str | None = None
     """Serve https/wss with this certificate (PEM); browsers allow cameras only on secure
     origins, so this is how a phone on the network reaches the camera page."""

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 from agent.engine import Engine, ModelRequest
 from agent.errors import ConfigError, EngineError, StreamAgentError, UnknownModel
@@ -28,7 +28,7 @@ class Pool(abc.ABC):
         """Free every model."""
 
     @abc.abstractmethod
-    def stream(self, model: str, request: ModelRequest) -> AsyncIterator[str]:
+    def stream(self, model: str, request: ModelRequest) -> AsyncGenerator[str, None]:
         """Stream text from ``model``; closing the iterator aborts generation."""
 
     async def health(self) -> dict[str, bool]:
@@ -60,7 +60,7 @@ class LocalPool(Pool):
         for engine in self.engines.values():
             await engine.close()
 
-    async def stream(self, model: str, request: ModelRequest) -> AsyncIterator[str]:
+    async def stream(self, model: str, request: ModelRequest) -> AsyncGenerator[str, None]:
         engine = self.engines.get(model)
         if engine is None:
             raise UnknownModel(f"no model named {model!r}; the pool has {self.names}")

@@ -6,17 +6,20 @@ import asyncio
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from agent import events
+from agent import events, gemini
+from agent.chat_api import ChatAPI
 from agent.errors import StreamAgentError
 from agent.runtime import Runtime
 from agent.session import RealtimeSession
@@ -33,14 +36,45 @@ class Gateway:
         self.sessions: set[RealtimeSession] = set()
         self.ready = asyncio.Event()
 
-    def app(self) -> Starlette:
+    def app(self) -> ASGIApp:
+        chat = ChatAPI(self.runtime)
         routes = [
             Route("/healthz", self.healthz),
+            Route("/v1/models", self._http_auth(chat.models)),
+            Route("/v1/chat/completions", self._http_auth(chat.completions), methods=["POST"]),
             WebSocketRoute("/v1/realtime", self.realtime),
             WebSocketRoute("/v1/realtime/", self.realtime),
+            *(WebSocketRoute(path, self.gemini) for path in gemini.PATHS),
             Mount("/", StaticFiles(packages=[("agent", "static")], html=True), name="page"),
         ]
-        return Starlette(routes=routes)
+        return collapse_slashes(Starlette(routes=routes))
+
+    def _http_auth(self, endpoint: Callable[[Request], Awaitable[Response]],
+                   ) -> Callable[[Request], Awaitable[Response]]:
+        async def checked(request: Request) -> Response:
+            if not self._key_ok(_bearer(request.headers.get("authorization", ""))):
+                return JSONResponse({"error": {"message": "missing or invalid API key",
+                                               "type": "invalid_request_error", "param": None,
+                                               "code": "invalid_api_key"}}, status_code=401)
+            return await endpoint(request)
+
+        return checked
+
+    def _key_ok(self, token: str) -> bool:
+        key = self.runtime.config.server.api_key
+        return not key or hmac.compare_digest(token.encode(), key.encode())
+
+    async def gemini(self, ws: WebSocket) -> None:
+        token = ws.headers.get("x-goog-api-key") or ws.query_params.get("key") or \
+            _bearer(ws.headers.get("authorization", ""))
+        if not self._key_ok(token):
+            await _deny(ws, 401, "invalid_api_key", "missing or invalid API key")
+            return
+        if len(self.sessions) >= self.runtime.config.server.max_sessions:
+            await _deny(ws, 503, "too_many_sessions", "the server is at its session limit")
+            return
+        await ws.accept()
+        await gemini.GeminiSession(self.runtime, ws).run()
 
     async def healthz(self, request: Request) -> JSONResponse:
         models = await self.runtime.pool.health()
@@ -50,17 +84,13 @@ class Gateway:
         return JSONResponse(body, status_code=200 if ok else 503)
 
     def _authorized(self, ws: WebSocket) -> bool:
-        key = self.runtime.config.server.api_key
-        if not key:
-            return True
-        given = ws.headers.get("authorization", "")
-        token = given[7:] if given.lower().startswith("bearer ") else ""
+        token = _bearer(ws.headers.get("authorization", ""))
         if not token:  # browsers cannot set headers: accept the key as a subprotocol too
             protocols = ws.headers.get("sec-websocket-protocol", "")
             for proto in (p.strip() for p in protocols.split(",")):
                 if proto.startswith("openai-insecure-api-key."):
                     token = proto.removeprefix("openai-insecure-api-key.")
-        return hmac.compare_digest(token.encode(), key.encode())
+        return self._key_ok(token)
 
     async def realtime(self, ws: WebSocket) -> None:
         if not self._authorized(ws):
@@ -86,6 +116,22 @@ class Gateway:
             pass
         finally:
             self.sessions.discard(session)
+
+
+def _bearer(header: str) -> str:
+    return header[7:].strip() if header.lower().startswith("bearer ") else ""
+
+
+def collapse_slashes(app: ASGIApp) -> ASGIApp:
+    """``//ws/...`` -> ``/ws/...``: some SDK versions join a base URL ending in a slash."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if "//" in path:
+            scope = {**scope, "path": re.sub("/{2,}", "/", path)}
+        await app(scope, receive, send)
+
+    return wrapped
 
 
 async def _messages(ws: WebSocket) -> AsyncIterator[str | bytes]:

@@ -57,6 +57,10 @@ class TransformersEngine(ThreadedEngine):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
                 return cancelled.is_set()
 
+        if "seed" in request.options:
+            import torch
+
+            torch.manual_seed(int(request.options["seed"]))
         options = decoding(self.config, request.options)
         options["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
         self.active += 1

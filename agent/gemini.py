@@ -1,0 +1,189 @@
+"""A Gemini Live-compatible websocket (the google-genai SDK's ``client.aio.live.connect``).
+
+It is a protocol adapter over the same ``RealtimeSession``: Gemini messages become realtime
+client events, and the session's server events become Gemini messages. So the same sampler,
+handlers and pool serve both. Gemini Live has no error message: a bad message closes the
+socket with code 1007 and the reason, as Google's server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from agent.errors import InvalidRequest, StreamAgentError
+from agent.runtime import Runtime
+from agent.session import RealtimeSession
+
+log = logging.getLogger(__name__)
+CLOSE_INVALID = 1007
+CLOSE_POLICY = 1008
+PATHS = [f"/ws/google.ai.generativelanguage.{v}.GenerativeService.BidiGenerateContent"
+         for v in ("v1beta", "v1alpha")]
+
+
+def pick(obj: dict[str, Any], camel: str) -> Any:
+    """A field under its camelCase or snake_case name (the SDK mixes both)."""
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
+    return obj.get(camel, obj.get(snake))
+
+
+def b64(data: str) -> str:
+    """Standard base64 from either alphabet (the SDK sends URL-safe)."""
+    data = data.replace("-", "+").replace("_", "/")
+    data += "=" * (-len(data) % 4)
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("media data is not base64") from None
+    return data
+
+
+class GeminiSession:
+    def __init__(self, runtime: Runtime, ws: WebSocket) -> None:
+        self.runtime = runtime
+        self.ws = ws
+        self.rate = 16000
+        self.active = 0
+        self.closing: str | None = None
+
+    async def run(self) -> None:
+        try:
+            setup = pick(json.loads(await self.ws.receive_text()), "setup")
+            if not isinstance(setup, dict):
+                raise InvalidRequest("the first message must be {'setup': {...}}")
+        except (json.JSONDecodeError, InvalidRequest, TypeError) as exc:
+            await self.ws.close(CLOSE_INVALID, reason=str(exc)[:120])
+            return
+        model = str(setup.get("model") or "models/default").rsplit("/", 1)[-1]
+        try:
+            session = RealtimeSession(self.runtime, model, self._from_session)
+        except StreamAgentError as exc:
+            await self.ws.close(CLOSE_POLICY, reason=exc.message[:120])
+            return
+        await self.ws.send_text(json.dumps({"setupComplete": {}}))
+        try:
+            await session.run(self._events(setup))
+        except WebSocketDisconnect:
+            pass
+        if self.closing is not None:  # a bad message: say why as we close
+            with contextlib.suppress(Exception):
+                await self.ws.close(CLOSE_INVALID, reason=self.closing[:120])
+
+    async def _events(self, setup: dict[str, Any]) -> AsyncIterator[str]:
+        """Gemini client messages as realtime client events (JSON text)."""
+        for event in self._setup(setup):
+            yield json.dumps(event)
+        while self.closing is None:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                events = self._translate(json.loads(message.get("text") or message["bytes"]))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError,
+                    InvalidRequest) as exc:
+                self.closing = f"invalid message: {exc}"
+                return
+            for event in events:
+                yield json.dumps(event)
+            await asyncio.sleep(0)  # let the session send what it has
+
+    def _setup(self, setup: dict[str, Any]) -> list[dict[str, Any]]:
+        session: dict[str, Any] = {"type": "realtime", "audio": {"input": {"format": {
+            "type": "audio/pcm", "rate": self.rate}}}}
+        system = pick(setup, "systemInstruction")
+        if isinstance(system, dict):
+            session["instructions"] = " ".join(p.get("text", "") for p in system.get("parts", []))
+        elif isinstance(system, str):
+            session["instructions"] = system
+        if isinstance(setup.get("streamagent"), dict):
+            session["streamagent"] = setup["streamagent"]
+        return [{"type": "session.update", "session": session}]
+
+    def _translate(self, msg: dict[str, Any]) -> list[dict[str, Any]]:
+        realtime, content = pick(msg, "realtimeInput"), pick(msg, "clientContent")
+        if realtime is not None:
+            return self._realtime(realtime)
+        if content is not None:
+            out = self._interrupt()
+            for turn in content.get("turns") or []:
+                out += [self._item(part) for part in turn.get("parts", [])]
+            if pick(content, "turnComplete"):
+                out.append({"type": "response.create"})
+            return out
+        if pick(msg, "toolResponse") is not None:
+            return []
+        raise InvalidRequest(f"unknown message {sorted(msg)}; expected setup, "
+                             "realtimeInput or clientContent")
+
+    def _realtime(self, rt: dict[str, Any]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for blob in [*(pick(rt, "mediaChunks") or []), pick(rt, "audio"), pick(rt, "video")]:
+            if blob:
+                out += self._blob(blob)
+        if rt.get("text"):
+            out += [*self._interrupt(), self._item({"text": rt["text"]}),
+                    {"type": "response.create"}]
+        if pick(rt, "activityStart") is not None:
+            out += self._interrupt()
+        if pick(rt, "activityEnd") is not None or pick(rt, "audioStreamEnd"):
+            out += [{"type": "input_audio_buffer.commit"}, {"type": "response.create"}]
+        return out
+
+    def _blob(self, blob: dict[str, Any]) -> list[dict[str, Any]]:
+        mime, data = str(pick(blob, "mimeType") or ""), b64(str(blob.get("data", "")))
+        if mime.startswith("image/"):
+            return [self._item({"inlineData": {"mimeType": mime, "data": data}})]
+        if mime.startswith("audio/pcm"):
+            out: list[dict[str, Any]] = []
+            rate = int(mime.split("rate=")[1]) if "rate=" in mime else 16000
+            if rate != self.rate:
+                self.rate = rate
+                out.append({"type": "session.update", "session": {"audio": {"input": {
+                    "format": {"type": "audio/pcm", "rate": rate}}}}})
+            return [*out, {"type": "input_audio_buffer.append", "audio": data}]
+        raise InvalidRequest(f"unsupported mimeType {mime!r}: send image/jpeg or audio/pcm")
+
+    def _item(self, part: dict[str, Any]) -> dict[str, Any]:
+        inline = pick(part, "inlineData")
+        if inline is not None:
+            mime = str(pick(inline, "mimeType") or "image/jpeg")
+            if not mime.startswith("image/"):
+                raise InvalidRequest(f"unsupported inline mimeType {mime!r}")
+            content = {"type": "input_image",
+                       "image_url": f"data:{mime};base64,{b64(inline['data'])}"}
+        else:
+            content = {"type": "input_text", "text": str(part.get("text", ""))}
+        return {"type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": [content]}}
+
+    def _interrupt(self) -> list[dict[str, Any]]:
+        return [{"type": "response.cancel"}] if self.active else []
+
+    async def _from_session(self, text: str) -> None:
+        """Realtime server events as Gemini server messages."""
+        event = json.loads(text)
+        kind = event["type"]
+        if kind == "response.created":
+            self.active += 1
+        elif kind == "response.output_text.delta":
+            await self.ws.send_text(json.dumps(
+                {"serverContent": {"modelTurn": {"parts": [{"text": event["delta"]}]}}}))
+        elif kind == "response.done":
+            self.active -= 1
+            status = event["response"]["status"]
+            body = {"interrupted": True} if status == "cancelled" else {"turnComplete": True}
+            await self.ws.send_text(json.dumps({"serverContent": body}))
+        elif kind == "error" and event["error"]["code"] != "response_cancel_not_active":
+            self.closing = event["error"]["message"]
+            log.info("gemini session closing: %s", self.closing)
+            with contextlib.suppress(Exception):
+                await self.ws.close(CLOSE_INVALID, reason=self.closing[:120])
