@@ -26,8 +26,8 @@ from agent.session import RealtimeSession
 log = logging.getLogger(__name__)
 CLOSE_INVALID = 1007
 CLOSE_POLICY = 1008
-PATHS = [f"/ws/google.ai.generativelanguage.{v}.GenerativeService.BidiGenerateContent"
-         for v in ("v1beta", "v1alpha")]
+PATH = "/ws/google.ai.generativelanguage.{version}.GenerativeService.BidiGenerateContent"
+"""Any API version: the SDK uses v1beta by default, v1 with a custom base URL."""
 
 
 def pick(obj: dict[str, Any], camel: str) -> Any:
@@ -61,7 +61,8 @@ class GeminiSession:
             if not isinstance(setup, dict):
                 raise InvalidRequest("the first message must be {'setup': {...}}")
         except (json.JSONDecodeError, InvalidRequest, TypeError) as exc:
-            await self.ws.close(CLOSE_INVALID, reason=str(exc)[:120])
+            reason = f"the first message must be JSON {{'setup': {{...}}}}: {exc}"
+            await self.ws.close(CLOSE_INVALID, reason=reason[:120])
             return
         model = str(setup.get("model") or "models/default").rsplit("/", 1)[-1]
         try:

@@ -44,7 +44,7 @@ class Gateway:
             Route("/v1/chat/completions", self._http_auth(chat.completions), methods=["POST"]),
             WebSocketRoute("/v1/realtime", self.realtime),
             WebSocketRoute("/v1/realtime/", self.realtime),
-            *(WebSocketRoute(path, self.gemini) for path in gemini.PATHS),
+            WebSocketRoute(gemini.PATH, self.gemini),
             Mount("/", StaticFiles(packages=[("agent", "static")], html=True), name="page"),
         ]
         return collapse_slashes(Starlette(routes=routes))
