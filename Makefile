@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile constraints-cpu.txt
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -qq -c constraints-cpu.txt -e '.[test,transformers]'
+	$(PY) -m pip install -qq -c constraints-cpu.txt -e '.[test,transformers,ray]'
 	# silero-vad declares torch as a dependency, but we only use its bundled ONNX model.
 	$(PY) -m pip install -qq --no-deps 'silero-vad>=5,<7'
 	$(PY) scripts/patch_torchvision.py

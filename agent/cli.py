@@ -7,8 +7,12 @@ import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from agent.runtime import Runtime
 
 from agent.config import Config, ModelConfig, load_config
 from agent.errors import ConfigError
@@ -51,11 +55,15 @@ def main() -> None:
               type=click.Choice(["auto", "bfloat16", "float16", "float32"]))
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow code shipped with the checkpoint (MiniCPM-V / MiniCPM-o).")
+@click.option("--ray-address", default=None,
+              help="Join a Ray cluster (e.g. auto) and stream from its Serve model "
+                   "applications instead of loading models here. See docs/deploy-ray.md.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str | None, port: int | None, config_path: str | None, api_key: str | None,
           tls_cert: str | None, tls_key: str | None, family: str | None, source: str | None,
-          device: str, dtype: str, trust_remote_code: bool, log_level: str) -> None:
+          device: str, dtype: str, trust_remote_code: bool, ray_address: str | None,
+          log_level: str) -> None:
     """Load the models and serve the camera page and the realtime endpoint until
     SIGINT/SIGTERM. With no config and no --family: the embedded CPU models."""
     from agent.plugins import get_plugin_manager
@@ -68,12 +76,34 @@ def serve(host: str | None, port: int | None, config_path: str | None, api_key: 
                              tls_certfile=tls_cert, tls_keyfile=tls_key)
         if family is not None or source is not None:
             config = with_flag_model(config, family, source, device, dtype, trust_remote_code)
-        runtime = Runtime.build(config, get_plugin_manager())
+        if ray_address is not None:
+            runtime = ray_runtime(config, ray_address)
+        else:
+            runtime = Runtime.build(config, get_plugin_manager())
         asyncio.run(serve_forever(runtime))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot serve: {exc}") from None
+
+
+def ray_runtime(config: Config, address: str) -> Runtime:
+    """The gateway as its own process on a Ray cluster: every model (the plugins' defaults and
+    the config's) is a Serve application of that name, deployed from serve_config.yaml."""
+    import ray
+
+    from agent.plugins import collect, get_plugin_manager
+    from agent.ray_serve import RayPool
+    from agent.runtime import Runtime, with_model_profiles
+
+    registry = collect(get_plugin_manager())
+    ray.init(address=address, log_to_driver=False)
+    names = sorted({*registry.models, *config.models})
+    try:
+        pool = RayPool(names)
+    except Exception as exc:
+        raise ConfigError(f"cannot reach the Serve applications {names}: {exc}") from exc
+    return Runtime(with_model_profiles(config), registry, pool)
 
 
 def with_flag_model(config: Config, family: str | None, source: str | None, device: str,

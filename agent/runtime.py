@@ -41,9 +41,11 @@ class Runtime:
                     f"config has settings for unknown handler {name!r}; "
                     f"known handlers: {sorted(self.registry.handlers)}"
                 )
-        for name in self.registry.handlers:
+        used = {h for p in self.config.profiles.values() for h in self.default_handlers(p)}
+        for name in sorted(used | set(self.config.handlers)):
             model = self.handler_model(name)
-            if model is not None and model not in self.pool.names:
+            if model is not None and model not in self.pool.names and not any(
+                    name in p.models for p in self.config.profiles.values()):
                 raise ConfigError(
                     f"handler {name!r} uses model {model!r}, which is not configured; "
                     f"models: {self.pool.names}"
@@ -84,7 +86,8 @@ class Runtime:
 
     def usable_handlers(self, profile: ProfileConfig) -> list[str]:
         """Handlers a session of this profile may turn on: those with a model."""
-        return sorted(h for h in self.registry.handlers if self.model_for(h, profile))
+        return sorted(h for h in self.registry.handlers
+                      if self.model_for(h, profile) in self.pool.names)
 
     def make_handler(self, name: str, session_id: str,
                      profile: ProfileConfig | None = None) -> Handler:

@@ -33,6 +33,8 @@ class FakeEngine(ThreadedEngine):
     kind = "fake"
 
     def load(self) -> None:
+        if self.config.options.get("fail_load"):
+            raise RuntimeError(str(self.config.options["fail_load"]))
         self.tokens = int(self.config.options.get("tokens", 5))
         self.delay_s = float(self.config.options.get("delay_s", 0.0))
         self.fail_after = self.config.options.get("fail_after")

@@ -1,0 +1,224 @@
+"""The Ray Serve pool against a real local Ray cluster started here (one per test run)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+ray = pytest.importorskip("ray")  # a test dependency: importorskip only names it clearly
+from ray import serve  # noqa: E402
+
+from agent.config import Config, ProfileConfig  # noqa: E402
+from agent.plugins import collect, get_plugin_manager  # noqa: E402
+from agent.ray_serve import ModelServer, RayPool  # noqa: E402
+from agent.runtime import Runtime  # noqa: E402
+from agent.serve import Address, running  # noqa: E402
+from agent.testing import FakeEngine, FakePlugin, data_url, image_event, jpeg_bytes  # noqa: E402
+from tests.helpers import Client, texts  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_env(home: Path) -> dict[str, str]:
+    """Keep Ray on loopback: a HOME with ray_bootstrap_config.yaml stops its cloud-metadata
+    probe (notes/ray.md); usage stats off; auth mode explicit."""
+    (home / "ray_bootstrap_config.yaml").write_text("{}")
+    return {"HOME": str(home), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    env = ray_env(tmp_path_factory.mktemp("rayhome"))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={
+        "enable_access_log": False})
+    try:
+        yield port
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def deploy_fake(name: str, **options: Any) -> None:
+    app = serve.deployment(ModelServer, name=name, ray_actor_options={"num_cpus": 0},
+                           health_check_period_s=1, health_check_timeout_s=5,
+                           graceful_shutdown_timeout_s=1, graceful_shutdown_wait_loop_s=0.2)
+    serve.run(app.bind(name, {"engine": "fake", "options": options}, FakeEngine), name=name,
+              route_prefix=f"/models/{name}")
+
+
+@pytest.fixture(scope="session")
+def fake_models(cluster: int) -> list[str]:
+    deploy_fake("fake", tokens=5)
+    deploy_fake("slow", tokens=400, delay_s=0.01)
+    return ["fake", "slow"]
+
+
+def ray_runtime(models: list[str], profile: str = "fake") -> Runtime:
+    config = Config(profiles={"default": ProfileConfig(handlers=["echo"], live=True,
+                                                       models={"echo": profile})})
+    registry = collect(get_plugin_manager([FakePlugin()]))
+    return Runtime(config, registry, RayPool(models))
+
+
+@pytest_asyncio.fixture(params=["local", "ray"])
+async def pool_server(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, Address]]:
+    if request.param == "ray":
+        models = request.getfixturevalue("fake_models")
+        runtime = ray_runtime(models)
+    else:
+        from agent.testing import fake_runtime
+
+        runtime = fake_runtime(live=True)
+    async with running(runtime) as address:
+        yield request.param, address
+
+
+async def test_question_and_live_windows_on_both_pools(pool_server: Any) -> None:
+    _, address = pool_server
+    client = await Client.connect(address.realtime)
+    await client.send({"type": "response.create"})
+    got = await client.until("response.done")
+    assert texts(got) == [f"tok{i} " for i in range(5)]
+    for i in range(3):
+        await client.send(image_event(data_url(jpeg_bytes(str(i))), timestamp=i + 0.1))
+        await asyncio.sleep(0.1)
+    done = [(await client.until("response.done"))[-1]["response"] for _ in range(2)]
+    assert [d["metadata"]["window_start_ms"] for d in done] == ["0", "1000"]
+    await client.close()
+
+
+async def test_cancel_reaches_the_replica(fake_models: list[str]) -> None:
+    async with running(ray_runtime(fake_models, "slow")) as address:
+        client = await Client.connect(address.realtime)
+        await client.send({"type": "response.create"})
+        await client.until("response.output_text.delta")
+        await client.send({"type": "response.cancel"})
+        assert (await client.until("response.done"))[-1]["response"]["status"] == "cancelled"
+        slow = serve.get_app_handle("slow")
+        await asyncio.sleep(0.5)
+        first = await slow.stats.remote()
+        await asyncio.sleep(0.5)
+        second = await slow.stats.remote()
+        assert first["generated"] == second["generated"] < 400 and second["active"] == 0
+        await client.close()
+
+
+async def test_replica_killed_mid_stream_fails_fast_then_recovers(
+        fake_models: list[str]) -> None:
+    deploy_fake("fragile", tokens=300, delay_s=0.02)
+    async with running(ray_runtime([*fake_models, "fragile"], "fragile")) as address:
+        client = await Client.connect(address.realtime)
+        await client.send({"type": "response.create"})
+        await client.until("response.output_text.delta", timeout=30)
+        replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                       if "fragile" in a["name"] and "REPLICA" in a["name"])
+        killed = time.monotonic()
+        ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]))
+        got = await client.until("response.done", timeout=10)
+        assert time.monotonic() - killed < 1.0
+        assert [e for e in got if e["type"] == "error"][0]["error"]["code"] == "engine_error"
+        assert got[-1]["response"]["status"] == "failed"
+        for _ in range(60):  # Serve replaces the replica; the session stays open
+            await client.send({"type": "response.create"})
+            done = (await client.until("response.done", timeout=30))[-1]["response"]
+            if done["status"] == "completed":
+                break
+            await asyncio.sleep(0.5)
+        assert done["status"] == "completed"
+        await client.close()
+
+
+def test_a_model_that_fails_to_load_fails_its_deployment(cluster: int) -> None:
+    with pytest.raises(RuntimeError, match="Deploying application broken failed"):
+        deploy_fake("broken", fail_load="weights are corrupt")
+    status = serve.status().applications["broken"]
+    message = status.deployments["broken"].message  # what `serve status` shows operators
+    assert "model 'broken' failed to load: weights are corrupt" in message
+    serve.delete("broken")
+
+
+async def test_gateway_inside_serve_behind_the_proxy(fake_models: list[str], cluster: int) -> None:
+    from agent.ray_serve import gateway_app
+
+    serve.run(gateway_app({"models": ["fake", "slow"], "plugins": ["agent.testing:FakePlugin"],
+                           "config": {"profiles": {
+        "default": {"handlers": ["echo"], "models": {"echo": "fake"}}}}}), name="gateway",
+        route_prefix="/")
+    client = await Client.connect(f"ws://127.0.0.1:{cluster}/v1/realtime?model=default")
+    await client.send(image_event(data_url(jpeg_bytes("x")), text="hi"))
+    await client.send({"type": "response.create"})
+    assert texts(await client.until("response.done")) == [f"tok{i} " for i in range(5)]
+    await client.close()
+    serve.delete("gateway")
+
+
+def test_serve_run_serve_config_yaml(tmp_path: Path) -> None:
+    """`serve run serve_config.yaml` from the repo root brings up the embedded models and the
+    gateway; a client gets streamed text from it."""
+    env = {**os.environ, **ray_env(tmp_path), "PYTHONPATH": str(ROOT)}
+    port = free_port()
+    config = (ROOT / "serve_config.yaml").read_text().replace("port: 8000", f"port: {port}")
+    (tmp_path / "serve_config.yaml").write_text(config)
+    serve_bin = str(Path(sys.executable).with_name("serve"))
+    with subprocess.Popen([serve_bin, "run", str(tmp_path / "serve_config.yaml")], cwd=ROOT,
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            asyncio.run(_ask_when_up(port))
+        finally:
+            proc.terminate()  # serve run ignores SIGINT when started in the background
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def _ask_when_up(port: int) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 240
+    async with httpx.AsyncClient() as http:
+        while True:
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "serve run did not come up in 240 s"
+            await asyncio.sleep(1)
+    client = await Client.connect(f"ws://127.0.0.1:{port}/v1/realtime?model=default")
+    await client.send(image_event(data_url(jpeg_bytes("RAY SERVE", size=(480, 200))),
+                                  text="what is written?"))
+    await client.send({"type": "response.create"})
+    got = await client.until("response.done", timeout=60)
+    assert "RAY SERVE" in "".join(texts(got))
+    await client.close()
