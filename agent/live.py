@@ -46,6 +46,7 @@ class LiveMedia:
         self.last_window: Window | None = None
         self.recent: deque[Frame] = deque(maxlen=self._recent_len())
         self._ticker: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()
 
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"tick-{self.session_id}")
@@ -95,9 +96,11 @@ class LiveMedia:
 
     def add_frame(self, frame: Frame) -> None:
         self._dispatch(self.sampler.add_frame(frame))
+        self._arrived.set()
 
     def add_audio(self, samples: Audio, ts: float | None) -> None:
         self._dispatch(self.sampler.add_audio(samples, ts))
+        self._arrived.set()
 
     def flush(self) -> None:
         self._dispatch(self.sampler.flush(final=True))
@@ -125,6 +128,13 @@ class LiveMedia:
             await self.on_work(handler, work)
 
     async def _tick_loop(self) -> None:
+        """Close windows on time. Sleeps until the open window's deadline, or until media
+        arrives when none is open, so idle sessions cost no wake-ups."""
         while True:
-            await asyncio.sleep(min(0.05, self.sampler.window_s / 4))
+            wait = self.sampler.seconds_to_close()
+            if wait is None:
+                await self._arrived.wait()
+                self._arrived.clear()
+                continue
+            await asyncio.sleep(max(0.005, wait))
             self._dispatch(self.sampler.tick())

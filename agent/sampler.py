@@ -96,6 +96,13 @@ class Sampler:
         self._audio_t = ts
         return closed
 
+    def seconds_to_close(self) -> float | None:
+        """How long until ``tick`` closes the open window; ``None`` when none is open."""
+        if self._index is None:
+            return None
+        end = (self._index + 1) * self.window_s
+        return end + self.grace_s - (self.now() - self._lag)
+
     def tick(self) -> list[Window]:
         """Close the open window once the receive clock has passed its end (plus a grace)."""
         if self._index is None:

@@ -69,6 +69,11 @@ class EchoHandler(Handler):
 
     async def respond(self, work: Window) -> AsyncIterator[str]:
         assert work.frame is not None
+        if self.ctx.options.get("via_model"):  # option via_model: one call to the model
+            async for text in self.ctx.stream(ModelRequest(prompt=f"window {work.index}",
+                                                           options={"tokens": 1})):
+                yield text
+            return
         if not self.ctx.options.get("decode", True):  # option decode=false: pure overhead
             yield f"window {work.index}"
             return

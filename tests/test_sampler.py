@@ -127,3 +127,15 @@ def _b64(pcm: np.ndarray) -> str:
     import base64
 
     return base64.b64encode(pcm.tobytes()).decode()
+
+
+def test_seconds_to_close_tells_the_ticker_when_to_wake() -> None:
+    clock = Clock()
+    sampler = Sampler(1.0, clock=clock, grace_s=0.1)
+    assert sampler.seconds_to_close() is None  # nothing open: the ticker sleeps until media
+    clock.t += 0.3
+    sampler.add_audio(np.zeros(1600, np.float32))  # receive clock: window 0 is open
+    assert sampler.seconds_to_close() == pytest.approx(0.8)
+    clock.t += 0.8
+    assert [w.index for w in sampler.tick()] == [0]
+    assert sampler.seconds_to_close() is None
