@@ -94,6 +94,7 @@ class Sampler:
             self._append_audio(samples[:n])
             samples, ts = samples[n:], ts + n / AUDIO_RATE
         self._audio_t = ts
+        self._lag = self.now() - ts  # the newest media time is the chunk's end
         return closed
 
     def seconds_to_close(self) -> float | None:
