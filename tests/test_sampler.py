@@ -71,7 +71,7 @@ def test_receive_clock_audio_is_contiguous_and_tick_closes_windows() -> None:
         out += sampler.tick()
     assert [w.index for w in out] == [0, 1]
     assert sum(w.audio.size for w in out) == 2 * 16000  # contiguous from 0.0: no gap, no overlap
-    clock.t += 0.65
+    clock.t += 0.55  # the newest audio ended at 2.5 s: window 2 closes at 3.0 + 0.1 grace
     assert sampler.tick() == []
     clock.t += 0.1
     assert [w.index for w in sampler.tick()] == [2]
@@ -136,6 +136,6 @@ def test_seconds_to_close_tells_the_ticker_when_to_wake() -> None:
     clock.t += 0.3
     sampler.add_audio(np.zeros(1600, np.float32))  # receive clock: window 0 is open
     assert sampler.seconds_to_close() == pytest.approx(0.8)
-    clock.t += 0.8
+    clock.t += 0.81
     assert [w.index for w in sampler.tick()] == [0]
     assert sampler.seconds_to_close() is None
