@@ -91,17 +91,21 @@ async def main() -> dict[str, Any]:
     serve.run(app.bind("fake", {"engine": "fake"}, FakeEngine), name="fake",
               route_prefix="/models/fake")
     registry = collect(get_plugin_manager([FakePlugin()]))
-    local = LocalPool(build_engines({"fake": registry.models["fake"]}, registry.engines))
-    await local.start()
-    remote = RayPool(["fake"])
+
+    def local() -> LocalPool:  # `running` starts and closes its pool: a fresh one each time
+        return LocalPool(build_engines({"fake": registry.models["fake"]}, registry.engines))
+
     frames = camera_frames(5)
     results: dict[str, Any] = {}
     try:
-        for name, pool in (("local", local), ("ray", remote)):
+        for name, make in (("local", local), ("ray", lambda: RayPool(["fake"]))):
+            pool = make()
+            await pool.start()
             await per_call(pool)  # warm up
             results[f"call_{name}"] = ms(await per_call(pool))
-            results[f"window_{name}"] = ms(await window_latency(pool, frames))
-        results["held"] = await sessions_held(local, 500)
+            await pool.close()
+            results[f"window_{name}"] = ms(await window_latency(make(), frames))
+        results["held"] = await sessions_held(local(), 500)
     finally:
         serve.shutdown()
         ray.shutdown()
