@@ -16,6 +16,7 @@ test: setup example-plugin  ## set up and run the whole test suite
 bench: setup  ## measure ingest CPU, added latency and session memory
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.ray_bench
+	$(PY) -m benchmarks.engines_bench
 
 lint: setup
 	$(VENV)/bin/ruff check agent plugins tests

@@ -53,8 +53,9 @@ def save(path: Path, captions: dict[str, str], bad: dict[str, str]) -> None:
 
 async def caption_folder(engine: Engine, folder: Path, out: Path, prompt: str,
                          concurrency: int = 16, progress: bool = True) -> CaptionRun:
-    captions = load(out)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS)
+    captions = await asyncio.to_thread(load, out)
+    files = await asyncio.to_thread(
+        lambda: sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS))
     todo = [p for p in files if str(p.relative_to(folder)) not in captions]
     run = CaptionRun(skipped=len(files) - len(todo))
     bar = tqdm(total=len(todo), unit="img", desc="captioning", disable=not progress)

@@ -133,7 +133,8 @@ def audio(data: bytes, param: str) -> Audio:
         raise InvalidMedia(f"cannot decode the audio: {exc}", param=param) from None
     if not chunks:
         raise InvalidMedia("the audio is empty", param=param)
-    return np.concatenate(chunks).astype(np.float32)
+    out: Audio = np.concatenate(chunks).astype(np.float32)
+    return out
 
 
 def _decode(packet: Any) -> list[av.VideoFrame | av.AudioFrame]:

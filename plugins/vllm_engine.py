@@ -96,7 +96,7 @@ class VllmEngine(Engine):
 
         return Running
 
-    def inputs(self, request: ModelRequest) -> dict[str, Any]:
+    def inputs(self, request: ModelRequest) -> Any:
         from PIL import Image
 
         content: list[dict[str, Any]] = [{"type": "image"} for _ in request.images]
