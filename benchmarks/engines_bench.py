@@ -29,7 +29,7 @@ from agent.testing import jpeg_bytes
 from agent.tiny import build
 from benchmarks.run import ROOT, machine
 
-TOKENS = 32
+TOKENS = 128
 SECONDS = 10
 SESSIONS = (1, 4, 16)
 IMAGES = 48
@@ -141,8 +141,9 @@ sessions at 1 fps for {SECONDS} s with the `describe` handler ({TOKENS} tokens p
 Captioning {IMAGES} images (320x240, 16 in flight): transformers {tc:.1f} images/s, vLLM
 {vc:.1f} images/s (**{vc / tc:.1f}x**).
 
-The transformers engine serves one request at a time, so with more sessions than it can keep
-up with, the sampler's latest-wins drops windows; vLLM runs them in one batch. These are CPU
+The offered load is sessions x {TOKENS} tokens per second (16 sessions: {16 * TOKENS}
+tokens/s). The transformers engine serves one request at a time, so past its capacity the
+sampler's latest-wins drops windows and the first delta waits; vLLM runs them in one batch. These are CPU
 figures on a toy model (per-token work is tiny, so fixed per-step costs dominate); GPU figures
 need a GPU machine (none was lent to this task).
 <!-- /bench:engines -->"""
