@@ -48,9 +48,11 @@ def b64(data: str) -> str:
 
 
 class GeminiSession:
-    def __init__(self, runtime: Runtime, ws: WebSocket) -> None:
+    def __init__(self, runtime: Runtime, ws: WebSocket,
+                 registry: set[RealtimeSession] | None = None) -> None:
         self.runtime = runtime
         self.ws = ws
+        self.registry = registry if registry is not None else set()  # the gateway's sessions
         self.rate = 16000
         self.active = 0
         self.closing: str | None = None
@@ -71,10 +73,13 @@ class GeminiSession:
             await self.ws.close(CLOSE_POLICY, reason=exc.message[:120])
             return
         await self.ws.send_text(json.dumps({"setupComplete": {}}))
+        self.registry.add(session)
         try:
             await session.run(self._events(setup))
         except WebSocketDisconnect:
             pass
+        finally:
+            self.registry.discard(session)
         if self.closing is not None:  # a bad message: say why as we close
             with contextlib.suppress(Exception):
                 await self.ws.close(CLOSE_INVALID, reason=self.closing[:120])

@@ -64,17 +64,22 @@ class Gateway:
         key = self.runtime.config.server.api_key
         return not key or hmac.compare_digest(token.encode(), key.encode())
 
+    async def _admit(self, ws: WebSocket, token: str) -> bool:
+        """The API key and the session limit, checked before the upgrade."""
+        if not self._key_ok(token):
+            await _deny(ws, 401, "invalid_api_key", "missing or invalid API key")
+            return False
+        if len(self.sessions) >= self.runtime.config.server.max_sessions:
+            await _deny(ws, 503, "too_many_sessions", "the server is at its session limit")
+            return False
+        return True
+
     async def gemini(self, ws: WebSocket) -> None:
         token = ws.headers.get("x-goog-api-key") or ws.query_params.get("key") or \
             _bearer(ws.headers.get("authorization", ""))
-        if not self._key_ok(token):
-            await _deny(ws, 401, "invalid_api_key", "missing or invalid API key")
-            return
-        if len(self.sessions) >= self.runtime.config.server.max_sessions:
-            await _deny(ws, 503, "too_many_sessions", "the server is at its session limit")
-            return
-        await ws.accept()
-        await gemini.GeminiSession(self.runtime, ws).run()
+        if await self._admit(ws, token):
+            await ws.accept()
+            await gemini.GeminiSession(self.runtime, ws, self.sessions).run()
 
     async def healthz(self, request: Request) -> JSONResponse:
         models = await self.runtime.pool.health()
@@ -83,21 +88,14 @@ class Gateway:
                 "models": models, "profiles": self.runtime.profile_names}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    def _authorized(self, ws: WebSocket) -> bool:
+    async def realtime(self, ws: WebSocket) -> None:
         token = _bearer(ws.headers.get("authorization", ""))
         if not token:  # browsers cannot set headers: accept the key as a subprotocol too
             protocols = ws.headers.get("sec-websocket-protocol", "")
             for proto in (p.strip() for p in protocols.split(",")):
                 if proto.startswith("openai-insecure-api-key."):
                     token = proto.removeprefix("openai-insecure-api-key.")
-        return self._key_ok(token)
-
-    async def realtime(self, ws: WebSocket) -> None:
-        if not self._authorized(ws):
-            await _deny(ws, 401, "invalid_api_key", "missing or invalid API key")
-            return
-        if len(self.sessions) >= self.runtime.config.server.max_sessions:
-            await _deny(ws, 503, "too_many_sessions", "the server is at its session limit")
+        if not await self._admit(ws, token):
             return
         model = ws.query_params.get("model") or "default"
         subprotocol = _pick_subprotocol(ws)

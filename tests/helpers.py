@@ -56,3 +56,12 @@ class Client:
 
 def texts(events: list[dict[str, Any]]) -> list[str]:
     return [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+
+
+def endpoint_from(proc: Any) -> str:
+    """The realtime URL that `streamagent serve` prints (``proc`` has a text stdout pipe)."""
+    for _ in range(50):
+        line = proc.stdout.readline()
+        if "realtime endpoint:" in line:
+            return str(line.split("realtime endpoint:")[1].strip())
+    raise AssertionError("streamagent serve printed no realtime endpoint")

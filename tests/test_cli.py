@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import websockets
 
+from tests.helpers import endpoint_from
+
 CLI = [sys.executable, "-m", "agent.cli"]
 
 
@@ -51,13 +53,7 @@ def test_serve_prints_its_url_and_stops_gracefully_on_sigterm(tmp_path: Path) ->
 
 
 def _serve_then_sigterm(proc: subprocess.Popen[str]) -> tuple[int, int]:
-    assert proc.stdout is not None
-    url = ""
-    for _ in range(50):
-        line = proc.stdout.readline()
-        if "realtime endpoint:" in line:
-            url = line.split("realtime endpoint:")[1].strip()
-            break
+    url = endpoint_from(proc)
     assert url.startswith("ws://127.0.0.1:") and url.endswith("/v1/realtime?model=default")
 
     async def hold_a_session() -> int:

@@ -155,3 +155,16 @@ async def test_api_key_header_or_query(cert: tuple[str, str], tmp_path: Path) ->
         await ws.send(json.dumps({"setup": {}}))
         assert json.loads(await ws.recv()) == {"setupComplete": {}}
         await ws.close()
+
+
+async def test_gemini_sessions_count_toward_the_session_limit() -> None:
+    runtime = fake_runtime()
+    runtime.config.server.max_sessions = 1
+    async with running(runtime) as address:
+        ws = await raw(address)
+        await ws.send(json.dumps({"setup": {}}))
+        assert json.loads(await ws.recv()) == {"setupComplete": {}}
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await websockets.connect(f"{address.ws}/v1/realtime")
+        assert info.value.response.status_code == 503
+        await ws.close()

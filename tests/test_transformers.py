@@ -22,7 +22,7 @@ from agent.serve import Address
 from agent.streamer import stream_file
 from agent.testing import ServerThread, data_url, image_event, jpeg_bytes
 from agent.tiny import build
-from tests.helpers import Client, texts
+from tests.helpers import Client, endpoint_from, texts
 from tests.media import flite_wav, word_video
 
 pytestmark = pytest.mark.slow
@@ -176,13 +176,7 @@ def test_serve_with_family_and_source_flags(tmp_path: Path) -> None:
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
         try:
-            assert proc.stdout is not None
-            url = ""
-            for _ in range(50):
-                line = proc.stdout.readline()
-                if "realtime endpoint:" in line:
-                    url = line.split("realtime endpoint:")[1].strip()
-                    break
+            url = endpoint_from(proc)
             with ws_client.connect(url, max_size=None) as ws:
                 session = json.loads(ws.recv())["session"]
                 assert session["streamagent"]["handlers"] == ["describe", "video"]
