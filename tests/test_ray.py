@@ -14,17 +14,16 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import ray  # a test dependency (`make setup`): a missing one fails, never skips
+from ray import serve
 
-ray = pytest.importorskip("ray")  # a test dependency: importorskip only names it clearly
-from ray import serve  # noqa: E402
-
-from agent.config import Config, ProfileConfig  # noqa: E402
-from agent.plugins import collect, get_plugin_manager  # noqa: E402
-from agent.ray_serve import ModelServer, RayPool  # noqa: E402
-from agent.runtime import Runtime  # noqa: E402
-from agent.serve import Address, running  # noqa: E402
-from agent.testing import FakeEngine, FakePlugin, data_url, image_event, jpeg_bytes  # noqa: E402
-from tests.helpers import Client, texts  # noqa: E402
+from agent.config import Config, ProfileConfig
+from agent.plugins import collect, get_plugin_manager
+from agent.ray_serve import ModelServer, RayPool
+from agent.runtime import Runtime
+from agent.serve import Address, running
+from agent.testing import FakeEngine, FakePlugin, data_url, image_event, jpeg_bytes
+from tests.helpers import Client, texts
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

