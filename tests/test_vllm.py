@@ -130,3 +130,19 @@ def test_unsupported_family_and_options_fail_at_start_up(tiny: Path) -> None:
         with pytest.raises(ConfigError, match=words):
             Runtime.build(Config(models={"m": ModelConfig(engine="vllm", **model)}),
                           get_plugin_manager())
+
+
+def test_qwen2_audio_one_response_per_utterance(tmp_path: Path) -> None:
+    from tests.media import flite_wav
+
+    source = build("qwen2-audio", tmp_path / "audio")
+    model = ModelConfig(engine="vllm", family="qwen2-audio", source=str(source),
+                        handlers=["listen"],
+                        generation=GenerationConfig(max_new_tokens=8, min_new_tokens=8))
+    runtime = Runtime.build(Config(models={"tiny": model}), get_plugin_manager())
+    wav = flite_wav(tmp_path / "s.wav", "hello world. this is a test of speech recognition")
+    with ServerThread(runtime) as address:
+        replies, _ = asyncio.run(stream_file(str(wav), address.realtime, handlers=["listen"],
+                                             idle_s=2))
+        assert [(r.handler, r.status) for r in replies] == [("listen", "completed")]
+        assert engine(runtime).tokens_generated == 8

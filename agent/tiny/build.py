@@ -128,6 +128,18 @@ def qwen2_audio(out: Path) -> None:
         feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok,
         chat_template=templates.QWEN2_AUDIO, **_audio_tokens())
     _save(Qwen2AudioForConditionalGeneration(config), processor, tok, out)
+    _hub_layout(out / "model.safetensors", "language_model.model.model.", "language_model.model.")
+
+
+def _hub_layout(path: Path, old: str, new: str) -> None:
+    """transformers 5.19 saves Qwen2-Audio's language model as ``language_model.model.model.*``;
+    the real checkpoints on the hub (and vLLM's loader) use ``language_model.model.*``, which
+    transformers also loads. Write the hub's names."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    save_file({k.replace(old, new, 1): v for k, v in tensors.items()}, path,
+              metadata={"format": "pt"})
 
 
 def qwen2_5_omni(out: Path) -> None:
