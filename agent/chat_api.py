@@ -124,7 +124,8 @@ class ChatAPI:
         except StreamAgentError as exc:
             self.active -= 1
             return error(400, exc.message, code=exc.code, param=exc.param)
-        if chat.stream:
+        if chat.stream:  # the stream holds its own slot: a body never started holds none
+            self.active -= 1
             return StreamingResponse(self._sse(chat, model, req), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         try:
@@ -216,6 +217,7 @@ class ChatAPI:
                                                       "finish_reason": finish}]}
             return f"data: {json.dumps(body)}\n\n"
 
+        self.active += 1
         try:
             yield chunk({"role": "assistant", "content": ""})
             async for delta in self._deltas(chat, model, req):

@@ -124,24 +124,18 @@ def test_page_reads_sees_and_hears(embedded: Address, tmp_path: Path, browser_di
         driver.quit()
 
 
-def test_permission_denied_is_explained(embedded: Address, browser_dir: Path) -> None:
-    driver = chromium(browser_dir, fake_ui=False)
+@pytest.mark.parametrize(("flags", "state", "words"), [
+    ({"fake_ui": False}, "denied", "permission denied"),
+    ({"fake_device": False}, "nodevice", "No camera or microphone found"),
+])
+def test_media_errors_are_explained(embedded: Address, browser_dir: Path, flags: dict[str, bool],
+                                    state: str, words: str) -> None:
+    driver = chromium(browser_dir, **flags)
     try:
         driver.get(embedded.http + "/")
         driver.find_element(By.ID, "start").click()
-        WebDriverWait(driver, 20).until(lambda d: status(d)[0] == "denied")
-        assert "permission denied" in status(driver)[1]
-    finally:
-        driver.quit()
-
-
-def test_no_camera_is_explained(embedded: Address, browser_dir: Path) -> None:
-    driver = chromium(browser_dir, fake_device=False)
-    try:
-        driver.get(embedded.http + "/")
-        driver.find_element(By.ID, "start").click()
-        WebDriverWait(driver, 20).until(lambda d: status(d)[0] == "nodevice")
-        assert "No camera or microphone found" in status(driver)[1]
+        WebDriverWait(driver, 20).until(lambda d: status(d)[0] == state)
+        assert words in status(driver)[1]
     finally:
         driver.quit()
 
