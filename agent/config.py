@@ -40,6 +40,14 @@ class ServerConfig(_Config):
     tls_keyfile: str | None = None
     ping_interval_s: float = Field(default=20.0, gt=0)
     shutdown_timeout_s: float = Field(default=5.0, ge=0)
+    slow_client_timeout_s: float = Field(default=10.0, gt=0)
+    """A session whose client leaves its outbox full this long is closed (code 1008)."""
+    max_item_text_chars: int = Field(default=32_768, ge=1)
+    """Text in one ``conversation.item.create`` or ``instructions``; longer is refused."""
+    max_pending_text_chars: int = Field(default=65_536, ge=1)
+    """User text waiting for ``response.create`` per session; more is refused."""
+    max_audio_s_per_s: float = Field(default=2.0, gt=0)
+    """Audio a session may send per second of wall clock (bursts up to 10 s ahead)."""
 
 
 class GenerationConfig(_Config):
@@ -72,6 +80,13 @@ class ModelConfig(_Config):
     trust_remote_code: bool = False
     """Needed for models whose code ships with the checkpoint (MiniCPM-V / MiniCPM-o)."""
     generation: GenerationConfig = GenerationConfig()
+    workers: int | None = Field(default=None, ge=1)
+    """Requests run at once; default: the engine's own (one per core for the embedded CPU
+    models, 1 for transformers, 64 for vLLM, which batches)."""
+    max_queue: int = Field(default=32, ge=0)
+    """Requests that may wait for a worker; the next is refused (``model_overloaded``)."""
+    stuck_after_s: float = Field(default=300.0, gt=0)
+    """A request running longer than this makes the model unhealthy (``/healthz`` 503)."""
     handlers: list[str] = []
     """Handlers that use this model; they form a profile named after the model."""
     options: dict[str, Any] = {}

@@ -9,12 +9,14 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from agent.errors import EngineError
 from agent.media import RGB, Audio
 
 if TYPE_CHECKING:
@@ -44,6 +46,8 @@ class ModelRequest:
     """Few-shot examples: (image, answer) pairs shown before the question."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Per-request decoding overrides (``max_new_tokens``, ``temperature``, ...)."""
+    session: str = ""
+    """Who asks (a session or request id): the model's scheduler serves them round-robin."""
 
 
 class Engine(abc.ABC):
@@ -54,6 +58,17 @@ class Engine(abc.ABC):
     def __init__(self, name: str, config: ModelConfig) -> None:
         self.name = name
         self.config = config
+
+    def default_workers(self) -> int:
+        """Requests this engine runs at once when the config sets no ``workers``.
+
+        Engines that batch on their own (vLLM) take many; blocking engines override this.
+        """
+        return 64
+
+    @property
+    def workers(self) -> int:
+        return self.config.workers or self.default_workers()
 
     async def start(self) -> None:
         """Load the model. Called once, before the first request."""
@@ -70,18 +85,41 @@ class Engine(abc.ABC):
 
 
 class ThreadedEngine(Engine):
-    """An engine whose model calls block: they run on one worker thread, one at a time.
+    """An engine whose model calls block: they run on ``workers`` threads.
 
     Subclasses implement ``load()`` and ``generate(request, cancelled)``; the generator should
     check ``cancelled`` between steps so that a closed stream frees the thread at once.
+    By default one thread runs (a model on a GPU, or one that uses every core itself); an
+    engine whose calls are single-threaded sets ``parallel = True`` to get one worker per core,
+    and keeps per-thread state with ``per_thread``.
     """
+
+    parallel: ClassVar[bool] = False
 
     def __init__(self, name: str, config: ModelConfig) -> None:
         super().__init__(name, config)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"engine-{name}")
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=f"engine-{name}")
+        self._local = threading.local()
+
+    def default_workers(self) -> int:
+        return (os.cpu_count() or 1) if self.parallel else 1
+
+    def per_thread(self, make: Callable[[], T]) -> T:
+        """This worker thread's own instance of what ``make`` builds (built on first use)."""
+        value: T | None = getattr(self._local, "value", None)
+        if value is None:
+            value = self._local.value = make()
+        return value
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.load)
+        self._loaded = True
+
+    async def check_health(self) -> None:
+        if not getattr(self, "_loaded", False):
+            raise EngineError(f"model {self.name!r} is not loaded")
+        if self._executor._shutdown:
+            raise EngineError(f"model {self.name!r} is closed")
 
     def load(self) -> None:
         """Load the model (runs on the worker thread)."""

@@ -43,6 +43,18 @@ class RateLimited(InvalidRequest):
     retryable = True
 
 
+class ConversationBusy(InvalidRequest):
+    """A second ``response.create`` while a question-mode response is still in progress."""
+
+    code = "conversation_already_has_active_response"
+
+
+class LimitExceeded(InvalidRequest):
+    """An input over a configured bound (size, count, rate); the message names the limit."""
+
+    code = "limit_exceeded"
+
+
 class NoActiveResponse(InvalidRequest):
     code = "response_cancel_not_active"
 
@@ -56,6 +68,17 @@ class EngineError(StreamAgentError):
 
     code = "engine_error"
     retryable = True
+
+
+class Overloaded(StreamAgentError):
+    """A model's queue is full: the request is refused before any work is done."""
+
+    code = "model_overloaded"
+    retryable = True
+
+
+class SessionStalled(Exception):
+    """The client stopped reading: its outbox stayed full past the configured time."""
 
 
 class ConfigError(Exception):

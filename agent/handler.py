@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, TypeVar
 
 from agent.engine import ModelRequest, Turn
@@ -19,6 +20,10 @@ from agent.media import Frame, Modality, Window
 from agent.pool import Pool
 
 T = TypeVar("T")
+response_limits: ContextVar[Mapping[str, Any] | None] = ContextVar("response_limits",
+                                                                   default=None)
+"""Set by the session for the response being generated (``max_new_tokens`` from the client's
+``max_output_tokens``); every model call made for that response is capped by it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,11 @@ class HandlerContext:
         """Stream text from this handler's model."""
         if self.model is None:
             raise RuntimeError("this handler has no model configured")
+        options = dict(request.options)
+        cap = (response_limits.get() or {}).get("max_new_tokens")
+        if cap is not None:
+            options["max_new_tokens"] = min(int(options.get("max_new_tokens", cap)), cap)
+        request = replace(request, options=options, session=request.session or self.session_id)
         return self.pool.stream(self.model, request)
 
 
@@ -58,6 +68,8 @@ class Handler:
     """The model used when the config names none."""
     enabled_by_default: ClassVar[bool] = True
     """Whether the default profile turns this handler on."""
+    feed_off_loop: ClassVar[bool] = False
+    """Run ``feed`` on a worker thread (in order) when it does real work, such as a VAD."""
 
     def __init__(self, ctx: HandlerContext) -> None:
         self.ctx = ctx
@@ -65,6 +77,9 @@ class Handler:
     def feed(self, window: Window) -> object | None:
         """Called for every window, in order. Return work for ``respond``, or ``None``."""
         return window if window.has(self.modality) else None
+
+    def clear_audio(self) -> None:
+        """Forget buffered audio state (``input_audio_buffer.clear``); override if kept."""
 
     async def respond(self, work: Any) -> AsyncIterator[str]:
         """Live mode: stream a response to ``work``, or yield nothing to stay silent."""

@@ -19,6 +19,9 @@ from agent.sampler import Sampler
 log = logging.getLogger(__name__)
 OnWork = Callable[[Handler, Any], Awaitable[None]]
 MAX_RECENT_FRAMES = 64
+FEED_QUEUE = 16
+"""Windows that may wait for a handler that feeds off the event loop (``feed_off_loop``)."""
+CLEAR = None  # in a feed queue: forget buffered audio, in order with the windows
 
 
 @dataclass
@@ -26,6 +29,14 @@ class _Slot:
     handler: Handler
     mailbox: Mailbox[Any]
     task: asyncio.Task[None]
+    feeding: asyncio.Queue[Window | None] | None = None
+    feeder: asyncio.Task[None] | None = None
+    feed_dropped: int = 0
+
+    def cancel(self) -> None:
+        self.task.cancel()
+        if self.feeder is not None:
+            self.feeder.cancel()
 
 
 class LiveMedia:
@@ -47,12 +58,13 @@ class LiveMedia:
         self.recent: deque[Frame] = deque(maxlen=self._recent_len())
         self._ticker: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
+        self._dropped_by_removed = 0
 
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"tick-{self.session_id}")
 
     async def close(self) -> None:
-        tasks = [s.task for s in self.slots.values()]
+        tasks = [t for s in self.slots.values() for t in (s.task, s.feeder) if t is not None]
         if self._ticker is not None:
             tasks.append(self._ticker)
         for task in tasks:
@@ -68,7 +80,8 @@ class LiveMedia:
 
     @property
     def handlers_dropped(self) -> int:
-        return sum(s.mailbox.dropped for s in self.slots.values())
+        return self._dropped_by_removed + sum(s.mailbox.dropped + s.feed_dropped
+                                              for s in self.slots.values())
 
     def latest_frames(self) -> tuple[Frame, ...]:
         """The sampled frames of the video window, the open window's newest frame last."""
@@ -78,13 +91,18 @@ class LiveMedia:
     def set_handlers(self, names: list[str]) -> None:
         for name in list(self.slots):
             if name not in names:
-                self.slots.pop(name).task.cancel()
+                slot = self.slots.pop(name)
+                slot.cancel()  # its response in progress ends as cancelled
+                self._dropped_by_removed += slot.mailbox.dropped + slot.feed_dropped
         for name in names:
             if name not in self.slots:
                 handler = self.runtime.make_handler(name, self.session_id, self.profile)
                 box: Mailbox[Any] = Mailbox()
                 task = asyncio.create_task(self._worker(handler, box), name=f"{name}-worker")
-                self.slots[name] = _Slot(handler, box, task)
+                slot = self.slots[name] = _Slot(handler, box, task)
+                if handler.feed_off_loop:
+                    slot.feeding = asyncio.Queue(FEED_QUEUE)
+                    slot.feeder = asyncio.create_task(self._feeder(slot), name=f"{name}-feed")
 
     def set_fps(self, sample_fps: float) -> None:
         self._dispatch(self.sampler.set_window(1.0 / sample_fps))
@@ -102,6 +120,15 @@ class LiveMedia:
         self._dispatch(self.sampler.add_audio(samples, ts))
         self._arrived.set()
 
+    def clear_audio(self) -> None:
+        """Forget every buffered sample: the open window's and each handler's (VAD state)."""
+        self.sampler.clear_audio()
+        for slot in self.slots.values():
+            if slot.feeding is None:
+                slot.handler.clear_audio()
+            else:
+                self._enqueue(slot, CLEAR)
+
     def flush(self) -> None:
         self._dispatch(self.sampler.flush(final=True))
 
@@ -114,13 +141,58 @@ class LiveMedia:
             if window.frame is not None:
                 self.recent.append(window.frame)
             for slot in self.slots.values():
-                try:
-                    work = slot.handler.feed(window)
-                except Exception:
-                    log.exception("handler %s failed on window %d", slot.handler.name, window.index)
+                if slot.feeding is not None:
+                    self._enqueue(slot, window)
+                else:
+                    self._feed(slot, window, slot.handler.feed)
+
+    def _feed(self, slot: _Slot, window: Window, feed: Callable[[Window], Any]) -> None:
+        try:
+            work = feed(window)
+        except Exception:
+            log.exception("handler %s failed on window %d", slot.handler.name, window.index)
+            return
+        if work is not None and self.live:
+            slot.mailbox.put(work)
+
+    def _enqueue(self, slot: _Slot, item: Window | None) -> None:
+        assert slot.feeding is not None
+        try:
+            slot.feeding.put_nowait(item)
+        except asyncio.QueueFull:
+            slot.feed_dropped += 1
+            log.warning("handler %s is %d windows behind; a window is dropped",
+                        slot.handler.name, FEED_QUEUE)
+
+    async def _feeder(self, slot: _Slot) -> None:
+        """Feed windows to a handler on a thread, in order (its VAD, say, stays off the loop)."""
+        assert slot.feeding is not None
+        while True:
+            item = await slot.feeding.get()
+            try:
+                if item is CLEAR:
+                    await asyncio.to_thread(slot.handler.clear_audio)
                     continue
+                work = await asyncio.to_thread(self._try_feed, slot.handler, item)
                 if work is not None and self.live:
                     slot.mailbox.put(work)
+            finally:
+                slot.feeding.task_done()
+
+    async def settled(self) -> None:
+        """Wait until every handler has been fed every window closed so far (a question
+        asked right after ``input_audio_buffer.commit`` must see the committed audio)."""
+        for slot in list(self.slots.values()):
+            if slot.feeding is not None:
+                await slot.feeding.join()
+
+    @staticmethod
+    def _try_feed(handler: Handler, window: Window) -> Any:
+        try:
+            return handler.feed(window)
+        except Exception:
+            log.exception("handler %s failed on window %d", handler.name, window.index)
+            return None
 
     async def _worker(self, handler: Handler, box: Mailbox[Any]) -> None:
         while True:

@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, Mapping
 
 from agent.engine import Engine, ModelRequest
 from agent.errors import ConfigError, EngineError, StreamAgentError, UnknownModel
+from agent.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class LocalPool(Pool):
     def __init__(self, engines: Mapping[str, Engine], start_timeout_s: float = 600) -> None:
         self.engines = dict(engines)
         self.start_timeout_s = start_timeout_s
+        self.schedulers = {name: scheduler_for(engine) for name, engine in self.engines.items()}
 
     @property
     def names(self) -> list[str]:
@@ -64,21 +66,40 @@ class LocalPool(Pool):
         engine = self.engines.get(model)
         if engine is None:
             raise UnknownModel(f"no model named {model!r}; the pool has {self.names}")
-        try:
-            async with contextlib.aclosing(engine.stream(request)) as agen:
-                async for text in agen:
-                    yield text
-        except StreamAgentError:
-            raise
-        except Exception as exc:
-            raise EngineError(f"model {model!r} failed: {exc}") from exc
+        async with self.schedulers[model].slot(request.session):
+            async for text in guarded_stream(engine, request):
+                yield text
 
     async def health(self) -> dict[str, bool]:
-        result = {}
-        for name, engine in self.engines.items():
-            try:
-                await engine.check_health()
-                result[name] = True
-            except Exception:
-                result[name] = False
-        return result
+        return {name: await healthy(engine, self.schedulers[name])
+                for name, engine in self.engines.items()}
+
+
+def scheduler_for(engine: Engine) -> Scheduler:
+    return Scheduler(engine.name, engine.workers, engine.config.max_queue)
+
+
+async def guarded_stream(engine: Engine, request: ModelRequest) -> AsyncGenerator[str, None]:
+    """The engine's stream, closed when the consumer stops; its failures as ``EngineError``."""
+    try:
+        async with contextlib.aclosing(engine.stream(request)) as agen:
+            async for text in agen:
+                yield text
+    except StreamAgentError:
+        raise
+    except Exception as exc:
+        raise EngineError(f"model {engine.name!r} failed: {exc}") from exc
+
+
+async def healthy(engine: Engine, scheduler: Scheduler, timeout_s: float = 5.0) -> bool:
+    """The engine's own check, within a timeout, and no request stuck past ``stuck_after_s``."""
+    if scheduler.oldest_running_s() > engine.config.stuck_after_s:
+        log.warning("model %s: a request has run %.0f s (stuck_after_s %.0f)", engine.name,
+                    scheduler.oldest_running_s(), engine.config.stuck_after_s)
+        return False
+    try:
+        await asyncio.wait_for(engine.check_health(), timeout_s)
+    except Exception as exc:
+        log.warning("model %s is unhealthy: %r", engine.name, exc)
+        return False
+    return True

@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from agent.errors import InvalidRequest, UnknownEvent
 
+TokenCap = Annotated[int, Field(ge=1, le=4096)] | Literal["inf"]
+"""``max_output_tokens``: 1-4096, or ``"inf"`` for the model's own limit (as in OpenAI's API)."""
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -52,6 +55,7 @@ class SessionParams(_Model):
     output_modalities: list[str] | None = None
     audio: AudioConfig | None = None
     turn_detection: Any = None
+    max_output_tokens: TokenCap | None = None
     streamagent: StreamagentSession | None = None
 
 
@@ -116,6 +120,7 @@ class ResponseParams(_Model):
     instructions: str | None = None
     metadata: dict[str, Any] | None = None
     conversation: str | None = None
+    max_output_tokens: TokenCap | None = None
 
 
 class ResponseCreate(_Event):

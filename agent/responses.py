@@ -45,6 +45,7 @@ class ResponseRun:
 
     async def run(self, deltas: AsyncIterator[str], eager: bool) -> str:
         """Send the whole response; with ``eager=False`` nothing is sent unless text comes."""
+        reraise = False
         try:
             if eager:
                 await self._start()
@@ -53,9 +54,8 @@ class ResponseRun:
                     await self._delta(delta)
             status = "completed"
         except asyncio.CancelledError:
-            if not self._cancel_requested:
-                raise
             status = "cancelled"
+            reraise = not self._cancel_requested  # cancelled from above: end, then go on up
         except StreamAgentError as exc:
             await self.send(events.error(exc))
             status = "failed"
@@ -68,9 +68,11 @@ class ResponseRun:
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
-        if self.started:
+        if self.started:  # every response.created gets its response.done
             await self._finish(status)
         self.status = status
+        if reraise:
+            raise asyncio.CancelledError
         return self.text
 
     async def _start(self) -> None:
@@ -126,7 +128,8 @@ class ResponseRun:
         await self.send(events.event("response.output_item.done", **where, item=item))
         details = None if status == "completed" else {"type": status, "reason": status}
         if status == "cancelled":
-            details = {"type": "cancelled", "reason": "client_cancelled"}
+            reason = "client_cancelled" if self._cancel_requested else "handler_stopped"
+            details = {"type": "cancelled", "reason": reason}
         resp = events.response_object(
             self.id, status, self.metadata, [item], details, output_tokens=len(self.parts)
         )

@@ -97,6 +97,11 @@ class Sampler:
         self._lag = self.now() - ts  # the newest media time is the chunk's end
         return closed
 
+    def clear_audio(self) -> None:
+        """Drop the open window's audio (``input_audio_buffer.clear``)."""
+        self.stats.audio_dropped_s += self._audio_len / AUDIO_RATE
+        self._audio, self._audio_len = [], 0
+
     def seconds_to_close(self) -> float | None:
         """How long until ``tick`` closes the open window; ``None`` when none is open."""
         if self._index is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -114,6 +115,15 @@ class Gateway:
             pass
         finally:
             self.sessions.discard(session)
+        if session.close_code is not None:
+            await close_quietly(ws, session.close_code, session.close_reason)
+
+
+async def close_quietly(ws: WebSocket, code: int, reason: str, timeout_s: float = 1.0) -> None:
+    """Close a socket whose client may not be reading: the close frame waits behind unread
+    data, so give up after ``timeout_s`` (the session is already gone either way)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.close(code, reason=reason[:120]), timeout_s)
 
 
 def _bearer(header: str) -> str:

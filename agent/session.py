@@ -7,10 +7,8 @@ the session goes on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,21 +17,23 @@ from agent import events, protocol
 from agent.audio import AudioConverter
 from agent.engine import Turn
 from agent.errors import (
+    ConversationBusy,
     InvalidMedia,
     InvalidRequest,
     NoActiveResponse,
-    RateLimited,
     StreamAgentError,
 )
-from agent.handler import Handler, Question
+from agent.handler import Handler, Question, response_limits
+from agent.intake import Intake
 from agent.live import LiveMedia
-from agent.media import Frame, b64decode, sniff_image, split_data_url
+from agent.media import Audio, Frame, b64decode, sniff_image, split_data_url
 from agent.responses import ResponseRun
 from agent.runtime import Runtime
 
 log = logging.getLogger(__name__)
 SendText = Callable[[str], Awaitable[None]]
 OUTBOX_SIZE = 256
+CLOSE_POLICY = 1008
 
 
 class RealtimeSession:
@@ -52,35 +52,75 @@ class RealtimeSession:
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(OUTBOX_SIZE)
         self.media = LiveMedia(runtime, self.id, self._live_response, profile=self.profile)
         self.media.live = self.profile.live
-        self._fps_limit = runtime.config.server.max_frames_per_s
-        self._tokens, self._token_t = self._fps_limit, time.monotonic()
-        self._audio_pending = False
-        self.frames_refused = 0
+        self.intake = Intake(runtime.config.server)
+        self.max_output_tokens: int | None = None
+        self.question: ResponseRun | None = None
+        self.close_code: int | None = None
+        """Set when the session ends itself (a client that stopped reading); the gateway closes
+        the socket with it."""
+        self.close_reason = ""
+        self._ended = asyncio.Event()
+        self._closed = False
 
     async def send(self, event: dict[str, Any]) -> None:
-        await self.outbox.put(event)
+        """Queue an event for the client. A client that leaves the outbox full for
+        ``slow_client_timeout_s`` ends the session; after that, events are dropped."""
+        if self._closed:
+            return
+        try:
+            self.outbox.put_nowait(event)
+            return
+        except asyncio.QueueFull:
+            pass
+        timeout = self.runtime.config.server.slow_client_timeout_s
+        try:
+            await asyncio.wait_for(self.outbox.put(event), timeout)
+        except TimeoutError:
+            self._end(CLOSE_POLICY, f"client did not read its events for {timeout:g} s")
+
+    def _end(self, code: int, reason: str) -> None:
+        if not self._ended.is_set():
+            log.warning("session %s: %s; closing it", self.id, reason)
+            self.close_code, self.close_reason = code, reason
+            self._closed = True
+            self._ended.set()
 
     async def run(self, messages: AsyncIterator[str | bytes]) -> None:
-        """Serve until the client goes away; cancels everything this session started."""
-        writer = asyncio.create_task(self._write(), name=f"writer-{self.id}")
-        self.media.start()
-        self.media.set_handlers(self.runtime.default_handlers(self.profile))
+        """Serve until the client goes away, the writer dies or the client stops reading;
+        whichever comes first, everything this session started is cancelled."""
+        tasks = [asyncio.create_task(self._write(), name=f"writer-{self.id}"),
+                 asyncio.create_task(self._read(messages), name=f"reader-{self.id}"),
+                 asyncio.create_task(self._ended.wait(), name=f"ended-{self.id}")]
         try:
-            await self.send(events.event("session.created", session=self._session_object()))
-            async for message in messages:
-                await self.handle(message)
+            self.media.start()
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
         finally:
+            self._closed = True
+            for task in tasks:
+                task.cancel()
             for run in list(self.responses.values()):
                 if run.task is not None:
                     run.task.cancel()
+            counts = self._counts()
             await self.media.close()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-            st = self.media.sampler.stats
-            log.info("session %s closed: %d frames, %d dropped before decoding, %d windows, "
-                     "%d dropped by busy handlers", self.id, st.frames, st.frames_dropped,
-                     st.windows, self.media.handlers_dropped)
+            await asyncio.gather(*tasks, *(r.task for r in self.responses.values() if r.task),
+                                 return_exceptions=True)
+            log.info("session %s closed: %d frames, %d dropped before decoding, %d refused, "
+                     "%d windows, %d dropped by busy handlers", self.id, *counts)
+
+    def _counts(self) -> tuple[int, ...]:
+        st = self.media.sampler.stats
+        return (st.frames, st.frames_dropped, self.intake.frames_refused, st.windows,
+                self.media.handlers_dropped)
+
+    async def _read(self, messages: AsyncIterator[str | bytes]) -> None:
+        await self.send(events.event("session.created", session=self._session_object()))
+        self.media.set_handlers(self.runtime.default_handlers(self.profile))
+        async for message in messages:
+            await self.handle(message)
 
     async def _write(self) -> None:
         while True:
@@ -104,15 +144,14 @@ class RealtimeSession:
             await self.send(events.event("session.updated", session=self._session_object()))
         elif isinstance(event, protocol.AudioAppend):
             ts = event.streamagent.timestamp if event.streamagent else None
-            self.media.add_audio(self.converter(event.audio), ts)
-            self._audio_pending = True
+            self.media.add_audio(self._audio(event.audio), ts)
         elif isinstance(event, protocol.AudioCommit):
             self.media.flush()
-            self._audio_pending = False
             await self.send(events.event("input_audio_buffer.committed",
                                          item_id=events.new_id("item"), previous_item_id=None))
         elif isinstance(event, protocol.AudioClear):
             self.converter = AudioConverter(self.audio_rate)
+            self.media.clear_audio()
             await self.send(events.event("input_audio_buffer.cleared"))
         elif isinstance(event, protocol.ItemCreate):
             await self._add_item(event)
@@ -138,7 +177,10 @@ class RealtimeSession:
             self.converter = AudioConverter(fmt.rate)
             self.audio_rate = fmt.rate
         if params.instructions is not None:
+            self.intake.text(params.instructions, 0, param="session.instructions")
             self.instructions = params.instructions
+        if params.max_output_tokens is not None:
+            self.max_output_tokens = _token_cap(params.max_output_tokens)
         if ext is None:
             return
         if ext.live is not None:
@@ -154,6 +196,7 @@ class RealtimeSession:
         return events.session_object(self.id, self.model, {
             "instructions": self.instructions,
             "output_modalities": ["text"],
+            "max_output_tokens": self.max_output_tokens or "inf",
             "audio": {"input": {"format": {"type": "audio/pcm", "rate": self.audio_rate}}},
             "streamagent": {
                 "live": self.media.live,
@@ -164,8 +207,16 @@ class RealtimeSession:
             },
         })
 
+    def _audio(self, b64: str) -> Audio:
+        """Decode a client audio chunk, within the session's audio rate limit."""
+        self.intake.audio_seconds(len(b64) * 3 / 4 / 2 / self.audio_rate)
+        return self.converter(b64)
+
     async def _add_item(self, event: protocol.ItemCreate) -> None:
         item = event.item
+        texts = [p.text for p in item.content if isinstance(p, protocol.InputText)]
+        self.intake.text("".join(texts), sum(map(len, self.pending_text)) if item.role == "user"
+                         else 0)
         for part in item.content:
             if isinstance(part, protocol.InputText):
                 if item.role == "system":
@@ -177,7 +228,7 @@ class RealtimeSession:
             elif isinstance(part, protocol.InputImage):
                 self._add_image(part)
             elif part.audio is not None:
-                self.media.add_audio(self.converter(part.audio), None)
+                self.media.add_audio(self._audio(part.audio), None)
                 self.media.flush()
         item_id = item.id or events.new_id("item")
         wire = {"id": item_id, "object": "realtime.item", "type": "message", "role": item.role,
@@ -189,24 +240,18 @@ class RealtimeSession:
         await self.send(events.event("conversation.item.done", previous_item_id=prev, item=wire))
 
     def _add_image(self, part: protocol.InputImage) -> None:
-        if not self._take_token():
-            self.frames_refused += 1
-            raise RateLimited(f"more than {self._fps_limit:g} frames per second; frame dropped")
+        self.intake.frame()
         payload = split_data_url(part.image_url)
         sniff_image(b64decode(payload[:16], "image_url"))  # cheap check; decode only if kept
         ts = part.streamagent.timestamp if part.streamagent else None
         self.media.add_frame(Frame(payload, self.media.sampler.now() if ts is None else ts))
 
-    def _take_token(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._fps_limit, self._tokens + (now - self._token_t) * self._fps_limit)
-        self._token_t = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
-
     def _ask(self, params: protocol.ResponseParams | None) -> None:
+        if self.question is not None:
+            raise ConversationBusy(
+                f"conversation already has an active response in progress: "
+                f"{self.question.id}. Wait until the response is finished before creating a "
+                "new one.")
         frames = self.media.latest_frames()
         question = Question(
             text="\n".join(self.pending_text),
@@ -225,7 +270,10 @@ class RealtimeSession:
         if params and params.metadata:
             meta = {**{k: str(v) for k, v in params.metadata.items()}, **meta}
         run = ResponseRun(self.send, meta)
-        self._launch(run, _answers(handlers, question), eager=True, remember=True)
+        cap = (_token_cap(params.max_output_tokens) if params and params.max_output_tokens
+               else self.max_output_tokens)
+        self.question = self._launch(run, _answers(handlers, question, self.media.settled),
+                                     eager=True, remember=True, max_tokens=cap)
 
     def _cancel(self, response_id: str | None) -> None:
         runs = [r for r in self.responses.values() if response_id in (None, r.id)]
@@ -235,20 +283,27 @@ class RealtimeSession:
                 param="response_id")
         for run in runs:
             run.cancel()
+            if run is self.question:  # cancelled: the next response.create may start now
+                self.question = None
 
     async def _live_response(self, handler: Handler, work: Any) -> None:
         meta = self._metadata(handler.name, handler.modality, work)
-        run = self._launch(ResponseRun(self.send, meta), handler.respond(work), eager=False)
+        run = self._launch(ResponseRun(self.send, meta), handler.respond(work), eager=False,
+                           max_tokens=self.max_output_tokens)
         if run.task is not None:
             await run.task  # a cancelled worker cancels its response too
 
     def _launch(self, run: ResponseRun, deltas: AsyncIterator[str], eager: bool,
-                remember: bool = False) -> ResponseRun:
+                remember: bool = False, max_tokens: int | None = None) -> ResponseRun:
         async def go() -> str:
+            if max_tokens is not None:
+                response_limits.set({"max_new_tokens": max_tokens})
             try:
                 text = await run.run(deltas, eager)
             finally:
                 self.responses.pop(run.id, None)
+                if self.question is run:
+                    self.question = None
             if remember and text:
                 self.history.append(Turn("assistant", text))
             return text
@@ -266,8 +321,15 @@ class RealtimeSession:
         return meta
 
 
-async def _answers(handlers: list[Handler], question: Question) -> AsyncIterator[str]:
+def _token_cap(value: int | str) -> int | None:
+    """``max_output_tokens``: a positive number, or ``"inf"`` for the model's own limit."""
+    return None if value == "inf" else int(value)
+
+
+async def _answers(handlers: list[Handler], question: Question,
+                   settled: Callable[[], Awaitable[None]]) -> AsyncIterator[str]:
     """Each handler's part of the answer, one after the other, separated by new lines."""
+    await settled()
     said = False
     for handler in handlers:
         first = True

@@ -46,7 +46,8 @@ class FakeEngine(ThreadedEngine):
         self.requests.append(request)
         self.active += 1
         try:
-            for i in range(int(request.options.get("tokens", self.tokens))):
+            tokens = int(request.options.get("tokens", self.tokens))
+            for i in range(min(tokens, int(request.options.get("max_new_tokens", tokens)))):
                 if cancelled.is_set():
                     return
                 if self.fail_after is not None and i >= int(self.fail_after):

@@ -25,26 +25,32 @@ class PocketSphinxEngine(ThreadedEngine):
     """Transcribes 16 kHz audio; yields the words one by one."""
 
     kind = "pocketsphinx"
+    parallel = True  # one decoder per worker thread
 
     def load(self) -> None:
+        self.per_thread(self._decoder)
+        vad.load()  # the speech handler's VAD model loads with its engine, not mid-session
+
+    @staticmethod
+    def _decoder() -> Any:
         from pocketsphinx import Decoder
 
-        self.decoder = Decoder(samprate=AUDIO_RATE, loglevel="FATAL")
-        vad.load()  # the speech handler's VAD model loads with its engine, not mid-session
+        return Decoder(samprate=AUDIO_RATE, loglevel="FATAL")
 
     def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:
         if request.audio is None or not request.audio.size:
             return
+        decoder = self.per_thread(self._decoder)
         pcm = (np.clip(request.audio, -1, 1) * 32767).astype("<i2").tobytes()
-        self.decoder.start_utt()
+        decoder.start_utt()
         step = AUDIO_RATE * 2  # 1 s of PCM16 per call, so a cancel is noticed quickly
         for i in range(0, len(pcm), step):
             if cancelled.is_set():
-                self.decoder.end_utt()
+                decoder.end_utt()
                 return
-            self.decoder.process_raw(pcm[i:i + step], False, False)
-        self.decoder.end_utt()
-        hyp = self.decoder.hyp()
+            decoder.process_raw(pcm[i:i + step], False, False)
+        decoder.end_utt()
+        hyp = decoder.hyp()
         words = hyp.hypstr.split() if hyp is not None else []
         for i, word in enumerate(words):
             yield word if i == 0 else " " + word
@@ -56,6 +62,7 @@ class SpeechHandler(Handler):
     name = "speech"
     modality = "audio"
     default_model = "asr"
+    feed_off_loop = True  # the VAD runs for every 32 ms of audio
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -67,6 +74,9 @@ class SpeechHandler(Handler):
         )
         self.last_utterance: vad.Utterance | None = None
         self.last_text: str | None = None
+
+    def clear_audio(self) -> None:
+        self.segmenter.reset()
 
     def feed(self, window: Window) -> vad.Utterance | None:
         t = window.end - window.audio.size / AUDIO_RATE

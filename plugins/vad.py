@@ -80,6 +80,12 @@ class Segmenter:
         self._start = 0.0
         self._silent = 0
 
+    def reset(self) -> None:
+        """Forget all buffered audio and the VAD's state (``input_audio_buffer.clear``)."""
+        self.vad.reset()
+        self._rest = np.zeros(0, np.float32)
+        self._recent, self._speech, self._silent = [], [], 0
+
     def feed(self, audio: Audio, t: float, final: bool = False) -> list[Utterance]:
         """Add audio whose first sample is at media time ``t``; return finished utterances."""
         if not self._rest.size:

@@ -1,0 +1,217 @@
+"""Misbehaving clients against a real server on port 0: sessions always end, one active
+response, bounded input, honest response lifecycles."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import websockets
+
+from agent import Handler, ModelRequest, Window, hookimpl
+from agent.runtime import Runtime
+from agent.serve import Address, running
+from agent.testing import data_url, fake_runtime, image_event, jpeg_bytes
+from tests.helpers import Client, texts
+
+
+@pytest_asyncio.fixture
+async def served(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Address, Runtime]]:
+    options: dict[str, Any] = dict(getattr(request, "param", {}))
+    server = options.pop("server", {})
+    runtime = fake_runtime(**options)
+    for key, value in server.items():
+        setattr(runtime.config.server, key, value)
+    async with running(runtime) as address:
+        yield address, runtime
+
+
+def url(address: Address) -> str:
+    return f"{address.ws}/v1/realtime?model=default"
+
+
+async def open_sessions(address: Address) -> int:
+    async with httpx.AsyncClient() as http:
+        return int((await http.get(f"{address.http}/healthz")).json()["sessions"])
+
+
+async def until_sessions(address: Address, n: int, within_s: float = 30) -> None:
+    """Poll /healthz until ``n`` sessions are open (a liveness check, not a timing one)."""
+    for _ in range(int(within_s * 10)):
+        if await open_sessions(address) == n:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"sessions stayed at {await open_sessions(address)}, expected {n}")
+
+
+def echo_item(text: str) -> str:
+    """An item the server echoes twice (added, done): each costs the server 2x its size."""
+    return json.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "assistant", "content": [{"type": "input_text",
+                                                             "text": text}]}})
+
+
+async def flood_unread(ws: websockets.ClientConnection, max_messages: int = 3000) -> int:
+    """Send echoed items without reading until the server stops reading us."""
+    big = "x" * 30_000
+    for sent in range(max_messages):
+        try:
+            await asyncio.wait_for(ws.send(echo_item(big)), 2)
+        except TimeoutError:
+            return sent
+    raise AssertionError("the server kept reading although its events were never read")
+
+
+@pytest.mark.parametrize("served", [{"server": {"slow_client_timeout_s": 60}}], indirect=True)
+async def test_a_client_that_stops_reading_then_vanishes_frees_its_session(served: Any) -> None:
+    address, _ = served
+    ws = await websockets.connect(url(address), max_queue=1, max_size=None)
+    assert await flood_unread(ws) > 0
+    assert await open_sessions(address) == 1
+    ws.transport.abort()  # gone, without a close handshake, its events never read
+    await until_sessions(address, 0)  # well before slow_client_timeout_s
+
+
+@pytest.mark.parametrize("served", [{"server": {"slow_client_timeout_s": 1,
+                                                "max_sessions": 1}}], indirect=True)
+async def test_a_connected_client_that_never_reads_is_closed(served: Any) -> None:
+    address, _ = served
+    ws = await websockets.connect(url(address), max_queue=1, max_size=None)
+    await flood_unread(ws)
+    await until_sessions(address, 0)
+    other = await Client.connect(url(address))  # its place under max_sessions is free again
+    await other.close()
+    ws.transport.abort()
+
+
+@pytest.mark.parametrize("served", [{"delay_s": 0.05, "tokens": 20}], indirect=True)
+async def test_one_active_response_per_conversation(served: Any) -> None:
+    address, _ = served
+    client = await Client.connect(url(address))
+    await client.send({"type": "response.create"})
+    await client.send({"type": "response.create", "event_id": "second"})
+    error = await client.error()
+    assert error["code"] == "conversation_already_has_active_response"
+    assert error["event_id"] == "second"
+    got = await client.until("response.done")
+    assert got[-1]["response"]["status"] == "completed"
+    assert len(texts(got)) == 20
+    await client.send({"type": "response.create"})  # finished: a new one may start
+    assert (await client.until("response.done"))[-1]["response"]["status"] == "completed"
+    starts = [e for e in client.seen if e["type"] == "response.created"]
+    assert len(starts) == 2
+    await client.close()
+
+
+@pytest.mark.parametrize("served", [{"tokens": 10}], indirect=True)
+async def test_max_output_tokens_caps_the_model(served: Any) -> None:
+    address, runtime = served
+    client = await Client.connect(url(address))
+    await client.send({"type": "session.update", "session": {"max_output_tokens": 3}})
+    assert (await client.until("session.updated"))[-1]["session"]["max_output_tokens"] == 3
+    await client.send({"type": "response.create"})
+    assert len(texts(await client.until("response.done"))) == 3
+    await client.send({"type": "response.create", "response": {"max_output_tokens": 2}})
+    assert len(texts(await client.until("response.done"))) == 2
+    fake = runtime.pool.engines["fake"]
+    assert [r.options["max_new_tokens"] for r in fake.requests] == [3, 2]
+    await client.send({"type": "session.update", "session": {"max_output_tokens": 0}})
+    assert (await client.error())["param"].startswith("session.max_output_tokens")
+    await client.close()
+
+
+class Narrator(Handler):
+    """Live: streams the fake model's tokens for every window with a frame."""
+
+    name = "narrator"
+    modality = "image"
+    default_model = "fake"
+    enabled_by_default = False
+
+    async def respond(self, work: Window) -> AsyncIterator[str]:
+        async for text in self.ctx.stream(ModelRequest(prompt=f"window {work.index}")):
+            yield text
+
+
+class NarratorPlugin:
+    @hookimpl
+    def register_handlers(self, register: Any) -> None:
+        register(Narrator)
+
+
+@pytest.mark.parametrize("served", [{"handlers": ("narrator",), "live": True, "delay_s": 0.1,
+                                     "tokens": 50, "plugins": (NarratorPlugin(),)}],
+                         indirect=True)
+async def test_a_handler_removed_mid_response_still_ends_it(served: Any) -> None:
+    address, _ = served
+    client = await Client.connect(url(address))
+    await client.send(image_event(data_url(jpeg_bytes("a")), timestamp=0.1))
+    await client.send(image_event(data_url(jpeg_bytes("b")), timestamp=1.1))
+    await client.until("response.output_text.delta")
+    await client.update(handlers=[])
+    done = (await client.until("response.done"))[-1]["response"]
+    assert done["status"] == "cancelled"
+    assert done["status_details"]["reason"] == "handler_stopped"
+    await client.close()
+
+
+@pytest.mark.parametrize("served", [{"server": {"max_pending_text_chars": 100,
+                                                "max_item_text_chars": 80}}], indirect=True)
+async def test_text_is_bounded_per_item_and_while_pending(served: Any) -> None:
+    address, _ = served
+    client = await Client.connect(url(address))
+
+    def item(text: str) -> dict[str, Any]:
+        return {"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text",
+                                                            "text": text}]}}
+
+    await client.send(item("y" * 81))
+    assert "max_item_text_chars" in (await client.error())["message"]
+    await client.send(item("y" * 60))
+    await client.until("conversation.item.done")
+    await client.send(item("y" * 60))
+    error = await client.error()
+    assert error["code"] == "limit_exceeded" and "max_pending_text_chars" in error["message"]
+    await client.send({"type": "response.create"})  # asking empties what waits
+    await client.until("response.done")
+    await client.send(item("y" * 60))
+    await client.until("conversation.item.done")
+    await client.close()
+
+
+@pytest.mark.parametrize("served", [{"server": {"max_audio_s_per_s": 1.0}}], indirect=True)
+async def test_audio_faster_than_the_limit_is_refused(served: Any) -> None:
+    address, _ = served
+    client = await Client.connect(url(address))
+    second = base64.b64encode(bytes(2 * 24000)).decode()  # 1 s of PCM16 at 24 kHz
+    for _ in range(12):  # 10 s of burst allowance, then the rate
+        await client.send({"type": "input_audio_buffer.append", "audio": second})
+    error = await client.error()
+    assert error["code"] == "rate_limit_exceeded" and "max_audio_s_per_s" in error["message"]
+    await client.close()
+
+
+async def test_close_log_counts_refused_frames(served: Any,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    address, runtime = served
+    runtime.config.server.max_frames_per_s = 2
+    caplog.set_level(logging.INFO, logger="agent.session")
+    client = await Client.connect(url(address))
+    frame = image_event(data_url(jpeg_bytes("x")))
+    for _ in range(5):
+        await client.send(frame)
+    await client.error()
+    await client.close()
+    await until_sessions(address, 0)
+    closed = [r.getMessage() for r in caplog.records if "closed:" in r.getMessage()]
+    assert closed and "5 frames" not in closed[0] and "refused" in closed[0]
+    refused = int(closed[0].split(" refused")[0].rsplit(" ", 1)[1])
+    assert refused >= 3, closed
