@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := ffmpeg flite fonts-dejavu-core chromium chromium-driver
 
-.PHONY: run test bench lint setup system-deps example-plugin clean
+.PHONY: run test bench soak lint setup system-deps example-plugin clean
 
 run: setup  ## set up and start the server on the embedded default
 	$(VENV)/bin/streamagent serve
@@ -17,6 +17,9 @@ bench: setup  ## measure ingest CPU, added latency and session memory
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.ray_bench
 	$(PY) -m benchmarks.engines_bench
+
+soak: setup  ## ten minutes of abusive clients beside a well-behaved one (figures: docs/performance.md)
+	$(PY) -m benchmarks.soak --minutes 10
 
 lint: setup
 	$(VENV)/bin/ruff check agent plugins tests

@@ -86,6 +86,7 @@ class Gateway:
         models = await self.runtime.pool.health()
         ok = self.ready.is_set() and all(models.values())
         body = {"status": "ok" if ok else "unavailable", "sessions": len(self.sessions),
+                "tasks": len(asyncio.all_tasks()),
                 "models": models, "profiles": self.runtime.profile_names}
         return JSONResponse(body, status_code=200 if ok else 503)
 
