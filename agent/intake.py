@@ -14,8 +14,9 @@ from collections.abc import Callable
 from agent.config import ServerConfig
 from agent.errors import LimitExceeded, RateLimited
 
-AUDIO_BURST_S = 10.0
-"""Seconds of audio a session may send ahead of the wall clock at once."""
+BURST_S = 5.0
+"""A session may send this many seconds' worth of its audio rate at once (10 s of audio at the
+default 2 s per second)."""
 
 
 class Bucket:
@@ -40,7 +41,7 @@ class Intake:
     def __init__(self, server: ServerConfig) -> None:
         self.server = server
         self.frames = Bucket(server.max_frames_per_s, server.max_frames_per_s)
-        self.audio = Bucket(server.max_audio_s_per_s, AUDIO_BURST_S)
+        self.audio = Bucket(server.max_audio_s_per_s, BURST_S * server.max_audio_s_per_s)
         self.frames_refused = 0
         self.audio_refused_s = 0.0
 
@@ -55,7 +56,7 @@ class Intake:
             self.audio_refused_s += seconds
             raise RateLimited(
                 f"audio arrives faster than {self.server.max_audio_s_per_s:g} s per second "
-                f"(server.max_audio_s_per_s, bursts up to {AUDIO_BURST_S:g} s); chunk dropped",
+                f"(server.max_audio_s_per_s, bursts up to {self.audio.burst:g} s); chunk dropped",
                 param="audio")
 
     def text(self, text: str, pending: int, param: str = "item.content") -> None:

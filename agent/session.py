@@ -20,13 +20,14 @@ from agent.errors import (
     ConversationBusy,
     InvalidMedia,
     InvalidRequest,
+    LimitExceeded,
     NoActiveResponse,
     StreamAgentError,
 )
 from agent.handler import Handler, Question, response_limits
 from agent.intake import Intake
 from agent.live import LiveMedia
-from agent.media import Audio, Frame, b64decode, sniff_image, split_data_url
+from agent.media import AUDIO_RATE, Frame, b64decode, sniff_image, split_data_url
 from agent.responses import ResponseRun
 from agent.runtime import Runtime
 
@@ -144,7 +145,7 @@ class RealtimeSession:
             await self.send(events.event("session.updated", session=self._session_object()))
         elif isinstance(event, protocol.AudioAppend):
             ts = event.streamagent.timestamp if event.streamagent else None
-            self.media.add_audio(self._audio(event.audio), ts)
+            self._add_audio(event.audio, ts)
         elif isinstance(event, protocol.AudioCommit):
             self.media.flush()
             await self.send(events.event("input_audio_buffer.committed",
@@ -207,10 +208,18 @@ class RealtimeSession:
             },
         })
 
-    def _audio(self, b64: str) -> Audio:
-        """Decode a client audio chunk, within the session's audio rate limit."""
+    def _add_audio(self, b64: str, ts: float | None) -> None:
+        """Decode a client audio chunk within the session's audio rate limit, and say so when
+        a window's audio passes its bound and the rest is dropped."""
         self.intake.audio_seconds(len(b64) * 3 / 4 / 2 / self.audio_rate)
-        return self.converter(b64)
+        stats = self.media.sampler.stats
+        dropped = stats.audio_dropped_s
+        self.media.add_audio(self.converter(b64), ts)
+        if stats.audio_dropped_s > dropped:
+            raise LimitExceeded(
+                f"{stats.audio_dropped_s - dropped:.2f} s of audio dropped: one window holds at "
+                f"most {self.media.sampler.max_audio_samples / AUDIO_RATE:g} s; send "
+                "input_audio_buffer.commit or use a shorter window", param="audio")
 
     async def _add_item(self, event: protocol.ItemCreate) -> None:
         item = event.item
@@ -228,7 +237,7 @@ class RealtimeSession:
             elif isinstance(part, protocol.InputImage):
                 self._add_image(part)
             elif part.audio is not None:
-                self.media.add_audio(self._audio(part.audio), None)
+                self._add_audio(part.audio, None)
                 self.media.flush()
         item_id = item.id or events.new_id("item")
         wire = {"id": item_id, "object": "realtime.item", "type": "message", "role": item.role,

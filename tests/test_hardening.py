@@ -215,3 +215,17 @@ async def test_close_log_counts_refused_frames(served: Any,
     assert closed and "5 frames" not in closed[0] and "refused" in closed[0]
     refused = int(closed[0].split(" refused")[0].rsplit(" ", 1)[1])
     assert refused >= 3, closed
+
+
+@pytest.mark.parametrize("served", [{"server": {"max_audio_s_per_s": 100}}], indirect=True)
+async def test_audio_past_a_windows_bound_is_reported(served: Any) -> None:
+    address, _ = served
+    client = await Client.connect(url(address))
+    await client.update(sample_fps=0.02)  # 50 s windows; a window keeps at most 30 s
+    second = base64.b64encode(bytes(2 * 24000)).decode()
+    for t in range(31):
+        await client.send({"type": "input_audio_buffer.append", "audio": second,
+                           "streamagent": {"timestamp": float(t)}})
+    error = await client.error()
+    assert error["code"] == "limit_exceeded" and "at most 30 s" in error["message"]
+    await client.close()
