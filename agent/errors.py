@@ -38,6 +38,12 @@ class InvalidMedia(InvalidRequest):
     code = "invalid_media"
 
 
+class LimitExceeded(InvalidRequest):
+    """An input over a configured limit; the message names the config field."""
+
+    code = "limit_exceeded"
+
+
 class RateLimited(InvalidRequest):
     code = "rate_limit_exceeded"
     retryable = True

@@ -41,6 +41,7 @@ class Gateway:
         routes = [
             Route("/healthz", self.healthz),
             Route("/v1/models", self._http_auth(chat.models)),
+            Route("/v1/models/{name:path}", self._http_auth(chat.model)),
             Route("/v1/chat/completions", self._http_auth(chat.completions), methods=["POST"]),
             WebSocketRoute("/v1/realtime", self.realtime),
             WebSocketRoute("/v1/realtime/", self.realtime),
@@ -77,8 +78,7 @@ class Gateway:
     async def gemini(self, ws: WebSocket) -> None:
         token = ws.headers.get("x-goog-api-key") or ws.query_params.get("key") or \
             _bearer(ws.headers.get("authorization", ""))
-        if await self._admit(ws, token):
-            await ws.accept()
+        if await self._admit(ws, token):  # the session counts itself before it accepts
             await gemini.GeminiSession(self.runtime, ws, self.sessions).run()
 
     async def healthz(self, request: Request) -> JSONResponse:

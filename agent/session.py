@@ -181,9 +181,8 @@ class RealtimeSession:
                 self.media.flush()
         item_id = item.id or events.new_id("item")
         wire = {"id": item_id, "object": "realtime.item", "type": "message", "role": item.role,
-                "status": "completed", "content": [p.model_dump(exclude_none=True)
-                                                   for p in item.content
-                                                   if not isinstance(p, protocol.InputImage)]}
+                "status": "completed",
+                "content": [p.model_dump(exclude_none=True) for p in item.content]}
         prev = event.previous_item_id
         await self.send(events.event("conversation.item.added", previous_item_id=prev, item=wire))
         await self.send(events.event("conversation.item.done", previous_item_id=prev, item=wire))
