@@ -92,7 +92,7 @@ class ChatAPI:
             text = "".join([d async for d in self._deltas(chat, req)])
         except StreamAgentError as exc:
             return error(500, exc.message, "server_error", exc.code)
-        return JSONResponse(_completion(chat.model, text))
+        return JSONResponse(_completion(chat.model, text, req))
 
     def _answer(self, name: str, req: ModelRequest) -> AsyncGenerator[str, None]:
         """The same rule as every protocol: a profile answers through its handlers, a model
@@ -103,6 +103,8 @@ class ChatAPI:
         return self.runtime.pool.stream(name, req)
 
     async def _deltas(self, chat: ChatRequest, req: ModelRequest) -> AsyncIterator[str]:
+        """The answer's text, cut before the first stop string (which ends generation: the
+        engine's ``usage.finish_reason`` is then ``stop``)."""
         stops = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or [])
         hold = max((len(s) for s in stops), default=1) - 1
         pending = ""
@@ -113,6 +115,7 @@ class ChatAPI:
                 if cut >= 0:
                     if pending[:cut]:
                         yield pending[:cut]
+                    req.usage.finish_reason = "stop"
                     return  # closing the stream aborts generation
                 if len(pending) > hold:
                     yield pending[:len(pending) - hold]
@@ -123,21 +126,26 @@ class ChatAPI:
     async def _sse(self, chat: ChatRequest, req: ModelRequest) -> AsyncIterator[str]:
         cid, created = events.new_id("chatcmpl"), int(time.time())
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                    "model": chat.model, "choices": [{"index": 0, "delta": delta,
-                                                      "finish_reason": finish}]}
+                    "model": chat.model, "choices": choices, **extra}
             return f"data: {json.dumps(body)}\n\n"
 
+        def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": delta, "finish_reason": finish}]
+
         try:
-            yield chunk({"role": "assistant", "content": ""})
+            yield chunk(choice({"role": "assistant", "content": ""}))
             async for delta in self._deltas(chat, req):
-                yield chunk({"content": delta})
-            yield chunk({}, "stop")
+                yield chunk(choice({"content": delta}))
+            yield chunk(choice({}, req.usage.finish_reason or "stop"))
+            if chat.stream_options is not None and chat.stream_options.include_usage:
+                yield chunk([], usage=usage(req))
         except StreamAgentError as exc:
             err = {"message": exc.message, "type": "server_error", "code": exc.code}
             yield f"data: {json.dumps({'error': err})}\n\n"
         yield "data: [DONE]\n\n"
+
 
 class _SlotStream(StreamingResponse):
     """A streamed completion that holds its concurrency slot until the response is over,
@@ -183,12 +191,20 @@ def _modalities(runtime: Runtime, handlers: list[str]) -> list[str]:
     return ["text", *sorted(kinds)]
 
 
-def _completion(model: str, text: str) -> dict[str, Any]:
+def _completion(model: str, text: str, req: ModelRequest) -> dict[str, Any]:
     return {"id": events.new_id("chatcmpl"), "object": "chat.completion",
             "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+                         "finish_reason": req.usage.finish_reason or "stop"}],
+            "usage": usage(req)}
+
+
+def usage(req: ModelRequest) -> dict[str, int]:
+    """Token counts as the engine reported them (0 where it counts none: the embedded
+    models, a profile's several handlers, a Ray pool)."""
+    prompt, completion = req.usage.prompt_tokens or 0, req.usage.completion_tokens or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:

@@ -61,6 +61,10 @@ class Message(_M):
     content: str | list[Part] | None = None
 
 
+class StreamOptions(_M):
+    include_usage: bool = False
+
+
 class ChatRequest(_M):
     model: str
     messages: list[Message] = Field(min_length=1, max_length=256)
@@ -72,6 +76,7 @@ class ChatRequest(_M):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: Literal[1] = 1
+    stream_options: StreamOptions | None = None
 
 
 
