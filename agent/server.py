@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from agent import events, gemini
+from agent import beta, events, gemini
 from agent.chat_api import ChatAPI
 from agent.errors import StreamAgentError
 from agent.runtime import Runtime
@@ -100,8 +100,10 @@ class Gateway:
         model = ws.query_params.get("model") or "default"
         subprotocol = _pick_subprotocol(ws)
         await ws.accept(subprotocol=subprotocol)
+        dialect = beta.requested(ws.headers)  # the beta dialect: translated at the socket
         try:
-            session = RealtimeSession(self.runtime, model, ws.send_text)
+            session = RealtimeSession(self.runtime, model,
+                                      beta.sender(ws.send_text) if dialect else ws.send_text)
         except StreamAgentError as exc:
             await ws.send_text(json.dumps(events.error(exc)))
             await ws.close(CLOSE_POLICY, reason=exc.message[:120])
@@ -109,7 +111,7 @@ class Gateway:
         self.sessions.add(session)
         log.info("session %s opened (model %s)", session.id, model)
         try:
-            await session.run(_messages(ws))
+            await session.run(beta.messages(_messages(ws)) if dialect else _messages(ws))
         except WebSocketDisconnect:
             pass
         finally:
