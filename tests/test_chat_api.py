@@ -200,7 +200,35 @@ async def test_local_files_only_from_allowed_directories(tmp_path: Path) -> None
                     {"type": "image_url", "image_url": {"url": url}}]}])
             assert (await http.post("/v1/chat/completions",
                                     json=part(str(allowed / "a.jpg")))).status_code == 200
-            escape = str(allowed / ".." / ".." / "etc" / "hostname")
-            assert (await http.post("/v1/chat/completions", json=part(escape))).status_code == 400
+            (tmp_path / "outside.jpg").write_bytes(jpeg_bytes("no"))  # exists, readable
+            for escape in (str(allowed / ".." / "outside.jpg"), str(tmp_path / "outside.jpg")):
+                r = await http.post("/v1/chat/completions", json=part(escape))
+                assert r.status_code == 400
+                assert "server.media_dirs" in r.json()["error"]["message"]
 
 
+
+
+async def test_audio_url_from_data_url_and_allowed_file(tmp_path: Path) -> None:
+    allowed = tmp_path / "media"
+    allowed.mkdir()
+    speech = flite_wav(allowed / "s.wav", "good morning")
+    runtime = fake_runtime()
+    runtime.config.server.media_dirs = [str(allowed)]
+    sources = [str(speech), f"file://{speech}",
+               "data:audio/wav;base64," + wav_b64(speech)]
+    async with running(runtime) as address, httpx.AsyncClient(base_url=address.http) as http:
+        for url in sources:
+            r = await http.post("/v1/chat/completions", json=chat(messages=[
+                {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": url}},
+                                             {"type": "text", "text": "what is said?"}]}]))
+            assert r.status_code == 200, r.text
+        r = await http.post("/v1/chat/completions", json=chat(messages=[
+            {"role": "user", "content": [{"type": "audio_url", "audio_url": {
+                "url": str(tmp_path / "elsewhere.wav")}}]}]))
+        assert r.status_code == 400 and "server.media_dirs" in r.json()["error"]["message"]
+    engine = runtime.pool.engines["fake"]  # type: ignore[attr-defined]
+    assert isinstance(engine, FakeEngine)
+    heard = [req.audio for req in engine.requests[-3:]]
+    seconds = [a.size / 16000 for a in heard if a is not None]
+    assert len(seconds) == 3 and min(seconds) > 0.5 and max(seconds) - min(seconds) < 0.01
