@@ -1,7 +1,7 @@
 """streamagent: the public API that plugins import."""
 
 from agent.config import Config, HandlerConfig, ModelConfig, ProfileConfig, ServerConfig
-from agent.engine import Engine, ModelRequest, ThreadedEngine, Turn, iterate_in_thread
+from agent.engine import Engine, ModelRequest, ThreadedEngine, Turn, Usage, iterate_in_thread
 from agent.errors import (
     ConfigError,
     EngineError,
@@ -38,6 +38,7 @@ __all__ = [
     "StreamAgentError",
     "ThreadedEngine",
     "Turn",
+    "Usage",
     "Window",
     "hookimpl",
     "hookspec",

@@ -1,4 +1,7 @@
-"""OpenAI-compatible REST: ``GET /v1/models`` and ``POST /v1/chat/completions`` over the pool."""
+"""OpenAI-compatible REST: ``GET /v1/models``, ``GET /v1/models/{id}`` and
+``POST /v1/chat/completions``. A name is resolved as on every protocol (``Runtime.profile``):
+a profile answers through its handlers, as a realtime session would; a model name talks to
+that model directly."""
 
 from __future__ import annotations
 
@@ -6,77 +9,19 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from agent import events, media_files
-from agent.engine import ModelRequest, Turn
-from agent.errors import InvalidRequest, StreamAgentError, UnknownModel
+from agent import events, oneshot
+from agent.chat_request import Builder, ChatRequest
+from agent.engine import ModelRequest
+from agent.errors import StreamAgentError, UnknownModel
 from agent.runtime import Runtime
-
-
-class _M(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _Url(_M):
-    url: str
-
-
-class TextPart(_M):
-    type: Literal["text"]
-    text: str
-
-
-class ImagePart(_M):
-    type: Literal["image_url"]
-    image_url: _Url | str
-
-
-class VideoPart(_M):
-    type: Literal["video_url"]
-    video_url: _Url | str
-
-
-class _AudioData(_M):
-    data: str
-    format: str = "wav"
-
-
-class AudioPart(_M):
-    type: Literal["input_audio"]
-    input_audio: _AudioData
-
-
-class AudioUrlPart(_M):
-    type: Literal["audio_url"]
-    audio_url: _Url | str
-
-
-Part = Annotated[TextPart | ImagePart | VideoPart | AudioPart | AudioUrlPart,
-                 Field(discriminator="type")]
-
-
-class Message(_M):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[Part] | None = None
-
-
-class ChatRequest(_M):
-    model: str
-    messages: list[Message] = Field(min_length=1, max_length=256)
-    stream: bool = False
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: Literal[1] = 1
 
 
 def error(status: int, message: str, type_: str = "invalid_request_error",
@@ -88,119 +33,89 @@ def error(status: int, message: str, type_: str = "invalid_request_error",
 class ChatAPI:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        cfg = runtime.config.server
-        self.policy = media_files.MediaPolicy(cfg.media_dirs, cfg.fetch_urls,
-                                              cfg.max_message_bytes)
+        self.build = Builder(runtime.config.server)
         self.active = 0
 
     async def models(self, request: Request) -> JSONResponse:
-        now = int(time.time())
-        data = [{"id": name, "object": "model", "created": now, "owned_by": "streamagent"}
-                for name in self.runtime.pool.names]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": model_list(self.runtime)})
+
+    async def model(self, request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        for entry in model_list(self.runtime):
+            if entry["id"] == name:
+                return JSONResponse(entry)
+        return error(404, f"The model {name!r} does not exist; {self.runtime.valid_names()}",
+                     code="model_not_found", param="model")
 
     async def completions(self, request: Request) -> Response:
         cfg = self.runtime.config.server
-        if self.active >= cfg.max_concurrent_requests:
+        if self.active >= cfg.max_concurrent_requests:  # checked and counted in one step
             return error(503, "the server is busy; retry shortly", "server_error",
                          "server_overloaded")
+        self.active += 1
+        handed_over = False
+        try:
+            response = await self._complete(request)
+            if isinstance(response, _SlotStream):
+                response.release, handed_over = self._release, True
+            return response
+        finally:
+            if not handed_over:
+                self.active -= 1
+
+    def _release(self) -> None:
+        self.active -= 1
+
+    async def _complete(self, request: Request) -> Response:
+        cfg = self.runtime.config.server
         body = await _read_limited(request, cfg.max_message_bytes)
         if body is None:
-            return error(413, f"request body larger than {cfg.max_message_bytes} bytes",
-                         code="request_too_large")
+            return error(413, f"request body larger than {cfg.max_message_bytes} bytes "
+                         "(server.max_message_bytes)", code="request_too_large")
         try:
             chat = ChatRequest.model_validate_json(body)
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in first["loc"])
             return error(400, f"{where}: {first['msg']}", param=where)
-        self.active += 1
         try:
-            model = self.model_name(chat.model)
+            self.runtime.profile(chat.model)
             req = await asyncio.to_thread(self.build, chat)
         except UnknownModel as exc:
-            self.active -= 1
             return error(404, exc.message, code=exc.code, param="model")
         except StreamAgentError as exc:
-            self.active -= 1
             return error(400, exc.message, code=exc.code, param=exc.param)
-        if chat.stream:  # the stream holds its own slot: a body never started holds none
-            self.active -= 1
-            return StreamingResponse(self._sse(chat, model, req), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+        if chat.stream:
+            return _SlotStream(self._sse(chat, req), media_type="text/event-stream",
+                               headers={"Cache-Control": "no-cache"})
         try:
-            text = "".join([d async for d in self._deltas(chat, model, req)])
+            text = "".join([d async for d in self._deltas(chat, req)])
         except StreamAgentError as exc:
             return error(500, exc.message, "server_error", exc.code)
-        finally:
-            self.active -= 1
-        return JSONResponse(_completion(chat.model, text))
+        return JSONResponse(_completion(chat.model, text, req))
 
-    def model_name(self, name: str) -> str:
-        if name in self.runtime.pool.names:
-            return name
-        if name in self.runtime.config.profiles:  # a profile: its first handler's model
-            profile = self.runtime.config.profiles[name]
-            for handler in self.runtime.default_handlers(profile):
-                model = self.runtime.model_for(handler, profile)
-                if model is not None:
-                    return model
-        raise UnknownModel(f"model {name!r} does not exist; models: {self.runtime.pool.names}")
+    def _answer(self, name: str, req: ModelRequest) -> AsyncGenerator[str, None]:
+        """The same rule as every protocol: a profile answers through its handlers, a model
+        name is that model."""
+        profiles = self.runtime.config.profiles
+        if name in profiles:
+            return oneshot.profile_answer(self.runtime, profiles[name], req)
+        return self.runtime.pool.stream(name, req)
 
-    def build(self, chat: ChatRequest) -> ModelRequest:
-        """The chat as one model request: system text -> instructions, earlier turns ->
-        history, every image in user turns -> images, the last video and audio, the last
-        user text -> prompt. Media decoding is blocking: run in a thread."""
-        last_user = max((i for i, m in enumerate(chat.messages) if m.role == "user"),
-                        default=None)
-        if last_user is None:
-            raise InvalidRequest("messages need a user message", param="messages")
-        instructions, history, images = [], [], []
-        video: tuple[Any, ...] = ()
-        audio = None
-        for i, msg in enumerate(chat.messages):
-            parts = [TextPart(type="text", text=msg.content)] if isinstance(msg.content, str) \
-                else (msg.content or [])
-            text = " ".join(p.text for p in parts if isinstance(p, TextPart))
-            where = f"messages.{i}.content"
-            if msg.role in ("system", "developer"):
-                instructions.append(text)
-            elif i != last_user and msg.role in ("user", "assistant") and text:
-                history.append(Turn(msg.role, text))
-            if msg.role != "user":
-                continue
-            for part in parts:
-                if isinstance(part, ImagePart):
-                    images.append(media_files.image(self.policy.load(_url(part.image_url),
-                                                                     where), where))
-                elif isinstance(part, VideoPart):
-                    video = media_files.video(self.policy.load(_url(part.video_url), where),
-                                              where)
-                elif isinstance(part, AudioPart):
-                    audio = media_files.audio(self.policy.load(part.input_audio.data, where),
-                                              where)
-                elif isinstance(part, AudioUrlPart):
-                    audio = media_files.audio(self.policy.load(_url(part.audio_url), where),
-                                              where)
-        prompt = chat.messages[last_user].content
-        if not isinstance(prompt, str):
-            prompt = " ".join(p.text for p in prompt or [] if isinstance(p, TextPart))
-        return ModelRequest(prompt=prompt, instructions="\n".join(instructions),
-                            images=tuple(images), video=video, video_fps=1.0, audio=audio,
-                            history=tuple(history), options=_options(chat))
-
-    async def _deltas(self, chat: ChatRequest, model: str, req: ModelRequest,
-                      ) -> AsyncIterator[str]:
+    async def _deltas(self, chat: ChatRequest, req: ModelRequest) -> AsyncIterator[str]:
+        """The answer's text, cut before the first stop string (which ends generation: the
+        engine's ``usage.finish_reason`` is then ``stop``)."""
         stops = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or [])
         hold = max((len(s) for s in stops), default=1) - 1
         pending = ""
-        async with contextlib.aclosing(self.runtime.pool.stream(model, req)) as stream:
+        async with contextlib.aclosing(self._answer(chat.model, req)) as stream:
             async for delta in stream:
                 pending += delta
                 cut = min((pending.find(s) for s in stops if s in pending), default=-1)
                 if cut >= 0:
                     if pending[:cut]:
                         yield pending[:cut]
+                    req.usage.finish_reason = "stop"
                     return  # closing the stream aborts generation
                 if len(pending) > hold:
                     yield pending[:len(pending) - hold]
@@ -208,56 +123,88 @@ class ChatAPI:
         if pending:
             yield pending
 
-    async def _sse(self, chat: ChatRequest, model: str, req: ModelRequest) -> AsyncIterator[str]:
+    async def _sse(self, chat: ChatRequest, req: ModelRequest) -> AsyncIterator[str]:
         cid, created = events.new_id("chatcmpl"), int(time.time())
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                    "model": chat.model, "choices": [{"index": 0, "delta": delta,
-                                                      "finish_reason": finish}]}
+                    "model": chat.model, "choices": choices, **extra}
             return f"data: {json.dumps(body)}\n\n"
 
-        self.active += 1
+        def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": delta, "finish_reason": finish}]
+
         try:
-            yield chunk({"role": "assistant", "content": ""})
-            async for delta in self._deltas(chat, model, req):
-                yield chunk({"content": delta})
-            yield chunk({}, "stop")
+            yield chunk(choice({"role": "assistant", "content": ""}))
+            async for delta in self._deltas(chat, req):
+                yield chunk(choice({"content": delta}))
+            yield chunk(choice({}, req.usage.finish_reason or "stop"))
+            if chat.stream_options is not None and chat.stream_options.include_usage:
+                yield chunk([], usage=usage(req))
         except StreamAgentError as exc:
             err = {"message": exc.message, "type": "server_error", "code": exc.code}
             yield f"data: {json.dumps({'error': err})}\n\n"
-        finally:
-            self.active -= 1
         yield "data: [DONE]\n\n"
 
 
-def _url(value: _Url | str) -> str:
-    return value.url if isinstance(value, _Url) else value
+class _SlotStream(StreamingResponse):
+    """A streamed completion that holds its concurrency slot until the response is over,
+    however it ends (sent, failed, or a client gone before the body started)."""
+
+    release: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.release is not None:
+                self.release()
+                self.release = None
 
 
-def _options(chat: ChatRequest) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    if chat.temperature is not None:
-        opts["do_sample"] = chat.temperature > 0
-        if chat.temperature > 0:
-            opts["temperature"] = chat.temperature
-    if chat.top_p is not None:
-        opts["top_p"] = chat.top_p
-    limit = chat.max_completion_tokens or chat.max_tokens
-    if limit is not None:
-        opts["max_new_tokens"] = limit
-        opts["min_new_tokens"] = 0
-    if chat.seed is not None:
-        opts["seed"] = chat.seed
-    return opts
+def model_list(runtime: Runtime) -> list[dict[str, Any]]:
+    """Profiles then models, in OpenAI's shape; ``owned_by`` says which, and ``streamagent``
+    holds the kind and the input modalities."""
+    created = int(time.time())
+    out = []
+    for name in runtime.profile_names:
+        handlers = runtime.default_handlers(runtime.config.profiles[name])
+        out.append(_entry(name, "profile", created, _modalities(runtime, handlers),
+                          handlers=handlers))
+    for name in runtime.pool.names:
+        users = [h for h in runtime.registry.handlers if runtime.handler_model(h) == name or
+                 any(p.models.get(h) == name for p in runtime.config.profiles.values())]
+        out.append(_entry(name, "model", created, _modalities(runtime, users)))
+    return out
 
 
-def _completion(model: str, text: str) -> dict[str, Any]:
+def _entry(name: str, kind: str, created: int, modalities: list[str],
+           **extra: Any) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created,
+            "owned_by": f"streamagent-{kind}",
+            "streamagent": {"kind": kind, "input_modalities": modalities, **extra}}
+
+
+def _modalities(runtime: Runtime, handlers: list[str]) -> list[str]:
+    kinds = {runtime.registry.handlers[h].modality for h in handlers
+             if h in runtime.registry.handlers}
+    return ["text", *sorted(kinds)]
+
+
+def _completion(model: str, text: str, req: ModelRequest) -> dict[str, Any]:
     return {"id": events.new_id("chatcmpl"), "object": "chat.completion",
             "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+                         "finish_reason": req.usage.finish_reason or "stop"}],
+            "usage": usage(req)}
+
+
+def usage(req: ModelRequest) -> dict[str, int]:
+    """Token counts as the engine reported them (0 where it counts none: the embedded
+    models, a profile's several handlers, a Ray pool)."""
+    prompt, completion = req.usage.prompt_tokens or 0, req.usage.completion_tokens or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:

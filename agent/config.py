@@ -49,6 +49,36 @@ class ServerConfig(_Config):
     max_audio_s_per_s: float = Field(default=2.0, gt=0)
     """Audio a session may send per second of wall clock (bursts up to 10 s ahead)."""
 
+    # --- Chat completions and Gemini: limits on one request, checked before decoding ---
+    max_request_images: int = Field(default=8, ge=0)
+    """Images in one chat request (all messages together)."""
+    max_image_pixels: int = Field(default=2048 * 2048, ge=1)
+    """Pixels of one chat image, read from its header before it is decoded."""
+    max_request_videos: int = Field(default=1, ge=0)
+    """Videos in one chat request."""
+    max_video_frames: int = Field(default=64, ge=1)
+    """Frames a chat video gives the model (sampled at 1 fps, evenly thinned past this)."""
+    max_video_pixels: int = Field(default=1920 * 1080, ge=1)
+    """Pixels of one frame of a chat video, from its header and again per decoded frame."""
+    max_video_s: float = Field(default=120.0, gt=0)
+    """Length of a chat video, from its header; decoding also stops there."""
+    max_request_audios: int = Field(default=1, ge=0)
+    """Audio clips in one chat request."""
+    max_audio_s: float = Field(default=120.0, gt=0)
+    """Length of a chat audio clip, from its header; decoding also stops there."""
+    max_audio_rate: int = Field(default=48000, ge=8000)
+    """Sample rate of a chat audio clip, from its header."""
+    max_request_text_chars: int = Field(default=200_000, ge=1)
+    """Characters of text in one chat request (all messages together)."""
+    fetch_timeout_s: float = Field(default=10.0, gt=0)
+    """Time for one media URL fetch (``fetch_urls``), connect to last byte."""
+    fetch_max_redirects: int = Field(default=3, ge=0)
+    """Redirects followed per media URL; each target is checked like the first URL."""
+    fetch_allow_hosts: list[str] = []
+    """Addresses or networks (CIDR) a fetch may reach although they are private or local."""
+    gemini_setup_timeout_s: float = Field(default=10.0, gt=0)
+    """Time a Gemini socket has to send ``setup``; it is then closed with code 1008."""
+
 
 class GenerationConfig(_Config):
     """Decoding defaults, as in the MiniCPM-V demo: sampling or beam search."""

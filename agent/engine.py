@@ -31,6 +31,17 @@ class Turn:
     text: str
 
 
+@dataclass(slots=True)
+class Usage:
+    """What one generation cost, filled in by an engine that counts tokens and read by the
+    caller once the stream has ended. In-process only: on Ray the replica's copy is filled."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    """``length`` when the token limit stopped generation, else ``stop`` (or unset)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelRequest:
     """Everything a model may look at for one response."""
@@ -48,6 +59,8 @@ class ModelRequest:
     """Per-request decoding overrides (``max_new_tokens``, ``temperature``, ...)."""
     session: str = ""
     """Who asks (a session or request id): the model's scheduler serves them round-robin."""
+    usage: Usage = field(default_factory=Usage, compare=False)
+    """Filled in by the engine as it generates (see ``Usage``)."""
 
 
 class Engine(abc.ABC):

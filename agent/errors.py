@@ -38,6 +38,12 @@ class InvalidMedia(InvalidRequest):
     code = "invalid_media"
 
 
+class LimitExceeded(InvalidRequest):
+    """An input over a configured limit; the message names the config field."""
+
+    code = "limit_exceeded"
+
+
 class RateLimited(InvalidRequest):
     code = "rate_limit_exceeded"
     retryable = True
@@ -47,12 +53,6 @@ class ConversationBusy(InvalidRequest):
     """A second ``response.create`` while a question-mode response is still in progress."""
 
     code = "conversation_already_has_active_response"
-
-
-class LimitExceeded(InvalidRequest):
-    """An input over a configured bound (size, count, rate); the message names the limit."""
-
-    code = "limit_exceeded"
 
 
 class NoActiveResponse(InvalidRequest):

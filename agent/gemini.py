@@ -19,7 +19,8 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from agent.errors import InvalidRequest, StreamAgentError
+from agent.audio import check_rate
+from agent.errors import InvalidMedia, InvalidRequest, StreamAgentError
 from agent.runtime import Runtime
 from agent.session import RealtimeSession
 
@@ -48,8 +49,8 @@ def b64(data: str) -> str:
 
 
 class GeminiSession:
-    def __init__(self, runtime: Runtime, ws: WebSocket,
-                 registry: set[RealtimeSession] | None = None) -> None:
+    def __init__(self, runtime: Runtime, ws: WebSocket, registry: set[Any] | None = None,
+                 ) -> None:
         self.runtime = runtime
         self.ws = ws
         self.registry = registry if registry is not None else set()  # the gateway's sessions
@@ -58,14 +59,38 @@ class GeminiSession:
         self.closing: str | None = None
 
     async def run(self) -> None:
+        """Count toward the session limit from before the socket is accepted (no await between
+        the gateway's check and this), until it closes."""
+        self.registry.add(self)
         try:
-            setup = pick(json.loads(await self.ws.receive_text()), "setup")
+            await self.ws.accept()
+            setup = await self._setup_message()
+            if setup is not None:
+                await self._serve(setup)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.registry.discard(self)
+
+    async def _setup_message(self) -> dict[str, Any] | None:
+        """The ``setup`` message, within ``server.gemini_setup_timeout_s``; else close."""
+        limit = self.runtime.config.server.gemini_setup_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                setup = pick(json.loads(await self.ws.receive_text()), "setup")
             if not isinstance(setup, dict):
                 raise InvalidRequest("the first message must be {'setup': {...}}")
-        except (json.JSONDecodeError, InvalidRequest, TypeError) as exc:
+        except TimeoutError:
+            await self.ws.close(CLOSE_POLICY, reason=f"no setup within {limit:g} s "
+                                "(server.gemini_setup_timeout_s)")
+            return None
+        except (json.JSONDecodeError, InvalidRequest, TypeError, KeyError) as exc:
             reason = f"the first message must be JSON {{'setup': {{...}}}}: {exc}"
             await self.ws.close(CLOSE_INVALID, reason=reason[:120])
-            return
+            return None
+        return setup
+
+    async def _serve(self, setup: dict[str, Any]) -> None:
         model = str(setup.get("model") or "models/default").rsplit("/", 1)[-1]
         try:
             session = RealtimeSession(self.runtime, model, self._from_session)
@@ -73,13 +98,7 @@ class GeminiSession:
             await self.ws.close(CLOSE_POLICY, reason=exc.message[:120])
             return
         await self.ws.send_text(json.dumps({"setupComplete": {}}))
-        self.registry.add(session)
-        try:
-            await session.run(self._events(setup))
-        except WebSocketDisconnect:
-            pass
-        finally:
-            self.registry.discard(session)
+        await session.run(self._events(setup))
         if self.closing is not None:  # a bad message: say why as we close
             with contextlib.suppress(Exception):
                 await self.ws.close(CLOSE_INVALID, reason=self.closing[:120])
@@ -150,7 +169,7 @@ class GeminiSession:
             return [self._item({"inlineData": {"mimeType": mime, "data": data}})]
         if mime.startswith("audio/pcm"):
             out: list[dict[str, Any]] = []
-            rate = int(mime.split("rate=")[1]) if "rate=" in mime else 16000
+            rate = _rate(mime)
             if rate != self.rate:
                 self.rate = rate
                 out.append({"type": "session.update", "session": {"audio": {"input": {
@@ -193,3 +212,12 @@ class GeminiSession:
             log.info("gemini session closing: %s", self.closing)
             with contextlib.suppress(Exception):
                 await self.ws.close(CLOSE_INVALID, reason=self.closing[:120])
+
+
+def _rate(mime: str) -> int:
+    """The rate of ``audio/pcm;rate=N`` (16 kHz when absent), one the session accepts."""
+    params = dict(p.strip().partition("=")[::2] for p in mime.split(";")[1:])
+    value = params.get("rate", "16000")
+    if not value.isdigit():
+        raise InvalidMedia(f"bad audio rate {value!r} in mimeType {mime!r}")
+    return check_rate(int(value))

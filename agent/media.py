@@ -63,6 +63,13 @@ class Frame:
         self._image: RGB | None = None
         self._lock = threading.Lock()
 
+    @classmethod
+    def of_image(cls, image: RGB, ts: float) -> Frame:
+        """A frame already decoded (a video file's frame)."""
+        frame = cls("", ts)
+        frame._image = image
+        return frame
+
     def image(self) -> RGB:
         """The frame as an RGB array (height, width, 3); raises InvalidMedia if corrupt."""
         with self._lock:

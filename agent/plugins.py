@@ -13,6 +13,7 @@ import pluggy
 
 from agent import hookspecs
 from agent.config import ModelConfig
+from agent.direct import DirectHandler
 from agent.engine import Engine
 from agent.errors import ConfigError
 from agent.handler import Handler
@@ -65,6 +66,7 @@ def collect(pm: pluggy.PluginManager) -> Registry:
             raise ConfigError(f"two plugins registered a {kind} named {name!r}")
         table[name] = value
 
+    add("handler", reg.handlers, DirectHandler.name, DirectHandler)  # behind model names
     pm.hook.register_engines(register=lambda cls: add("engine", reg.engines, cls.kind, cls))
     pm.hook.register_models(register=lambda name, cfg: add("model", reg.models, name, cfg))
     pm.hook.register_handlers(register=lambda cls: add("handler", reg.handlers, cls.name, cls))

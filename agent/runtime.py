@@ -5,6 +5,7 @@ from __future__ import annotations
 import pluggy
 
 from agent.config import Config, ModelConfig, ProfileConfig
+from agent.direct import model_profile
 from agent.engine import Engine
 from agent.errors import ConfigError, UnknownModel
 from agent.handler import Handler, HandlerContext
@@ -62,13 +63,18 @@ class Runtime:
         return sorted(self.config.profiles)
 
     def profile(self, name: str | None) -> ProfileConfig:
+        """What a name selects, on every protocol: a profile, or a model (its direct handler);
+        anything else is ``model_not_found`` listing the valid names."""
         name = name or "default"
-        if name not in self.config.profiles:
-            raise UnknownModel(
-                f"unknown model {name!r}; this server offers: {', '.join(self.profile_names)}",
-                param="model",
-            )
-        return self.config.profiles[name]
+        if name in self.config.profiles:
+            return self.config.profiles[name]
+        if name in self.pool.names:
+            return model_profile(name)
+        raise UnknownModel(f"unknown model {name!r}; {self.valid_names()}", param="model")
+
+    def valid_names(self) -> str:
+        return (f"profiles: {', '.join(self.profile_names)}; "
+                f"models: {', '.join(self.pool.names)}")
 
     def default_handlers(self, profile: ProfileConfig) -> list[str]:
         if profile.handlers is not None:

@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from agent import events, gemini
+from agent import beta, events, gemini
 from agent.chat_api import ChatAPI
 from agent.errors import StreamAgentError
 from agent.runtime import Runtime
@@ -42,6 +42,7 @@ class Gateway:
         routes = [
             Route("/healthz", self.healthz),
             Route("/v1/models", self._http_auth(chat.models)),
+            Route("/v1/models/{name:path}", self._http_auth(chat.model)),
             Route("/v1/chat/completions", self._http_auth(chat.completions), methods=["POST"]),
             WebSocketRoute("/v1/realtime", self.realtime),
             WebSocketRoute("/v1/realtime/", self.realtime),
@@ -78,8 +79,7 @@ class Gateway:
     async def gemini(self, ws: WebSocket) -> None:
         token = ws.headers.get("x-goog-api-key") or ws.query_params.get("key") or \
             _bearer(ws.headers.get("authorization", ""))
-        if await self._admit(ws, token):
-            await ws.accept()
+        if await self._admit(ws, token):  # the session counts itself before it accepts
             await gemini.GeminiSession(self.runtime, ws, self.sessions).run()
 
     async def healthz(self, request: Request) -> JSONResponse:
@@ -102,8 +102,10 @@ class Gateway:
         model = ws.query_params.get("model") or "default"
         subprotocol = _pick_subprotocol(ws)
         await ws.accept(subprotocol=subprotocol)
+        dialect = beta.requested(ws.headers)  # the beta dialect: translated at the socket
         try:
-            session = RealtimeSession(self.runtime, model, ws.send_text)
+            session = RealtimeSession(self.runtime, model,
+                                      beta.sender(ws.send_text) if dialect else ws.send_text)
         except StreamAgentError as exc:
             await ws.send_text(json.dumps(events.error(exc)))
             await ws.close(CLOSE_POLICY, reason=exc.message[:120])
@@ -111,7 +113,7 @@ class Gateway:
         self.sessions.add(session)
         log.info("session %s opened (model %s)", session.id, model)
         try:
-            await session.run(_messages(ws))
+            await session.run(beta.messages(_messages(ws)) if dialect else _messages(ws))
         except WebSocketDisconnect:
             pass
         finally:

@@ -241,9 +241,8 @@ class RealtimeSession:
                 self.media.flush()
         item_id = item.id or events.new_id("item")
         wire = {"id": item_id, "object": "realtime.item", "type": "message", "role": item.role,
-                "status": "completed", "content": [p.model_dump(exclude_none=True)
-                                                   for p in item.content
-                                                   if not isinstance(p, protocol.InputImage)]}
+                "status": "completed",
+                "content": [p.model_dump(exclude_none=True) for p in item.content]}
         prev = event.previous_item_id
         await self.send(events.event("conversation.item.added", previous_item_id=prev, item=wire))
         await self.send(events.event("conversation.item.done", previous_item_id=prev, item=wire))
@@ -336,9 +335,12 @@ def _token_cap(value: int | str) -> int | None:
 
 
 async def _answers(handlers: list[Handler], question: Question,
-                   settled: Callable[[], Awaitable[None]]) -> AsyncIterator[str]:
-    """Each handler's part of the answer, one after the other, separated by new lines."""
-    await settled()
+                   settled: Callable[[], Awaitable[None]] | None = None,
+                   ) -> AsyncIterator[str]:
+    """Each handler's part of the answer, one after the other, separated by new lines;
+    ``settled`` first waits until every handler has seen the media sent so far."""
+    if settled is not None:
+        await settled()
     said = False
     for handler in handlers:
         first = True

@@ -25,7 +25,9 @@ FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 
 
 class FakeEngine(ThreadedEngine):
-    """Streams ``tokens`` words ("tok0 tok1 ..."), ``delay_s`` apart; counts what it did.
+    """Streams ``tokens`` words ("tok0 tok1 ..."), ``delay_s`` apart, at most ``max_new_tokens``
+    of them (a request option), and fills ``request.usage`` as a real engine does (prompt: one
+    token per word); counts what it did.
 
     ``generated`` counts tokens actually produced, so a test can check that a cancelled
     response really stopped the engine."""
@@ -45,9 +47,12 @@ class FakeEngine(ThreadedEngine):
     def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:
         self.requests.append(request)
         self.active += 1
+        tokens = int(request.options.get("tokens", self.tokens))
+        limit = int(request.options.get("max_new_tokens", tokens))  # as a real engine stops
+        usage = request.usage
+        usage.prompt_tokens, usage.completion_tokens = len(request.prompt.split()), 0
         try:
-            tokens = int(request.options.get("tokens", self.tokens))
-            for i in range(min(tokens, int(request.options.get("max_new_tokens", tokens)))):
+            for i in range(min(tokens, limit)):
                 if cancelled.is_set():
                     return
                 if self.fail_after is not None and i >= int(self.fail_after):
@@ -55,7 +60,9 @@ class FakeEngine(ThreadedEngine):
                 if self.delay_s:
                     time.sleep(self.delay_s)
                 self.generated += 1
+                usage.completion_tokens += 1
                 yield f"tok{i} "
+            usage.finish_reason = "length" if limit < tokens else "stop"
         finally:
             self.active -= 1
 

@@ -157,9 +157,15 @@ class VllmEngine(Engine):
         try:
             gen = self.engine.generate(self.inputs(request), self.sampling(request),
                                        request_id=request_id, lora_request=self.lora(request))
+            usage = request.usage
+            usage.completion_tokens = 0
             async for out in gen:
                 piece = out.outputs[0]
                 self.tokens_generated += len(piece.token_ids)
+                usage.completion_tokens += len(piece.token_ids)
+                if out.prompt_token_ids is not None:
+                    usage.prompt_tokens = len(out.prompt_token_ids)
+                usage.finish_reason = piece.finish_reason  # "length" at max_tokens
                 finished = out.finished
                 if piece.text:
                     yield piece.text

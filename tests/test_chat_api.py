@@ -55,13 +55,20 @@ def test_sdk_plain_and_streamed_with_image_video_and_audio(omni: Address,
         {"role": "user", "content": content}], max_tokens=6, seed=1, temperature=0)
     assert plain.choices[0].message.role == "assistant"
     assert isinstance(plain.choices[0].message.content, str)
-    assert plain.choices[0].finish_reason == "stop"
+    usage = plain.usage
+    assert usage is not None and usage.prompt_tokens > 100  # the image, video and audio
+    assert 1 <= usage.completion_tokens <= 6
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert plain.choices[0].finish_reason == ("length" if usage.completion_tokens == 6
+                                              else "stop")
     chunks = list(client.chat.completions.create(
-        model="tiny", stream=True, max_tokens=6,
+        model="tiny", stream=True, max_tokens=2, stream_options={"include_usage": True},
         messages=[{"role": "user", "content": content}]))
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert chunks[-1].choices[0].finish_reason == "stop"
-    assert len([c for c in chunks if c.choices[0].delta.content]) >= 1
+    assert chunks[-2].choices[0].finish_reason == "length"  # 2 tokens, then the limit
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 2
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 1
 
 
 @pytest.mark.slow
@@ -106,6 +113,26 @@ async def test_stop_strings_multi_turn_and_several_images(fake: Any) -> None:
     assert [(t.role, t.text) for t in req.history] == [("user", "first?"), ("assistant", "An a.")]
     assert [i.shape for i in req.images] == [(240, 320, 3), (48, 64, 3)]
     assert req.options["temperature"] == 0.5 and req.options["max_new_tokens"] == 3
+
+
+async def test_usage_and_finish_reason_come_from_the_engine(fake: Any) -> None:
+    address, _ = fake
+    async with openai.AsyncOpenAI(base_url=f"{address.http}/v1", api_key="any") as client:
+        ask: Any = {"model": "fake", "messages": [{"role": "user", "content": "two words"}]}
+        whole = await client.chat.completions.create(**ask)
+        assert whole.choices[0].finish_reason == "stop"
+        assert whole.usage is not None
+        assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (2, 6)
+        cut = await client.chat.completions.create(**ask, max_tokens=3)
+        assert cut.choices[0].finish_reason == "length"
+        assert cut.choices[0].message.content == "tok0 tok1 tok2 "
+        assert cut.usage is not None and cut.usage.completion_tokens == 3
+        stopped = await client.chat.completions.create(**ask, max_tokens=5, stop=["tok1"])
+        assert stopped.choices[0].finish_reason == "stop"
+        chunks = [c async for c in await client.chat.completions.create(
+            **ask, max_tokens=4, stream=True, stream_options={"include_usage": True})]
+        assert chunks[-2].choices[0].finish_reason == "length"
+        assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 6
 
 
 @pytest.mark.parametrize(("body", "status", "code"), [
@@ -173,7 +200,35 @@ async def test_local_files_only_from_allowed_directories(tmp_path: Path) -> None
                     {"type": "image_url", "image_url": {"url": url}}]}])
             assert (await http.post("/v1/chat/completions",
                                     json=part(str(allowed / "a.jpg")))).status_code == 200
-            escape = str(allowed / ".." / ".." / "etc" / "hostname")
-            assert (await http.post("/v1/chat/completions", json=part(escape))).status_code == 400
+            (tmp_path / "outside.jpg").write_bytes(jpeg_bytes("no"))  # exists, readable
+            for escape in (str(allowed / ".." / "outside.jpg"), str(tmp_path / "outside.jpg")):
+                r = await http.post("/v1/chat/completions", json=part(escape))
+                assert r.status_code == 400
+                assert "server.media_dirs" in r.json()["error"]["message"]
 
 
+
+
+async def test_audio_url_from_data_url_and_allowed_file(tmp_path: Path) -> None:
+    allowed = tmp_path / "media"
+    allowed.mkdir()
+    speech = flite_wav(allowed / "s.wav", "good morning")
+    runtime = fake_runtime()
+    runtime.config.server.media_dirs = [str(allowed)]
+    sources = [str(speech), f"file://{speech}",
+               "data:audio/wav;base64," + wav_b64(speech)]
+    async with running(runtime) as address, httpx.AsyncClient(base_url=address.http) as http:
+        for url in sources:
+            r = await http.post("/v1/chat/completions", json=chat(messages=[
+                {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": url}},
+                                             {"type": "text", "text": "what is said?"}]}]))
+            assert r.status_code == 200, r.text
+        r = await http.post("/v1/chat/completions", json=chat(messages=[
+            {"role": "user", "content": [{"type": "audio_url", "audio_url": {
+                "url": str(tmp_path / "elsewhere.wav")}}]}]))
+        assert r.status_code == 400 and "server.media_dirs" in r.json()["error"]["message"]
+    engine = runtime.pool.engines["fake"]  # type: ignore[attr-defined]
+    assert isinstance(engine, FakeEngine)
+    heard = [req.audio for req in engine.requests[-3:]]
+    seconds = [a.size / 16000 for a in heard if a is not None]
+    assert len(seconds) == 3 and min(seconds) > 0.5 and max(seconds) - min(seconds) < 0.01

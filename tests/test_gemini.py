@@ -10,9 +10,10 @@ import shutil
 import ssl
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import pytest
 import websockets
 from google import genai
@@ -22,7 +23,7 @@ from agent.config import Config, ServerConfig
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
 from agent.serve import Address, running
-from agent.testing import ServerThread, fake_runtime, jpeg_bytes
+from agent.testing import ServerThread, data_url, fake_runtime, jpeg_bytes
 
 PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 
@@ -48,17 +49,19 @@ def embedded_tls(cert: tuple[str, str]) -> Iterator[Address]:
 
 
 @pytest.mark.slow
-async def test_google_genai_sdk_sends_frames_and_reads_text(
-        embedded_tls: Address, cert: tuple[str, str]) -> None:
+@pytest.mark.parametrize("name", ["default", "ocr"])
+async def test_google_genai_sdk_answers_as_chat_completions_do(
+        embedded_tls: Address, cert: tuple[str, str], name: str) -> None:
+    """A profile and a model name each give the same text here as on chat completions."""
     ctx = ssl.create_default_context(cafile=cert[0])
     client = genai.Client(api_key="gemini-key", http_options=types.HttpOptions(
         base_url=f"https://127.0.0.1:{embedded_tls.port}", async_client_args={"ssl": ctx}))
+    picture = jpeg_bytes("HELLO GEMINI", size=(640, 240))
     text = []
     config = types.LiveConnectConfig(response_modalities=[types.Modality.TEXT])
-    async with client.aio.live.connect(model="default", config=config) as session:
-        await session.send_realtime_input(
-            video=types.Blob(data=jpeg_bytes("HELLO GEMINI", size=(640, 240)),
-                             mime_type="image/jpeg"))
+    async with client.aio.live.connect(model=name, config=config) as session:
+        await session.send_realtime_input(video=types.Blob(data=picture,
+                                                           mime_type="image/jpeg"))
         await session.send_client_content(
             turns=types.Content(role="user", parts=[types.Part(text="What is written?")]),
             turn_complete=True)
@@ -66,6 +69,29 @@ async def test_google_genai_sdk_sends_frames_and_reads_text(
             if message.text:
                 text.append(message.text)
     assert "HELLO GEMINI" in "".join(text)
+    async with openai.AsyncOpenAI(
+            base_url=f"{embedded_tls.http}/v1", api_key="gemini-key",
+            http_client=httpx.AsyncClient(verify=ctx)) as chat:
+        reply = await chat.chat.completions.create(model=name, messages=[
+            {"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": data_url(picture)}},
+                {"type": "text", "text": "What is written?"}]}])
+    assert reply.choices[0].message.content == "".join(text)
+
+
+@pytest.mark.slow
+async def test_google_genai_sdk_unknown_name_closes_listing_names(
+        embedded_tls: Address, cert: tuple[str, str]) -> None:
+    ctx = ssl.create_default_context(cafile=cert[0])
+    client = genai.Client(api_key="gemini-key", http_options=types.HttpOptions(
+        base_url=f"https://127.0.0.1:{embedded_tls.port}", async_client_args={"ssl": ctx}))
+    config = types.LiveConnectConfig(response_modalities=[types.Modality.TEXT])
+    with pytest.raises(genai.errors.APIError) as info:  # the SDK's error for a close code
+        async with client.aio.live.connect(model="gpt-9", config=config) as session:
+            async for _ in session.receive():
+                pass
+    assert info.value.code == 1008
+    assert "unknown model 'gpt-9'; profiles: default" in str(info.value)
 
 
 async def raw(address: Address, path: str = PATH) -> websockets.ClientConnection:
@@ -128,6 +154,11 @@ async def test_new_user_activity_interrupts_the_response() -> None:
     (json.dumps({"setup": {}}), json.dumps({"realtimeInput": {"video": {
         "mimeType": "image/jpeg", "data": base64.b64encode(b"no image").decode()}}}), 1007,
      "not a JPEG"),
+    (json.dumps({"setup": {}}), json.dumps({"realtimeInput": {"audio": {
+        "mimeType": "audio/pcm;rate=fast", "data": "AAAA"}}}), 1007, "bad audio rate"),
+    (json.dumps({"setup": {}}), json.dumps({"realtimeInput": {"audio": {
+        "mimeType": "audio/pcm;rate=12345", "data": "AAAA"}}}), 1007,
+     "unsupported audio rate"),
 ])
 async def test_bad_messages_close_with_a_reason(first: str, second: str | None, code: int,
                                                 words: str) -> None:
@@ -144,17 +175,19 @@ async def test_bad_messages_close_with_a_reason(first: str, second: str | None, 
         assert info.value.rcvd.code == code and words in info.value.rcvd.reason
 
 
-async def test_api_key_header_or_query(cert: tuple[str, str], tmp_path: Path) -> None:
+async def test_api_key_header_or_query() -> None:
     runtime = fake_runtime()
     runtime.config.server.api_key = "k"
     async with running(runtime) as address:
-        with pytest.raises(websockets.InvalidStatus) as info:
-            await raw(address)
-        assert info.value.response.status_code == 401
-        ws = await raw(address, PATH + "?key=k")
-        await ws.send(json.dumps({"setup": {}}))
-        assert json.loads(await ws.recv()) == {"setupComplete": {}}
-        await ws.close()
+        for bad in ({}, {"x-goog-api-key": "wrong"}):
+            with pytest.raises(websockets.InvalidStatus) as info:
+                await websockets.connect(f"{address.ws}{PATH}", additional_headers=bad)
+            assert info.value.response.status_code == 401
+        for path, headers in ((PATH + "?key=k", {}), (PATH, {"x-goog-api-key": "k"})):
+            ws = await websockets.connect(f"{address.ws}{path}", additional_headers=headers)
+            await ws.send(json.dumps({"setup": {}}))
+            assert json.loads(await ws.recv()) == {"setupComplete": {}}
+            await ws.close()
 
 
 async def test_gemini_sessions_count_toward_the_session_limit() -> None:
@@ -168,3 +201,39 @@ async def test_gemini_sessions_count_toward_the_session_limit() -> None:
             await websockets.connect(f"{address.ws}/v1/realtime")
         assert info.value.response.status_code == 503
         await ws.close()
+
+
+async def test_a_socket_counts_from_accept_and_is_closed_without_setup() -> None:
+    runtime = fake_runtime()
+    runtime.config.server.max_sessions = 1
+    runtime.config.server.gemini_setup_timeout_s = 0.5
+    async with running(runtime) as address:
+        idle = await raw(address)  # accepted, sends nothing
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await raw(address)
+        assert info.value.response.status_code == 503
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(idle.recv(), 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert "server.gemini_setup_timeout_s" in closed.value.rcvd.reason
+        for _ in range(100):  # the closed socket's place is free again
+            try:
+                ws = await raw(address)
+                break
+            except websockets.InvalidStatus:
+                await asyncio.sleep(0.05)
+        await ws.send(json.dumps({"setup": {}}))
+        assert json.loads(await ws.recv()) == {"setupComplete": {}}
+        await ws.close()
+
+
+async def test_sockets_arriving_together_admit_exactly_the_limit() -> None:
+    runtime = fake_runtime()
+    runtime.config.server.max_sessions = 3
+    async with running(runtime) as address:
+        got = await asyncio.gather(*(raw(address) for _ in range(10)), return_exceptions=True)
+        opened = [ws for ws in got if isinstance(ws, websockets.ClientConnection)]
+        refused = [e for e in got if isinstance(e, websockets.InvalidStatus)]
+        assert len(opened) == 3 and len(refused) == 7
+        for ws in opened:
+            await ws.close()

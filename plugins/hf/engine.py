@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent import ConfigError, ModelConfig, ModelRequest, ThreadedEngine
+from agent import ConfigError, ModelConfig, ModelRequest, ThreadedEngine, Usage
 from plugins.hf.families import FAMILIES, Family, fit, subsample
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,13 @@ class TransformersEngine(ThreadedEngine):
                   cancelled: threading.Event) -> Iterator[str]:
         inputs = self.family.inputs(self.processor, request, self.max_pixels)
         inputs = inputs.to(self.model.device).to(self.model.dtype)
+        usage, before = request.usage, self.tokens_generated
+        usage.prompt_tokens = int(inputs["input_ids"].shape[1])
         if options.get("num_beams", 1) > 1:  # beam search cannot stream: one delta at the end
             out = self.model.generate(**inputs, **options)
             new = out[0, inputs["input_ids"].shape[1]:]
             self.tokens_generated += int(new.numel())
+            _count(usage, self.tokens_generated - before, options["max_new_tokens"])
             yield str(self.tokenizer.decode(new, skip_special_tokens=True))
             return
         streamer = counting_streamer(self, self.tokenizer)
@@ -101,6 +104,7 @@ class TransformersEngine(ThreadedEngine):
         finally:
             cancelled.set()  # stops generate() if we leave early; harmless after the end
             thread.join()
+            _count(usage, self.tokens_generated - before, options["max_new_tokens"])
         if failure:
             raise failure[0]
 
@@ -172,6 +176,11 @@ def decoding(config: ModelConfig, overrides: Any) -> dict[str, Any]:
     if gen["do_sample"]:
         out.update(temperature=gen["temperature"], top_p=gen["top_p"], top_k=gen["top_k"])
     return out
+
+
+def _count(usage: Usage, generated: int, limit: int) -> None:
+    usage.completion_tokens = generated
+    usage.finish_reason = "length" if generated >= limit else "stop"
 
 
 def counting_streamer(engine: TransformersEngine, tokenizer: Any) -> Any:

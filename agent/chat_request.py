@@ -1,0 +1,174 @@
+"""A chat completions request: its wire shape (pydantic) and its conversion to one model
+request, every input counted and bounded before anything is decoded."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent import media_files
+from agent.config import ServerConfig
+from agent.engine import ModelRequest, Turn
+from agent.errors import InvalidRequest, LimitExceeded
+from agent.media import RGB, Audio
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Url(_M):
+    url: str
+
+
+class TextPart(_M):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_M):
+    type: Literal["image_url"]
+    image_url: _Url | str
+
+
+class VideoPart(_M):
+    type: Literal["video_url"]
+    video_url: _Url | str
+
+
+class _AudioData(_M):
+    data: str
+    format: str = "wav"
+
+
+class AudioPart(_M):
+    type: Literal["input_audio"]
+    input_audio: _AudioData
+
+
+class AudioUrlPart(_M):
+    type: Literal["audio_url"]
+    audio_url: _Url | str
+
+
+Part = Annotated[TextPart | ImagePart | VideoPart | AudioPart | AudioUrlPart,
+                 Field(discriminator="type")]
+
+
+class Message(_M):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[Part] | None = None
+
+
+class StreamOptions(_M):
+    include_usage: bool = False
+
+
+class ChatRequest(_M):
+    model: str
+    messages: list[Message] = Field(min_length=1, max_length=256)
+    stream: bool = False
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: Literal[1] = 1
+    stream_options: StreamOptions | None = None
+
+
+
+class Builder:
+    """ChatRequest -> ModelRequest under the server's limits."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.policy = media_files.MediaPolicy.of(cfg)
+        self.limits = media_files.Limits.of(cfg)
+
+    def __call__(self, chat: ChatRequest) -> ModelRequest:
+        """System text -> instructions, earlier turns -> history, every image in user turns
+        -> images, the video and audio, the last user text -> prompt. Decoding and fetching
+        block: run in a thread."""
+        last_user = max((i for i, m in enumerate(chat.messages) if m.role == "user"),
+                        default=None)
+        if last_user is None:
+            raise InvalidRequest("messages need a user message", param="messages")
+        self.check(chat)
+        instructions, history = [], []
+        images: list[RGB] = []
+        video: tuple[RGB, ...] = ()
+        audio: Audio | None = None
+        for i, msg in enumerate(chat.messages):
+            parts = _parts(msg)
+            text = " ".join(p.text for p in parts if isinstance(p, TextPart))
+            if msg.role in ("system", "developer"):
+                instructions.append(text)
+            elif i != last_user and msg.role in ("user", "assistant") and text:
+                history.append(Turn(msg.role, text))
+            if msg.role != "user":
+                continue
+            for j, part in enumerate(parts):
+                where = f"messages.{i}.content.{j}"
+                if isinstance(part, ImagePart):
+                    images.append(media_files.image(self._load(part.image_url, where), where,
+                                                    self.limits))
+                elif isinstance(part, VideoPart):
+                    video = media_files.video(self._load(part.video_url, where), where,
+                                              self.limits)
+                elif isinstance(part, AudioPart | AudioUrlPart):
+                    url = part.input_audio.data if isinstance(part, AudioPart) else part.audio_url
+                    audio = media_files.audio(self._load(url, where), where, self.limits)
+        prompt = " ".join(p.text for p in _parts(chat.messages[last_user])
+                          if isinstance(p, TextPart))
+        return ModelRequest(prompt=prompt, instructions="\n".join(instructions),
+                            images=tuple(images), video=video, video_fps=1.0, audio=audio,
+                            history=tuple(history), options=_options(chat))
+
+    def check(self, chat: ChatRequest) -> None:
+        """Count text and media parts against the limits, before any decoding."""
+        parts = [p for m in chat.messages for p in _parts(m)]
+        text = sum(len(p.text) for p in parts if isinstance(p, TextPart))
+        counts = [
+            (text, self.cfg.max_request_text_chars, "max_request_text_chars", "characters"),
+            (sum(isinstance(p, ImagePart) for p in parts), self.cfg.max_request_images,
+             "max_request_images", "images"),
+            (sum(isinstance(p, VideoPart) for p in parts), self.cfg.max_request_videos,
+             "max_request_videos", "videos"),
+            (sum(isinstance(p, AudioPart | AudioUrlPart) for p in parts),
+             self.cfg.max_request_audios, "max_request_audios", "audio clips"),
+        ]
+        for count, limit, field, what in counts:
+            if count > limit:
+                raise LimitExceeded(f"{count} {what} in the request; the limit is {limit} "
+                                    f"(server.{field})", param="messages")
+
+    def _load(self, value: _Url | str, where: str) -> bytes:
+        return self.policy.load(value.url if isinstance(value, _Url) else value, where)
+
+
+def _parts(msg: Message) -> list[Any]:
+    if isinstance(msg.content, str):
+        return [TextPart(type="text", text=msg.content)]
+    return list(msg.content or [])
+
+
+def _options(chat: ChatRequest) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if chat.temperature is not None:
+        opts["do_sample"] = chat.temperature > 0
+        if chat.temperature > 0:
+            opts["temperature"] = chat.temperature
+    if chat.top_p is not None:
+        opts["top_p"] = chat.top_p
+    limit = chat.max_completion_tokens or chat.max_tokens
+    if limit is not None:
+        opts["max_new_tokens"] = limit
+        opts["min_new_tokens"] = 0
+    if chat.seed is not None:
+        opts["seed"] = chat.seed
+    return opts
+
+
