@@ -53,6 +53,7 @@ def response_object(
     output: list[dict[str, Any]],
     status_details: dict[str, Any] | None = None,
     output_tokens: int = 0,
+    input_tokens: int = 0,
 ) -> dict[str, Any]:
     return {
         "object": "realtime.response",
@@ -62,6 +63,6 @@ def response_object(
         "output": output,
         "metadata": metadata,
         "output_modalities": ["text"],
-        "usage": {"total_tokens": output_tokens, "input_tokens": 0,
+        "usage": {"total_tokens": input_tokens + output_tokens, "input_tokens": input_tokens,
                   "output_tokens": output_tokens},
     }

@@ -15,11 +15,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, TypeVar
 
-from agent.engine import ModelRequest, Turn
+from agent.engine import ModelRequest, Turn, Usage
 from agent.media import Frame, Modality, Window
 from agent.pool import Pool
 
 T = TypeVar("T")
+response_usage: ContextVar[list[Usage] | None] = ContextVar("response_usage", default=None)
+"""Set by the session for the response being generated: the usage of every model call made
+for it is collected there (token counts for ``response.done``)."""
 response_limits: ContextVar[Mapping[str, Any] | None] = ContextVar("response_limits",
                                                                    default=None)
 """Set by the session for the response being generated (``max_new_tokens`` from the client's
@@ -44,6 +47,9 @@ class HandlerContext:
         if cap is not None:
             options["max_new_tokens"] = min(int(options.get("max_new_tokens", cap)), cap)
         request = replace(request, options=options, session=request.session or self.session_id)
+        collected = response_usage.get()
+        if collected is not None:
+            collected.append(request.usage)
         return self.pool.stream(self.model, request)
 
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from agent import events
+from agent.engine import Usage
 from agent.errors import EngineError, StreamAgentError
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class ResponseRun:
         self.status = "in_progress"
         self.started = False
         self.task: asyncio.Task[str] | None = None
+        self.usage: list[Usage] = []
+        """The usage of every model call made for this response (filled by the handlers)."""
         self._cancel_requested = False
 
     @property
@@ -75,6 +78,15 @@ class ResponseRun:
             raise asyncio.CancelledError
         return self.text
 
+    def _tokens(self) -> tuple[int, int]:
+        """(output, input) tokens as the engines counted them; engines that count none (the
+        embedded CPU models) are counted by their text deltas."""
+        counted = [u for u in self.usage if u.completion_tokens is not None]
+        if not counted or len(counted) < len(self.usage):
+            return len(self.parts), sum(u.prompt_tokens or 0 for u in self.usage)
+        return (sum(u.completion_tokens or 0 for u in counted),
+                sum(u.prompt_tokens or 0 for u in self.usage))
+
     async def _start(self) -> None:
         self.started = True
         resp = events.response_object(self.id, "in_progress", self.metadata, [])
@@ -115,6 +127,9 @@ class ResponseRun:
 
     async def _finish(self, status: str) -> None:
         text, where = self.text, {"response_id": self.id, "output_index": 0}
+        details = None if status == "completed" else {"type": status, "reason": status}
+        if status == "completed" and any(u.finish_reason == "length" for u in self.usage):
+            status, details = "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
         item_status = "completed" if status == "completed" else "incomplete"
         item = events.message_item(self.item_id, text, item_status)
         await self.send(
@@ -126,11 +141,9 @@ class ResponseRun:
                          content_index=0, part={"type": "output_text", "text": text})
         )
         await self.send(events.event("response.output_item.done", **where, item=item))
-        details = None if status == "completed" else {"type": status, "reason": status}
         if status == "cancelled":
             reason = "client_cancelled" if self._cancel_requested else "handler_stopped"
             details = {"type": "cancelled", "reason": reason}
-        resp = events.response_object(
-            self.id, status, self.metadata, [item], details, output_tokens=len(self.parts)
-        )
+        resp = events.response_object(self.id, status, self.metadata, [item], details,
+                                      *self._tokens())
         await self.send(events.event("response.done", response=resp))

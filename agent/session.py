@@ -24,7 +24,7 @@ from agent.errors import (
     NoActiveResponse,
     StreamAgentError,
 )
-from agent.handler import Handler, Question, response_limits
+from agent.handler import Handler, Question, response_limits, response_usage
 from agent.intake import Intake
 from agent.live import LiveMedia
 from agent.media import AUDIO_RATE, Frame, b64decode, sniff_image, split_data_url
@@ -306,6 +306,7 @@ class RealtimeSession:
         async def go() -> str:
             if max_tokens is not None:
                 response_limits.set({"max_new_tokens": max_tokens})
+            response_usage.set(run.usage)
             try:
                 text = await run.run(deltas, eager)
             finally:

@@ -117,7 +117,12 @@ async def test_max_output_tokens_caps_the_model(served: Any) -> None:
     await client.send({"type": "session.update", "session": {"max_output_tokens": 3}})
     assert (await client.until("session.updated"))[-1]["session"]["max_output_tokens"] == 3
     await client.send({"type": "response.create"})
-    assert len(texts(await client.until("response.done"))) == 3
+    got = await client.until("response.done")
+    assert len(texts(got)) == 3
+    done = got[-1]["response"]
+    assert done["status"] == "incomplete"  # as OpenAI says when the token limit stopped it
+    assert done["status_details"] == {"type": "incomplete", "reason": "max_output_tokens"}
+    assert done["usage"]["output_tokens"] == 3
     await client.send({"type": "response.create", "response": {"max_output_tokens": 2}})
     assert len(texts(await client.until("response.done"))) == 2
     fake = runtime.pool.engines["fake"]
