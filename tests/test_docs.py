@@ -1,0 +1,118 @@
+"""The docs tell the truth about the repository: files they point to exist, the CLI flags and
+config fields they name exist, and every config field is documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+from pydantic import BaseModel
+
+from agent import config
+from agent.cli import main as cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SOURCES = [p for d in ("agent", "plugins", "tests", "benchmarks", "scripts", "examples")
+           for p in sorted((ROOT / d).rglob("*.py"))]
+PATH = re.compile(r"(?<![\w./-])((?:agent|plugins|tests|docs|benchmarks|scripts|examples|deploy|"
+                  r"notes)/[\w./-]*\w\.(?:py|md|yaml|yml|json|js|html|toml|txt|jinja))")
+BARE_MD = re.compile(r"(?<![\w./-])([A-Z][\w-]*\.md)\b")
+FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]+)")
+FIELD = re.compile(r"`(server|models\.\w+|profiles\.\w+|handlers\.\w+)\.(?!py`)(\w+)")
+
+
+def repo_files() -> set[str]:
+    return {str(p.relative_to(ROOT)) for p in ROOT.rglob("*")
+            if p.is_file() and ".venv" not in p.parts and ".git" not in p.parts}
+
+
+def test_every_file_a_doc_or_comment_points_to_exists() -> None:
+    files = repo_files()
+    names = {Path(f).name for f in files}
+    missing = []
+    for path in DOCS + SOURCES:
+        text = path.read_text()
+        for ref in PATH.findall(text):
+            if ref not in files and not any(f.endswith("/" + ref) for f in files):
+                missing.append(f"{path.relative_to(ROOT)}: {ref}")
+        for ref in BARE_MD.findall(text):
+            if ref not in names:
+                missing.append(f"{path.relative_to(ROOT)}: {ref}")
+    assert not missing, "pointers to files the repository does not have:\n" + "\n".join(missing)
+
+
+def cli_flags() -> set[str]:
+    flags: set[str] = {"--help", "--version"}
+
+    def walk(command: click.Command) -> None:
+        for param in command.params:
+            flags.update(o for o in param.opts + param.secondary_opts if o.startswith("--"))
+        if isinstance(command, click.Group):
+            for sub in command.commands.values():
+                walk(sub)
+
+    walk(cli)
+    return flags
+
+
+def test_every_streamagent_flag_in_the_docs_exists() -> None:
+    known, unknown = cli_flags(), []
+    for path in DOCS:
+        for line in path.read_text().splitlines():
+            if "streamagent " not in line:
+                continue
+            for flag in FLAG.findall(line.split("streamagent ", 1)[1]):
+                if flag not in known:
+                    unknown.append(f"{path.relative_to(ROOT)}: {flag}")
+    assert not unknown, "CLI flags the command does not have:\n" + "\n".join(unknown)
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "server": config.ServerConfig, "models": config.ModelConfig,
+    "profiles": config.ProfileConfig, "handlers": config.HandlerConfig,
+}
+
+
+def test_every_config_field_named_in_the_docs_exists() -> None:
+    unknown = []
+    for path in DOCS:
+        for section, name in FIELD.findall(path.read_text()):
+            model = SECTIONS[section.split(".")[0]]
+            if name not in model.model_fields and name not in config.GenerationConfig.model_fields:
+                unknown.append(f"{path.relative_to(ROOT)}: {section}.{name}")
+    assert not unknown, "config fields that do not exist:\n" + "\n".join(unknown)
+
+
+def yaml_keys(text: str) -> dict[str, set[str]]:
+    """Keys of the config example in docs/config.md, by top-level section (one level down
+    for server; two for models/handlers/profiles, whose first level is a name)."""
+    block = text.split("```yaml", 1)[1].split("```", 1)[0]
+    keys: dict[str, set[str]] = {}
+    section = ""
+    for line in block.splitlines():
+        match = re.match(r"^( *)(\w+):", line)
+        if not match:
+            continue
+        depth = len(match.group(1)) // 2
+        if depth == 0:
+            section = match.group(2)
+        elif (depth == 1 and section == "server") or (depth == 2 and section != "server"):
+            keys.setdefault(section, set()).add(match.group(2))
+    return keys
+
+
+def test_the_config_example_names_only_real_fields() -> None:
+    for section, names in yaml_keys((ROOT / "docs" / "config.md").read_text()).items():
+        model = SECTIONS[section]
+        assert names <= set(model.model_fields), (section, names - set(model.model_fields))
+
+
+@pytest.mark.parametrize("model", [*SECTIONS.values(), config.GenerationConfig],
+                         ids=lambda m: m.__name__)
+def test_every_config_field_is_documented(model: type[BaseModel]) -> None:
+    text = (ROOT / "docs" / "config.md").read_text() + (ROOT / "docs" / "models.md").read_text()
+    missing = [name for name in model.model_fields if not re.search(rf"\b{name}\b", text)]
+    assert not missing, f"{model.__name__} fields missing from docs/config.md: {missing}"
