@@ -170,6 +170,8 @@ class RealtimeSession:
                 raise InvalidRequest(
                     f"unknown handlers {unknown} (or no model for them in this profile); "
                     f"available: {usable}", param="session.streamagent.handlers")
+        if ext is not None and ext.models is not None:
+            self._check_models(ext.models)
         fmt = params.audio.input.format if params.audio and params.audio.input else None
         if fmt is not None:
             if fmt.type not in ("audio/pcm", "pcm16"):
@@ -190,8 +192,31 @@ class RealtimeSession:
             self.media.set_fps(ext.sample_fps)
         if ext.video_window_s is not None:
             self.media.set_video_window(ext.video_window_s)
+        if ext.models is not None:
+            self._set_models(ext.models)
         if ext.handlers is not None:
             self.media.set_handlers(ext.handlers)
+
+    def _check_models(self, models: dict[str, str]) -> None:
+        for handler, model in models.items():
+            if handler not in self.runtime.registry.handlers:
+                raise InvalidRequest(f"no handler named {handler!r}; handlers: "
+                                     f"{sorted(self.runtime.registry.handlers)}",
+                                     param="session.streamagent.models")
+            if model not in self.runtime.pool.names:
+                raise InvalidRequest(f"no model named {model!r} for handler {handler!r}; "
+                                     f"models: {self.runtime.pool.names}",
+                                     param="session.streamagent.models")
+
+    def _set_models(self, models: dict[str, str]) -> None:
+        """Give handlers other models for this session; running ones restart with theirs."""
+        changed = [h for h, m in models.items() if self.runtime.model_for(h, self.profile) != m]
+        self.profile = self.profile.model_copy(update={"models": {**self.profile.models,
+                                                                  **models}})
+        self.media.profile = self.profile
+        names = self.media.handler_names
+        self.media.set_handlers([n for n in names if n not in changed])
+        self.media.set_handlers(names)
 
     def _session_object(self) -> dict[str, Any]:
         return events.session_object(self.id, self.model, {
@@ -205,6 +230,8 @@ class RealtimeSession:
                 "handlers": self.media.handler_names,
                 "video_window_s": self.media.video_window_s,
                 "available_handlers": self.runtime.usable_handlers(self.profile),
+                "models": {h: self.runtime.model_for(h, self.profile)
+                           for h in self.media.handler_names},
             },
         })
 

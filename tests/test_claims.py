@@ -1,0 +1,116 @@
+"""What the docs promise, exercised where users meet it: session settings, environment switches
+and the browser's way of sending an API key."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import websockets
+
+from agent import Handler, ModelConfig, Question, hookimpl
+from agent.serve import running
+from agent.testing import fake_runtime
+from tests.helpers import Client, texts
+
+
+class HistoryCounter(Handler):
+    """Asked: says how many turns of conversation it was given."""
+
+    name = "historian"
+    modality = "image"
+    enabled_by_default = False
+
+    async def answer(self, question: Question) -> AsyncIterator[str]:
+        yield f"{len(question.history)} turns"
+
+
+class Extras:
+    @hookimpl
+    def register_models(self, register: Any) -> None:
+        register("fake2", ModelConfig(engine="fake", options={"tokens": 2}))
+
+    @hookimpl
+    def register_handlers(self, register: Any) -> None:
+        register(HistoryCounter)
+
+
+def user_item(text: str) -> dict[str, Any]:
+    return {"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}
+
+
+async def test_max_history_bounds_the_conversation_a_handler_sees() -> None:
+    runtime = fake_runtime(handlers=("historian",), plugins=(Extras(),))
+    runtime.config.server.max_history = 3
+    async with running(runtime) as address:
+        client = await Client.connect(f"{address.ws}/v1/realtime")
+        seen = []
+        for i in range(4):
+            await client.send(user_item(f"question {i}"))
+            await client.send({"type": "response.create"})
+            seen.append("".join(texts(await client.until("response.done"))))
+        assert seen == ["0 turns", "2 turns", "3 turns", "3 turns"]
+        await client.close()
+
+
+async def test_session_update_gives_a_handler_another_model() -> None:
+    runtime = fake_runtime(plugins=(Extras(),))
+    async with running(runtime) as address:
+        client = await Client.connect(f"{address.ws}/v1/realtime")
+        await client.send({"type": "response.create"})
+        assert len(texts(await client.until("response.done"))) == 5  # fake: 5 tokens
+        session = await client.update(models={"echo": "fake2"})
+        assert session["streamagent"]["models"] == {"echo": "fake2"}
+        await client.send({"type": "response.create"})
+        assert len(texts(await client.until("response.done"))) == 2  # fake2: 2 tokens
+        await client.send({"type": "session.update", "session": {
+            "streamagent": {"models": {"echo": "gpt-9"}}}})
+        error = await client.error()
+        assert "no model named 'gpt-9'" in error["message"] and "fake2" in error["message"]
+        await client.close()
+
+
+async def test_the_api_key_as_a_websocket_subprotocol() -> None:
+    """Browsers cannot set headers: they send the key as ``openai-insecure-api-key.KEY``."""
+    runtime = fake_runtime()
+    runtime.config.server.api_key = "sekret"
+    async with running(runtime) as address:
+        url = f"{address.ws}/v1/realtime"
+        ws = await websockets.connect(url, subprotocols=[
+            "realtime", "openai-insecure-api-key.sekret"])  # type: ignore[list-item]
+        assert ws.subprotocol == "realtime"
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        await ws.close()
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await websockets.connect(url, subprotocols=[
+                "realtime", "openai-insecure-api-key.wrong"])  # type: ignore[list-item]
+        assert info.value.response.status_code == 401
+
+
+def run_plugins(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "plugins", "--json"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_streamagent_plugins_loads_only_the_named_entry_points() -> None:
+    out = run_plugins(STREAMAGENT_PLUGINS="faces,speech")
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(out.stdout)
+    assert sorted(p["name"] for p in listed["plugins"]) == ["faces", "speech"]
+    assert {"faces", "speech"} <= set(listed["handlers"])
+    assert "text_in_view" not in listed["handlers"] and "ocr" not in listed["models"]
+
+
+def test_streamagent_trace_plugins_prints_every_hook_call() -> None:
+    out = run_plugins(STREAMAGENT_PLUGINS="faces", STREAMAGENT_TRACE_PLUGINS="1")
+    assert out.returncode == 0, out.stderr
+    for hook in ("register_engines", "register_models", "register_handlers"):
+        assert hook in out.stderr, out.stderr
+    assert "register_models" not in run_plugins(STREAMAGENT_PLUGINS="faces").stderr
