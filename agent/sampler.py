@@ -1,8 +1,9 @@
 """Turns an irregular stream of frames and audio into regular windows of media time.
 
-Semantics (docs/architecture.md, "Sampling"): windows are ``[k/fps, (k+1)/fps)`` seconds of media time;
-the newest frame of a window wins and earlier ones are dropped without decoding; audio is cut at
-window boundaries. Times come from the client (media timestamps) or from the receive clock.
+Semantics (docs/architecture.md, "Sampling"): windows are ``[k/fps, (k+1)/fps)`` seconds of
+media time; the newest frame of a window wins and earlier ones are dropped without decoding;
+audio is cut at window boundaries. Times come from the client (media timestamps) or from the
+receive clock.
 Memory is bounded: one pending frame and at most ``max_audio_s`` of audio.
 """
 
