@@ -81,5 +81,11 @@ class SessionStalled(Exception):
     """The client stopped reading: its outbox stayed full past the configured time."""
 
 
+class HandlerFailed(StreamAgentError):
+    """A handler could not start for this session (its constructor raised)."""
+
+    code = "handler_failed"
+
+
 class ConfigError(Exception):
     """Bad configuration, found at start-up (never mid-session)."""

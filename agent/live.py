@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config import ProfileConfig
+from agent.errors import HandlerFailed
 from agent.handler import Handler, Mailbox
 from agent.media import Audio, Frame, Window
 from agent.runtime import Runtime
@@ -94,15 +95,24 @@ class LiveMedia:
                 slot = self.slots.pop(name)
                 slot.cancel()  # its response in progress ends as cancelled
                 self._dropped_by_removed += slot.mailbox.dropped + slot.feed_dropped
+        failed = []
         for name in names:
             if name not in self.slots:
-                handler = self.runtime.make_handler(name, self.session_id, self.profile)
+                try:
+                    handler = self.runtime.make_handler(name, self.session_id, self.profile)
+                except Exception as exc:
+                    log.exception("handler %s failed to start", name)
+                    failed.append(f"{name}: {exc}")
+                    continue
                 box: Mailbox[Any] = Mailbox()
                 task = asyncio.create_task(self._worker(handler, box), name=f"{name}-worker")
                 slot = self.slots[name] = _Slot(handler, box, task)
                 if handler.feed_off_loop:
                     slot.feeding = asyncio.Queue(FEED_QUEUE)
                     slot.feeder = asyncio.create_task(self._feeder(slot), name=f"{name}-feed")
+        if failed:
+            raise HandlerFailed("handlers failed to start (the others run): " + "; ".join(failed),
+                                param="session.streamagent.handlers")
 
     def set_fps(self, sample_fps: float) -> None:
         self._dispatch(self.sampler.set_window(1.0 / sample_fps))

@@ -18,6 +18,7 @@ from agent.audio import AudioConverter
 from agent.engine import Turn
 from agent.errors import (
     ConversationBusy,
+    HandlerFailed,
     InvalidMedia,
     InvalidRequest,
     LimitExceeded,
@@ -118,8 +119,14 @@ class RealtimeSession:
                 self.media.handlers_dropped)
 
     async def _read(self, messages: AsyncIterator[str | bytes]) -> None:
+        failed = None
+        try:
+            self.media.set_handlers(self.runtime.default_handlers(self.profile))
+        except HandlerFailed as exc:  # the session goes on with the handlers that started
+            failed = exc
         await self.send(events.event("session.created", session=self._session_object()))
-        self.media.set_handlers(self.runtime.default_handlers(self.profile))
+        if failed is not None:
+            await self.send(events.error(failed))
         async for message in messages:
             await self.handle(message)
 

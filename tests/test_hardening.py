@@ -234,3 +234,35 @@ async def test_audio_past_a_windows_bound_is_reported(served: Any) -> None:
     error = await client.error()
     assert error["code"] == "limit_exceeded" and "at most 30 s" in error["message"]
     await client.close()
+
+
+class Broken(Handler):
+    """A handler whose constructor raises, as one with a bad option does."""
+
+    name = "broken"
+    modality = "image"
+    enabled_by_default = False
+
+    def __init__(self, *args: Any) -> None:
+        raise FileNotFoundError("few_shot: no such file 'missing.json'")
+
+
+class BrokenPlugin:
+    @hookimpl
+    def register_handlers(self, register: Any) -> None:
+        register(Broken)
+
+
+@pytest.mark.parametrize("served", [{"handlers": ("broken", "echo"),
+                                     "plugins": (BrokenPlugin(),)}], indirect=True)
+async def test_a_handler_that_fails_to_start_is_an_error_and_the_rest_runs(served: Any) -> None:
+    address, _ = served
+    client = await Client.connect(url(address))
+    error = await client.error()
+    assert error["code"] == "handler_failed" and "missing.json" in error["message"]
+    assert client.seen[0]["session"]["streamagent"]["handlers"] == ["echo"]
+    await client.send({"type": "response.create"})
+    assert (await client.until("response.done"))[-1]["response"]["status"] == "completed"
+    await client.close()
+    await until_sessions(address, 0)
+    assert len(asyncio.all_tasks()) < 10  # nothing of the session is left running
