@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.config import Config, ModelConfig
 from agent.engine import Engine, ModelRequest
@@ -25,6 +26,9 @@ from agent.pool import Pool
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0
+"""A health ping that takes longer counts as a failure."""
+HEALTH_WAIT_S = 0.2
+"""``/healthz`` waits at most this long for a probe in flight, then answers what it knows."""
 
 
 class ModelServer:
@@ -32,12 +36,15 @@ class ModelServer:
 
     async def __init__(self, name: str, model: dict[str, Any],  # type: ignore[misc]
                        engine_cls: type[Engine] | None = None,
-                       start_timeout_s: float = 600) -> None:
+                       start_timeout_s: float = 600, plugins: list[str] | None = None) -> None:
         config = ModelConfig.model_validate(model)
         if engine_cls is None:
             from agent.plugins import collect, get_plugin_manager
 
-            kinds = collect(get_plugin_manager()).engines
+            pm = get_plugin_manager()
+            for spec in plugins or []:
+                pm.register(_load_object(spec))
+            kinds = collect(pm).engines
             if config.engine not in kinds:
                 raise ConfigError(f"model {name!r} uses engine {config.engine!r}; engines "
                                   f"installed in this replica: {sorted(kinds)}")
@@ -59,6 +66,14 @@ class ModelServer:
         """Engine counters, for tests and operators (``generated``, ``active`` if kept)."""
         return {k: v for k, v in vars(self.engine).items() if isinstance(v, int | float)}
 
+    async def where(self) -> dict[str, str]:
+        """The Ray node and Serve replica serving this call (for operators and tests)."""
+        import ray
+        from ray import serve
+
+        return {"node_id": ray.get_runtime_context().get_node_id(),
+                "replica": serve.get_replica_context().replica_id.unique_id}
+
     async def ping(self) -> bool:
         await self.engine.check_health()
         return True
@@ -69,14 +84,29 @@ class ModelServer:
 
 
 class RayPool(Pool):
-    """Streams from Serve applications, one per model, named after the model."""
+    """Streams from Serve applications, one per model, named after the model.
 
-    def __init__(self, names: list[str]) -> None:
+    Handles are got once, here (getting one asks the Serve controller, and blocks). Every call
+    has a deadline for its first delta (``first_delta_timeout_s``): while no replica can take it
+    (a node lost, the model being rescheduled) the client gets an ``engine_error`` instead of a
+    silent wait. Health is probed in the background and cached (``health()`` never waits on Ray
+    for longer than ``HEALTH_WAIT_S``).
+    """
+
+    def __init__(self, names: list[str], first_delta_timeout_s: float = 60.0,
+                 health_period_s: float = 2.0) -> None:
         from ray import serve
 
         self._names = sorted(names)
-        self.handles = {name: serve.get_app_handle(name).options(stream=True)
-                        for name in names}
+        apps = {name: serve.get_app_handle(name) for name in names}
+        self.handles = {name: h.options(stream=True) for name, h in apps.items()}
+        self.probes = apps
+        self.first_delta_timeout_s = first_delta_timeout_s
+        self.health_period_s = health_period_s
+        self._healthy: dict[str, float] = {}
+        """Model -> monotonic time of its last good ping."""
+        self._probe: asyncio.Task[None] | None = None
+        self._probed_at = -1e9
 
     @property
     def names(self) -> list[str]:
@@ -90,6 +120,15 @@ class RayPool(Pool):
             raise UnknownModel(f"no model named {model!r}; the pool has {self.names}")
         gen: Any = handle.generate.remote(request)
         try:
+            try:
+                first = await asyncio.wait_for(anext(gen), self.first_delta_timeout_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise EngineError(f"model {model!r} did not answer within "
+                                  f"{self.first_delta_timeout_s:g} s (no replica ready?)"
+                                  ) from None
+            yield first
             async for text in gen:
                 yield text
         except (ray.exceptions.RayError, RuntimeError) as exc:
@@ -98,17 +137,39 @@ class RayPool(Pool):
             gen.cancel()  # reaches the replica, which closes the engine's stream
 
     async def health(self) -> dict[str, bool]:
-        from ray import serve
+        """A model is healthy when its replicas answered a ping within three probe periods.
 
-        async def one(name: str) -> bool:
+        Probes run in a background task, at most one per ``health_period_s``; this waits for a
+        running probe at most ``HEALTH_WAIT_S``, so it answers at once even when the Serve
+        controller or a model is unreachable."""
+        now = time.monotonic()
+        if (self._probe is None or self._probe.done()) and \
+                now - self._probed_at >= self.health_period_s:
+            self._probed_at = now
+            self._probe = asyncio.create_task(self._probe_all(), name="ray-health")
+        if self._probe is not None and not self._probe.done():
+            await asyncio.wait({self._probe}, timeout=HEALTH_WAIT_S)
+        fresh = time.monotonic() - 3 * max(self.health_period_s, HEALTH_TIMEOUT_S)
+        return {n: self._healthy.get(n, -1e9) >= fresh for n in self._names}
+
+    async def _probe_all(self) -> None:
+        async def one(name: str) -> None:
             try:
-                ping = serve.get_app_handle(name).ping.remote()
-                return bool(await asyncio.wait_for(ping, HEALTH_TIMEOUT_S))
-            except Exception:
-                return False
+                ok = await asyncio.wait_for(self.probes[name].ping.remote(), HEALTH_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("model %s failed its health ping: %s", name, _reason(exc))
+                self._healthy.pop(name, None)
+                return
+            if ok:
+                self._healthy[name] = time.monotonic()
 
-        names = self.names
-        return dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
+        await asyncio.gather(*(one(n) for n in self._names))
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
 
 
 def _load_object(spec: str) -> object:
@@ -133,6 +194,8 @@ class ModelAppArgs(BaseModel):
     name: str
     model: ModelConfig
     start_timeout_s: float = 600
+    plugins: list[str] = []
+    """Extra plugins, as ``module:object``, beside the installed entry points."""
 
 
 class GatewayAppArgs(BaseModel):
@@ -144,6 +207,8 @@ class GatewayAppArgs(BaseModel):
     models: list[str]
     plugins: list[str] = []
     """Extra plugins, as ``module:object``, beside the installed entry points."""
+    first_delta_timeout_s: float = Field(default=60.0, gt=0)
+    """A model call that yields nothing for this long fails with ``engine_error``."""
 
 
 def model_app(args: dict[str, Any]) -> Any:
@@ -151,7 +216,7 @@ def model_app(args: dict[str, Any]) -> Any:
 
     a = ModelAppArgs.model_validate(args)
     deployment: Any = serve.deployment(ModelServer, name=a.name)
-    return deployment.bind(a.name, a.model.model_dump(), None, a.start_timeout_s)
+    return deployment.bind(a.name, a.model.model_dump(), None, a.start_timeout_s, a.plugins)
 
 
 def gateway_app(args: dict[str, Any]) -> Any:
@@ -159,14 +224,14 @@ def gateway_app(args: dict[str, Any]) -> Any:
 
     a = GatewayAppArgs.model_validate(args)
     deployment: Any = serve.deployment(serve.ingress()(GatewayServer), name="gateway")
-    return deployment.bind(a.config.model_dump(), a.models, a.plugins)
+    return deployment.bind(a.config.model_dump(), a.models, a.plugins, a.first_delta_timeout_s)
 
 
 class GatewayServer:
     """The realtime gateway as a Serve ingress (behind Serve's HTTP proxy)."""
 
     def __init__(self, config: dict[str, Any], models: list[str],
-                 plugins: list[str] | None = None) -> None:
+                 plugins: list[str] | None = None, first_delta_timeout_s: float = 60.0) -> None:
         from agent.plugins import collect, get_plugin_manager
         from agent.runtime import Runtime, with_model_profiles
         from agent.server import Gateway
@@ -175,9 +240,18 @@ class GatewayServer:
         for spec in plugins or []:
             pm.register(_load_object(spec))
         cfg = with_model_profiles(Config.model_validate(config))
-        runtime = Runtime(cfg, collect(pm), RayPool(models))
+        runtime = Runtime(cfg, collect(pm), RayPool(models, first_delta_timeout_s))
         self.gateway = Gateway(runtime)
         self.gateway.ready.set()
+
+    async def where(self) -> dict[str, Any]:
+        """This replica's node, id and open session ids (for operators and tests)."""
+        import ray
+        from ray import serve
+
+        return {"node_id": ray.get_runtime_context().get_node_id(),
+                "replica": serve.get_replica_context().replica_id.unique_id,
+                "sessions": sorted(s.id for s in self.gateway.sessions)}
 
     def __serve_build_asgi_app__(self) -> Any:
         return self.gateway.app()
