@@ -120,6 +120,7 @@ class ClientLoop:
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, int]]:
     env = {**ray_env(tmp_path_factory.mktemp("rayhome")),
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps every address on 127.0.0.1
+           "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "agent.ray_proxy:middlewares",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                        os.environ.get("PYTHONPATH")]))}
     saved = {k: os.environ.get(k) for k in env}
@@ -135,8 +136,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, i
     try:
         yield cluster, port
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        ray.shutdown()  # the last test leaves Serve without its controller: no serve.shutdown
         cluster.shutdown()
         for k, v in saved.items():
             if v is None:
@@ -264,3 +264,61 @@ async def _health_until(host: str, status: int) -> dict[str, Any]:
                 return dict(reply.json())
             await asyncio.sleep(0.2)
     raise AssertionError(f"/healthz never answered {status}")
+
+
+def test_gateway_replica_killed(deployed: tuple[Cluster, str, ClientLoop]) -> None:
+    """Sessions spread over the gateway replicas; killing one closes its clients' sockets with
+    a close frame, the other replica's clients carry on, and a reconnect gets a session."""
+    _, host, loop = deployed
+    url = f"ws://{host}/v1/realtime?model=default"
+    clients = [loop.run(Client.connect(url)) for _ in range(4)]
+    ids = [c.seen[0]["session"]["id"] for c in clients]
+    replicas = gateway_replicas()
+    holder = {s: r for r, info in replicas.items() for s in info["sessions"]}
+    assert set(holder) == set(ids) and len(set(holder.values())) == 2  # spread over both
+    victim = holder[ids[0]]
+    ray.kill(replica_actor("gateway", victim), no_restart=True)
+    for client, sid in zip(clients, ids, strict=True):
+        if holder[sid] == victim:
+            code = loop.run(_closed(client))
+            print(f"gateway replica killed: its client saw close code {code}")
+            assert code == 1012, code  # service restart: reconnect (agent/ray_proxy.py)
+        else:
+            loop.run(client.send({"type": "response.create"}))
+            got = loop.run(client.until("response.done", timeout=60))
+            assert got[-1]["response"]["status"] == "completed"
+            loop.run(client.close())
+    again = loop.run(Client.connect(url))
+    loop.run(again.send({"type": "response.create"}))
+    assert loop.run(again.until("response.done", timeout=60))[-1]["response"]["status"] == \
+        "completed"
+    loop.run(again.close())
+
+
+async def _closed(client: Client) -> int | None:
+    import websockets
+
+    try:
+        while True:
+            await client.recv(timeout=30)
+    except websockets.ConnectionClosed as exc:
+        return exc.rcvd.code if exc.rcvd is not None else 1006
+
+
+def test_healthz_while_the_serve_controller_is_down(
+        deployed: tuple[Cluster, str, ClientLoop]) -> None:
+    """/healthz never waits on the controller: with it dead, every probe still answers (the
+    models' replicas are alive, so 200), and streams go on. Runs last: Serve stays headless."""
+    _, host, loop = deployed
+    from ray.serve.context import _get_global_client
+
+    ray.kill(_get_global_client()._controller, no_restart=True)
+    time.sleep(1)
+    for _ in range(5):
+        reply = httpx.get(f"http://{host}/healthz", timeout=3)
+        assert reply.status_code == 200, reply.text
+    client = loop.run(Client.connect(f"ws://{host}/v1/realtime?model=default"))
+    loop.run(client.send({"type": "response.create"}))
+    assert loop.run(client.until("response.done", timeout=60))[-1]["response"]["status"] == \
+        "completed"
+    loop.run(client.close())
