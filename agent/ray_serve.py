@@ -23,6 +23,7 @@ from agent.config import Config, ModelConfig
 from agent.engine import Engine, ModelRequest
 from agent.errors import ConfigError, EngineError, UnknownModel
 from agent.pool import Pool
+from agent.ray_hop import PackedRequest, coalesce, has_pictures, pack, unpack
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0
@@ -36,7 +37,8 @@ class ModelServer:
 
     async def __init__(self, name: str, model: dict[str, Any],  # type: ignore[misc]
                        engine_cls: type[Engine] | None = None,
-                       start_timeout_s: float = 600, plugins: list[str] | None = None) -> None:
+                       start_timeout_s: float = 600, plugins: list[str] | None = None,
+                       stream_interval_s: float = 0.03) -> None:
         config = ModelConfig.model_validate(model)
         if engine_cls is None:
             from agent.plugins import collect, get_plugin_manager
@@ -50,6 +52,7 @@ class ModelServer:
                                   f"installed in this replica: {sorted(kinds)}")
             engine_cls = kinds[config.engine]
         self.name = name
+        self.stream_interval_s = stream_interval_s
         self.engine = engine_cls(name, config)
         try:
             await asyncio.wait_for(self.engine.start(), start_timeout_s)
@@ -57,10 +60,20 @@ class ModelServer:
             raise ConfigError(f"model {name!r} failed to load: {exc}") from exc
         log.info("model %s ready (engine %s)", name, config.engine)
 
-    async def generate(self, request: ModelRequest) -> AsyncGenerator[str, None]:
-        async with contextlib.aclosing(self.engine.stream(request)) as stream:
+    async def generate(self, request: ModelRequest | PackedRequest,
+                       ) -> AsyncGenerator[str, None]:
+        """The engine's deltas, coalesced every ``stream_interval_s`` (the first at once)."""
+        if isinstance(request, PackedRequest):
+            request = await asyncio.to_thread(unpack, request)
+        stream = coalesce(self.engine.stream(request), self.stream_interval_s)
+        async with contextlib.aclosing(stream):
             async for text in stream:
                 yield text
+
+    async def limits(self) -> dict[str, Any]:
+        """What the gateway needs to shrink requests: the engine's pixel budget, if any."""
+        max_pixels = getattr(self.engine, "max_pixels", None)
+        return {"max_pixels": int(max_pixels) if isinstance(max_pixels, int) else None}
 
     async def stats(self) -> dict[str, Any]:
         """Engine counters, for tests and operators (``generated``, ``active`` if kept)."""
@@ -94,7 +107,7 @@ class RayPool(Pool):
     """
 
     def __init__(self, names: list[str], first_delta_timeout_s: float = 60.0,
-                 health_period_s: float = 2.0) -> None:
+                 health_period_s: float = 2.0, jpeg_quality: int = 90) -> None:
         from ray import serve
 
         self._names = sorted(names)
@@ -107,6 +120,9 @@ class RayPool(Pool):
         """Model -> monotonic time of its last good ping."""
         self._probe: asyncio.Task[None] | None = None
         self._probed_at = -1e9
+        self.jpeg_quality = jpeg_quality
+        """Pictures cross to replicas as JPEG of this quality (0: as raw pixels)."""
+        self._limits: dict[str, dict[str, Any]] = {}
 
     @property
     def names(self) -> list[str]:
@@ -118,7 +134,7 @@ class RayPool(Pool):
         handle = self.handles.get(model)
         if handle is None:
             raise UnknownModel(f"no model named {model!r}; the pool has {self.names}")
-        gen: Any = handle.generate.remote(request)
+        gen: Any = handle.generate.remote(await self._shrink(model, request))
         try:
             try:
                 first = await asyncio.wait_for(anext(gen), self.first_delta_timeout_s)
@@ -135,6 +151,20 @@ class RayPool(Pool):
             raise EngineError(f"model {model!r} failed: {_reason(exc)}") from exc
         finally:
             gen.cancel()  # reaches the replica, which closes the engine's stream
+
+    async def _shrink(self, model: str, request: ModelRequest) -> ModelRequest | PackedRequest:
+        """Pictures downscaled to the model's budget and JPEG-encoded, off the event loop."""
+        if not self.jpeg_quality or not has_pictures(request):
+            return request
+        if model not in self._limits:
+            try:
+                limits = await asyncio.wait_for(self.probes[model].limits.remote(),
+                                                self.first_delta_timeout_s)
+            except Exception as exc:
+                raise EngineError(f"model {model!r} failed: {_reason(exc)}") from exc
+            self._limits[model] = dict(limits)
+        max_pixels = self._limits[model].get("max_pixels")
+        return await asyncio.to_thread(pack, request, max_pixels, self.jpeg_quality)
 
     async def health(self) -> dict[str, bool]:
         """A model is healthy when its replicas answered a ping within three probe periods.
@@ -196,6 +226,8 @@ class ModelAppArgs(BaseModel):
     start_timeout_s: float = 600
     plugins: list[str] = []
     """Extra plugins, as ``module:object``, beside the installed entry points."""
+    stream_interval_s: float = Field(default=0.03, ge=0)
+    """Deltas are sent to the gateway at most this often (the first at once); 0: each."""
 
 
 class GatewayAppArgs(BaseModel):
@@ -209,6 +241,9 @@ class GatewayAppArgs(BaseModel):
     """Extra plugins, as ``module:object``, beside the installed entry points."""
     first_delta_timeout_s: float = Field(default=60.0, gt=0)
     """A model call that yields nothing for this long fails with ``engine_error``."""
+    jpeg_quality: int = Field(default=90, ge=0, le=100)
+    """Pictures cross to model replicas as JPEG of this quality, at the model's pixel
+    budget; 0 sends raw pixels."""
 
 
 def model_app(args: dict[str, Any]) -> Any:
@@ -216,7 +251,8 @@ def model_app(args: dict[str, Any]) -> Any:
 
     a = ModelAppArgs.model_validate(args)
     deployment: Any = serve.deployment(ModelServer, name=a.name)
-    return deployment.bind(a.name, a.model.model_dump(), None, a.start_timeout_s, a.plugins)
+    return deployment.bind(a.name, a.model.model_dump(), None, a.start_timeout_s, a.plugins,
+                           a.stream_interval_s)
 
 
 def gateway_app(args: dict[str, Any]) -> Any:
@@ -224,14 +260,16 @@ def gateway_app(args: dict[str, Any]) -> Any:
 
     a = GatewayAppArgs.model_validate(args)
     deployment: Any = serve.deployment(serve.ingress()(GatewayServer), name="gateway")
-    return deployment.bind(a.config.model_dump(), a.models, a.plugins, a.first_delta_timeout_s)
+    return deployment.bind(a.config.model_dump(), a.models, a.plugins, a.first_delta_timeout_s,
+                           a.jpeg_quality)
 
 
 class GatewayServer:
     """The realtime gateway as a Serve ingress (behind Serve's HTTP proxy)."""
 
     def __init__(self, config: dict[str, Any], models: list[str],
-                 plugins: list[str] | None = None, first_delta_timeout_s: float = 60.0) -> None:
+                 plugins: list[str] | None = None, first_delta_timeout_s: float = 60.0,
+                 jpeg_quality: int = 90) -> None:
         from agent.plugins import collect, get_plugin_manager
         from agent.runtime import Runtime, with_model_profiles
         from agent.server import Gateway
@@ -240,7 +278,8 @@ class GatewayServer:
         for spec in plugins or []:
             pm.register(_load_object(spec))
         cfg = with_model_profiles(Config.model_validate(config))
-        runtime = Runtime(cfg, collect(pm), RayPool(models, first_delta_timeout_s))
+        runtime = Runtime(cfg, collect(pm), RayPool(models, first_delta_timeout_s,
+                                                     jpeg_quality=jpeg_quality))
         self.gateway = Gateway(runtime)
         self.gateway.ready.set()
 

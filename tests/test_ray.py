@@ -18,6 +18,7 @@ import ray  # a test dependency (`make setup`): a missing one fails, never skips
 from ray import serve
 
 from agent.config import Config, ProfileConfig
+from agent.engine import ModelRequest
 from agent.plugins import collect, get_plugin_manager
 from agent.ray_serve import ModelServer, RayPool
 from agent.runtime import Runtime
@@ -106,7 +107,7 @@ async def test_question_and_live_windows_on_both_pools(pool_server: Any) -> None
     client = await Client.connect(address.realtime)
     await client.send({"type": "response.create"})
     got = await client.until("response.done")
-    assert texts(got) == [f"tok{i} " for i in range(5)]
+    assert "".join(texts(got)) == "".join(f"tok{i} " for i in range(5))  # Ray coalesces
     for i in range(3):
         await client.send(image_event(data_url(jpeg_bytes(str(i))), timestamp=i + 0.1))
         await asyncio.sleep(0.1)
@@ -175,7 +176,8 @@ async def test_gateway_inside_serve_behind_the_proxy(fake_models: list[str], clu
     client = await Client.connect(f"ws://127.0.0.1:{cluster}/v1/realtime?model=default")
     await client.send(image_event(data_url(jpeg_bytes("x")), text="hi"))
     await client.send({"type": "response.create"})
-    assert texts(await client.until("response.done")) == [f"tok{i} " for i in range(5)]
+    assert "".join(texts(await client.until("response.done"))) == \
+        "".join(f"tok{i} " for i in range(5))
     await client.close()
     serve.delete("gateway")
 
@@ -221,3 +223,19 @@ async def _ask_when_up(port: int) -> None:
     got = await client.until("response.done", timeout=60)
     assert "RAY SERVE" in "".join(texts(got))
     await client.close()
+
+
+async def test_pictures_cross_packed_and_text_coalesced(fake_models: list[str]) -> None:
+    """A request with camera frames reaches the replica packed (JPEG) and unpacked there; a
+    fast stream of 400 tokens comes back whole in fewer items."""
+    from agent.media import decode_image
+    from agent.ray_hop import PackedRequest
+
+    frame = decode_image(data_url(jpeg_bytes("x", size=(1280, 720))).split(",", 1)[1])
+    pool = RayPool(fake_models)
+    shrunk = await pool._shrink("fake", ModelRequest(images=(frame,), video=(frame,) * 8))
+    assert isinstance(shrunk, PackedRequest) and shrunk.nbytes < frame.nbytes
+    got = [t async for t in pool.stream("fake", ModelRequest(images=(frame,),
+                                                             options={"tokens": 400}))]
+    assert "".join(got) == "".join(f"tok{i} " for i in range(400)) and len(got) < 400
+    await pool.close()
