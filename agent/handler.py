@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+from agent import metrics
 from agent.engine import ModelRequest, Turn
 from agent.media import Frame, Modality, Window
 from agent.pool import Pool
@@ -34,7 +35,7 @@ class HandlerContext:
         """Stream text from this handler's model."""
         if self.model is None:
             raise RuntimeError("this handler has no model configured")
-        return self.pool.stream(self.model, request)
+        return metrics.timed(self.model, self.pool.stream(self.model, request))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,7 @@ class Mailbox(Generic[T]):
     def put(self, item: T) -> None:
         if self._full:
             self.dropped += 1
+            metrics.handler_drops.inc()
         self._item, self._full = item, True
         self._ready.set()
 

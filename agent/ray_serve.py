@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent import metrics
 from agent.config import Config, ModelConfig
 from agent.engine import Engine, ModelRequest
 from agent.errors import ConfigError, EngineError, UnknownModel
@@ -274,6 +275,7 @@ class GatewayServer:
         from agent.runtime import Runtime, with_model_profiles
         from agent.server import Gateway
 
+        metrics.enable_ray()
         pm = get_plugin_manager()
         for spec in plugins or []:
             pm.register(_load_object(spec))

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from agent import events
+from agent import events, metrics
 from agent.errors import EngineError, StreamAgentError
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class ResponseRun:
         if self.started:
             await self._finish(status)
         self.status = status
+        metrics.responses.inc(status=status)
         return self.text
 
     async def _start(self) -> None:
