@@ -24,7 +24,7 @@ from agent.ray_serve import ModelServer, RayPool
 from agent.runtime import Runtime
 from agent.serve import Address, running
 from agent.testing import FakeEngine, FakePlugin, data_url, image_event, jpeg_bytes
-from tests.helpers import Client, texts
+from tests.helpers import Client, endpoint_from, texts
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,7 +216,11 @@ async def _ask_when_up(port: int) -> None:
                 pass
             assert time.monotonic() < deadline, "serve run did not come up in 240 s"
             await asyncio.sleep(1)
-    client = await Client.connect(f"ws://127.0.0.1:{port}/v1/realtime?model=default")
+    await _ask_what_is_written(f"ws://127.0.0.1:{port}/v1/realtime?model=default")
+
+
+async def _ask_what_is_written(url: str) -> None:
+    client = await Client.connect(url)
     await client.send(image_event(data_url(jpeg_bytes("RAY SERVE", size=(480, 200))),
                                   text="what is written?"))
     await client.send({"type": "response.create"})
@@ -239,3 +243,28 @@ async def test_pictures_cross_packed_and_text_coalesced(fake_models: list[str]) 
                                                              options={"tokens": 400}))]
     assert "".join(got) == "".join(f"tok{i} " for i in range(400)) and len(got) < 400
     await pool.close()
+
+
+def test_streamagent_serve_with_ray_address(cluster: int, tmp_path: Path) -> None:
+    """`streamagent serve --ray-address ADDR` in its own process joins the cluster and streams
+    from the Serve model applications; installed plugins' models with no application (asr,
+    faces, ...) are left out with a warning instead of failing start-up."""
+    from agent.ray_serve import model_app
+
+    serve.run(model_app({"name": "ocr", "model": {"engine": "rapidocr"}}), name="ocr",
+              route_prefix="/models/ocr")
+    config = tmp_path / "config.yaml"
+    config.write_text("profiles:\n  default: {handlers: [text_in_view]}\n")
+    address = ray.get_runtime_context().gcs_address
+    cmd = [str(Path(sys.executable).with_name("streamagent")), "serve", "--ray-address",
+           address, "--config", str(config), "--port", "0"]
+    with subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            url = endpoint_from(proc)
+            asyncio.run(_ask_what_is_written(url))
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=60)
+    assert "models with no Serve application, not served: ['asr'" in err
+    serve.delete("ocr")
