@@ -260,7 +260,10 @@ def gateway_app(args: dict[str, Any]) -> Any:
     from ray import serve
 
     a = GatewayAppArgs.model_validate(args)
-    deployment: Any = serve.deployment(serve.ingress()(GatewayServer), name="gateway")
+    # the config's shutdown timeout, unless the deployment's own options in serve_config set it
+    deployment: Any = serve.deployment(
+        serve.ingress()(GatewayServer), name="gateway",
+        graceful_shutdown_timeout_s=a.config.server.shutdown_timeout_s)
     return deployment.bind(a.config.model_dump(), a.models, a.plugins, a.first_delta_timeout_s,
                            a.jpeg_quality)
 
@@ -295,4 +298,7 @@ class GatewayServer:
                 "sessions": sorted(s.id for s in self.gateway.sessions)}
 
     def __serve_build_asgi_app__(self) -> Any:
-        return self.gateway.app()
+        from agent.ray_proxy import MessageLimit
+
+        return MessageLimit(self.gateway.app(),
+                            self.gateway.runtime.config.server.max_message_bytes)

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import ray  # a test dependency (`make setup`): a missing one fails, never skips
+import ray
+import websockets  # a test dependency (`make setup`): a missing one fails, never skips
 from ray import serve
 
 from agent.config import Config, ProfileConfig
@@ -170,14 +171,23 @@ async def test_gateway_inside_serve_behind_the_proxy(fake_models: list[str], clu
     from agent.ray_serve import gateway_app
 
     serve.run(gateway_app({"models": ["fake", "slow"], "plugins": ["agent.testing:FakePlugin"],
-                           "config": {"profiles": {
+                           "config": {"server": {"max_message_bytes": 65536}, "profiles": {
         "default": {"handlers": ["echo"], "models": {"echo": "fake"}}}}}), name="gateway",
         route_prefix="/")
-    client = await Client.connect(f"ws://127.0.0.1:{cluster}/v1/realtime?model=default")
+    url = f"ws://127.0.0.1:{cluster}/v1/realtime?model=default"
+    client = await Client.connect(url)
     await client.send(image_event(data_url(jpeg_bytes("x")), text="hi"))
     await client.send({"type": "response.create"})
     assert "".join(texts(await client.until("response.done"))) == \
         "".join(f"tok{i} " for i in range(5))
+    # the gateway's message limit holds behind Serve's proxy too (which allows 16 MiB)
+    big = await Client.connect(url)
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        await big.send({"type": "input_audio_buffer.append", "audio": "A" * 70_000})
+        await big.recv()
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+    await client.send({"type": "response.create"})
+    assert (await client.until("response.done"))[-1]["response"]["status"] == "completed"
     await client.close()
     serve.delete("gateway")
 
