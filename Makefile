@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := ffmpeg flite fonts-dejavu-core chromium chromium-driver
 
-.PHONY: run test bench soak lint setup system-deps example-plugin clean
+.PHONY: run test bench soak lint setup system-deps example-plugin clean image
 
 run: setup  ## set up and start the server on the embedded default
 	$(VENV)/bin/streamagent serve
@@ -52,6 +52,12 @@ system-deps:  ## Debian packages: media tools for tests and `streamagent stream`
 
 example-plugin: setup
 	$(PY) -m pip install -qq -e examples/streamagent-colors
+
+IMAGE ?= streamagent:cpu
+EXTRAS ?= ray
+image:  ## the container image for Ray nodes (deploy/Dockerfile); GPU: make image EXTRAS=ray,vllm IMAGE=streamagent:cuda
+	@command -v docker >/dev/null || { echo "make image needs docker"; exit 1; }
+	docker build -f deploy/Dockerfile --build-arg EXTRAS=$(EXTRAS) -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

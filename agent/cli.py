@@ -88,9 +88,11 @@ def serve(host: str | None, port: int | None, config_path: str | None, api_key: 
 
 
 def ray_runtime(config: Config, address: str) -> Runtime:
-    """The gateway as its own process on a Ray cluster: every model (the plugins' defaults and
-    the config's) is a Serve application of that name, deployed from serve_config.yaml."""
+    """The gateway as its own process on a Ray cluster: the models (the plugins' defaults and
+    the config's) are the Serve applications of those names, deployed from serve_config.yaml;
+    a model with no application is left out (a profile that needs it fails at start-up)."""
     import ray
+    from ray import serve
 
     from agent.plugins import collect, get_plugin_manager
     from agent.ray_serve import RayPool
@@ -98,11 +100,15 @@ def ray_runtime(config: Config, address: str) -> Runtime:
 
     registry = collect(get_plugin_manager())
     ray.init(address=address, log_to_driver=False)
-    names = sorted({*registry.models, *config.models})
+    wanted = sorted({*registry.models, *config.models})
     try:
+        deployed = set(serve.status().applications)
+        names = [n for n in wanted if n in deployed]
+        if missing := sorted(set(wanted) - deployed):
+            click.echo(f"models with no Serve application, not served: {missing}", err=True)
         pool = RayPool(names)
     except Exception as exc:
-        raise ConfigError(f"cannot reach the Serve applications {names}: {exc}") from exc
+        raise ConfigError(f"cannot reach the Serve applications {wanted}: {exc}") from exc
     return Runtime(with_model_profiles(config), registry, pool)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from agent import metrics
 from agent.errors import StreamAgentError
 
 
@@ -17,6 +18,7 @@ def event(type_: str, **fields: Any) -> dict[str, Any]:
 
 
 def error(exc: StreamAgentError, client_event_id: str | None = None) -> dict[str, Any]:
+    metrics.errors.inc(code=exc.code)
     return event(
         "error",
         error={

@@ -15,6 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, TypeVar
 
+from agent import metrics
 from agent.engine import ModelRequest, Turn, Usage
 from agent.media import Frame, Modality, Window
 from agent.pool import Pool
@@ -50,7 +51,7 @@ class HandlerContext:
         collected = response_usage.get()
         if collected is not None:
             collected.append(request.usage)
-        return self.pool.stream(self.model, request)
+        return metrics.timed(self.model, self.pool.stream(self.model, request))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class Mailbox(Generic[T]):
     def put(self, item: T) -> None:
         if self._full:
             self.dropped += 1
+            metrics.handler_drops.inc()
         self._item, self._full = item, True
         self._ready.set()
 

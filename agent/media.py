@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
+from agent import metrics
 from agent.errors import InvalidMedia
 
 Modality = Literal["image", "video", "audio"]
@@ -75,6 +76,7 @@ class Frame:
         with self._lock:
             if self._image is None:
                 self._image = decode_image(self.b64)
+                metrics.frames_decoded.inc()
             return self._image
 
     @property

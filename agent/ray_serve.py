@@ -13,18 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from agent import metrics
 from agent.config import Config, ModelConfig
 from agent.engine import Engine, ModelRequest
 from agent.errors import ConfigError, EngineError, UnknownModel
-from agent.pool import Pool
+from agent.pool import Pool, guarded_stream, healthy, scheduler_for
+from agent.ray_hop import PackedRequest, coalesce, has_pictures, pack, unpack
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0
+"""A health ping that takes longer counts as a failure."""
+HEALTH_WAIT_S = 0.2
+"""``/healthz`` waits at most this long for a probe in flight, then answers what it knows."""
 
 
 class ModelServer:
@@ -32,51 +38,98 @@ class ModelServer:
 
     async def __init__(self, name: str, model: dict[str, Any],  # type: ignore[misc]
                        engine_cls: type[Engine] | None = None,
-                       start_timeout_s: float = 600) -> None:
+                       start_timeout_s: float = 600, plugins: list[str] | None = None,
+                       stream_interval_s: float = 0.03) -> None:
         config = ModelConfig.model_validate(model)
         if engine_cls is None:
             from agent.plugins import collect, get_plugin_manager
 
-            kinds = collect(get_plugin_manager()).engines
+            pm = get_plugin_manager()
+            for spec in plugins or []:
+                pm.register(_load_object(spec))
+            kinds = collect(pm).engines
             if config.engine not in kinds:
                 raise ConfigError(f"model {name!r} uses engine {config.engine!r}; engines "
                                   f"installed in this replica: {sorted(kinds)}")
             engine_cls = kinds[config.engine]
         self.name = name
+        self.stream_interval_s = stream_interval_s
         self.engine = engine_cls(name, config)
+        self.scheduler = scheduler_for(self.engine)  # the replica's fair, bounded queue
         try:
             await asyncio.wait_for(self.engine.start(), start_timeout_s)
         except Exception as exc:
             raise ConfigError(f"model {name!r} failed to load: {exc}") from exc
         log.info("model %s ready (engine %s)", name, config.engine)
 
-    async def generate(self, request: ModelRequest) -> AsyncGenerator[str, None]:
-        async with contextlib.aclosing(self.engine.stream(request)) as stream:
-            async for text in stream:
-                yield text
+    async def generate(self, request: ModelRequest | PackedRequest,
+                       ) -> AsyncGenerator[str, None]:
+        """The engine's deltas, coalesced every ``stream_interval_s`` (the first at once)."""
+        key = (request.request if isinstance(request, PackedRequest) else request).session
+        async with self.scheduler.slot(key):
+            if isinstance(request, PackedRequest):
+                request = await asyncio.to_thread(unpack, request)
+            stream = coalesce(guarded_stream(self.engine, request), self.stream_interval_s)
+            async with contextlib.aclosing(stream):
+                async for text in stream:
+                    yield text
+
+    async def limits(self) -> dict[str, Any]:
+        """What the gateway needs to shrink requests: the engine's pixel budget, if any."""
+        max_pixels = getattr(self.engine, "max_pixels", None)
+        return {"max_pixels": int(max_pixels) if isinstance(max_pixels, int) else None}
 
     async def stats(self) -> dict[str, Any]:
         """Engine counters, for tests and operators (``generated``, ``active`` if kept)."""
         return {k: v for k, v in vars(self.engine).items() if isinstance(v, int | float)}
+
+    async def where(self) -> dict[str, str]:
+        """The Ray node and Serve replica serving this call (for operators and tests)."""
+        import ray
+        from ray import serve
+
+        return {"node_id": ray.get_runtime_context().get_node_id(),
+                "replica": serve.get_replica_context().replica_id.unique_id}
 
     async def ping(self) -> bool:
         await self.engine.check_health()
         return True
 
     async def check_health(self) -> None:
-        """Serve calls this periodically; raising marks the replica unhealthy."""
+        """Serve calls this periodically; raising marks the replica unhealthy (an engine that
+        is not loaded or closed, or a request stuck past ``stuck_after_s``)."""
         await self.engine.check_health()
+        if not await healthy(self.engine, self.scheduler):
+            raise EngineError(f"model {self.name!r} is unhealthy")
 
 
 class RayPool(Pool):
-    """Streams from Serve applications, one per model, named after the model."""
+    """Streams from Serve applications, one per model, named after the model.
 
-    def __init__(self, names: list[str]) -> None:
+    Handles are got once, here (getting one asks the Serve controller, and blocks). Every call
+    has a deadline for its first delta (``first_delta_timeout_s``): while no replica can take it
+    (a node lost, the model being rescheduled) the client gets an ``engine_error`` instead of a
+    silent wait. Health is probed in the background and cached (``health()`` never waits on Ray
+    for longer than ``HEALTH_WAIT_S``).
+    """
+
+    def __init__(self, names: list[str], first_delta_timeout_s: float = 60.0,
+                 health_period_s: float = 2.0, jpeg_quality: int = 90) -> None:
         from ray import serve
 
         self._names = sorted(names)
-        self.handles = {name: serve.get_app_handle(name).options(stream=True)
-                        for name in names}
+        apps = {name: serve.get_app_handle(name) for name in names}
+        self.handles = {name: h.options(stream=True) for name, h in apps.items()}
+        self.probes = apps
+        self.first_delta_timeout_s = first_delta_timeout_s
+        self.health_period_s = health_period_s
+        self._healthy: dict[str, float] = {}
+        """Model -> monotonic time of its last good ping."""
+        self._probe: asyncio.Task[None] | None = None
+        self._probed_at = -1e9
+        self.jpeg_quality = jpeg_quality
+        """Pictures cross to replicas as JPEG of this quality (0: as raw pixels)."""
+        self._limits: dict[str, dict[str, Any]] = {}
 
     @property
     def names(self) -> list[str]:
@@ -88,8 +141,17 @@ class RayPool(Pool):
         handle = self.handles.get(model)
         if handle is None:
             raise UnknownModel(f"no model named {model!r}; the pool has {self.names}")
-        gen: Any = handle.generate.remote(request)
+        gen: Any = handle.generate.remote(await self._shrink(model, request))
         try:
+            try:
+                first = await asyncio.wait_for(anext(gen), self.first_delta_timeout_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise EngineError(f"model {model!r} did not answer within "
+                                  f"{self.first_delta_timeout_s:g} s (no replica ready?)"
+                                  ) from None
+            yield first
             async for text in gen:
                 yield text
         except (ray.exceptions.RayError, RuntimeError) as exc:
@@ -97,18 +159,54 @@ class RayPool(Pool):
         finally:
             gen.cancel()  # reaches the replica, which closes the engine's stream
 
-    async def health(self) -> dict[str, bool]:
-        from ray import serve
-
-        async def one(name: str) -> bool:
+    async def _shrink(self, model: str, request: ModelRequest) -> ModelRequest | PackedRequest:
+        """Pictures downscaled to the model's budget and JPEG-encoded, off the event loop."""
+        if not self.jpeg_quality or not has_pictures(request):
+            return request
+        if model not in self._limits:
             try:
-                ping = serve.get_app_handle(name).ping.remote()
-                return bool(await asyncio.wait_for(ping, HEALTH_TIMEOUT_S))
-            except Exception:
-                return False
+                limits = await asyncio.wait_for(self.probes[model].limits.remote(),
+                                                self.first_delta_timeout_s)
+            except Exception as exc:
+                raise EngineError(f"model {model!r} failed: {_reason(exc)}") from exc
+            self._limits[model] = dict(limits)
+        max_pixels = self._limits[model].get("max_pixels")
+        return await asyncio.to_thread(pack, request, max_pixels, self.jpeg_quality)
 
-        names = self.names
-        return dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
+    async def health(self) -> dict[str, bool]:
+        """A model is healthy when its replicas answered a ping within three probe periods.
+
+        Probes run in a background task, at most one per ``health_period_s``; this waits for a
+        running probe at most ``HEALTH_WAIT_S``, so it answers at once even when the Serve
+        controller or a model is unreachable."""
+        now = time.monotonic()
+        if (self._probe is None or self._probe.done()) and \
+                now - self._probed_at >= self.health_period_s:
+            self._probed_at = now
+            self._probe = asyncio.create_task(self._probe_all(), name="ray-health")
+        if self._probe is not None and not self._probe.done():
+            await asyncio.wait({self._probe}, timeout=HEALTH_WAIT_S)
+        fresh = time.monotonic() - 3 * max(self.health_period_s, HEALTH_TIMEOUT_S)
+        return {n: self._healthy.get(n, -1e9) >= fresh for n in self._names}
+
+    async def _probe_all(self) -> None:
+        async def one(name: str) -> None:
+            try:
+                ok = await asyncio.wait_for(self.probes[name].ping.remote(), HEALTH_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("model %s failed its health ping: %s", name, _reason(exc))
+                self._healthy.pop(name, None)
+                return
+            if ok:
+                self._healthy[name] = time.monotonic()
+
+        await asyncio.gather(*(one(n) for n in self._names))
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
 
 
 def _load_object(spec: str) -> object:
@@ -133,6 +231,10 @@ class ModelAppArgs(BaseModel):
     name: str
     model: ModelConfig
     start_timeout_s: float = 600
+    plugins: list[str] = []
+    """Extra plugins, as ``module:object``, beside the installed entry points."""
+    stream_interval_s: float = Field(default=0.03, ge=0)
+    """Deltas are sent to the gateway at most this often (the first at once); 0: each."""
 
 
 class GatewayAppArgs(BaseModel):
@@ -144,6 +246,11 @@ class GatewayAppArgs(BaseModel):
     models: list[str]
     plugins: list[str] = []
     """Extra plugins, as ``module:object``, beside the installed entry points."""
+    first_delta_timeout_s: float = Field(default=60.0, gt=0)
+    """A model call that yields nothing for this long fails with ``engine_error``."""
+    jpeg_quality: int = Field(default=90, ge=0, le=100)
+    """Pictures cross to model replicas as JPEG of this quality, at the model's pixel
+    budget; 0 sends raw pixels."""
 
 
 def model_app(args: dict[str, Any]) -> Any:
@@ -151,33 +258,53 @@ def model_app(args: dict[str, Any]) -> Any:
 
     a = ModelAppArgs.model_validate(args)
     deployment: Any = serve.deployment(ModelServer, name=a.name)
-    return deployment.bind(a.name, a.model.model_dump(), None, a.start_timeout_s)
+    return deployment.bind(a.name, a.model.model_dump(), None, a.start_timeout_s, a.plugins,
+                           a.stream_interval_s)
 
 
 def gateway_app(args: dict[str, Any]) -> Any:
     from ray import serve
 
     a = GatewayAppArgs.model_validate(args)
-    deployment: Any = serve.deployment(serve.ingress()(GatewayServer), name="gateway")
-    return deployment.bind(a.config.model_dump(), a.models, a.plugins)
+    # the config's shutdown timeout, unless the deployment's own options in serve_config set it
+    deployment: Any = serve.deployment(
+        serve.ingress()(GatewayServer), name="gateway",
+        graceful_shutdown_timeout_s=a.config.server.shutdown_timeout_s)
+    return deployment.bind(a.config.model_dump(), a.models, a.plugins, a.first_delta_timeout_s,
+                           a.jpeg_quality)
 
 
 class GatewayServer:
     """The realtime gateway as a Serve ingress (behind Serve's HTTP proxy)."""
 
     def __init__(self, config: dict[str, Any], models: list[str],
-                 plugins: list[str] | None = None) -> None:
+                 plugins: list[str] | None = None, first_delta_timeout_s: float = 60.0,
+                 jpeg_quality: int = 90) -> None:
         from agent.plugins import collect, get_plugin_manager
         from agent.runtime import Runtime, with_model_profiles
         from agent.server import Gateway
 
+        metrics.enable_ray()
         pm = get_plugin_manager()
         for spec in plugins or []:
             pm.register(_load_object(spec))
         cfg = with_model_profiles(Config.model_validate(config))
-        runtime = Runtime(cfg, collect(pm), RayPool(models))
+        runtime = Runtime(cfg, collect(pm), RayPool(models, first_delta_timeout_s,
+                                                     jpeg_quality=jpeg_quality))
         self.gateway = Gateway(runtime)
         self.gateway.ready.set()
 
+    async def where(self) -> dict[str, Any]:
+        """This replica's node, id and open session ids (for operators and tests)."""
+        import ray
+        from ray import serve
+
+        return {"node_id": ray.get_runtime_context().get_node_id(),
+                "replica": serve.get_replica_context().replica_id.unique_id,
+                "sessions": sorted(s.id for s in self.gateway.sessions)}
+
     def __serve_build_asgi_app__(self) -> Any:
-        return self.gateway.app()
+        from agent.ray_proxy import MessageLimit
+
+        return MessageLimit(self.gateway.app(),
+                            self.gateway.runtime.config.server.max_message_bytes)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from agent import events
+from agent import events, metrics
 from agent.engine import Usage
 from agent.errors import EngineError, StreamAgentError
 
@@ -74,6 +74,7 @@ class ResponseRun:
         if self.started:  # every response.created gets its response.done
             await self._finish(status)
         self.status = status
+        metrics.responses.inc(status=status)
         if reraise:
             raise asyncio.CancelledError
         return self.text

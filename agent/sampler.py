@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent import metrics
 from agent.media import AUDIO_RATE, Audio, Frame, Window
 
 RESYNC_S = 0.5
@@ -71,10 +72,12 @@ class Sampler:
 
     def add_frame(self, frame: Frame) -> list[Window]:
         self.stats.frames += 1
+        metrics.frames_received.inc()
         closed = self._advance(frame.ts)
         if self._frame is not None:
             self._dropped += 1
             self.stats.frames_dropped += 1
+            metrics.frames_dropped.inc()
         self._frame = frame
         return closed
 
@@ -162,6 +165,7 @@ class Sampler:
             final=final,
         )
         self.stats.windows += 1
+        metrics.windows.inc()
         self._index = None
         self._frame, self._dropped = None, 0
         self._audio, self._audio_len = [], 0

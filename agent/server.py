@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from agent import beta, events, gemini
+from agent import beta, events, gemini, metrics
 from agent.chat_api import ChatAPI
 from agent.errors import StreamAgentError
 from agent.runtime import Runtime
@@ -41,6 +41,7 @@ class Gateway:
         chat = ChatAPI(self.runtime)
         routes = [
             Route("/healthz", self.healthz),
+            Route("/metrics", self.metrics),
             Route("/v1/models", self._http_auth(chat.models)),
             Route("/v1/models/{name:path}", self._http_auth(chat.model)),
             Route("/v1/chat/completions", self._http_auth(chat.completions), methods=["POST"]),
@@ -90,6 +91,16 @@ class Gateway:
                 "models": models, "profiles": self.runtime.profile_names}
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus text format (names: docs/config.md)."""
+        self._gauges()
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    def _gauges(self) -> None:
+        metrics.sessions.set(len(self.sessions))
+        metrics.queue_depth.set(sum(s.outbox.qsize() for s in self.sessions))
+
     async def realtime(self, ws: WebSocket) -> None:
         token = _bearer(ws.headers.get("authorization", ""))
         if not token:  # browsers cannot set headers: accept the key as a subprotocol too
@@ -111,6 +122,7 @@ class Gateway:
             await ws.close(CLOSE_POLICY, reason=exc.message[:120])
             return
         self.sessions.add(session)
+        self._gauges()
         log.info("session %s opened (model %s)", session.id, model)
         try:
             await session.run(beta.messages(_messages(ws)) if dialect else _messages(ws))
@@ -118,6 +130,7 @@ class Gateway:
             pass
         finally:
             self.sessions.discard(session)
+            self._gauges()
         if session.close_code is not None:
             await close_quietly(ws, session.close_code, session.close_reason)
 

@@ -13,6 +13,9 @@ from agent.serve import Address
 from agent.testing import ServerThread
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Ray reads this at import: without it, nodes of a multi-node test cluster advertise this
+# host's LAN address; with it, every Ray address stays on 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")

@@ -14,16 +14,18 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import ray  # a test dependency (`make setup`): a missing one fails, never skips
+import ray
+import websockets  # a test dependency (`make setup`): a missing one fails, never skips
 from ray import serve
 
 from agent.config import Config, ProfileConfig
+from agent.engine import ModelRequest
 from agent.plugins import collect, get_plugin_manager
 from agent.ray_serve import ModelServer, RayPool
 from agent.runtime import Runtime
 from agent.serve import Address, running
 from agent.testing import FakeEngine, FakePlugin, data_url, image_event, jpeg_bytes
-from tests.helpers import Client, texts
+from tests.helpers import Client, endpoint_from, texts
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +46,7 @@ def ray_env(home: Path) -> dict[str, str]:
             "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     env = ray_env(tmp_path_factory.mktemp("rayhome"))
     saved = {k: os.environ.get(k) for k in env}
@@ -74,7 +76,7 @@ def deploy_fake(name: str, **options: Any) -> None:
               route_prefix=f"/models/{name}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fake_models(cluster: int) -> list[str]:
     deploy_fake("fake", tokens=5)
     deploy_fake("slow", tokens=400, delay_s=0.01)
@@ -106,7 +108,7 @@ async def test_question_and_live_windows_on_both_pools(pool_server: Any) -> None
     client = await Client.connect(address.realtime)
     await client.send({"type": "response.create"})
     got = await client.until("response.done")
-    assert texts(got) == [f"tok{i} " for i in range(5)]
+    assert "".join(texts(got)) == "".join(f"tok{i} " for i in range(5))  # Ray coalesces
     for i in range(3):
         await client.send(image_event(data_url(jpeg_bytes(str(i))), timestamp=i + 0.1))
         await asyncio.sleep(0.1)
@@ -169,13 +171,23 @@ async def test_gateway_inside_serve_behind_the_proxy(fake_models: list[str], clu
     from agent.ray_serve import gateway_app
 
     serve.run(gateway_app({"models": ["fake", "slow"], "plugins": ["agent.testing:FakePlugin"],
-                           "config": {"profiles": {
+                           "config": {"server": {"max_message_bytes": 65536}, "profiles": {
         "default": {"handlers": ["echo"], "models": {"echo": "fake"}}}}}), name="gateway",
         route_prefix="/")
-    client = await Client.connect(f"ws://127.0.0.1:{cluster}/v1/realtime?model=default")
+    url = f"ws://127.0.0.1:{cluster}/v1/realtime?model=default"
+    client = await Client.connect(url)
     await client.send(image_event(data_url(jpeg_bytes("x")), text="hi"))
     await client.send({"type": "response.create"})
-    assert texts(await client.until("response.done")) == [f"tok{i} " for i in range(5)]
+    assert "".join(texts(await client.until("response.done"))) == \
+        "".join(f"tok{i} " for i in range(5))
+    # the gateway's message limit holds behind Serve's proxy too (which allows 16 MiB)
+    big = await Client.connect(url)
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        await big.send({"type": "input_audio_buffer.append", "audio": "A" * 70_000})
+        await big.recv()
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+    await client.send({"type": "response.create"})
+    assert (await client.until("response.done"))[-1]["response"]["status"] == "completed"
     await client.close()
     serve.delete("gateway")
 
@@ -183,7 +195,8 @@ async def test_gateway_inside_serve_behind_the_proxy(fake_models: list[str], clu
 def test_serve_run_serve_config_yaml(tmp_path: Path) -> None:
     """`serve run serve_config.yaml` from the repo root brings up the embedded models and the
     gateway; a client gets streamed text from it."""
-    env = {**os.environ, **ray_env(tmp_path), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **ray_env(tmp_path), "PYTHONPATH": str(ROOT),
+           "RAY_ADDRESS": "local"}  # a new cluster, never one another process left behind
     port = free_port()
     config = (ROOT / "serve_config.yaml").read_text().replace("port: 8000", f"port: {port}")
     (tmp_path / "serve_config.yaml").write_text(config)
@@ -214,10 +227,55 @@ async def _ask_when_up(port: int) -> None:
                 pass
             assert time.monotonic() < deadline, "serve run did not come up in 240 s"
             await asyncio.sleep(1)
-    client = await Client.connect(f"ws://127.0.0.1:{port}/v1/realtime?model=default")
+    await _ask_what_is_written(f"ws://127.0.0.1:{port}/v1/realtime?model=default")
+
+
+async def _ask_what_is_written(url: str) -> None:
+    client = await Client.connect(url)
     await client.send(image_event(data_url(jpeg_bytes("RAY SERVE", size=(480, 200))),
                                   text="what is written?"))
     await client.send({"type": "response.create"})
     got = await client.until("response.done", timeout=60)
     assert "RAY SERVE" in "".join(texts(got))
     await client.close()
+
+
+async def test_pictures_cross_packed_and_text_coalesced(fake_models: list[str]) -> None:
+    """A request with camera frames reaches the replica packed (JPEG) and unpacked there; a
+    fast stream of 400 tokens comes back whole in fewer items."""
+    from agent.media import decode_image
+    from agent.ray_hop import PackedRequest
+
+    frame = decode_image(data_url(jpeg_bytes("x", size=(1280, 720))).split(",", 1)[1])
+    pool = RayPool(fake_models)
+    shrunk = await pool._shrink("fake", ModelRequest(images=(frame,), video=(frame,) * 8))
+    assert isinstance(shrunk, PackedRequest) and shrunk.nbytes < frame.nbytes
+    got = [t async for t in pool.stream("fake", ModelRequest(images=(frame,),
+                                                             options={"tokens": 400}))]
+    assert "".join(got) == "".join(f"tok{i} " for i in range(400)) and len(got) < 400
+    await pool.close()
+
+
+def test_streamagent_serve_with_ray_address(cluster: int, tmp_path: Path) -> None:
+    """`streamagent serve --ray-address ADDR` in its own process joins the cluster and streams
+    from the Serve model applications; installed plugins' models with no application (asr,
+    faces, ...) are left out with a warning instead of failing start-up."""
+    from agent.ray_serve import model_app
+
+    serve.run(model_app({"name": "ocr", "model": {"engine": "rapidocr"}}), name="ocr",
+              route_prefix="/models/ocr")
+    config = tmp_path / "config.yaml"
+    config.write_text("profiles:\n  default: {handlers: [text_in_view]}\n")
+    address = ray.get_runtime_context().gcs_address
+    cmd = [str(Path(sys.executable).with_name("streamagent")), "serve", "--ray-address",
+           address, "--config", str(config), "--port", "0"]
+    with subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            url = endpoint_from(proc)
+            asyncio.run(_ask_what_is_written(url))
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=60)
+    assert "models with no Serve application, not served: ['asr'" in err
+    serve.delete("ocr")

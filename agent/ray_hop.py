@@ -1,0 +1,143 @@
+"""What crosses the Ray hop between the gateway and a model replica, kept small.
+
+- Pictures: downscaled at the gateway to the model's pixel budget (its ``max_pixels``, which
+  the engine would apply anyway), then JPEG-encoded (``PackedRequest``); the replica decodes
+  them before the engine sees the request. Eight 720p frames are 22 MB as raw RGB and a few
+  hundred KB packed.
+- Text: the replica coalesces the engine's deltas (``coalesce``): the first at once, then
+  whatever arrived every ``interval_s``, so one Ray streaming item carries many tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from agent.engine import ModelRequest
+from agent.media import RGB
+
+MIN_SIDE = 28
+COALESCE_QUEUE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PackedRequest:
+    """A ModelRequest whose pictures travel as JPEG bytes."""
+
+    request: ModelRequest
+    """The request without its pictures."""
+    images: tuple[bytes, ...] = ()
+    video: tuple[bytes, ...] = ()
+    examples: tuple[tuple[bytes, str], ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(map(len, (*self.images, *self.video, *(b for b, _ in self.examples))))
+
+
+def fit(image: RGB, max_pixels: int | None) -> RGB:
+    """Downscale to at most ``max_pixels`` pixels, keeping the aspect ratio (the engines'
+    rule: an image already within the budget is left as it is)."""
+    h, w = image.shape[:2]
+    if max_pixels is None or h * w <= max_pixels:
+        return image
+    scale = (max_pixels / (h * w)) ** 0.5
+    size = (max(MIN_SIDE, int(w * scale)), max(MIN_SIDE, int(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+
+
+def _encode(image: RGB, max_pixels: int | None, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(fit(image, max_pixels)).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _decode(data: bytes) -> RGB:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def pack(request: ModelRequest, max_pixels: int | None, quality: int) -> PackedRequest:
+    """CPU work: call it off the event loop."""
+    def enc(image: RGB) -> bytes:
+        return _encode(image, max_pixels, quality)
+
+    bare = dataclasses.replace(request, images=(), video=(), examples=())
+    return PackedRequest(bare, tuple(map(enc, request.images)), tuple(map(enc, request.video)),
+                         tuple((enc(img), text) for img, text in request.examples))
+
+
+def unpack(packed: PackedRequest) -> ModelRequest:
+    """CPU work: call it off the event loop."""
+    return dataclasses.replace(
+        packed.request, images=tuple(map(_decode, packed.images)),
+        video=tuple(map(_decode, packed.video)),
+        examples=tuple((_decode(b), text) for b, text in packed.examples))
+
+
+def has_pictures(request: ModelRequest) -> bool:
+    return bool(request.images or request.video or request.examples)
+
+
+async def coalesce(stream: AsyncIterator[str], interval_s: float,
+                   ) -> AsyncGenerator[str, None]:
+    """Yield the first delta at once, then what arrived in each ``interval_s``, joined.
+
+    Closing this closes ``stream`` (a pump task reads it; cancelling the task closes it)."""
+    if interval_s <= 0:
+        async for text in stream:
+            yield text
+        return
+    queue: asyncio.Queue[tuple[bool, str | BaseException | None]] = \
+        asyncio.Queue(COALESCE_QUEUE)
+
+    async def pump() -> None:
+        try:
+            async for text in stream:
+                await queue.put((False, text))
+            await queue.put((True, None))
+        except Exception as exc:
+            await queue.put((True, exc))
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    task = asyncio.create_task(pump(), name="coalesce")
+    loop = asyncio.get_running_loop()
+    try:
+        parts: list[str] = []
+        first, deadline = True, 0.0
+        while True:
+            try:
+                done, item = await asyncio.wait_for(
+                    queue.get(), None if not parts else max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                yield "".join(parts)
+                parts.clear()
+                continue
+            if done:
+                if parts:
+                    yield "".join(parts)
+                if isinstance(item, BaseException):
+                    raise item
+                return
+            assert isinstance(item, str)
+            if first:
+                first = False
+                yield item
+                continue
+            if not parts:
+                deadline = loop.time() + interval_s
+            parts.append(item)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,90 @@
+"""What crosses the Ray hop: packed pictures and coalesced text (no Ray needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import pickle
+
+import numpy as np
+
+from agent.config import ModelConfig
+from agent.engine import ModelRequest
+from agent.media import RGB, decode_image
+from agent.ray_hop import PackedRequest, coalesce, fit, pack, unpack
+from agent.testing import FakeEngine, jpeg_bytes
+from plugins.hf.families import fit as engine_fit
+
+
+def camera(text: str, size: tuple[int, int] = (1280, 720)) -> RGB:
+    return decode_image(base64.b64encode(jpeg_bytes(text, size=size, quality=90)).decode())
+
+
+def test_pictures_cross_small_at_the_models_budget() -> None:
+    frames = tuple(camera(f"frame {i}") for i in range(8))
+    request = ModelRequest(prompt="what happens?", video=frames, images=(frames[0],),
+                           examples=((frames[1], "a frame"),))
+    raw = len(pickle.dumps(request))
+    packed = pack(request, 640 * 480, 90)
+    sent = len(pickle.dumps(packed))
+    assert isinstance(packed, PackedRequest) and sent < raw / 20, (sent, raw)
+    back = unpack(pickle.loads(pickle.dumps(packed)))
+    assert back.prompt == "what happens?" and back.examples[0][1] == "a frame"
+    assert len(back.video) == 8 and len(back.images) == 1
+    h, w = back.video[0].shape[:2]
+    assert h * w <= 640 * 480 and abs(w / h - 1280 / 720) < 0.01
+    # the engine's own downscale leaves it as it is: the model sees one resize, as before
+    assert engine_fit(back.video[0], 640 * 480).shape == back.video[0].shape
+    assert engine_fit(frames[0], 640 * 480).shape == back.images[0].shape
+    # and the picture is the same picture (JPEG at quality 90)
+    expected = fit(frames[3], 640 * 480).astype(int)
+    assert np.abs(back.video[3].astype(int) - expected).mean() < 3
+
+
+def test_no_budget_keeps_the_size() -> None:
+    frame = camera("x", size=(320, 240))
+    back = unpack(pack(ModelRequest(images=(frame,)), None, 90))
+    assert back.images[0].shape == frame.shape
+
+
+def engine(tokens: int, delay_s: float = 0.0) -> FakeEngine:
+    return FakeEngine("fake", ModelConfig(engine="fake",
+                                          options={"tokens": tokens, "delay_s": delay_s}))
+
+
+async def test_coalesced_text_is_the_same_text_in_fewer_items() -> None:
+    fake = engine(400)
+    await fake.start()
+    items = [t async for t in coalesce(fake.stream(ModelRequest()), 0.03)]
+    assert "".join(items) == "".join(f"tok{i} " for i in range(400))
+    assert items[0] == "tok0 " and len(items) < 400
+    assert [t async for t in coalesce(fake.stream(ModelRequest()), 0)] == \
+        [f"tok{i} " for i in range(400)]  # interval 0: every delta as it comes
+
+
+async def test_closing_the_coalesced_stream_stops_the_engine() -> None:
+    fake = engine(1000, delay_s=0.005)
+    await fake.start()
+    stream = coalesce(fake.stream(ModelRequest()), 0.03)
+    async with contextlib.aclosing(stream):
+        async for _ in stream:
+            break
+    stopped = fake.generated
+    await asyncio.sleep(0.2)
+    assert fake.generated == stopped < 1000 and fake.active == 0
+
+
+async def test_engine_errors_pass_through_after_the_text_so_far() -> None:
+    fake = FakeEngine("fake", ModelConfig(engine="fake", options={"tokens": 5,
+                                                                   "fail_after": 3}))
+    await fake.start()
+    got: list[str] = []
+    try:
+        async for text in coalesce(fake.stream(ModelRequest()), 0.03):
+            got.append(text)
+    except RuntimeError as exc:
+        assert "fake engine failure" in str(exc)
+    else:
+        raise AssertionError("the engine's error was swallowed")
+    assert "".join(got) == "tok0 tok1 tok2 "
