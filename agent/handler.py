@@ -58,6 +58,9 @@ class Handler:
     """The model used when the config names none."""
     enabled_by_default: ClassVar[bool] = True
     """Whether the default profile turns this handler on."""
+    gated: ClassVar[bool] = False
+    """Whether scene-change gating is on by default: a live window whose frame shows what this
+    handler last acted on is skipped (config ``handlers.NAME.gating`` overrides it)."""
 
     def __init__(self, ctx: HandlerContext) -> None:
         self.ctx = ctx

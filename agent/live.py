@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config import ProfileConfig
+from agent.gating import SceneGate, Thumbnails, make_gate
 from agent.handler import Handler, Mailbox
 from agent.media import Audio, Frame, Window
 from agent.runtime import Runtime
@@ -26,6 +27,7 @@ class _Slot:
     handler: Handler
     mailbox: Mailbox[Any]
     task: asyncio.Task[None]
+    gate: SceneGate | None = None
 
 
 class LiveMedia:
@@ -47,6 +49,8 @@ class LiveMedia:
         self.recent: deque[Frame] = deque(maxlen=self._recent_len())
         self._ticker: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
+        self.thumbs = Thumbnails()
+        self.skipped_before: dict[str, int] = {}  # skips of handlers since turned off
 
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"tick-{self.session_id}")
@@ -70,6 +74,17 @@ class LiveMedia:
     def handlers_dropped(self) -> int:
         return sum(s.mailbox.dropped for s in self.slots.values())
 
+    def skipped(self, name: str) -> int:
+        """Windows handler ``name`` skipped as unchanged in this session (scene-change gating)."""
+        slot = self.slots.get(name)
+        now = slot.gate.skipped if slot is not None and slot.gate is not None else 0
+        return self.skipped_before.get(name, 0) + now
+
+    @property
+    def windows_skipped(self) -> int:
+        """Windows skipped as unchanged, all handlers together, in this session."""
+        return sum(self.skipped(name) for name in {*self.slots, *self.skipped_before})
+
     def latest_frames(self) -> tuple[Frame, ...]:
         """The sampled frames of the video window, the open window's newest frame last."""
         pending = self.sampler.pending_frame
@@ -78,13 +93,18 @@ class LiveMedia:
     def set_handlers(self, names: list[str]) -> None:
         for name in list(self.slots):
             if name not in names:
+                self.skipped_before[name] = self.skipped(name)
                 self.slots.pop(name).task.cancel()
         for name in names:
             if name not in self.slots:
                 handler = self.runtime.make_handler(name, self.session_id, self.profile)
+                settings = self.runtime.config.handlers.get(name)
+                gate = make_gate(handler.gated, settings.gating if settings else None,
+                                 self.thumbs)
                 box: Mailbox[Any] = Mailbox()
-                task = asyncio.create_task(self._worker(handler, box), name=f"{name}-worker")
-                self.slots[name] = _Slot(handler, box, task)
+                task = asyncio.create_task(self._worker(handler, box, gate),
+                                           name=f"{name}-worker")
+                self.slots[name] = _Slot(handler, box, task, gate)
 
     def set_fps(self, sample_fps: float) -> None:
         self._dispatch(self.sampler.set_window(1.0 / sample_fps))
@@ -122,9 +142,11 @@ class LiveMedia:
                 if work is not None and self.live:
                     slot.mailbox.put(work)
 
-    async def _worker(self, handler: Handler, box: Mailbox[Any]) -> None:
+    async def _worker(self, handler: Handler, box: Mailbox[Any], gate: SceneGate | None) -> None:
         while True:
             work = await box.get()
+            if gate is not None and not await asyncio.to_thread(gate.admit, work):
+                continue
             await self.on_work(handler, work)
 
     async def _tick_loop(self) -> None:

@@ -79,8 +79,9 @@ class RealtimeSession:
                 await writer
             st = self.media.sampler.stats
             log.info("session %s closed: %d frames, %d dropped before decoding, %d windows, "
-                     "%d dropped by busy handlers", self.id, st.frames, st.frames_dropped,
-                     st.windows, self.media.handlers_dropped)
+                     "%d dropped by busy handlers, %d skipped as unchanged", self.id, st.frames,
+                     st.frames_dropped, st.windows, self.media.handlers_dropped,
+                     self.media.windows_skipped)
 
     async def _write(self) -> None:
         while True:
@@ -238,6 +239,7 @@ class RealtimeSession:
 
     async def _live_response(self, handler: Handler, work: Any) -> None:
         meta = self._metadata(handler.name, handler.modality, work)
+        meta["windows_skipped"] = str(self.media.skipped(handler.name))
         run = self._launch(ResponseRun(self.send, meta), handler.respond(work), eager=False)
         if run.task is not None:
             await run.task  # a cancelled worker cancels its response too

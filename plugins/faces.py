@@ -65,6 +65,7 @@ class FacesHandler(Handler):
     name = "faces"
     modality = "image"
     default_model = "faces"
+    gated = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -56,6 +56,7 @@ class TextInViewHandler(Handler):
     name = "text_in_view"
     modality = "image"
     default_model = "ocr"
+    gated = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
