@@ -32,6 +32,11 @@ sys.path.insert(0, str(ROOT))
 
 MODELS = ("qwen2-vl-2b", "qwen2.5-vl-7b")
 ENGINES = ("vllm", "transformers")
+WEIGHT = {"vllm": 2, "transformers": 1}
+"""Shares of the time budget: vLLM serves many more sessions, so its search takes longer."""
+BUILD_S = 45
+"""Time kept for building each checkpoint still to come (7B: random init on the GPU, 16 GB
+written)."""
 
 
 def run_worker(engine: str, name: str, source: Path, args: argparse.Namespace,
@@ -39,7 +44,7 @@ def run_worker(engine: str, name: str, source: Path, args: argparse.Namespace,
     """One engine on one checkpoint, in a child process (on a CPU: in this one, which saves
     the imports); its JSON result (or why not)."""
     left = deadline - time.monotonic()
-    if left < (20 if args.small else 60):
+    if left < (15 if args.small else 60):
         return {"skipped": "time budget"}
     if not args.device.startswith("cuda"):
         from scripts import gpu_bench_worker
@@ -114,7 +119,9 @@ def main() -> None:
     began = time.monotonic()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     rows = []
-    for name in args.models.split(","):
+    models, engines = args.models.split(","), args.engines.split(",")
+    weights_left = len(models) * sum(WEIGHT.get(e, 1) for e in engines)
+    for m, name in enumerate(models):
         t0 = time.monotonic()
         source = build(name, work / name, args.small, args.device)
         if args.device.startswith("cuda"):
@@ -122,8 +129,12 @@ def main() -> None:
 
             torch.cuda.empty_cache()
         print(f"{name}: checkpoint built in {time.monotonic() - t0:.0f} s at {source}", flush=True)
-        for engine in args.engines.split(","):
-            result = run_worker(engine, name, source, args, deadline)
+        for engine in engines:
+            builds_left = len(models) - m - 1
+            share = ((deadline - time.monotonic() - BUILD_S * builds_left)
+                     * WEIGHT.get(engine, 1) / weights_left)
+            weights_left -= WEIGHT.get(engine, 1)
+            result = run_worker(engine, name, source, args, time.monotonic() + share)
             print(name, engine, result, flush=True)
             rows.append({"model": name, "engine": engine, "result": result})
     header = (f"GPU benchmark ({'tiny sizes, ' if args.small else ''}device {args.device}"

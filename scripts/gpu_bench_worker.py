@@ -136,11 +136,14 @@ async def session(engine: Engine, i: int, seconds: int, gating: bool, load: Load
 
 
 async def capacity(engine: Engine, gating: bool, seconds: int, max_n: int, until: float,
-                   change_every: int = CHANGE_EVERY_S, spread_s: float = 1.0) -> dict[str, Any]:
-    """Double N until a step fails, the next step would pass ``until``, or N > ``max_n``."""
+                   change_every: int = CHANGE_EVERY_S, spread_s: float = 1.0,
+                   first_n: int = 1) -> dict[str, Any]:
+    """Double N from ``first_n`` (halve it while the first step fails) until a step fails,
+    then bisect between the largest pass and the smallest fail; stop when the next step would
+    pass ``until`` or N > ``max_n``."""
     best: dict[str, Any] = {"sessions": 0, "steps": []}
-    n = 1
-    while n <= max_n and time.monotonic() + seconds + FRESH_S * 2 + 5 < until:
+    n, failed = first_n, 0
+    while 0 < n <= max_n and time.monotonic() + seconds + FRESH_S * 2 + 5 < until:
         load = Load()
         before, t0 = getattr(engine, "tokens_generated", 0), time.monotonic()
         await asyncio.gather(*(session(engine, i, seconds, gating, load, change_every,
@@ -152,11 +155,23 @@ async def capacity(engine: Engine, gating: bool, seconds: int, max_n: int, until
         best["steps"].append({"sessions": n, "p95_s": p95, "work": load.work,
                               "served": len(fresh), "skipped": load.skipped, "ok": ok})
         print(f"gating {'on' if gating else 'off'}: {best['steps'][-1]}", flush=True)
-        if not ok:
-            return best
-        best.update(sessions=n, tokens_per_s=rate, capped=n * 2 > max_n)
-        n *= 2
+        if ok:
+            best.update(sessions=n, tokens_per_s=rate, capped=n * 2 > max_n and not failed)
+        else:
+            failed = n
+        n = next_n(n, best["sessions"], failed)
     return best
+
+
+def next_n(n: int, passed: int, failed: int) -> int:
+    """The next load to try: double while passing, halve while nothing passed, then bisect
+    between the largest pass and the smallest fail; 0 when done."""
+    if not failed:
+        return n * 2
+    if not passed:
+        return n // 2 if n == failed else 0
+    middle = (passed + failed) // 2
+    return middle if n == failed and middle > passed else 0
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,12 +194,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         result.update(await ttft(engine, 2 if args.small else 20))
         # tiny sizes check every step in seconds: 2 windows, one session, scene change every 2 s
-        seconds, max_n, spread = (2, 1, 0.2) if args.small else (8, 512, 1.0)
+        seconds, max_n, spread = (2, 1, 0.2) if args.small else (6, 1024, 1.0)
+        first = 1 if args.small or args.engine != "vllm" else 16
         off_until = until - (until - time.monotonic()) / 2  # half the time left for each
         result["capacity_off"] = await capacity(engine, False, seconds, max_n, off_until,
-                                                spread_s=spread)
+                                                spread_s=spread, first_n=first)
         result["capacity_on"] = await capacity(engine, True, seconds, max_n, until,
-                                               2 if args.small else CHANGE_EVERY_S, spread)
+                                               2 if args.small else CHANGE_EVERY_S, spread,
+                                               first_n=min(max_n, first * 4))
     finally:
         await engine.close()
     return result
