@@ -50,7 +50,8 @@ class LiveMedia:
         self._ticker: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
         self.thumbs = Thumbnails()
-        self.skipped_before: dict[str, int] = {}  # skips of handlers since turned off
+        self.skipped_before: dict[str, int] = {}  # counts of handlers since turned off
+        self.dropped_before = 0
 
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"tick-{self.session_id}")
@@ -64,7 +65,8 @@ class LiveMedia:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.slots.clear()
+        for name in list(self.slots):  # keep the counts for the session's close log
+            self._forget(name)
 
     @property
     def handler_names(self) -> list[str]:
@@ -72,7 +74,7 @@ class LiveMedia:
 
     @property
     def handlers_dropped(self) -> int:
-        return sum(s.mailbox.dropped for s in self.slots.values())
+        return self.dropped_before + sum(s.mailbox.dropped for s in self.slots.values())
 
     def skipped(self, name: str) -> int:
         """Windows handler ``name`` skipped as unchanged in this session (scene-change gating)."""
@@ -93,8 +95,7 @@ class LiveMedia:
     def set_handlers(self, names: list[str]) -> None:
         for name in list(self.slots):
             if name not in names:
-                self.skipped_before[name] = self.skipped(name)
-                self.slots.pop(name).task.cancel()
+                self._forget(name).task.cancel()
         for name in names:
             if name not in self.slots:
                 handler = self.runtime.make_handler(name, self.session_id, self.profile)
@@ -105,6 +106,13 @@ class LiveMedia:
                 task = asyncio.create_task(self._worker(handler, box, gate),
                                            name=f"{name}-worker")
                 self.slots[name] = _Slot(handler, box, task, gate)
+
+    def _forget(self, name: str) -> _Slot:
+        """Remove a handler's slot, keeping its counts."""
+        self.skipped_before[name] = self.skipped(name)
+        slot = self.slots.pop(name)
+        self.dropped_before += slot.mailbox.dropped
+        return slot
 
     def set_fps(self, sample_fps: float) -> None:
         self._dispatch(self.sampler.set_window(1.0 / sample_fps))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -120,7 +122,8 @@ def frame_event(b64: str, ts: float) -> dict[str, Any]:
 
 @pytest.mark.slow
 async def test_static_scene_costs_no_model_call_and_a_corner_change_is_read(
-        reader: tuple[str, dict[str, int]]) -> None:
+        reader: tuple[str, dict[str, int]], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agent.session")
     url, calls = reader
     client = await Client.connect(url)
     try:
@@ -146,6 +149,13 @@ async def test_static_scene_costs_no_model_call_and_a_corner_change_is_read(
         assert "MILD" in answer and calls["n"] == 3
     finally:
         await client.close()
+    for _ in range(100):  # the session logs its counts when it has closed
+        closed = [r.getMessage() for r in caplog.records if " closed: " in r.getMessage()]
+        if closed:
+            break
+        await asyncio.sleep(0.05)
+    skipped = int(re.search(r"(\d+) skipped as unchanged", closed[0]).group(1))  # type: ignore[union-attr]
+    assert skipped >= int(created["response"]["metadata"]["windows_skipped"]) >= 1
 
 
 @pytest.mark.slow
@@ -171,3 +181,27 @@ async def test_gating_off_calls_the_model_for_every_window() -> None:
                 assert await asyncio.to_thread(seen.acquire, True, 60)
         finally:
             await client.close()
+
+
+async def test_skip_and_drop_counts_outlive_the_handlers() -> None:
+    from agent.live import LiveMedia
+    from agent.testing import FakePlugin
+
+    config = Config(profiles={"default": ProfileConfig(handlers=["echo"], live=True)},
+                    handlers={"echo": HandlerConfig(gating=GatingConfig(enabled=True))})
+    runtime = Runtime.build(config, get_plugin_manager([FakePlugin()]))
+
+    async def busy(handler: Any, work: Any) -> None:
+        await asyncio.Event().wait()
+
+    media = LiveMedia(runtime, "s", busy, profile=runtime.profile("default"))
+    media.set_handlers(["echo"])
+    slot = media.slots["echo"]
+    for item in range(3):  # the worker has not run yet: two are replaced before it looks
+        slot.mailbox.put(item)
+    assert slot.gate is not None
+    slot.gate.skipped = 4
+    media.set_handlers([])
+    media.set_handlers(["echo"])
+    await media.close()
+    assert (media.handlers_dropped, media.windows_skipped, media.skipped("echo")) == (2, 4, 4)
