@@ -7,8 +7,8 @@ Qwen/Qwen2.5-VL-7B-Instruct (text and vision towers, vocabulary, rope sections).
 from the small offline tokenizer (agent/tiny), padded with filler tokens to the real vocabulary so
 that every id a random model emits decodes to text, as with the real tokenizer.
 
-``small=True`` shrinks every size (same classes, same code path) so the whole benchmark runs on a
-CPU in seconds.
+``small=True`` shrinks every size (same classes, same code path, a padded tokenizer too) so the
+whole benchmark runs on a CPU in seconds.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ REAL: dict[str, dict[str, Any]] = {
 }
 TOKENIZER_SIZE = 151665
 """Ids in the real Qwen2-VL / Qwen2.5-VL tokenizers (their configs pad the vocabulary above it)."""
+SMALL_TOKENIZER_SIZE, SMALL_VOCAB = 4000, 4096
+"""The same padding at tiny size: filler tokens, and a vocabulary a little larger still."""
 SMALL_TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, mrope_section=[4, 6, 6])
 SMALL_VISION = {"qwen2-vl": dict(depth=2, embed_dim=64, hidden_size=128, mlp_ratio=2, num_heads=2),
@@ -55,7 +57,7 @@ SMALL_VISION = {"qwen2-vl": dict(depth=2, embed_dim=64, hidden_size=128, mlp_rat
 
 
 @lru_cache(maxsize=2)
-def tokenizer(size: int | None) -> Any:
+def tokenizer(size: int) -> Any:
     """The offline BPE tokenizer, padded with filler tokens (`` w123``) to ``size`` ids."""
     from transformers import Qwen2Tokenizer
 
@@ -63,7 +65,7 @@ def tokenizer(size: int | None) -> Any:
     vocab: dict[str, int] = dict(data["model"]["vocab"])
     merges: Any = [tuple(m) if isinstance(m, list) else tuple(m.split(" "))
                    for m in data["model"]["merges"]]
-    for i in range(len(vocab), (size or 0) - len(SPECIAL)):
+    for i in range(len(vocab), size - len(SPECIAL)):
         vocab[f"\u0120w{i}"] = i  # byte-level "Ġ" is a space: decodes to " w123"
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token="<|endoftext|>",
                          eos_token="<|im_end|>", pad_token="<|endoftext|>")
@@ -78,7 +80,7 @@ def config(name: str, tok: Any, small: bool) -> Any:
     spec = REAL[name]
     text, vision = copy.deepcopy(spec["text"]), copy.deepcopy(spec["vision"])
     if small:
-        text.update(SMALL_TEXT, vocab_size=len(tok), max_position_embeddings=4096)
+        text.update(SMALL_TEXT, vocab_size=SMALL_VOCAB, max_position_embeddings=4096)
         vision.update(SMALL_VISION[spec["family"]])
     text["vocab_size"] = max(text["vocab_size"], len(tok))
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL}
@@ -108,7 +110,7 @@ def build(name: str, out: Path, small: bool, device: str) -> Path:
     )
 
     family = REAL[name]["family"]
-    tok = tokenizer(None if small else TOKENIZER_SIZE)
+    tok = tokenizer(SMALL_TOKENIZER_SIZE if small else TOKENIZER_SIZE)
     cfg = config(name, tok, small)
     torch.manual_seed(0)
     model_cls: Any = (Qwen2_5_VLForConditionalGeneration if family == "qwen2.5-vl"
