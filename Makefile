@@ -13,8 +13,9 @@ run: setup  ## set up and start the server on the embedded default
 test: setup example-plugin  ## set up and run the whole test suite
 	$(PY) -m pytest -q
 
-bench: setup  ## measure ingest CPU, added latency and session memory
+bench: setup  ## measure ingest CPU, added latency, session memory and live-session capacity
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.capacity
 	$(PY) -m benchmarks.ray_bench
 	$(PY) -m benchmarks.engines_bench
 

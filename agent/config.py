@@ -122,9 +122,21 @@ class ModelConfig(_Config):
     options: dict[str, Any] = {}
 
 
+class GatingConfig(_Config):
+    """Scene-change gating: skip a window whose frame shows what the handler last acted on."""
+
+    enabled: bool | None = None
+    """``None``: the handler's own default (on for the built-in image handlers)."""
+    pixel_delta: int = Field(default=16, ge=1, le=255)
+    """Grey levels a pixel of the 160x120 grey thumbnail must change by to count as changed."""
+    min_pixels: int = Field(default=3, ge=1)
+    """Changed thumbnail pixels that make a new scene."""
+
+
 class HandlerConfig(_Config):
     model: str | None = None
     options: dict[str, Any] = {}
+    gating: GatingConfig = GatingConfig()
 
 
 class ProfileConfig(_Config):

@@ -77,6 +77,9 @@ class Handler:
     """Whether the default profile turns this handler on."""
     feed_off_loop: ClassVar[bool] = False
     """Run ``feed`` on a worker thread (in order) when it does real work, such as a VAD."""
+    gated: ClassVar[bool] = False
+    """Whether scene-change gating is on by default: a live window whose frame shows what this
+    handler last acted on is skipped (config ``handlers.NAME.gating`` overrides it)."""
 
     def __init__(self, ctx: HandlerContext) -> None:
         self.ctx = ctx

@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.config import ProfileConfig
 from agent.errors import HandlerFailed
+from agent.gating import SceneGate, Thumbnails, make_gate
 from agent.handler import Handler, Mailbox
 from agent.media import Audio, Frame, Window
 from agent.runtime import Runtime
@@ -30,6 +31,7 @@ class _Slot:
     handler: Handler
     mailbox: Mailbox[Any]
     task: asyncio.Task[None]
+    gate: SceneGate | None = None
     feeding: asyncio.Queue[Window | None] | None = None
     feeder: asyncio.Task[None] | None = None
     feed_dropped: int = 0
@@ -59,7 +61,9 @@ class LiveMedia:
         self.recent: deque[Frame] = deque(maxlen=self._recent_len())
         self._ticker: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
-        self._dropped_by_removed = 0
+        self.thumbs = Thumbnails()
+        self.skipped_before: dict[str, int] = {}  # counts of handlers since turned off
+        self.dropped_before = 0
 
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"tick-{self.session_id}")
@@ -73,7 +77,8 @@ class LiveMedia:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.slots.clear()
+        for name in list(self.slots):  # keep the counts for the session's close log
+            self._forget(name)
 
     @property
     def handler_names(self) -> list[str]:
@@ -81,8 +86,19 @@ class LiveMedia:
 
     @property
     def handlers_dropped(self) -> int:
-        return self._dropped_by_removed + sum(s.mailbox.dropped + s.feed_dropped
-                                              for s in self.slots.values())
+        return self.dropped_before + sum(s.mailbox.dropped + s.feed_dropped
+                                         for s in self.slots.values())
+
+    def skipped(self, name: str) -> int:
+        """Windows handler ``name`` skipped as unchanged in this session (scene-change gating)."""
+        slot = self.slots.get(name)
+        now = slot.gate.skipped if slot is not None and slot.gate is not None else 0
+        return self.skipped_before.get(name, 0) + now
+
+    @property
+    def windows_skipped(self) -> int:
+        """Windows skipped as unchanged, all handlers together, in this session."""
+        return sum(self.skipped(name) for name in {*self.slots, *self.skipped_before})
 
     def latest_frames(self) -> tuple[Frame, ...]:
         """The sampled frames of the video window, the open window's newest frame last."""
@@ -92,27 +108,36 @@ class LiveMedia:
     def set_handlers(self, names: list[str]) -> None:
         for name in list(self.slots):
             if name not in names:
-                slot = self.slots.pop(name)
-                slot.cancel()  # its response in progress ends as cancelled
-                self._dropped_by_removed += slot.mailbox.dropped + slot.feed_dropped
+                self._forget(name).cancel()  # its response in progress ends as cancelled
         failed = []
         for name in names:
             if name not in self.slots:
                 try:
-                    handler = self.runtime.make_handler(name, self.session_id, self.profile)
+                    self._start(name)
                 except Exception as exc:
                     log.exception("handler %s failed to start", name)
                     failed.append(f"{name}: {exc}")
-                    continue
-                box: Mailbox[Any] = Mailbox()
-                task = asyncio.create_task(self._worker(handler, box), name=f"{name}-worker")
-                slot = self.slots[name] = _Slot(handler, box, task)
-                if handler.feed_off_loop:
-                    slot.feeding = asyncio.Queue(FEED_QUEUE)
-                    slot.feeder = asyncio.create_task(self._feeder(slot), name=f"{name}-feed")
         if failed:
             raise HandlerFailed("handlers failed to start (the others run): " + "; ".join(failed),
                                 param="session.streamagent.handlers")
+
+    def _start(self, name: str) -> None:
+        handler = self.runtime.make_handler(name, self.session_id, self.profile)
+        settings = self.runtime.config.handlers.get(name)
+        gate = make_gate(handler.gated, settings.gating if settings else None, self.thumbs)
+        box: Mailbox[Any] = Mailbox()
+        task = asyncio.create_task(self._worker(handler, box, gate), name=f"{name}-worker")
+        slot = self.slots[name] = _Slot(handler, box, task, gate)
+        if handler.feed_off_loop:
+            slot.feeding = asyncio.Queue(FEED_QUEUE)
+            slot.feeder = asyncio.create_task(self._feeder(slot), name=f"{name}-feed")
+
+    def _forget(self, name: str) -> _Slot:
+        """Remove a handler's slot, keeping its counts."""
+        self.skipped_before[name] = self.skipped(name)
+        slot = self.slots.pop(name)
+        self.dropped_before += slot.mailbox.dropped + slot.feed_dropped
+        return slot
 
     def set_fps(self, sample_fps: float) -> None:
         self._dispatch(self.sampler.set_window(1.0 / sample_fps))
@@ -204,9 +229,11 @@ class LiveMedia:
             log.exception("handler %s failed on window %d", handler.name, window.index)
             return None
 
-    async def _worker(self, handler: Handler, box: Mailbox[Any]) -> None:
+    async def _worker(self, handler: Handler, box: Mailbox[Any], gate: SceneGate | None) -> None:
         while True:
             work = await box.get()
+            if gate is not None and not await asyncio.to_thread(gate.admit, work):
+                continue
             await self.on_work(handler, work)
 
     async def _tick_loop(self) -> None:

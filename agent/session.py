@@ -111,12 +111,13 @@ class RealtimeSession:
             await asyncio.gather(*tasks, *(r.task for r in self.responses.values() if r.task),
                                  return_exceptions=True)
             log.info("session %s closed: %d frames, %d dropped before decoding, %d refused, "
-                     "%d windows, %d dropped by busy handlers", self.id, *counts)
+                     "%d windows, %d dropped by busy handlers, %d skipped as unchanged",
+                     self.id, *counts)
 
     def _counts(self) -> tuple[int, ...]:
         st = self.media.sampler.stats
         return (st.frames, st.frames_dropped, self.intake.frames_refused, st.windows,
-                self.media.handlers_dropped)
+                self.media.handlers_dropped, self.media.windows_skipped)
 
     async def _read(self, messages: AsyncIterator[str | bytes]) -> None:
         failed = None
@@ -330,6 +331,7 @@ class RealtimeSession:
 
     async def _live_response(self, handler: Handler, work: Any) -> None:
         meta = self._metadata(handler.name, handler.modality, work)
+        meta["windows_skipped"] = str(self.media.skipped(handler.name))
         run = self._launch(ResponseRun(self.send, meta), handler.respond(work), eager=False,
                            max_tokens=self.max_output_tokens)
         if run.task is not None:

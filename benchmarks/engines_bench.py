@@ -21,7 +21,14 @@ import websockets
 from PIL import Image
 
 from agent.caption import caption_folder
-from agent.config import Config, GenerationConfig, ModelConfig, ServerConfig
+from agent.config import (
+    Config,
+    GatingConfig,
+    GenerationConfig,
+    HandlerConfig,
+    ModelConfig,
+    ServerConfig,
+)
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
 from agent.serve import running
@@ -76,7 +83,9 @@ async def session(url: str, frame: str, ttfd: list[float]) -> None:
 
 async def live(engine: str, source: Path) -> dict[int, dict[str, float]]:
     frame = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes("bench")).decode()
-    config = Config(server=ServerConfig(max_sessions=100), models={"m": model(engine, source)})
+    config = Config(server=ServerConfig(max_sessions=100), models={"m": model(engine, source)},
+                    # the same frame every second: every window is work (no gating)
+                    handlers={"describe": HandlerConfig(gating=GatingConfig(enabled=False))})
     runtime = Runtime.build(config, get_plugin_manager())
     out = {}
     async with running(runtime) as address:

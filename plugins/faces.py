@@ -14,24 +14,38 @@ from agent import Handler, ModelConfig, ModelRequest, Question, ThreadedEngine, 
 
 
 class HaarFaceEngine(ThreadedEngine):
-    """Yields one JSON list of face boxes ``[x, y, w, h]`` per image, in pixels."""
+    """Yields one JSON list of face boxes ``[x, y, w, h]`` per image, in pixels.
+
+    OpenCV does not promise that one cascade serves two threads at once, so each worker
+    thread gets its own."""
 
     kind = "haar-faces"
+    parallel = True  # one cascade per worker thread, one worker per core
 
     def load(self) -> None:
+        self.min_neighbors = int(self.config.options.get("min_neighbors", 5))
+        self.cascade()  # load once now: a missing cascade fails at start-up
+
+    def cascade(self) -> Any:
+        """This thread's classifier (loaded on first use)."""
+        return self.per_thread(self._load_cascade)
+
+    @staticmethod
+    def _load_cascade() -> Any:
         import cv2
 
         cascades: str = cv2.data.haarcascades  # type: ignore[attr-defined]
         path = cascades + "haarcascade_frontalface_default.xml"
-        self.cascade = cv2.CascadeClassifier(path)
-        if self.cascade.empty():
-            raise RuntimeError(f"cannot load {path}: opencv-python-headless 5 ships no cascades, "
-                               "install 'opencv-python-headless<5'")
-        self.min_neighbors = int(self.config.options.get("min_neighbors", 5))
+        found = cv2.CascadeClassifier(path)
+        if found.empty():
+            raise RuntimeError(f"cannot load {path}: opencv-python-headless 5 ships no "
+                               "cascades, install 'opencv-python-headless<5'")
+        return found
 
     def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:
         import cv2
 
+        cascade = self.cascade()
         for image in request.images:
             if cancelled.is_set():
                 return
@@ -40,7 +54,7 @@ class HaarFaceEngine(ThreadedEngine):
             if scale > 1:
                 gray = cv2.resize(gray, None, fx=1 / scale, fy=1 / scale)
             gray = cv2.equalizeHist(gray)
-            found = self.cascade.detectMultiScale(
+            found = cascade.detectMultiScale(
                 gray, scaleFactor=1.1, minNeighbors=self.min_neighbors, minSize=(30, 30)
             )
             yield json.dumps([[round(float(v) * scale) for v in box] for box in found])
@@ -65,6 +79,7 @@ class FacesHandler(Handler):
     name = "faces"
     modality = "image"
     default_model = "faces"
+    gated = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

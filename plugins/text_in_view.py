@@ -21,23 +21,47 @@ from agent import (
 
 
 class RapidOCREngine(ThreadedEngine):
-    """Yields one line of text per line read, top to bottom. Option ``min_score`` (0.5)."""
+    """Yields one line of text per line read, top to bottom.
+
+    Options, tuned for live 640x480 frames (each halves the time per frame or better; figures in
+    docs/performance.md): ``min_score`` (0.5); ``det_limit_side_len`` (480) with
+    ``det_limit_type`` (``max``: scale the longer side down to it, never up; RapidOCR's own
+    default, 736 / ``min``, upscales a 640x480 frame to 981x736); ``use_cls`` (false: the
+    text-direction classifier only matters for text upside down); ``threads`` (1: onnxruntime
+    threads per instance). Each worker thread gets its own RapidOCR instance, so an engine
+    served by N worker threads reads N frames at once, one core each.
+    """
 
     kind = "rapidocr"
+    parallel = True  # one RapidOCR per worker thread, one worker per core
 
     def load(self) -> None:
         try:
             from rapidocr import RapidOCR
         except ImportError as exc:  # pragma: no cover - a dependency of streamagent
             raise RuntimeError("the rapidocr engine needs: pip install 'rapidocr>=3'") from exc
-        self.ocr = RapidOCR(params={"Global.log_level": "warning"})
-        self.min_score = float(self.config.options.get("min_score", 0.5))
+        opts = self.config.options
+        self.min_score = float(opts.get("min_score", 0.5))
+        self.params = {
+            "Global.log_level": "warning",
+            "Global.use_cls": bool(opts.get("use_cls", False)),
+            "Det.limit_side_len": int(opts.get("det_limit_side_len", 480)),
+            "Det.limit_type": str(opts.get("det_limit_type", "max")),
+            "EngineConfig.onnxruntime.intra_op_num_threads": int(opts.get("threads", 1)),
+        }
+        self._make = RapidOCR
+        self.reader()  # load once now: a broken install fails at start-up
+
+    def reader(self) -> Any:
+        """This thread's RapidOCR instance (created on first use)."""
+        return self.per_thread(lambda: self._make(params=self.params))
 
     def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:
+        ocr = self.reader()
         for image in request.images:
             if cancelled.is_set():
                 return
-            result: Any = self.ocr(np.ascontiguousarray(image[:, :, ::-1]))  # it wants BGR
+            result: Any = ocr(np.ascontiguousarray(image[:, :, ::-1]))  # it wants BGR
             for text, score in zip(result.txts or (), result.scores or (), strict=False):
                 if score >= self.min_score and text.strip():
                     yield text.strip() + "\n"
@@ -56,6 +80,7 @@ class TextInViewHandler(Handler):
     name = "text_in_view"
     modality = "image"
     default_model = "ocr"
+    gated = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

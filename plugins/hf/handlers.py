@@ -50,6 +50,7 @@ class DescribeHandler(_LLMHandler):
 
     name = "describe"
     modality = "image"
+    gated = True
 
     async def respond(self, work: Window) -> AsyncIterator[str]:
         assert work.frame is not None

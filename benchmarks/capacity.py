@@ -1,0 +1,299 @@
+"""`make bench`: how many live sessions one machine serves on the embedded default.
+
+Workload 1 (words): N live sessions, each showing a new word every second (640x480 JPEG at
+10 fps, sampled at 1 fps) plus looping speech at 24 kHz, with every default handler (text in
+view, speech, faces). A word counts as read when the text-in-view response for the window it was
+shown in contains it; lag is window close (when the next second begins, on the client's clock)
+-> first delta of that response. N passes when every session reads >= 95% of its words and the
+lag p95 is <= 1.5 s. The first SETTLE_S seconds of each session are not scored.
+
+Workload 2 (static): N sessions show the same word for 30 s, then a new one (frames only).
+Reports the server's CPU over the static part and whether, and how fast, the change was read.
+
+Each workload runs against the server as configured today and against the pre-tuning settings
+(``BASELINE``: no scene-change gating, RapidOCR's stock detection size, classifier and threads),
+in one run, so the ratio compares like with like on a machine that may be busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import websockets
+import yaml
+from PIL import Image, ImageDraw, ImageFont
+
+from agent.testing import FONT
+from benchmarks import capacity_report
+from benchmarks.run import ROOT, machine
+
+FPS = 10
+WORDS = ("APPLE BANANA CHERRY DOLPHIN ELEPHANT FOREST GARDEN HAMMER ISLAND JACKET KITTEN LEMON "
+         "MONKEY NUMBER ORANGE PENCIL QUARTER RABBIT SILVER TURTLE UMBRELLA VIOLIN WINDOW "
+         "YELLOW ZEBRA BASKET CANDLE DINNER ENGINE FLOWER GUITAR HELMET").split()
+SENTENCE = "hello world. this is a test of speech recognition on a busy machine"
+BASELINE: dict[str, Any] = {
+    "handlers": {h: {"gating": {"enabled": False}} for h in ("text_in_view", "faces")},
+    "models": {"ocr": {"engine": "rapidocr", "options": {
+        "det_limit_side_len": 736, "det_limit_type": "min", "use_cls": True, "threads": -1}}},
+}
+
+
+def jpeg_url(word: str) -> str:
+    img = Image.new("RGB", (640, 480), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.truetype(FONT, 72)
+    box = draw.textbbox((0, 0), word, font=font)
+    draw.text(((640 - box[2] + box[0]) // 2, (480 - box[3] + box[1]) // 2), word,
+              fill="black", font=font)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def speech_chunks() -> list[str]:
+    """Flite speech with a pause, resampled to 24 kHz, as 100 ms base64 PCM16 chunks."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        subprocess.run(["flite", "-t", SENTENCE, "-o", str(wav)], check=True)
+        raw = wav.read_bytes()
+    rate = int.from_bytes(raw[24:28], "little")
+    pcm = np.frombuffer(raw[44:], "<i2").astype(np.float32)
+    t = np.arange(int(pcm.size * 24000 / rate)) * rate / 24000
+    speech = np.interp(t, np.arange(pcm.size), pcm)
+    audio = np.concatenate([speech, np.zeros(24000 * 2)]).astype("<i2")
+    return [base64.b64encode(audio[i:i + 2400].tobytes()).decode()
+            for i in range(0, audio.size - 2399, 2400)]
+
+
+class Server:
+    """The embedded default in its own process (CPU read from /proc)."""
+
+    def __init__(self, config: dict[str, Any] | None) -> None:
+        self.tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        yaml.safe_dump(config or {}, self.tmp)
+        self.tmp.close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.server", "--embedded", self.tmp.name],
+            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.url = f"ws://127.0.0.1:{line.split()[1]}/v1/realtime?model=default"
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / 100
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(15)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        Path(self.tmp.name).unlink()
+
+
+SETTLE_S = 2
+"""The first seconds of each session are not scored (the session is being set up)."""
+
+
+@dataclass
+class Run:
+    """One session's result: which windows were read, and each read word's lag."""
+
+    shown: dict[int, str]
+    read: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        scored = [k for k in self.shown if k >= SETTLE_S]
+        return sum(k in self.read for k in scored) / max(1, len(scored))
+
+    @property
+    def lags(self) -> list[float]:
+        return [lag for k, lag in self.read.items() if k >= SETTLE_S]
+
+
+async def session(url: str, script: list[str], frames: dict[str, str],
+                  audio: list[str] | None) -> Run:
+    """Stream ``script`` (one word per second); collect which windows' words were read."""
+    run = Run(dict(enumerate(script)))
+    window_of: dict[str, int] = {}
+    text: dict[str, str] = {}
+    async with websockets.connect(url, max_size=None, open_timeout=30) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "streamagent": {"live": True, "sample_fps": 1}}}))
+
+        async def receive() -> None:
+            async for raw in ws:
+                ev = json.loads(raw)
+                if ev["type"] == "response.created":
+                    meta = ev["response"]["metadata"]
+                    if meta.get("handler") == "text_in_view":
+                        window_of[ev["response"]["id"]] = int(meta["window_start_ms"]) // 1000
+                elif ev["type"] == "response.output_text.delta":
+                    rid = ev["response_id"]
+                    k = window_of.get(rid)
+                    if k is None:
+                        continue
+                    text[rid] = text.get(rid, "") + ev["delta"]
+                    if k in run.shown and run.shown[k] in text[rid].upper() and k not in run.read:
+                        run.read[k] = time.perf_counter() - (began + k + 1)  # due to close
+
+        began = time.perf_counter()
+        receiver = asyncio.create_task(receive())
+        for i in range(len(script) * FPS + 1):
+            ts = i / FPS
+            await asyncio.sleep(max(0.0, began + ts - time.perf_counter()))
+            second = min(i // FPS, len(script) - 1)
+            await ws.send('{"type":"conversation.item.create","item":{"type":"message","role":'
+                          f'"user","content":[{{"type":"input_image","image_url":'
+                          f'"{frames[script[second]]}","streamagent":{{"timestamp":{ts:.3f}}}}}]}}}}')
+            if audio:
+                await ws.send(f'{{"type":"input_audio_buffer.append","audio":"{audio[i % len(audio)]}"'
+                              f',"streamagent":{{"timestamp":{ts:.3f}}}}}')
+        await asyncio.sleep(3)
+        receiver.cancel()
+    return run
+
+
+def summary(runs: list[Run], cpu_cores: float) -> dict[str, Any]:
+    lags = sorted(lag for r in runs for lag in r.lags)
+    return {
+        "sessions": len(runs),
+        "words_min": min(r.fraction for r in runs),
+        "words_mean": statistics.mean(r.fraction for r in runs),
+        "lag_p50_s": statistics.median(lags) if lags else float("nan"),
+        "lag_p95_s": lags[min(len(lags) - 1, int(0.95 * len(lags)))] if lags else float("nan"),
+        "server_cores": cpu_cores,
+    }
+
+
+async def words(server: Server, sessions: list[int], seconds: int,
+                speech: bool = True) -> list[dict[str, Any]]:
+    frames = {w: jpeg_url(w) for w in WORDS}
+    audio = speech_chunks() if speech else None
+    rows = []
+    for n in sessions:
+        scripts = [[WORDS[(k + 7 * s) % len(WORDS)] for k in range(seconds)] for s in range(n)]
+        before, t0 = server.cpu_s(), time.perf_counter()
+        runs = await asyncio.gather(*(session(server.url, sc, frames, audio) for sc in scripts))
+        row = summary(list(runs), (server.cpu_s() - before) / (time.perf_counter() - t0))
+        print("words" + ("" if speech else " (no speech)"), row, flush=True)
+        rows.append(row)
+        if row["words_min"] < 0.6:  # far past capacity: larger N only take longer
+            break
+    return rows
+
+
+async def static(server: Server, n: int, still_s: int = 30) -> dict[str, Any]:
+    frames = {w: jpeg_url(w) for w in WORDS[:2]}
+    script = [WORDS[0]] * still_s + [WORDS[1]] * 3
+    cpu: list[float] = []
+
+    async def meter() -> None:  # the server's CPU over the still part, after a settling second
+        await asyncio.sleep(3)
+        before, t0 = server.cpu_s(), time.perf_counter()
+        await asyncio.sleep(still_s - 4)
+        cpu.append((server.cpu_s() - before) / (time.perf_counter() - t0))
+
+    task = asyncio.create_task(meter())
+    runs = await asyncio.gather(*(session(server.url, script, frames, None) for _ in range(n)))
+    await task
+    changed = [r.read.get(still_s) for r in runs]
+    lags = sorted(x for x in changed if x is not None)
+    row = {"sessions": n, "still_s": still_s, "server_cores": cpu[0],
+           "change_read": len(lags) / n,
+           "change_lag_p50_s": statistics.median(lags) if lags else float("nan"),
+           "change_lag_p95_s": lags[min(len(lags) - 1, int(0.95 * len(lags)))]
+           if lags else float("nan")}
+    print("static", row, flush=True)
+    return row
+
+
+async def measure(config: dict[str, Any] | None, sessions: list[int], seconds: int,
+                  static_n: int) -> dict[str, Any]:
+    server = Server(config)
+    try:
+        await session(server.url, WORDS[:2], {w: jpeg_url(w) for w in WORDS[:2]}, None)  # warm
+        return {"words": await words(server, sessions, seconds),
+                "static": await static(server, static_n),
+                "words_silent": await words(server, sessions, seconds, speech=False)}
+    finally:
+        server.stop()
+
+
+
+
+def ocr_ms(options: dict[str, Any], frames: int = 12) -> float:
+    """Median time to read one 640x480 word frame on one RapidOCR instance."""
+    from agent.config import ModelConfig
+    from agent.engine import ModelRequest
+    from plugins.text_in_view import RapidOCREngine
+
+    engine = RapidOCREngine("ocr", ModelConfig(engine="rapidocr", options=options))
+    engine.load()
+    times = []
+    for i in range(frames + 1):
+        img = np.asarray(Image.open(io.BytesIO(base64.b64decode(
+            jpeg_url(WORDS[i]).split(",", 1)[1]))).convert("RGB"))
+        t0 = time.perf_counter()
+        list(engine.generate(ModelRequest(images=(img,)), threading.Event()))
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times[1:])
+
+
+def gate_us(n: int = 500) -> tuple[float, float]:
+    """Microseconds to thumbnail one 640x480 JPEG, and to compare two thumbnails."""
+    from agent.gating import changed_pixels, thumbnail
+    from agent.media import Frame
+
+    a, b = (jpeg_url(w).split(",", 1)[1] for w in WORDS[:2])
+    ta, tb = thumbnail(Frame(a, 0)), thumbnail(Frame(b, 0))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        thumbnail(Frame(a, 0))
+    t1 = time.perf_counter()
+    for _ in range(n):
+        changed_pixels(ta, tb, 16)
+    return 1e6 * (t1 - t0) / n, 1e6 * (time.perf_counter() - t1) / n
+
+
+async def main() -> None:
+    saved = ROOT / "benchmarks" / "capacity.json"
+    if sys.argv[1:] == ["--from-json"]:  # re-render the table of the last run
+        results: dict[str, Any] = json.loads(saved.read_text())
+        capacity_report.write(capacity_report.table(results, results["machine"]),
+                              ROOT / "docs" / "performance.md")
+        return
+    results = {"load": os.getloadavg()[0], "machine": machine()}
+    results["ocr_stock_ms"] = ocr_ms(BASELINE["models"]["ocr"]["options"])
+    results["ocr_tuned_ms"] = ocr_ms({})
+    results["gate_us"] = gate_us()
+    print({k: v for k, v in results.items()}, flush=True)
+    sessions = [1, 2, 4, 6, 8, 12, 16]
+    results["baseline"] = await measure(BASELINE, sessions, 20, 32)
+    results["default"] = await measure(None, sessions, 20, 32)
+    text = capacity_report.table(results, results["machine"])
+    print(text)
+    capacity_report.write(text, ROOT / "docs" / "performance.md")
+    saved.write_text(json.dumps(results, indent=1))
+    print("written to docs/performance.md")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

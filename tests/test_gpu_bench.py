@@ -1,0 +1,40 @@
+"""scripts/gpu_bench.py end to end on a CPU with tiny sizes: every step it runs on a GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(300)
+def test_gpu_bench_small_on_cpu_writes_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "bench.md"
+    proc = subprocess.run(
+        [sys.executable, "scripts/gpu_bench.py", "--device", "cpu", "--small", "--out", str(out),
+         "--workdir", str(tmp_path / "ckpt"), "--budget-s", "240"],
+        cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["model"], r["engine"]) for r in rows] == [
+        ("qwen2-vl-2b", "vllm"), ("qwen2-vl-2b", "transformers"),
+        ("qwen2.5-vl-7b", "vllm"), ("qwen2.5-vl-7b", "transformers")]
+    for row in rows:
+        res = row["result"]
+        assert "failed" not in res and "skipped" not in res, row
+        assert 0 < res["ttft_p50_ms"] <= res["ttft_p95_ms"]
+        assert res["tokens_per_s"] > 0
+        for gating in ("capacity_off", "capacity_on"):
+            steps = res[gating]["steps"]
+            assert steps and all(s["work"] > 0 for s in steps), (gating, steps)
+        on = res["capacity_on"]["steps"]
+        assert all(s["skipped"] > 0 for s in on)  # a static scene costs no model call
+    table = out.read_text().splitlines()
+    assert table[2].startswith("| model | engine | load s | TTFT p50 / p95 ms")
+    assert len([line for line in table if line.startswith("| qwen")]) == 4
