@@ -10,6 +10,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -89,10 +90,11 @@ class ChatAPI:
             return _SlotStream(self._sse(chat, req), media_type="text/event-stream",
                                headers={"Cache-Control": "no-cache"})
         try:
-            text = "".join([d async for d in self._deltas(chat, req)])
+            cut = _Cut()
+            text = "".join([d async for d in self._deltas(chat, req, cut)])
         except StreamAgentError as exc:
             return error(500, exc.message, "server_error", exc.code)
-        return JSONResponse(_completion(chat.model, text, req))
+        return JSONResponse(_completion(chat.model, text, cut.finish_reason(req), req))
 
     def _answer(self, name: str, req: ModelRequest) -> AsyncGenerator[str, None]:
         """The same rule as every protocol: a profile answers through its handlers, a model
@@ -102,9 +104,10 @@ class ChatAPI:
             return oneshot.profile_answer(self.runtime, profiles[name], req)
         return self.runtime.pool.stream(name, req)
 
-    async def _deltas(self, chat: ChatRequest, req: ModelRequest) -> AsyncIterator[str]:
-        """The answer's text, cut before the first stop string (which ends generation: the
-        engine's ``usage.finish_reason`` is then ``stop``)."""
+    async def _deltas(self, chat: ChatRequest, req: ModelRequest, ended: _Cut,
+                      ) -> AsyncIterator[str]:
+        """The answer's text, cut before the first stop string (which ends generation and
+        makes the finish reason ``stop``, whatever the engine reports as it stops)."""
         stops = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or [])
         hold = max((len(s) for s in stops), default=1) - 1
         pending = ""
@@ -115,7 +118,7 @@ class ChatAPI:
                 if cut >= 0:
                     if pending[:cut]:
                         yield pending[:cut]
-                    req.usage.finish_reason = "stop"
+                    ended.stopped = True
                     return  # closing the stream aborts generation
                 if len(pending) > hold:
                     yield pending[:len(pending) - hold]
@@ -136,9 +139,10 @@ class ChatAPI:
 
         try:
             yield chunk(choice({"role": "assistant", "content": ""}))
-            async for delta in self._deltas(chat, req):
+            cut = _Cut()
+            async for delta in self._deltas(chat, req, cut):
                 yield chunk(choice({"content": delta}))
-            yield chunk(choice({}, req.usage.finish_reason or "stop"))
+            yield chunk(choice({}, cut.finish_reason(req)))
             if chat.stream_options is not None and chat.stream_options.include_usage:
                 yield chunk([], usage=usage(req))
         except StreamAgentError as exc:
@@ -191,11 +195,20 @@ def _modalities(runtime: Runtime, handlers: list[str]) -> list[str]:
     return ["text", *sorted(kinds)]
 
 
-def _completion(model: str, text: str, req: ModelRequest) -> dict[str, Any]:
+@dataclass(slots=True)
+class _Cut:
+    stopped: bool = False
+    """Whether a stop string ended the answer."""
+
+    def finish_reason(self, req: ModelRequest) -> str:
+        return "stop" if self.stopped else req.usage.finish_reason or "stop"
+
+
+def _completion(model: str, text: str, finish: str, req: ModelRequest) -> dict[str, Any]:
     return {"id": events.new_id("chatcmpl"), "object": "chat.completion",
             "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": req.usage.finish_reason or "stop"}],
+                         "finish_reason": finish}],
             "usage": usage(req)}
 
 

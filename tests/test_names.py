@@ -4,7 +4,9 @@ Through the official SDKs (openai realtime and chat here, google-genai in test_g
 
 from __future__ import annotations
 
+import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +16,7 @@ import websockets
 
 from agent.serve import Address, running
 from agent.testing import data_url, fake_runtime, jpeg_bytes
+from tests.media import flite_wav
 
 PICTURE = jpeg_bytes("SAFFRON 42", size=(640, 240))
 QUESTION = "What does it say?"
@@ -64,6 +67,22 @@ async def test_a_profile_answers_with_every_handler_a_model_with_itself(
     model = await chat_answer(embedded, "ocr", PICTURE, QUESTION)
     assert "Text in view: SAFFRON 42" in profile and "face in view" in profile
     assert "SAFFRON 42" in model and "face" not in model and "Text in view" not in model
+
+
+@pytest.mark.slow
+async def test_a_profile_hears_chat_audio_as_a_session_would(embedded: Address,
+                                                             tmp_path: Path) -> None:
+    """The request's audio reaches the profile's speech handler through voice activity, as
+    a realtime session's committed audio does."""
+    wav = base64.b64encode(flite_wav(tmp_path / "s.wav", "open the door please")
+                           .read_bytes()).decode()
+    async with openai.AsyncOpenAI(base_url=f"{embedded.http}/v1", api_key="any") as client:
+        reply = await client.chat.completions.create(model="default", messages=[
+            {"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}},
+                {"type": "text", "text": "What was said?"}]}])
+    text = reply.choices[0].message.content or ""
+    assert text.startswith('Last heard: "') and "door" in text
 
 
 @pytest.mark.slow

@@ -146,3 +146,21 @@ def test_qwen2_audio_one_response_per_utterance(tmp_path: Path) -> None:
                                              idle_s=2))
         assert [(r.handler, r.status) for r in replies] == [("listen", "completed")]
         assert engine(runtime).tokens_generated == 8
+
+
+def test_chat_usage_and_length_from_vllm(tiny: Path) -> None:
+    """A model without handlers: chat talks to it directly, and the usage is vLLM's own."""
+    model = ModelConfig(engine="vllm", family="qwen2-vl", source=str(tiny))
+    with ServerThread(Runtime.build(Config(models={"tiny": model}),
+                                    get_plugin_manager())) as address:
+        r = httpx.post(f"{address.http}/v1/chat/completions", timeout=120, json={
+            "model": "tiny", "max_tokens": 5, "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": data_url(jpeg_bytes("hi"))}},
+                {"type": "text", "text": "What is this?"}]}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 10 and 1 <= usage["completion_tokens"] <= 5
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert body["choices"][0]["finish_reason"] == (
+        "length" if usage["completion_tokens"] == 5 else "stop")
