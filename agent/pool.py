@@ -34,6 +34,10 @@ class Pool(abc.ABC):
     async def health(self) -> dict[str, bool]:
         return {}
 
+    def modalities(self, model: str) -> frozenset[str] | None:
+        """What ``model`` takes in, once loaded; ``None`` when this pool cannot tell."""
+        return None
+
 
 class LocalPool(Pool):
     """Every engine in the gateway process: the embedded default, no Ray needed."""
@@ -72,6 +76,10 @@ class LocalPool(Pool):
             raise
         except Exception as exc:
             raise EngineError(f"model {model!r} failed: {exc}") from exc
+
+    def modalities(self, model: str) -> frozenset[str] | None:
+        engine = self.engines.get(model)
+        return engine.modalities if engine is not None else None
 
     async def health(self) -> dict[str, bool]:
         result = {}

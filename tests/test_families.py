@@ -9,8 +9,7 @@ from PIL import Image
 
 from agent.config import GenerationConfig, ModelConfig
 from agent.engine import ModelRequest, Turn
-from plugins.hf.engine import decoding
-from plugins.hf.families import fit, messages, subsample
+from agent.families import decoding, fit, messages, subsample
 from plugins.hf.handlers import load_examples
 
 
