@@ -268,12 +268,13 @@ def caption(folder: str, output: str, config_path: str | None, model_name: str |
 
 
 @main.command("tiny-model")
-@click.argument("family")
+@click.argument("family", metavar="ARCH")
 @click.argument("directory", type=click.Path(file_okay=False))
 def tiny_model(family: str, directory: str) -> None:
     """Build a tiny random-weight checkpoint of FAMILY's real architecture in DIRECTORY,
-    offline (qwen2-vl, qwen2.5-vl, qwen2-audio, qwen2.5-omni, minicpm-v, minicpm-o). Its output
-    is gibberish: it is for tests and for plugin authors."""
+    offline (see `streamagent tiny-model --help` for the list: Qwen2/2.5/3-VL, Qwen2-Audio,
+    Qwen2.5/3-Omni, Qwen3-ASR, LLaVA-OneVision, MiniCPM-V/o). Its output is gibberish: it is
+    for tests and for plugin authors."""
     from agent.tiny import FAMILIES, build
 
     if family not in FAMILIES:

@@ -130,7 +130,10 @@ def media_parts(request: ModelRequest, modalities: frozenset[str]) -> Messages:
 
 
 def video_metadata(frames: int, fps: float) -> dict[str, Any]:
-    return {"total_num_frames": frames, "fps": fps, "duration": frames / fps}
+    """What processors need to know of frames already sampled at ``fps``: their real times
+    (Qwen3-VL writes them into the prompt as ``<t seconds>``)."""
+    return {"total_num_frames": frames, "fps": fps, "duration": frames / fps,
+            "frames_indices": list(range(frames))}
 
 
 def fit(image: RGB, max_pixels: int) -> RGB:

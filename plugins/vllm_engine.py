@@ -136,7 +136,7 @@ class VllmEngine(Engine):
             frames = np.stack([fit(f, self.max_pixels) for f in subsample(request.video)])
             data["video"] = [(frames, {
                 **video_metadata(len(frames), request.video_fps), "video_backend": "opencv",
-                "frames_indices": list(range(len(frames))), "do_sample_frames": False})]
+                "do_sample_frames": False})]
         if request.audio is not None and "audio" in takes:
             data["audio"] = [(request.audio, AUDIO_RATE)]
         chat = (self.family.messages or messages)(request, media_parts(request, takes))
