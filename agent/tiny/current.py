@@ -79,7 +79,7 @@ def qwen3_omni(out: Path) -> None:
                   deepstack_visual_indexes=[0])
     text = _qwen3_text(tok, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
                        decoder_sparse_step=1)
-    config = Qwen3OmniMoeThinkerConfig(  # type: ignore[call-arg]  (as the real config.json)
+    config = Qwen3OmniMoeThinkerConfig(  # type: ignore[call-arg]
         audio_config=AUDIO3, vision_config=vision, text_config=text,
         audio_token_id=i["<|audio_pad|>"], image_token_id=i["<|image_pad|>"],
         video_token_id=i["<|video_pad|>"], audio_start_token_id=i["<|audio_start|>"],
