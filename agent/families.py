@@ -136,6 +136,13 @@ def video_metadata(frames: int, fps: float) -> dict[str, Any]:
             "frames_indices": list(range(frames))}
 
 
+def pad_frames(frames: list[RGB], multiple: int) -> list[RGB]:
+    """Repeat the last frame up to a multiple of the video encoder's temporal patch (Qwen3-VL
+    refuses a 1-frame video; qwen-vl-utils pads the same way)."""
+    short = (-len(frames)) % max(1, multiple)
+    return frames + [frames[-1]] * short if frames else frames
+
+
 def fit(image: RGB, max_pixels: int) -> RGB:
     """Downscale to at most ``max_pixels`` pixels, keeping the aspect ratio."""
     from PIL import Image

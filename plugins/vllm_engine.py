@@ -26,6 +26,7 @@ from agent.families import (
     learn_modalities,
     media_parts,
     messages,
+    pad_frames,
     subsample,
     video_metadata,
 )
@@ -133,7 +134,10 @@ class VllmEngine(Engine):
         if request.video and "video" in takes:
             import numpy as np
 
-            frames = np.stack([fit(f, self.max_pixels) for f in subsample(request.video)])
+            temporal = getattr(getattr(self.processor, "video_processor", None),
+                               "temporal_patch_size", 1)
+            frames = np.stack(pad_frames([fit(f, self.max_pixels)
+                                          for f in subsample(request.video)], int(temporal or 1)))
             data["video"] = [(frames, {
                 **video_metadata(len(frames), request.video_fps), "video_backend": "opencv",
                 "do_sample_frames": False})]

@@ -98,9 +98,9 @@ def qwen3_asr(out: Path) -> None:
     """Qwen3-ASR: audio in, text out (a Qwen3 decoder behind a Whisper-style encoder)."""
     from transformers import (
         Qwen3ASRConfig,
+        Qwen3ASRFeatureExtractor,
         Qwen3ASRForConditionalGeneration,
         Qwen3ASRProcessor,
-        WhisperFeatureExtractor,
     )
 
     tok = tokenizer(**QWEN3_AUDIO_TOKENS)
@@ -111,7 +111,7 @@ def qwen3_asr(out: Path) -> None:
                             text_config=text, audio_token_id=i["<|audio_pad|>"],
                             pad_token_id=i["<|endoftext|>"],
                             eos_token_id=[i["<|endoftext|>"], i["<|im_end|>"]])
-    processor = Qwen3ASRProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128),
+    processor = Qwen3ASRProcessor(feature_extractor=Qwen3ASRFeatureExtractor(feature_size=128),
                                   tokenizer=tok, chat_template=templates.QWEN3_ASR)
     _save(Qwen3ASRForConditionalGeneration(config), processor, tok, out)
 

@@ -46,7 +46,9 @@ FAMILIES = [
     Family("qwen3-omni", model_types=("qwen3_omni_moe",),
            load=_thinker("qwen3_omni_moe", "Qwen3OmniMoeForConditionalGeneration",
                          "Qwen3OmniMoeThinkerForConditionalGeneration")),
-    Family("minicpm-v", modalities=frozenset({"image", "video"}), remote_code=True,
+    # model_type of the published MiniCPM-V 2.6 / MiniCPM-o 2.6 config.json files.
+    Family("minicpm-v", model_types=("minicpmv",), modalities=frozenset({"image", "video"}),
+           remote_code=True, chat=minicpm_chat, vllm=False),
+    Family("minicpm-o", model_types=("minicpmo",), modalities=ALL_MEDIA, remote_code=True,
            chat=minicpm_chat, vllm=False),
-    Family("minicpm-o", modalities=ALL_MEDIA, remote_code=True, chat=minicpm_chat, vllm=False),
 ]

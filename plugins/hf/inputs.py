@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 
 from agent import AUDIO_RATE, ModelRequest
-from agent.families import Family, fit, media_parts, messages, subsample, video_metadata
+from agent.families import (
+    Family,
+    fit,
+    media_parts,
+    messages,
+    pad_frames,
+    subsample,
+    video_metadata,
+)
 
 AUTO_CLASSES = ("AutoModelForMultimodalLM", "AutoModelForImageTextToText",
                 "AutoModelForCausalLM")
@@ -37,7 +45,9 @@ def processor_inputs(processor: Any, request: ModelRequest, family: Family,
     images += [fit(img, max_pixels) for img in request.images]
     kwargs: dict[str, Any] = {}
     if request.video and "video" in modalities:
-        frames = np.stack([fit(f, max_pixels) for f in subsample(request.video)])
+        temporal = getattr(getattr(processor, "video_processor", None), "temporal_patch_size", 1)
+        frames = np.stack(pad_frames([fit(f, max_pixels) for f in subsample(request.video)],
+                                     int(temporal or 1)))
         kwargs.update(videos=[frames], do_sample_frames=False,
                       video_metadata=[video_metadata(len(frames), request.video_fps)])
     if request.audio is not None and "audio" in modalities:
