@@ -109,8 +109,8 @@ def served(request: pytest.FixtureRequest, checkpoints: dict[str, Path],
     options = {"kv_cache_memory_bytes": 64 << 20} if kind == VLLM else {}
     family = arch if spec.remote_code else None  # the stand-in's model_type is its own
     models = {"tiny": ModelConfig(
-        engine=kind, source=source, family=family, handlers=handlers, trust_remote_code=spec.remote_code,
-        options=options,
+        engine=kind, source=source, family=family, handlers=handlers,
+        trust_remote_code=spec.remote_code, options=options,
         generation=GenerationConfig(max_new_tokens=tokens, min_new_tokens=tokens))}
     if kind == TRF:  # a model that talks for long, to cancel
         models["slow"] = models["tiny"].model_copy(update={
