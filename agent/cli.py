@@ -118,7 +118,7 @@ def ray_runtime(config: Config, address: str) -> Runtime:
 def with_flag_model(config: Config, model: ModelConfig, handler_names: str | None) -> Config:
     """``--source S``: one model, the default profile, with the handlers for what it takes in
     (its family's modalities, or its processor's)."""
-    from agent.families import probe_modalities
+    from agent.families import claiming_family, probe_modalities
     from agent.plugins import collect, get_plugin_manager
 
     if not model.source:
@@ -126,7 +126,9 @@ def with_flag_model(config: Config, model: ModelConfig, handler_names: str | Non
     if handler_names is not None:
         handlers = [h.strip() for h in handler_names.split(",") if h.strip()]
     else:
-        family = collect(get_plugin_manager()).families.get(model.family or "")
+        families = collect(get_plugin_manager()).families
+        family = families.get(model.family) if model.family else claiming_family(
+            model.source, model.trust_remote_code, families)
         takes = family.modalities if family and family.modalities is not None else None
         if takes is None:
             takes = probe_modalities(model.source, model.trust_remote_code)

@@ -233,3 +233,16 @@ def probe_modalities(source: str, trust_remote_code: bool = False) -> frozenset[
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the processor of {source}: {exc}") from exc
     return learn_modalities(processor)
+
+
+def claiming_family(source: str, trust_remote_code: bool,
+                    families: Mapping[str, Family]) -> Family | None:
+    """The registered family that claims a checkpoint's ``model_type`` (its config only)."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (ImportError, OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the config of {source}: {exc}") from exc
+    family = family_for_type(str(config.model_type), families)
+    return None if family is GENERIC else family

@@ -46,8 +46,12 @@ ARCHS = {
     "qwen2-audio": Arch(frozenset({AUDIO}), (TRF, VLLM)),
     "qwen2.5-omni": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF,)),
     "qwen3-vl": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
-    "qwen3-omni": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF, VLLM)),
-    "qwen3-asr": Arch(frozenset({AUDIO}), (TRF, VLLM)),
+    # vLLM 0.32 with transformers 5.19 serves neither: its Qwen3-Omni path calls the
+    # processor's _get_num_multimodal_tokens (absent from Qwen3OmniMoeProcessor), and its
+    # Qwen3-ASR config calls rope_config_validation (removed from transformers 5.19); the
+    # engine's start-up fails with that one line (docs/models.md).
+    "qwen3-omni": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF,)),
+    "qwen3-asr": Arch(frozenset({AUDIO}), (TRF,)),
     "llava-onevision": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
     "minicpm-v": Arch(frozenset({IMAGE, VIDEO}), (TRF,), remote_code=True),
     "minicpm-o": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF,), remote_code=True),
