@@ -53,6 +53,7 @@ ARCHS = {
     "qwen3-omni": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF,)),
     "qwen3-asr": Arch(frozenset({AUDIO}), (TRF,)),
     "llava-onevision": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
+    "minicpm-v4.6": Arch(frozenset({IMAGE, VIDEO}), (TRF,)),
     "minicpm-v": Arch(frozenset({IMAGE, VIDEO}), (TRF,), remote_code=True),
     "minicpm-o": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF,), remote_code=True),
 }

@@ -209,6 +209,7 @@ FAMILIES: dict[str, Callable[[Path], None]] = {
     "qwen3-omni": lambda out: _current().qwen3_omni(out),
     "qwen3-asr": lambda out: _current().qwen3_asr(out),
     "llava-onevision": lambda out: _current().llava_onevision(out),
+    "minicpm-v4.6": lambda out: _current().minicpm_v4_6(out),
     "minicpm-v": minicpm_v,
     "minicpm-o": minicpm_o,
     "qwen2-audio": qwen2_audio,

@@ -145,3 +145,41 @@ def llava_onevision(out: Path) -> None:
         num_image_tokens=16, vision_feature_select_strategy="full",
         chat_template=templates.LLAVA_ONEVISION)
     _save(LlavaOnevisionForConditionalGeneration(config), processor, tok, out)
+
+
+MINICPM_TOKENS = dict(image_token="<|image_pad|>", video_token="<|video_pad|>",
+                      image_start_token="<image>", image_end_token="</image>",
+                      slice_start_token="<slice>", slice_end_token="</slice>",
+                      image_id_start_token="<image_id>", image_id_end_token="</image_id>")
+
+
+def minicpm_v4_6(out: Path) -> None:
+    """MiniCPM-V 4.6 as transformers implements it natively (no remote code): a SigLIP-style
+    tower with a window-attention merger, a Qwen3.5 decoder (linear and full attention)."""
+    from transformers import (
+        MiniCPMV4_6Config,
+        MiniCPMV4_6ForConditionalGeneration,
+        MiniCPMV4_6ImageProcessor,
+        MiniCPMV4_6Processor,
+        MiniCPMV4_6VideoProcessor,
+    )
+
+    tok = tokenizer(**MINICPM_TOKENS)
+    tok.add_tokens(["</image>", "<slice>", "</slice>", "<image_id>", "</image_id>"],
+                   special_tokens=True)
+    i = ids(tok)
+    text = dict(_qwen3_text(tok), model_type="qwen3_5_text",
+                layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
+                linear_num_value_heads=2, linear_key_head_dim=32, linear_value_head_dim=32)
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e7,
+                               "partial_rotary_factor": 0.25}
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=56, patch_size=14, insert_layer_id=0)
+    config = MiniCPMV4_6Config(  # type: ignore[call-arg]
+        text_config=text, vision_config=vision, image_token_id=i["<|image_pad|>"],
+        video_token_id=i["<|video_pad|>"], insert_layer_id=0, image_size=56, patch_size=14)
+    small = dict(scale_resolution=56, max_slice_nums=1, patch_size=14)
+    processor = MiniCPMV4_6Processor(image_processor=MiniCPMV4_6ImageProcessor(**small),
+                                     video_processor=MiniCPMV4_6VideoProcessor(**small),
+                                     tokenizer=tok, chat_template=templates.MINICPM_V4_6)
+    _save(MiniCPMV4_6ForConditionalGeneration(config), processor, tok, out)

@@ -97,3 +97,10 @@ LLAVA_ONEVISION = (
     "{{ content['text'] }}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+MINICPM_V4_6 = (
+    # MiniCPM-V 4.6 (Qwen3.5 ChatML): each image / video part is one <|image_pad|> /
+    # <|video_pad|> that the processor expands into its <image>/<slice> layout.
+    QWEN3_VL.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>")
+    .replace("<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>")
+)
