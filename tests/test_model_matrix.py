@@ -53,7 +53,7 @@ ARCHS = {
     "qwen3-omni": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF,)),
     "qwen3-asr": Arch(frozenset({AUDIO}), (TRF,)),
     "llava-onevision": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
-    "minicpm-v4.6": Arch(frozenset({IMAGE, VIDEO}), (TRF,)),
+    "minicpm-v4.6": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
     "minicpm-v": Arch(frozenset({IMAGE, VIDEO}), (TRF,), remote_code=True),
     "minicpm-o": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF,), remote_code=True),
 }
@@ -138,7 +138,7 @@ async def respond(client: Client, handlers: list[str]) -> list[dict[str, Any]]:
     await client.update(handlers=handlers)
     await client.send({"type": "response.create"})
     got = await client.until("response.done", timeout=180)
-    assert got[-1]["response"]["status"] == "completed", got[-3:]
+    assert got[-1]["response"]["status"] == "completed", [e for e in got if e["type"] == "error"]
     return got
 
 
@@ -232,7 +232,7 @@ async def test_realtime_cancel_stops_the_engine(served: Served) -> None:
         await client.send(image_event(data_url(jpeg_bytes("x")), text="say a lot"))
     await client.send({"type": "response.create"})
     while (event := await client.recv(180))["type"] != "response.output_text.delta":
-        assert event["type"] != "response.done", event
+        assert event["type"] not in ("response.done", "error"), event
     await client.send({"type": "response.cancel"})
     got = await client.until("response.done", timeout=60)
     assert got[-1]["response"]["status"] == "cancelled"

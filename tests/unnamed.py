@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.tiny.build import TEXT, ids, tokenizer
+from agent.tiny.build import TEXT, _hub_layout, ids, tokenizer
 
 TEMPLATE = (  # llava-1.5-hf's template, on ChatML
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -54,4 +54,6 @@ def build_llava(out: Path, template: str = TEMPLATE) -> Path:
                                chat_template=template)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    # as on the hub (llava-hf/llava-1.5-*): the tower's weights under vision_tower.vision_model
+    _hub_layout(out / "model.safetensors", "vision_tower.", "vision_tower.vision_model.")
     return out

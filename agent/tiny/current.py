@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.tiny import templates
-from agent.tiny.build import TEXT, _save, ids, tokenizer
+from agent.tiny.build import TEXT, _hub_layout, _save, ids, tokenizer
 
 PATCH16 = {"shortest_edge": 32 * 32, "longest_edge": 16 * 32 * 32}
 """Qwen3-VL's patches are 16 pixels (merged 2x2): 12 tokens for 320x240."""
@@ -145,6 +145,9 @@ def llava_onevision(out: Path) -> None:
         num_image_tokens=16, vision_feature_select_strategy="full",
         chat_template=templates.LLAVA_ONEVISION)
     _save(LlavaOnevisionForConditionalGeneration(config), processor, tok, out)
+    # The hub's llava-onevision-*-hf checkpoints (and vLLM's loader) name the tower
+    # vision_tower.vision_model.*; transformers loads both.
+    _hub_layout(out / "model.safetensors", "vision_tower.", "vision_tower.vision_model.")
 
 
 MINICPM_TOKENS = dict(image_token="<|image_pad|>", video_token="<|video_pad|>",
@@ -170,11 +173,12 @@ def minicpm_v4_6(out: Path) -> None:
     i = ids(tok)
     text = dict(_qwen3_text(tok), model_type="qwen3_5_text",
                 layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
-                linear_num_value_heads=2, linear_key_head_dim=32, linear_value_head_dim=32)
+                linear_num_value_heads=2, linear_key_head_dim=64, linear_value_head_dim=64)
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e7,
                                "partial_rotary_factor": 0.25}
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=56, patch_size=14, insert_layer_id=0)
+    vision = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,  # heads 64 wide:
+                  num_attention_heads=2, image_size=56, patch_size=14,  # vLLM's CPU backend
+                  insert_layer_id=0)
     config = MiniCPMV4_6Config(  # type: ignore[call-arg]
         text_config=text, vision_config=vision, image_token_id=i["<|image_pad|>"],
         video_token_id=i["<|video_pad|>"], insert_layer_id=0, image_size=56, patch_size=14)
