@@ -53,6 +53,7 @@ system-deps:  ## Debian packages: media tools for tests and `streamagent stream`
 
 example-plugin: setup
 	$(PY) -m pip install -qq -e examples/streamagent-colors
+	$(PY) -m pip install -qq -e examples/streamagent-system-in-user
 
 IMAGE ?= streamagent:cpu
 EXTRAS ?= ray

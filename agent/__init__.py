@@ -9,6 +9,7 @@ from agent.errors import (
     InvalidRequest,
     StreamAgentError,
 )
+from agent.families import ChatCall, Family
 from agent.handler import Handler, HandlerContext, Mailbox, Question
 from agent.hookspecs import hookimpl, hookspec
 from agent.media import AUDIO_RATE, Frame, Modality, Window
@@ -16,10 +17,12 @@ from agent.pool import LocalPool, Pool
 
 __all__ = [
     "AUDIO_RATE",
+    "ChatCall",
     "Config",
     "ConfigError",
     "Engine",
     "EngineError",
+    "Family",
     "Frame",
     "Handler",
     "HandlerConfig",

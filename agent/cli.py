@@ -46,10 +46,17 @@ def main() -> None:
               help="PEM certificate: serve https/wss (cameras need a secure origin off localhost).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
               help="PEM private key for --tls-cert.")
+@click.option("--source", default=None,
+              help="Serve one multimodal LLM: its checkpoint, a directory or a hub id. Any "
+                   "architecture transformers (or vLLM) loads; see docs/models.md.")
 @click.option("--family", default=None,
-              help="Serve one multimodal LLM: qwen2-vl, qwen2.5-vl, qwen2-audio, qwen2.5-omni, "
-                   "minicpm-v or minicpm-o (needs --source). See docs/models.md.")
-@click.option("--source", default=None, help="Its checkpoint: a directory or a hub id.")
+              help="With --source: a registered model family (`streamagent plugins` lists "
+                   "them); by default, the one that claims the checkpoint, or none.")
+@click.option("--engine", "engine_kind", default="transformers", show_default=True,
+              help="With --source: the engine that runs it (transformers or vllm).")
+@click.option("--handlers", "handler_names", default=None,
+              help="With --source: comma-separated handlers [default: describe, video and "
+                   "listen, as the checkpoint takes image, video and audio].")
 @click.option("--device", default="cpu", show_default=True, help="cuda, cuda:N, mps or cpu.")
 @click.option("--dtype", default="auto", show_default=True,
               type=click.Choice(["auto", "bfloat16", "float16", "float32"]))
@@ -61,9 +68,9 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str | None, port: int | None, config_path: str | None, api_key: str | None,
-          tls_cert: str | None, tls_key: str | None, family: str | None, source: str | None,
-          device: str, dtype: str, trust_remote_code: bool, ray_address: str | None,
-          log_level: str) -> None:
+          tls_cert: str | None, tls_key: str | None, source: str | None, family: str | None,
+          engine_kind: str, handler_names: str | None, device: str, dtype: str,
+          trust_remote_code: bool, ray_address: str | None, log_level: str) -> None:
     """Load the models and serve the camera page and the realtime endpoint until
     SIGINT/SIGTERM. With no config and no --family: the embedded CPU models."""
     from agent.plugins import get_plugin_manager
@@ -75,7 +82,9 @@ def serve(host: str | None, port: int | None, config_path: str | None, api_key: 
         config = load_config(config_path, host=host, port=port, api_key=api_key,
                              tls_certfile=tls_cert, tls_keyfile=tls_key)
         if family is not None or source is not None:
-            config = with_flag_model(config, family, source, device, dtype, trust_remote_code)
+            model = ModelConfig(engine=engine_kind, family=family, source=source, device=device,
+                                dtype=dtype, trust_remote_code=trust_remote_code)
+            config = with_flag_model(config, model, handler_names)
         if ray_address is not None:
             runtime = ray_runtime(config, ray_address)
         else:
@@ -112,16 +121,30 @@ def ray_runtime(config: Config, address: str) -> Runtime:
     return Runtime(with_model_profiles(config), registry, pool)
 
 
-def with_flag_model(config: Config, family: str | None, source: str | None, device: str,
-                    dtype: str, trust_remote_code: bool) -> Config:
-    """``--family F --source S``: one transformers model, its handlers by modality, the default."""
-    if not family or not source:
-        raise ConfigError("--family and --source go together")
-    handlers = {"qwen2-audio": ["listen"], "qwen2.5-omni": ["describe", "video", "listen"],
-                "minicpm-o": ["describe", "video", "listen"]}.get(family, ["describe", "video"])
-    model = ModelConfig(engine="transformers", family=family, source=source, device=device,
-                        dtype=dtype, trust_remote_code=trust_remote_code, handlers=handlers)
-    return config.model_copy(update={"models": {**config.models, family: model}})
+def with_flag_model(config: Config, model: ModelConfig, handler_names: str | None) -> Config:
+    """``--source S``: one model, the default profile, with the handlers for what it takes in
+    (its family's modalities, or its processor's)."""
+    from agent.families import claiming_family, probe_modalities
+    from agent.plugins import collect, get_plugin_manager
+
+    if not model.source:
+        raise ConfigError("--family, --engine and --handlers go with --source")
+    if handler_names is not None:
+        handlers = [h.strip() for h in handler_names.split(",") if h.strip()]
+    else:
+        families = collect(get_plugin_manager()).families
+        family = families.get(model.family) if model.family else claiming_family(
+            model.source, model.trust_remote_code, families)
+        takes = family.modalities if family and family.modalities is not None else None
+        if takes is None:
+            takes = probe_modalities(model.source, model.trust_remote_code)
+        handlers = [h for m, h in LLM_HANDLERS.items() if m in takes]
+    name = model.family or "default-model"
+    model = model.model_copy(update={"handlers": handlers})
+    return config.model_copy(update={"models": {**config.models, name: model}})
+
+
+LLM_HANDLERS = {"image": "describe", "video": "video", "audio": "listen"}
 
 
 @main.command()
@@ -134,8 +157,8 @@ def plugins(as_json: bool) -> None:
     found, reg = describe(pm), collect(pm)
     if as_json:
         click.echo(json.dumps({"plugins": found, "engines": sorted(reg.engines),
-                               "models": sorted(reg.models), "handlers": sorted(reg.handlers)},
-                              indent=2))
+                               "models": sorted(reg.models), "handlers": sorted(reg.handlers),
+                               "families": sorted(reg.families)}, indent=2))
         return
     for p in found:
         version = f" {p['version']}" if p["version"] else ""
@@ -143,6 +166,8 @@ def plugins(as_json: bool) -> None:
     click.echo(f"engines:  {', '.join(sorted(reg.engines))}")
     click.echo(f"models:   {', '.join(f'{n} ({m.engine})' for n, m in sorted(reg.models.items()))}")
     click.echo(f"handlers: {', '.join(sorted(reg.handlers))}")
+    click.echo(f"families: {', '.join(sorted(reg.families))} (any other checkpoint: the "
+               "generic path)")
 
 
 @main.command()
@@ -195,8 +220,8 @@ def stream(path: str, url: str, api_key: str | None, speed: float, send_fps: flo
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="A config with the model (see --model).")
 @click.option("--model", "model_name", default=None, help="The model's name in --config.")
-@click.option("--family", default=None, help="Or one model by family (with --source).")
-@click.option("--source", default=None, help="Its checkpoint: a directory or a hub id.")
+@click.option("--source", default=None, help="Or one model: a directory or a hub id.")
+@click.option("--family", default=None, help="With --source: its family, if it needs one.")
 @click.option("--engine", "engine_kind", default="transformers", show_default=True,
               type=click.Choice(["transformers", "vllm"]))
 @click.option("--device", default="cpu", show_default=True)
@@ -217,12 +242,12 @@ def caption(folder: str, output: str, config_path: str | None, model_name: str |
     _logging("warning")
     try:
         if family or source:
-            if not (family and source):
-                raise ConfigError("--family and --source go together")
+            if not source:
+                raise ConfigError("--family goes with --source")
             model = ModelConfig(engine=engine_kind, family=family, source=source, device=device,
-                                trust_remote_code=family.startswith("minicpm"),
+                                trust_remote_code=(family or "").startswith("minicpm"),
                                 generation=GenerationConfig(max_new_tokens=max_tokens))
-            name = family
+            name = family or "default-model"
         else:
             config = load_config(config_path)
             if not model_name or model_name not in config.models:
@@ -251,12 +276,13 @@ def caption(folder: str, output: str, config_path: str | None, model_name: str |
 
 
 @main.command("tiny-model")
-@click.argument("family")
+@click.argument("family", metavar="ARCH")
 @click.argument("directory", type=click.Path(file_okay=False))
 def tiny_model(family: str, directory: str) -> None:
     """Build a tiny random-weight checkpoint of FAMILY's real architecture in DIRECTORY,
-    offline (qwen2-vl, qwen2.5-vl, qwen2-audio, qwen2.5-omni, minicpm-v, minicpm-o). Its output
-    is gibberish: it is for tests and for plugin authors."""
+    offline (see `streamagent tiny-model --help` for the list: Qwen2/2.5/3-VL, Qwen2-Audio,
+    Qwen2.5/3-Omni, Qwen3-ASR, LLaVA-OneVision, MiniCPM-V/o). Its output is gibberish: it is
+    for tests and for plugin authors."""
     from agent.tiny import FAMILIES, build
 
     if family not in FAMILIES:

@@ -67,6 +67,10 @@ class Engine(abc.ABC):
     """Runs one configured model. ``stream`` is an async generator; closing it aborts."""
 
     kind: ClassVar[str] = ""
+    uses_families: ClassVar[bool] = False
+    """True: built as ``cls(name, config, families=...)`` with the registered model families."""
+    modalities: frozenset[str] | None = None
+    """What the loaded model takes in (``image``, ``video``, ``audio``); ``None``: not known."""
 
     def __init__(self, name: str, config: ModelConfig) -> None:
         self.name = name

@@ -11,6 +11,7 @@ import pluggy
 if TYPE_CHECKING:
     from agent.config import ModelConfig
     from agent.engine import Engine
+    from agent.families import Family
     from agent.handler import Handler
 
 hookspec = pluggy.HookspecMarker("streamagent")
@@ -32,3 +33,10 @@ def register_models(register: Callable[[str, ModelConfig], None]) -> None:
 @hookspec
 def register_handlers(register: Callable[[type[Handler]], None]) -> None:
     """Register handler classes, by their ``name``: ``register(TextInViewHandler)``."""
+
+
+@hookspec
+def register_families(register: Callable[[Family], None]) -> None:
+    """Register model families, by their ``name``: ``register(Family("qwen2.5-omni", ...))``.
+
+    A family overrides what differs from the generic path for one family of checkpoints."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from agent.config import ModelConfig
 from agent.direct import DirectHandler
 from agent.engine import Engine
 from agent.errors import ConfigError
+from agent.families import Family
 from agent.handler import Handler
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class Registry:
     engines: dict[str, type[Engine]] = field(default_factory=dict)
     models: dict[str, ModelConfig] = field(default_factory=dict)
     handlers: dict[str, type[Handler]] = field(default_factory=dict)
+    families: dict[str, Family] = field(default_factory=dict)
 
 
 def collect(pm: pluggy.PluginManager) -> Registry:
@@ -70,6 +73,7 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     pm.hook.register_engines(register=lambda cls: add("engine", reg.engines, cls.kind, cls))
     pm.hook.register_models(register=lambda name, cfg: add("model", reg.models, name, cfg))
     pm.hook.register_handlers(register=lambda cls: add("handler", reg.handlers, cls.name, cls))
+    pm.hook.register_families(register=lambda fam: add("family", reg.families, fam.name, fam))
     return reg
 
 
@@ -83,3 +87,10 @@ def describe(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
         version = getattr(dist, "version", None) if dist else None
         out.append({"name": name, "hooks": hooks, "version": version})
     return sorted(out, key=lambda p: str(p["name"]))
+
+
+@functools.cache
+def installed_families() -> dict[str, Family]:
+    """The families of every installed plugin: for an engine built outside a ``Runtime`` (a
+    Ray Serve replica, ``streamagent caption``)."""
+    return collect(get_plugin_manager()).families

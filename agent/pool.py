@@ -35,6 +35,10 @@ class Pool(abc.ABC):
     async def health(self) -> dict[str, bool]:
         return {}
 
+    def modalities(self, model: str) -> frozenset[str] | None:
+        """What ``model`` takes in, once loaded; ``None`` when this pool cannot tell."""
+        return None
+
 
 class LocalPool(Pool):
     """Every engine in the gateway process: the embedded default, no Ray needed."""
@@ -69,6 +73,10 @@ class LocalPool(Pool):
         async with self.schedulers[model].slot(request.session):
             async for text in guarded_stream(engine, request):
                 yield text
+
+    def modalities(self, model: str) -> frozenset[str] | None:
+        engine = self.engines.get(model)
+        return engine.modalities if engine is not None else None
 
     async def health(self) -> dict[str, bool]:
         return {name: await healthy(engine, self.schedulers[name])

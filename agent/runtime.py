@@ -8,6 +8,7 @@ from agent.config import Config, ModelConfig, ProfileConfig
 from agent.direct import model_profile
 from agent.engine import Engine
 from agent.errors import ConfigError, UnknownModel
+from agent.families import Family, check_modalities
 from agent.handler import Handler, HandlerContext
 from agent.plugins import Registry, collect
 from agent.pool import LocalPool, Pool
@@ -26,7 +27,8 @@ class Runtime:
         registry = collect(pm)
         models = {**registry.models, **config.models}
         config = with_model_profiles(config)
-        return cls(config, registry, LocalPool(build_engines(models, registry.engines)))
+        return cls(config, registry, LocalPool(build_engines(models, registry.engines,
+                                                             registry.families)))
 
     def _check(self) -> None:
         for name, profile in self.config.profiles.items():
@@ -57,6 +59,26 @@ class Runtime:
                     raise ConfigError(f"profile {pname!r} gives handler {handler!r} model "
                                       f"{model!r}, which is not configured; models: "
                                       f"{self.pool.names}")
+
+    async def start(self) -> None:
+        """Load the models, then check that each profile's handlers get the input they need."""
+        await self.pool.start()
+        for pname, profile in self.config.profiles.items():
+            problem = self.modality_problem(self.default_handlers(profile), profile)
+            if problem:
+                raise ConfigError(f"profile {pname!r}: {problem}")
+
+    def modality_problem(self, handlers: list[str], profile: ProfileConfig) -> str | None:
+        """Why one of ``handlers`` cannot run on its model in ``profile`` (``None``: all can)."""
+        for name in handlers:
+            model = self.model_for(name, profile)
+            if model is None or name not in self.registry.handlers:
+                continue
+            problem = check_modalities(model, self.pool.modalities(model),
+                                       {name: self.registry.handlers[name].modality})
+            if problem:
+                return problem
+        return None
 
     @property
     def profile_names(self) -> list[str]:
@@ -123,13 +145,19 @@ def with_model_profiles(config: Config) -> Config:
 
 
 def build_engines(
-    models: dict[str, ModelConfig], kinds: dict[str, type[Engine]]
+    models: dict[str, ModelConfig], kinds: dict[str, type[Engine]],
+    families: dict[str, Family] | None = None,
 ) -> dict[str, Engine]:
+    """One engine per model; engines that serve model families get the registered ones."""
     engines = {}
     for name, model in models.items():
         if model.engine not in kinds:
             raise ConfigError(
                 f"model {name!r} uses engine {model.engine!r}; known engines: {sorted(kinds)}"
             )
-        engines[name] = kinds[model.engine](name, model)
+        cls = kinds[model.engine]
+        if cls.uses_families and families is not None:
+            engines[name] = cls(name, model, families=families)  # type: ignore[call-arg]
+        else:
+            engines[name] = cls(name, model)
     return engines

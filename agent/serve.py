@@ -96,7 +96,7 @@ class Address:
 async def serve_forever(runtime: Runtime, announce: bool = True) -> None:
     """Load the models, then serve until SIGINT/SIGTERM; close the models on the way out."""
     cfg = runtime.config.server
-    await runtime.pool.start()
+    await runtime.start()
     try:
         gateway = Gateway(runtime)
         gateway.ready.set()
@@ -118,7 +118,7 @@ async def serve_forever(runtime: Runtime, announce: bool = True) -> None:
 async def running(runtime: Runtime, host: str = "127.0.0.1",
                   port: int = 0) -> AsyncIterator[Address]:
     """Serve ``runtime`` (on a free port by default) inside the current event loop."""
-    await runtime.pool.start()
+    await runtime.start()
     gateway = Gateway(runtime)
     gateway.ready.set()
     sock = bind(host, port)

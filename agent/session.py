@@ -172,6 +172,8 @@ class RealtimeSession:
     def _update(self, params: protocol.SessionParams) -> None:
         ext = params.streamagent
         if ext is not None and ext.handlers is not None:
+            if problem := self.runtime.modality_problem(ext.handlers, self.profile):
+                raise InvalidRequest(problem, param="session.streamagent.handlers")
             usable = self.runtime.usable_handlers(self.profile)
             unknown = [h for h in ext.handlers if h not in usable]
             if unknown:

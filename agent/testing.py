@@ -40,6 +40,8 @@ class FakeEngine(ThreadedEngine):
         self.tokens = int(self.config.options.get("tokens", 5))
         self.delay_s = float(self.config.options.get("delay_s", 0.0))
         self.fail_after = self.config.options.get("fail_after")
+        if "modalities" in self.config.options:  # what it says it takes in, as loaded models do
+            self.modalities = frozenset(self.config.options["modalities"])
         self.generated = 0
         self.requests: list[ModelRequest] = []
         self.active = 0

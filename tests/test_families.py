@@ -9,8 +9,7 @@ from PIL import Image
 
 from agent.config import GenerationConfig, ModelConfig
 from agent.engine import ModelRequest, Turn
-from plugins.hf.engine import decoding
-from plugins.hf.families import fit, messages, subsample
+from agent.families import decoding, fit, messages, subsample
 from plugins.hf.handlers import load_examples
 
 
@@ -91,4 +90,36 @@ async def test_describe_handler_sends_instructions_examples_history_and_frame(
         assert [(t.role, t.text) for t in last.history] == [
             ("user", "first?"), ("assistant", "tok0 tok1 tok2 tok3 tok4 ")]
         assert last.images[0].shape == (240, 320, 3)
+        await client.close()
+
+
+async def test_a_handler_for_input_the_model_lacks_fails_at_start_up() -> None:
+    import pytest
+
+    from agent.errors import ConfigError
+    from agent.testing import fake_runtime
+
+    runtime = fake_runtime(handlers=("echo",), modalities=["audio"])
+    with pytest.raises(ConfigError) as info:
+        await runtime.start()
+    assert "handler 'echo' needs image input, but model 'fake' takes audio" in str(info.value)
+    await runtime.pool.close()
+
+
+async def test_session_update_names_the_handler_and_the_model_it_cannot_use() -> None:
+    from agent.serve import running
+    from agent.testing import fake_runtime
+    from tests.helpers import Client
+
+    async with running(fake_runtime(handlers=(), modalities=["audio"])) as address:
+        client = await Client.connect(address.realtime)
+        await client.send({"type": "session.update",
+                           "session": {"type": "realtime", "streamagent": {"handlers": ["echo"]}}})
+        error = await client.error()
+        assert error["message"] == "handler 'echo' needs image input, but model 'fake' takes audio"
+        assert error["param"] == "session.streamagent.handlers"
+        await client.close()
+    async with running(fake_runtime(handlers=(), modalities=["image"])) as address:
+        client = await Client.connect(address.realtime)
+        assert (await client.update(handlers=["echo"]))["streamagent"]["handlers"] == ["echo"]
         await client.close()

@@ -78,3 +78,7 @@ def test_streamagent_plugins_lists_plugins_and_hooks() -> None:
     assert by_name["speech"] == ["register_engines", "register_handlers", "register_models"]
     assert "colors" in by_name, "the example plugin is not installed: run `make test`"
     assert "colors" in listing["handlers"]
+    assert by_name["transformers"] == ["register_engines", "register_families",
+                                       "register_handlers"]
+    assert {"qwen2.5-omni", "minicpm-o"} <= set(listing["families"])
+    assert "system-in-user" in listing["families"], "the example family plugin: `make test`"

@@ -124,7 +124,8 @@ def test_caption_a_folder_resumably(tiny: Path, tmp_path: Path) -> None:
 
 def test_unsupported_family_and_options_fail_at_start_up(tiny: Path) -> None:
     for model, words in [
-        (dict(family="minicpm-o", source="org/m", trust_remote_code=True), "vllm engine serves"),
+        (dict(family="minicpm-o", source="org/m", trust_remote_code=True),
+         "does not serve family 'minicpm-o'"),
         (dict(family="qwen2-vl", source=str(tiny), options={"warp": 9}), "unknown vllm options"),
     ]:
         with pytest.raises(ConfigError, match=words):

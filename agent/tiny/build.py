@@ -12,7 +12,8 @@ from agent.tiny import templates
 TOKENIZER = Path(__file__).with_name("tokenizer.json")
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
            "<|image_pad|>", "<|video_pad|>", "<|IMAGE|>", "<|VIDEO|>", "<|AUDIO|>",
-           "<|vision_bos|>", "<|vision_eos|>", "<|audio_bos|>", "<|audio_eos|>"]
+           "<|vision_bos|>", "<|vision_eos|>", "<|audio_bos|>", "<|audio_eos|>",
+           "<|audio_start|>", "<|audio_end|>", "<|audio_pad|>", "<image>", "<video>"]
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096)
 IMAGE_SIZE = {"shortest_edge": 28 * 28, "longest_edge": 16 * 28 * 28}
@@ -204,6 +205,11 @@ def minicpm_o(out: Path) -> None:
 
 
 FAMILIES: dict[str, Callable[[Path], None]] = {
+    "qwen3-vl": lambda out: _current().qwen3_vl(out),
+    "qwen3-omni": lambda out: _current().qwen3_omni(out),
+    "qwen3-asr": lambda out: _current().qwen3_asr(out),
+    "llava-onevision": lambda out: _current().llava_onevision(out),
+    "minicpm-v4.6": lambda out: _current().minicpm_v4_6(out),
     "minicpm-v": minicpm_v,
     "minicpm-o": minicpm_o,
     "qwen2-audio": qwen2_audio,
@@ -222,3 +228,9 @@ def build(family: str, directory: str | Path) -> Path:
     _seed()
     FAMILIES[family](out)
     return out
+
+
+def _current() -> Any:
+    from agent.tiny import current
+
+    return current

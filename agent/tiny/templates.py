@@ -35,3 +35,72 @@ QWEN2_5_OMNI = _template(
     "{% elif content['type'] == 'video' %}<|vision_bos|><|VIDEO|><|vision_eos|>"
     "{% elif content['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
 )
+
+QWEN3_VL = (
+    # Qwen3-VL-*-Instruct's chat_template.jinja without its tool-calling branches: a system
+    # turn only when given, the vision placeholders, assistant text.
+    "{%- if messages[0].role == 'system' %}<|im_start|>system\n"
+    "{%- if messages[0].content is string %}{{- messages[0].content }}{%- else %}"
+    "{%- for content in messages[0].content %}{%- if 'text' in content %}{{- content.text }}"
+    "{%- endif %}{%- endfor %}{%- endif %}<|im_end|>\n{%- endif %}"
+    "{%- set image_count = namespace(value=0) %}{%- set video_count = namespace(value=0) %}"
+    "{%- for message in messages %}{%- if message.role == 'user' or message.role == 'assistant' %}"
+    "<|im_start|>{{ message.role }}\n"
+    "{%- if message.content is string %}{{- message.content }}{%- else %}"
+    "{%- for content in message.content %}"
+    "{%- if content.type == 'image' or 'image' in content or 'image_url' in content %}"
+    "{%- set image_count.value = image_count.value + 1 %}"
+    "{%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif content.type == 'video' or 'video' in content %}"
+    "{%- set video_count.value = video_count.value + 1 %}"
+    "{%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif 'text' in content %}{{- content.text }}{%- endif %}{%- endfor %}{%- endif %}"
+    "<|im_end|>\n{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+QWEN3_OMNI = QWEN3_VL.replace(
+    # Qwen3-Omni-*-Instruct: the Qwen3-VL placeholders plus audio.
+    "{%- elif 'text' in content %}",
+    "{%- elif content.type == 'audio' or 'audio' in content %}"
+    "<|audio_start|><|audio_pad|><|audio_end|>{%- elif 'text' in content %}")
+
+QWEN3_ASR = (
+    # Qwen3-ASR's chat_template.jinja: a system turn (the context, possibly empty), then the
+    # user's audio placeholder; the user's text is not rendered.
+    "<|im_start|>system\n{%- for message in messages %}{%- if message.role == 'system' %}"
+    "{%- if message.content is string %}{{- message.content }}{%- else %}"
+    "{%- for c in message.content %}{%- if 'text' in c %}{{- c.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}{%- endif %}{%- endfor %}<|im_end|>\n"
+    "{%- for message in messages %}{%- if message.role == 'user' %}<|im_start|>user\n"
+    "{%- if message.content is not string %}{%- for c in message.content %}"
+    "{%- if c.type == 'audio' or 'audio' in c %}<|audio_start|><|audio_pad|><|audio_end|>"
+    "{%- endif %}{%- endfor %}{%- endif %}<|im_end|>\n"
+    "{%- elif message.role == 'assistant' %}<|im_start|>assistant\n"
+    "{%- if message.content is string %}{{- message.content }}{%- else %}"
+    "{%- for c in message.content %}{%- if 'text' in c %}{{- c.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}<|im_end|>\n{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+LLAVA_ONEVISION = (
+    # llava-onevision-qwen2-*-ov-hf: ChatML, media placeholders first in the turn, then text.
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "<image>\n{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "<video>\n{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+MINICPM_V4_6 = (
+    # MiniCPM-V 4.6 (Qwen3.5 ChatML): each image / video part is one <|image_pad|> /
+    # <|video_pad|> that the processor expands into its <image>/<slice> layout.
+    QWEN3_VL.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>")
+    .replace("<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>")
+)

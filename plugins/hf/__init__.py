@@ -1,6 +1,6 @@
-"""Multimodal LLMs on Hugging Face transformers: Qwen2-VL, Qwen2.5-VL, Qwen2-Audio,
-Qwen2.5-Omni (thinker), MiniCPM-V / MiniCPM-o. Needs ``pip install 'streamagent[transformers]'``;
-nothing heavy is imported until a model loads."""
+"""Multimodal LLMs on Hugging Face transformers: any checkpoint its Auto classes load (the
+generic path), plus the built-in families (plugins/hf/families.py). Needs
+``pip install 'streamagent[transformers]'``; nothing heavy is imported until a model loads."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from agent import hookimpl
 from plugins.hf.engine import TransformersEngine
+from plugins.hf.families import FAMILIES
 from plugins.hf.handlers import DescribeHandler, ListenHandler, VideoHandler
 
 
@@ -21,3 +22,9 @@ def register_handlers(register: Any) -> None:
     register(DescribeHandler)
     register(VideoHandler)
     register(ListenHandler)
+
+
+@hookimpl
+def register_families(register: Any) -> None:
+    for family in FAMILIES:
+        register(family)

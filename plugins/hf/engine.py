@@ -1,16 +1,26 @@
-"""The transformers engine: any device, streams tokens from a worker thread, aborts on close."""
+"""The transformers engine: any device, streams tokens from a worker thread, aborts on close.
+
+Any checkpoint that transformers' Auto classes load serves with no family named; a registered
+family changes only what differs (plugins/hf/families.py, agent/families.py)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from agent import ConfigError, ModelConfig, ModelRequest, ThreadedEngine, Usage
-from plugins.hf.families import FAMILIES, Family, fit, subsample
+from agent.families import (
+    ChatCall,
+    Family,
+    decoding,
+    family_for_type,
+    family_of,
+    learn_modalities,
+)
+from agent.plugins import installed_families
+from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_inputs
 
 log = logging.getLogger(__name__)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -20,10 +30,14 @@ class TransformersEngine(ThreadedEngine):
     """Options: ``max_pixels`` (frame budget, default 640*480)."""
 
     kind = "transformers"
+    uses_families = True
 
-    def __init__(self, name: str, config: ModelConfig) -> None:
+    def __init__(self, name: str, config: ModelConfig,
+                 families: Mapping[str, Family] | None = None) -> None:
         super().__init__(name, config)
-        self.family = family_of(name, config)
+        self.families = dict(installed_families() if families is None else families)
+        self.named_family = family_of(name, config, self.families)
+        self.family = self.named_family or Family("generic")
         if config.dtype not in DTYPES:
             raise ConfigError(f"model {name!r}: dtype {config.dtype!r} is not one of {DTYPES}")
         self.max_pixels = int(config.options.get("max_pixels", 640 * 480))
@@ -32,23 +46,36 @@ class TransformersEngine(ThreadedEngine):
 
     def load(self) -> None:
         import torch
-        from transformers import AutoProcessor, AutoTokenizer
+        from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
         source, cfg = str(self.config.source), self.config
+        remote = cfg.trust_remote_code
+        checkpoint = AutoConfig.from_pretrained(source, trust_remote_code=remote)
+        self.family = self.named_family or family_for_type(checkpoint.model_type, self.families)
         kwargs: dict[str, Any] = {"dtype": "auto" if cfg.dtype == "auto" else
                                   getattr(torch, cfg.dtype)}
         if cfg.device_map is not None:
             kwargs["device_map"] = cfg.device_map
         log.info("loading %s (%s) from %s", self.name, self.family.name, source)
-        self.model = self.family.load(source, **kwargs).eval()
+        if self.family.load is not None:
+            self.model = self.family.load(source, **kwargs)
+        else:
+            self.model = auto_load(source, checkpoint, remote, kwargs)
+            if self.model is None:
+                raise ConfigError(f"model {self.name!r}: transformers has no multimodal or "
+                                  f"text model for model_type {checkpoint.model_type!r} "
+                                  f"(tried {', '.join(AUTO_CLASSES)})")
+        self.model.eval()
         if cfg.device_map is None:
             self.model.to(cfg.device)
-        remote = self.family.remote_code
-        if remote:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+        if self.family.chat is not None:
+            self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
+            self.modalities = self.family.modalities or frozenset()
         else:
-            self.processor = AutoProcessor.from_pretrained(source)
-            self.tokenizer = self.processor.tokenizer
+            self.processor = AutoProcessor.from_pretrained(source, trust_remote_code=remote)
+            self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+            self.modalities = self.family.modalities or learn_modalities(self.processor)
+        log.info("%s takes %s", self.name, ", ".join(sorted(self.modalities)) or "text only")
 
     def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:
         from transformers import StoppingCriteria, StoppingCriteriaList
@@ -61,12 +88,16 @@ class TransformersEngine(ThreadedEngine):
             import torch
 
             torch.manual_seed(int(request.options["seed"]))
-        options = decoding(self.config, request.options)
+        options = decoding(self.config, request.options, self.family)
         options["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
         self.active += 1
         try:
-            if self.family.remote_code:
-                yield from self._chat(request, options)
+            if self.family.chat is not None:
+                call = ChatCall(self.model, self.tokenizer, request, options, self.max_pixels,
+                                self.modalities or frozenset())
+                for text in self.family.chat(call):
+                    self.tokens_generated += 1
+                    yield text
             else:
                 yield from self._generate(request, options, cancelled)
         finally:
@@ -74,7 +105,8 @@ class TransformersEngine(ThreadedEngine):
 
     def _generate(self, request: ModelRequest, options: dict[str, Any],
                   cancelled: threading.Event) -> Iterator[str]:
-        inputs = self.family.inputs(self.processor, request, self.max_pixels)
+        inputs = processor_inputs(self.processor, request, self.family,
+                                  self.modalities or frozenset(), self.max_pixels)
         inputs = inputs.to(self.model.device).to(self.model.dtype)
         usage, before = request.usage, self.tokens_generated
         usage.prompt_tokens = int(inputs["input_ids"].shape[1])
@@ -107,75 +139,6 @@ class TransformersEngine(ThreadedEngine):
             _count(usage, self.tokens_generated - before, options["max_new_tokens"])
         if failure:
             raise failure[0]
-
-    def _chat(self, request: ModelRequest, options: dict[str, Any]) -> Iterator[str]:
-        """MiniCPM-V / MiniCPM-o: their own ``chat(msgs=..., stream=True)`` API."""
-        from PIL import Image
-
-        def pil(img: Any) -> Image.Image:
-            return Image.fromarray(fit(img, self.max_pixels))
-
-        msgs: list[dict[str, Any]] = []
-        for img, answer in request.examples:
-            msgs += [{"role": "user", "content": [pil(img)]},
-                     {"role": "assistant", "content": [answer]}]
-        msgs += [{"role": t.role, "content": [t.text]} for t in request.history
-                 if t.role in ("user", "assistant")]
-        content: list[Any] = [pil(img) for img in request.images]
-        extra: dict[str, Any] = {}
-        if request.video:
-            frames = subsample(request.video)
-            content += [pil(f) for f in frames]
-            extra = {"use_image_id": False, "max_slice_nums": 1 if len(frames) > 16 else 2}
-        if request.audio is not None and "audio" in self.family.modalities:
-            content.append(request.audio)
-        content.append(request.prompt or "Describe what you see and hear.")
-        msgs.append({"role": "user", "content": content})
-        sampling = bool(options.pop("do_sample", False))
-        stop = options.pop("stopping_criteria")
-        # MiniCPM's chat() keeps only the generation options it knows, so a stopping criterion
-        # never reaches generate(): hand it to the language model's generate() directly.
-        llm = getattr(self.model, "llm", None)
-        if llm is not None:
-            llm.generate = functools.partial(llm.generate, stopping_criteria=stop)
-        try:
-            for text in self.model.chat(image=None, msgs=msgs, tokenizer=self.tokenizer,
-                                        sampling=sampling, stream=True,
-                                        system_prompt=request.instructions or "",
-                                        **extra, **options):
-                self.tokens_generated += 1
-                yield text
-        finally:
-            if llm is not None:
-                del llm.generate  # back to the class's method
-
-
-def family_of(name: str, config: ModelConfig) -> Family:
-    if config.family not in FAMILIES:
-        raise ConfigError(f"model {name!r}: unknown family {config.family!r}; "
-                          f"the transformers engine knows {sorted(FAMILIES)}")
-    family = FAMILIES[config.family]
-    if not config.source:
-        raise ConfigError(f"model {name!r}: no source (a checkpoint directory or a hub id)")
-    local = Path(config.source).expanduser()
-    looks_local = config.source.startswith((".", "/", "~")) or local.exists()
-    if looks_local and not (local / "config.json").is_file():
-        raise ConfigError(f"model {name!r}: no checkpoint at {config.source} "
-                          "(expected a directory with config.json)")
-    if family.remote_code and not config.trust_remote_code:
-        raise ConfigError(f"model {name!r}: {family.name} runs code from its checkpoint; "
-                          "set trust_remote_code: true if you trust it")
-    return family
-
-
-def decoding(config: ModelConfig, overrides: Any) -> dict[str, Any]:
-    gen = config.generation.model_dump()
-    gen.update({k: v for k, v in dict(overrides).items() if k in gen})
-    out = {k: gen[k] for k in ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample",
-                               "repetition_penalty")}
-    if gen["do_sample"]:
-        out.update(temperature=gen["temperature"], top_p=gen["top_p"], top_k=gen["top_k"])
-    return out
 
 
 def _count(usage: Usage, generated: int, limit: int) -> None:

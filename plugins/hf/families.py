@@ -1,107 +1,54 @@
-"""Model families for the transformers engine: how each loads and how a request becomes inputs.
+"""The built-in model families: what each needs beyond the generic path. They register through
+the ``register_families`` hook exactly as a third-party family does.
 
-Every family builds chat messages (instructions, few-shot examples, history, then the user's
-media and question) and lets the checkpoint's own processor and chat template do the rest, so
-real checkpoints and the tiny test ones go through the same code.
+Qwen2-VL, Qwen2.5-VL, Qwen2-Audio, Qwen3-VL, MiniCPM-V 4.x and their peers need nothing: the
+generic path serves them. These families exist for what it cannot know:
+- Qwen2.5-Omni / Qwen3-Omni: a full checkpoint also holds a speech generator (the talker); text
+  output needs only the thinker, so load that alone.
+- MiniCPM-V 2.6 / MiniCPM-o 2.6: remote code with its own ``chat()`` API (plugins/hf/minicpm.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from PIL import Image
+from agent.families import Family
+from plugins.hf.minicpm import chat as minicpm_chat
 
-from agent import AUDIO_RATE, ModelRequest
-from agent.media import RGB
-
-MAX_VIDEO_FRAMES = 64
+ALL_MEDIA = frozenset({"image", "video", "audio"})
 
 
-@dataclass(frozen=True)
-class Family:
-    name: str
-    model_class: str
-    modalities: frozenset[str]
-    remote_code: bool = False
+def _thinker(full_type: str, full_class: str, thinker_class: str) -> Any:
+    """A loader that keeps only the thinker of an Omni checkpoint (text out)."""
 
-    def load(self, source: str, **kwargs: Any) -> Any:
+    def load(source: str, **kwargs: Any) -> Any:
         import transformers
 
-        if self.remote_code:
-            return transformers.AutoModel.from_pretrained(source, trust_remote_code=True,
-                                                          **kwargs)
-        cls = getattr(transformers, self.model_class)
-        if self.name == "qwen2.5-omni":
-            config = transformers.AutoConfig.from_pretrained(source)
-            if config.model_type == "qwen2_5_omni":  # the full model: keep its thinker only
-                full = transformers.Qwen2_5OmniForConditionalGeneration.from_pretrained(
-                    source, enable_audio_output=False, **kwargs)
-                return full.thinker
-        return cls.from_pretrained(source, **kwargs)
+        config = transformers.AutoConfig.from_pretrained(source)
+        if config.model_type == full_type:
+            full = getattr(transformers, full_class).from_pretrained(
+                source, enable_audio_output=False, **kwargs)
+            return full.thinker
+        return getattr(transformers, thinker_class).from_pretrained(source, **kwargs)
 
-    def inputs(self, processor: Any, request: ModelRequest, max_pixels: int) -> Any:
-        """Processor outputs (tensors) for ``request``."""
-        images = [fit(img, max_pixels) for img, _ in request.examples]
-        images += [fit(img, max_pixels) for img in request.images]
-        content: list[dict[str, Any]] = [{"type": "image"} for _ in request.images]
-        kwargs: dict[str, Any] = {}
-        if request.video and "video" in self.modalities:
-            frames = np.stack([fit(f, max_pixels) for f in subsample(request.video)])
-            content.append({"type": "video"})
-            kwargs.update(videos=[frames], do_sample_frames=False, video_metadata=[{
-                "total_num_frames": len(frames), "fps": request.video_fps,
-                "duration": len(frames) / request.video_fps}])
-        if request.audio is not None and "audio" in self.modalities:
-            content.append({"type": "audio"})
-            kwargs.update(audio=[request.audio], sampling_rate=AUDIO_RATE)
-        text = processor.apply_chat_template(messages(request, content), tokenize=False,
-                                             add_generation_prompt=True)
-        if images:
-            kwargs["images"] = images
-        return processor(text=[text], return_tensors="pt", **kwargs)
+    return load
 
 
-def messages(request: ModelRequest, content: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    msgs: list[dict[str, Any]] = []
-    if request.instructions:
-        msgs.append({"role": "system", "content": [{"type": "text", "text": request.instructions}]})
-    for _, answer in request.examples:
-        msgs.append({"role": "user", "content": [{"type": "image"}]})
-        msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    for turn in request.history:
-        if turn.role in ("user", "assistant"):
-            msgs.append({"role": turn.role, "content": [{"type": "text", "text": turn.text}]})
-    prompt = request.prompt or "Describe what you see and hear."
-    msgs.append({"role": "user", "content": [*content, {"type": "text", "text": prompt}]})
-    return msgs
-
-
-def fit(image: RGB, max_pixels: int) -> RGB:
-    """Downscale to at most ``max_pixels`` pixels, keeping the aspect ratio."""
-    h, w = image.shape[:2]
-    if h * w <= max_pixels:
-        return np.array(image)  # writable: torch warns on read-only arrays
-    scale = (max_pixels / (h * w)) ** 0.5
-    size = (max(28, int(w * scale)), max(28, int(h * scale)))
-    return np.array(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
-
-
-def subsample(frames: tuple[RGB, ...], limit: int = MAX_VIDEO_FRAMES) -> list[RGB]:
-    """At most ``limit`` frames, uniformly spread, as the MiniCPM-V demo does."""
-    if len(frames) <= limit:
-        return list(frames)
-    step = len(frames) / limit
-    return [frames[int(i * step + step / 2)] for i in range(limit)]
-
-
-FAMILIES = {f.name: f for f in [
-    Family("qwen2-vl", "Qwen2VLForConditionalGeneration", frozenset({"image", "video"})),
-    Family("qwen2.5-vl", "Qwen2_5_VLForConditionalGeneration", frozenset({"image", "video"})),
-    Family("qwen2-audio", "Qwen2AudioForConditionalGeneration", frozenset({"audio"})),
-    Family("qwen2.5-omni", "Qwen2_5OmniThinkerForConditionalGeneration",
-           frozenset({"image", "video", "audio"})),
-    Family("minicpm-v", "AutoModel", frozenset({"image", "video"}), remote_code=True),
-    Family("minicpm-o", "AutoModel", frozenset({"image", "video", "audio"}), remote_code=True),
-]}
+FAMILIES = [
+    # Names kept for configs written before the generic path: they are the generic path.
+    Family("qwen2-vl"),
+    Family("qwen2.5-vl"),
+    Family("qwen2-audio"),
+    Family("qwen3-vl"),
+    Family("qwen2.5-omni", model_types=("qwen2_5_omni",),
+           load=_thinker("qwen2_5_omni", "Qwen2_5OmniForConditionalGeneration",
+                         "Qwen2_5OmniThinkerForConditionalGeneration")),
+    Family("qwen3-omni", model_types=("qwen3_omni_moe",),
+           load=_thinker("qwen3_omni_moe", "Qwen3OmniMoeForConditionalGeneration",
+                         "Qwen3OmniMoeThinkerForConditionalGeneration")),
+    # model_type of the published MiniCPM-V 2.6 / MiniCPM-o 2.6 config.json files.
+    Family("minicpm-v", model_types=("minicpmv",), modalities=frozenset({"image", "video"}),
+           remote_code=True, chat=minicpm_chat, vllm=False),
+    Family("minicpm-o", model_types=("minicpmo",), modalities=ALL_MEDIA, remote_code=True,
+           chat=minicpm_chat, vllm=False),
+]

@@ -1,0 +1,248 @@
+"""The model layer's generic path and what a family may change in it.
+
+With no family, a checkpoint is served as transformers' Auto classes (or vLLM's registry) load
+it: its modalities are learned from its processor and chat template, the request becomes typed
+content parts (``{"type": "image"}``, ``{"type": "video"}``, ``{"type": "audio"}``,
+``{"type": "text", ...}``) rendered by the checkpoint's own chat template, and the media goes to
+the processor (transformers) or as ``multi_modal_data`` (vLLM). A ``Family``, registered through
+the ``register_families`` hook, overrides only what differs for one family of checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent.engine import ModelRequest
+from agent.errors import ConfigError
+from agent.media import RGB
+
+if TYPE_CHECKING:
+    from agent.config import ModelConfig
+
+MAX_VIDEO_FRAMES = 64
+MODALITIES = ("image", "video", "audio")
+DEFAULT_PROMPT = "Describe what you see and hear."
+Messages = list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """What a family's own ``chat`` gets: the loaded model and tokenizer, the request, the
+    decoding options (with ``stopping_criteria``) and the frame budget."""
+
+    model: Any
+    tokenizer: Any
+    request: ModelRequest
+    options: dict[str, Any]
+    max_pixels: int
+    modalities: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one family of checkpoints needs beyond the generic path. Every field is optional
+    except ``name``; the defaults are the generic path."""
+
+    name: str
+    model_types: tuple[str, ...] = ()
+    """config.json ``model_type`` values this family serves when a model names no family."""
+    modalities: frozenset[str] | None = None
+    """What it takes in; ``None``: learned from the checkpoint's processor and chat template."""
+    remote_code: bool = False
+    """Runs code shipped with the checkpoint (the model config must set trust_remote_code)."""
+    load: Callable[..., Any] | None = None
+    """transformers: ``load(source, **from_pretrained_kwargs) -> model``; default: the first
+    of ``AutoModelForMultimodalLM``, ``AutoModelForImageTextToText``, ... that maps it."""
+    messages: Callable[[ModelRequest, Messages], Messages] | None = None
+    """``messages(request, media_parts) -> chat``; default: ``agent.families.messages``."""
+    processor_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the processor (transformers) or vLLM's
+    ``mm_processor_kwargs``."""
+    generation: Mapping[str, Any] = field(default_factory=dict)
+    """Decoding options this family needs whatever the config asks (e.g. ``num_beams: 1``)."""
+    chat: Callable[[ChatCall], Iterator[str]] | None = None
+    """transformers: replaces processor + ``generate`` for checkpoints with their own
+    ``chat()`` API; yields text pieces."""
+    vllm: bool = True
+    """Whether the vLLM engine may serve it (vLLM must also support the architecture)."""
+
+
+GENERIC = Family("generic")
+
+
+def messages(request: ModelRequest, content: Messages) -> Messages:
+    """The chat: instructions, few-shot examples, history, then the media parts and question."""
+    msgs: Messages = []
+    if request.instructions:
+        msgs.append({"role": "system", "content": [{"type": "text", "text": request.instructions}]})
+    for _, answer in request.examples:
+        msgs.append({"role": "user", "content": [{"type": "image"}]})
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    for turn in request.history:
+        if turn.role in ("user", "assistant"):
+            msgs.append({"role": turn.role, "content": [{"type": "text", "text": turn.text}]})
+    prompt = request.prompt or DEFAULT_PROMPT
+    msgs.append({"role": "user", "content": [*content, {"type": "text", "text": prompt}]})
+    return msgs
+
+
+def learn_modalities(processor: Any) -> frozenset[str]:
+    """What a checkpoint takes in: a processor component for the modality, and a chat template
+    that renders a placeholder for its content part."""
+    parts = {"image": ("image_processor",), "video": ("video_processor",),
+             "audio": ("feature_extractor", "audio_processor")}
+    found = set()
+    for modality, attrs in parts.items():
+        if any(getattr(processor, a, None) is not None for a in attrs) and _renders(
+                processor, modality):
+            found.add(modality)
+    return frozenset(found)
+
+
+def _renders(processor: Any, modality: str) -> bool:
+    def render(content: Messages) -> str | None:
+        try:
+            return str(processor.apply_chat_template(
+                [{"role": "user", "content": [*content, {"type": "text", "text": "hi"}]}],
+                tokenize=False, add_generation_prompt=True))
+        except Exception:  # a template that rejects the part does not take it
+            return None
+
+    plain, with_part = render([]), render([{"type": modality}])
+    if plain is None or with_part is None:
+        return False
+    return with_part != plain
+
+
+def media_parts(request: ModelRequest, modalities: frozenset[str]) -> Messages:
+    """The user's media as typed content parts, in the order the media is passed."""
+    parts: Messages = [{"type": "image"} for _ in request.images if "image" in modalities]
+    if request.video and "video" in modalities:
+        parts.append({"type": "video"})
+    if request.audio is not None and "audio" in modalities:
+        parts.append({"type": "audio"})
+    return parts
+
+
+def video_metadata(frames: int, fps: float) -> dict[str, Any]:
+    """What processors need to know of frames already sampled at ``fps``: their real times
+    (Qwen3-VL writes them into the prompt as ``<t seconds>``)."""
+    return {"total_num_frames": frames, "fps": fps, "duration": frames / fps,
+            "frames_indices": list(range(frames))}
+
+
+def pad_frames(frames: list[RGB], multiple: int) -> list[RGB]:
+    """Repeat the last frame up to a multiple of the video encoder's temporal patch (Qwen3-VL
+    refuses a 1-frame video; qwen-vl-utils pads the same way)."""
+    short = (-len(frames)) % max(1, multiple)
+    return frames + [frames[-1]] * short if frames else frames
+
+
+def fit(image: RGB, max_pixels: int) -> RGB:
+    """Downscale to at most ``max_pixels`` pixels, keeping the aspect ratio."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if h * w <= max_pixels:
+        return np.array(image)  # writable: torch warns on read-only arrays
+    scale = (max_pixels / (h * w)) ** 0.5
+    size = (max(28, int(w * scale)), max(28, int(h * scale)))
+    return np.array(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+
+
+def subsample(frames: tuple[RGB, ...], limit: int = MAX_VIDEO_FRAMES) -> list[RGB]:
+    """At most ``limit`` frames, uniformly spread, as the MiniCPM-V demo does."""
+    if len(frames) <= limit:
+        return list(frames)
+    step = len(frames) / limit
+    return [frames[int(i * step + step / 2)] for i in range(limit)]
+
+
+def check_modalities(model: str, modalities: frozenset[str] | None,
+                     wanted: Mapping[str, str]) -> str | None:
+    """A message naming the first handler (name -> modality) the model cannot serve."""
+    if modalities is None:
+        return None
+    for handler, modality in wanted.items():
+        if modality not in modalities:
+            takes = ", ".join(sorted(modalities)) or "text only"
+            return (f"handler {handler!r} needs {modality} input, but model {model!r} takes "
+                    f"{takes}")
+    return None
+
+
+def decoding(config: ModelConfig, overrides: Mapping[str, Any],
+             family: Family = GENERIC) -> dict[str, Any]:
+    """generate()'s decoding options: the model's config, the request's overrides, then what
+    the family requires."""
+    gen = config.generation.model_dump()
+    gen.update({k: v for k, v in dict(overrides).items() if k in gen})
+    gen.update({k: v for k, v in family.generation.items() if k in gen})
+    out = {k: gen[k] for k in ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample",
+                               "repetition_penalty")}
+    if gen["do_sample"]:
+        out.update(temperature=gen["temperature"], top_p=gen["top_p"], top_k=gen["top_k"])
+    return out
+
+
+def family_of(name: str, config: ModelConfig, families: Mapping[str, Family]) -> Family | None:
+    """The family a model names (``None``: decided from the checkpoint when it loads), after
+    checking the source."""
+    if config.family is not None and config.family not in families:
+        raise ConfigError(f"model {name!r}: unknown family {config.family!r}; registered "
+                          f"families: {sorted(families)} (or name none for the generic path)")
+    if not config.source:
+        raise ConfigError(f"model {name!r}: no source (a checkpoint directory or a hub id)")
+    local = Path(config.source).expanduser()
+    looks_local = config.source.startswith((".", "/", "~")) or local.exists()
+    if looks_local and not (local / "config.json").is_file():
+        raise ConfigError(f"model {name!r}: no checkpoint at {config.source} "
+                          "(expected a directory with config.json)")
+    if config.family is None:
+        return None
+    family = families[config.family]
+    if family.remote_code and not config.trust_remote_code:
+        raise ConfigError(f"model {name!r}: {family.name} runs code from its checkpoint; "
+                          "set trust_remote_code: true if you trust it")
+    return family
+
+
+def family_for_type(model_type: str, families: Mapping[str, Family]) -> Family:
+    """The family that claims a checkpoint's ``model_type``, or the generic path."""
+    for family in families.values():
+        if model_type in family.model_types:
+            return family
+    return GENERIC
+
+
+def probe_modalities(source: str, trust_remote_code: bool = False) -> frozenset[str]:
+    """What a checkpoint takes in, from its processor alone (no weights are loaded)."""
+    try:
+        from transformers import AutoProcessor
+    except ImportError as exc:
+        raise ConfigError("serving a checkpoint needs transformers: "
+                          "pip install 'streamagent[transformers]'") from exc
+    try:
+        processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+            source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the processor of {source}: {exc}") from exc
+    return learn_modalities(processor)
+
+
+def claiming_family(source: str, trust_remote_code: bool,
+                    families: Mapping[str, Family]) -> Family | None:
+    """The registered family that claims a checkpoint's ``model_type`` (its config only)."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (ImportError, OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the config of {source}: {exc}") from exc
+    family = family_for_type(str(config.model_type), families)
+    return None if family is GENERIC else family

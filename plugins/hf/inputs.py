@@ -1,0 +1,60 @@
+"""The generic path on transformers: load a checkpoint by its Auto class, and turn a request
+into processor inputs with the checkpoint's own chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from agent import AUDIO_RATE, ModelRequest
+from agent.families import (
+    Family,
+    fit,
+    media_parts,
+    messages,
+    pad_frames,
+    subsample,
+    video_metadata,
+)
+
+AUTO_CLASSES = ("AutoModelForMultimodalLM", "AutoModelForImageTextToText",
+                "AutoModelForCausalLM")
+
+
+def auto_load(source: str, config: Any, remote_code: bool, kwargs: dict[str, Any]) -> Any:
+    """The first Auto class that maps ``config`` (with remote code: that names it in
+    ``auto_map``, then ``AutoModel``), loaded; ``None`` when none does."""
+    import transformers
+
+    auto_map = getattr(config, "auto_map", None) or {}
+    for name in AUTO_CLASSES:
+        cls = getattr(transformers, name)
+        if type(config) in cls._model_mapping or (remote_code and name in auto_map):
+            return cls.from_pretrained(source, trust_remote_code=remote_code, **kwargs)
+    if remote_code and "AutoModel" in auto_map:
+        return transformers.AutoModel.from_pretrained(source, trust_remote_code=True, **kwargs)
+    return None
+
+
+def processor_inputs(processor: Any, request: ModelRequest, family: Family,
+                     modalities: frozenset[str], max_pixels: int) -> Any:
+    """Processor outputs (tensors) for ``request``: few-shot and question images, the video as
+    frames with their real fps, the audio at 16 kHz."""
+    images = [fit(img, max_pixels) for img, _ in request.examples]
+    images += [fit(img, max_pixels) for img in request.images]
+    kwargs: dict[str, Any] = {}
+    if request.video and "video" in modalities:
+        temporal = getattr(getattr(processor, "video_processor", None), "temporal_patch_size", 1)
+        frames = np.stack(pad_frames([fit(f, max_pixels) for f in subsample(request.video)],
+                                     int(temporal or 1)))
+        kwargs.update(videos=[frames], do_sample_frames=False,
+                      video_metadata=[video_metadata(len(frames), request.video_fps)])
+    if request.audio is not None and "audio" in modalities:
+        kwargs.update(audio=[request.audio], sampling_rate=AUDIO_RATE)
+    if images and "image" in modalities:
+        kwargs["images"] = images
+    shape = family.messages or messages
+    chat = shape(request, media_parts(request, modalities))
+    text = processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return processor(text=[text], return_tensors="pt", **kwargs, **family.processor_kwargs)
