@@ -102,6 +102,10 @@ class GeminiSession:
         if self.closing is not None:  # a bad message: say why as we close
             with contextlib.suppress(Exception):
                 await self.ws.close(CLOSE_INVALID, reason=self.closing[:120])
+        elif session.outbox.close_code is not None:  # a client that stopped reading
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(session.outbox.close_code,
+                                                     reason=session.outbox.close_reason), 1)
 
     async def _events(self, setup: dict[str, Any]) -> AsyncIterator[str]:
         """Gemini client messages as realtime client events (JSON text)."""

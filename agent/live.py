@@ -139,6 +139,17 @@ class LiveMedia:
         self.dropped_before += slot.mailbox.dropped + slot.feed_dropped
         return slot
 
+    def set_models(self, models: dict[str, str]) -> ProfileConfig:
+        """Give handlers other models for this session (running ones restart with theirs);
+        return the session's profile with the new choices."""
+        changed = [h for h, m in models.items() if self.runtime.model_for(h, self.profile) != m]
+        self.profile = self.profile.model_copy(update={"models": {**self.profile.models,
+                                                                  **models}})
+        names = self.handler_names
+        self.set_handlers([n for n in names if n not in changed])
+        self.set_handlers(names)
+        return self.profile
+
     def set_fps(self, sample_fps: float) -> None:
         self._dispatch(self.sampler.set_window(1.0 / sample_fps))
         self.recent = deque(self.recent, maxlen=self._recent_len())

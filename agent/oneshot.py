@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator
 import numpy as np
 
 from agent import events
+from agent.answers import answers
 from agent.config import ProfileConfig
 from agent.engine import ModelRequest
 from agent.handler import Handler, Question
@@ -19,7 +20,6 @@ from agent.live import MAX_RECENT_FRAMES
 from agent.media import AUDIO_RATE, Frame, Window
 from agent.runtime import Runtime
 from agent.sampler import Sampler
-from agent.session import _answers
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ async def profile_answer(runtime: Runtime, profile: ProfileConfig,
     handlers = [runtime.make_handler(name, session_id, profile)
                 for name in runtime.default_handlers(profile)]
     question = await asyncio.to_thread(feed, handlers, profile, request)
-    async for delta in _answers(handlers, question):
+    async for delta in answers(handlers, question):
         yield delta
 
 

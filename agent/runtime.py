@@ -7,7 +7,7 @@ import pluggy
 from agent.config import Config, ModelConfig, ProfileConfig
 from agent.direct import model_profile
 from agent.engine import Engine
-from agent.errors import ConfigError, UnknownModel
+from agent.errors import ConfigError, InvalidRequest, UnknownModel
 from agent.families import Family, check_modalities
 from agent.handler import Handler, HandlerContext
 from agent.plugins import Registry, collect
@@ -97,6 +97,16 @@ class Runtime:
     def valid_names(self) -> str:
         return (f"profiles: {', '.join(self.profile_names)}; "
                 f"models: {', '.join(self.pool.names)}")
+
+    def check_models(self, models: dict[str, str], param: str) -> None:
+        """Handler -> model choices a client made: both must exist."""
+        for handler, model in models.items():
+            if handler not in self.registry.handlers:
+                raise InvalidRequest(f"no handler named {handler!r}; handlers: "
+                                     f"{sorted(self.registry.handlers)}", param=param)
+            if model not in self.pool.names:
+                raise InvalidRequest(f"no model named {model!r} for handler {handler!r}; "
+                                     f"models: {self.pool.names}", param=param)
 
     def default_handlers(self, profile: ProfileConfig) -> list[str]:
         if profile.handlers is not None:

@@ -99,7 +99,8 @@ class Gateway:
 
     def _gauges(self) -> None:
         metrics.sessions.set(len(self.sessions))
-        metrics.queue_depth.set(sum(s.outbox.qsize() for s in self.sessions))
+        metrics.queue_depth.set(sum(s.outbox.qsize() for s in self.sessions
+                                    if isinstance(s, RealtimeSession)))
 
     async def realtime(self, ws: WebSocket) -> None:
         token = _bearer(ws.headers.get("authorization", ""))
@@ -131,8 +132,8 @@ class Gateway:
         finally:
             self.sessions.discard(session)
             self._gauges()
-        if session.close_code is not None:
-            await close_quietly(ws, session.close_code, session.close_reason)
+        if session.outbox.close_code is not None:
+            await close_quietly(ws, session.outbox.close_code, session.outbox.close_reason)
 
 
 async def close_quietly(ws: WebSocket, code: int, reason: str, timeout_s: float = 1.0) -> None:

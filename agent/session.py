@@ -7,13 +7,13 @@ the session goes on.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from agent import events, protocol
+from agent.answers import answers, response_metadata, token_cap
 from agent.audio import AudioConverter
 from agent.engine import Turn
 from agent.errors import (
@@ -29,13 +29,12 @@ from agent.handler import Handler, Question, response_limits, response_usage
 from agent.intake import Intake
 from agent.live import LiveMedia
 from agent.media import AUDIO_RATE, Frame, b64decode, sniff_image, split_data_url
+from agent.outbox import Outbox
 from agent.responses import ResponseRun
 from agent.runtime import Runtime
 
 log = logging.getLogger(__name__)
 SendText = Callable[[str], Awaitable[None]]
-OUTBOX_SIZE = 256
-CLOSE_POLICY = 1008
 
 
 class RealtimeSession:
@@ -51,48 +50,22 @@ class RealtimeSession:
         self.history: deque[Turn] = deque(maxlen=runtime.config.server.max_history)
         self.pending_text: list[str] = []
         self.responses: dict[str, ResponseRun] = {}
-        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(OUTBOX_SIZE)
+        self.outbox = Outbox(self.id, runtime.config.server.slow_client_timeout_s)
         self.media = LiveMedia(runtime, self.id, self._live_response, profile=self.profile)
         self.media.live = self.profile.live
         self.intake = Intake(runtime.config.server)
         self.max_output_tokens: int | None = None
         self.question: ResponseRun | None = None
-        self.close_code: int | None = None
-        """Set when the session ends itself (a client that stopped reading); the gateway closes
-        the socket with it."""
-        self.close_reason = ""
-        self._ended = asyncio.Event()
-        self._closed = False
 
     async def send(self, event: dict[str, Any]) -> None:
-        """Queue an event for the client. A client that leaves the outbox full for
-        ``slow_client_timeout_s`` ends the session; after that, events are dropped."""
-        if self._closed:
-            return
-        try:
-            self.outbox.put_nowait(event)
-            return
-        except asyncio.QueueFull:
-            pass
-        timeout = self.runtime.config.server.slow_client_timeout_s
-        try:
-            await asyncio.wait_for(self.outbox.put(event), timeout)
-        except TimeoutError:
-            self._end(CLOSE_POLICY, f"client did not read its events for {timeout:g} s")
-
-    def _end(self, code: int, reason: str) -> None:
-        if not self._ended.is_set():
-            log.warning("session %s: %s; closing it", self.id, reason)
-            self.close_code, self.close_reason = code, reason
-            self._closed = True
-            self._ended.set()
+        await self.outbox.put(event)
 
     async def run(self, messages: AsyncIterator[str | bytes]) -> None:
         """Serve until the client goes away, the writer dies or the client stops reading;
         whichever comes first, everything this session started is cancelled."""
-        tasks = [asyncio.create_task(self._write(), name=f"writer-{self.id}"),
+        tasks = [asyncio.create_task(self.outbox.write(self.send_text), name=f"writer-{self.id}"),
                  asyncio.create_task(self._read(messages), name=f"reader-{self.id}"),
-                 asyncio.create_task(self._ended.wait(), name=f"ended-{self.id}")]
+                 asyncio.create_task(self.outbox.stalled.wait(), name=f"stalled-{self.id}")]
         try:
             self.media.start()
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -100,7 +73,7 @@ class RealtimeSession:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            self._closed = True
+            self.outbox.closed = True
             for task in tasks:
                 task.cancel()
             for run in list(self.responses.values()):
@@ -131,11 +104,6 @@ class RealtimeSession:
         async for message in messages:
             await self.handle(message)
 
-    async def _write(self) -> None:
-        while True:
-            event = await self.outbox.get()
-            await self.send_text(json.dumps(event))
-
     async def handle(self, message: str | bytes) -> None:
         event_id = None
         try:
@@ -146,6 +114,9 @@ class RealtimeSession:
             await self.dispatch(event)
         except StreamAgentError as exc:
             await self.send(events.error(exc, event_id))
+        except Exception as exc:  # a bug: say so, and keep the session
+            log.exception("session %s: event %s failed", self.id, event_id)
+            await self.send(events.error(StreamAgentError(f"internal error: {exc!r}"), event_id))
 
     async def dispatch(self, event: protocol.ClientEvent) -> None:
         if isinstance(event, protocol.SessionUpdate):
@@ -172,16 +143,16 @@ class RealtimeSession:
     def _update(self, params: protocol.SessionParams) -> None:
         ext = params.streamagent
         if ext is not None and ext.handlers is not None:
-            if problem := self.runtime.modality_problem(ext.handlers, self.profile):
-                raise InvalidRequest(problem, param="session.streamagent.handlers")
             usable = self.runtime.usable_handlers(self.profile)
             unknown = [h for h in ext.handlers if h not in usable]
             if unknown:
                 raise InvalidRequest(
                     f"unknown handlers {unknown} (or no model for them in this profile); "
                     f"available: {usable}", param="session.streamagent.handlers")
+            if problem := self.runtime.modality_problem(ext.handlers, self.profile):
+                raise InvalidRequest(problem, param="session.streamagent.handlers")
         if ext is not None and ext.models is not None:
-            self._check_models(ext.models)
+            self.runtime.check_models(ext.models, param="session.streamagent.models")
         fmt = params.audio.input.format if params.audio and params.audio.input else None
         if fmt is not None:
             if fmt.type not in ("audio/pcm", "pcm16"):
@@ -193,7 +164,7 @@ class RealtimeSession:
             self.intake.text(params.instructions, 0, param="session.instructions")
             self.instructions = params.instructions
         if params.max_output_tokens is not None:
-            self.max_output_tokens = _token_cap(params.max_output_tokens)
+            self.max_output_tokens = token_cap(params.max_output_tokens)
         if ext is None:
             return
         if ext.live is not None:
@@ -203,30 +174,9 @@ class RealtimeSession:
         if ext.video_window_s is not None:
             self.media.set_video_window(ext.video_window_s)
         if ext.models is not None:
-            self._set_models(ext.models)
+            self.profile = self.media.set_models(ext.models)
         if ext.handlers is not None:
             self.media.set_handlers(ext.handlers)
-
-    def _check_models(self, models: dict[str, str]) -> None:
-        for handler, model in models.items():
-            if handler not in self.runtime.registry.handlers:
-                raise InvalidRequest(f"no handler named {handler!r}; handlers: "
-                                     f"{sorted(self.runtime.registry.handlers)}",
-                                     param="session.streamagent.models")
-            if model not in self.runtime.pool.names:
-                raise InvalidRequest(f"no model named {model!r} for handler {handler!r}; "
-                                     f"models: {self.runtime.pool.names}",
-                                     param="session.streamagent.models")
-
-    def _set_models(self, models: dict[str, str]) -> None:
-        """Give handlers other models for this session; running ones restart with theirs."""
-        changed = [h for h, m in models.items() if self.runtime.model_for(h, self.profile) != m]
-        self.profile = self.profile.model_copy(update={"models": {**self.profile.models,
-                                                                  **models}})
-        self.media.profile = self.profile
-        names = self.media.handler_names
-        self.media.set_handlers([n for n in names if n not in changed])
-        self.media.set_handlers(names)
 
     def _session_object(self) -> dict[str, Any]:
         return events.session_object(self.id, self.model, {
@@ -310,14 +260,14 @@ class RealtimeSession:
         self.history.extend(Turn("user", text) for text in self.pending_text)
         self.pending_text.clear()
         handlers = [s.handler for s in self.media.slots.values()]
-        meta = self._metadata("+".join(h.name for h in handlers),
+        meta = response_metadata("+".join(h.name for h in handlers),
                               "+".join(sorted({h.modality for h in handlers})), question.window)
         if params and params.metadata:
             meta = {**{k: str(v) for k, v in params.metadata.items()}, **meta}
         run = ResponseRun(self.send, meta)
-        cap = (_token_cap(params.max_output_tokens) if params and params.max_output_tokens
+        cap = (token_cap(params.max_output_tokens) if params and params.max_output_tokens
                else self.max_output_tokens)
-        self.question = self._launch(run, _answers(handlers, question, self.media.settled),
+        self.question = self._launch(run, answers(handlers, question, self.media.settled),
                                      eager=True, remember=True, max_tokens=cap)
 
     def _cancel(self, response_id: str | None) -> None:
@@ -332,7 +282,7 @@ class RealtimeSession:
                 self.question = None
 
     async def _live_response(self, handler: Handler, work: Any) -> None:
-        meta = self._metadata(handler.name, handler.modality, work)
+        meta = response_metadata(handler.name, handler.modality, work)
         meta["windows_skipped"] = str(self.media.skipped(handler.name))
         run = self._launch(ResponseRun(self.send, meta), handler.respond(work), eager=False,
                            max_tokens=self.max_output_tokens)
@@ -358,35 +308,3 @@ class RealtimeSession:
         self.responses[run.id] = run
         run.task = asyncio.create_task(go(), name=f"response-{run.id}")
         return run
-
-    @staticmethod
-    def _metadata(handler: str, modality: str, span: Any) -> dict[str, str]:
-        meta = {"handler": handler, "modality": modality}
-        if span is not None and hasattr(span, "start") and hasattr(span, "end"):
-            meta["window_start_ms"] = str(round(span.start * 1000))
-            meta["window_end_ms"] = str(round(span.end * 1000))
-        return meta
-
-
-def _token_cap(value: int | str) -> int | None:
-    """``max_output_tokens``: a positive number, or ``"inf"`` for the model's own limit."""
-    return None if value == "inf" else int(value)
-
-
-async def _answers(handlers: list[Handler], question: Question,
-                   settled: Callable[[], Awaitable[None]] | None = None,
-                   ) -> AsyncIterator[str]:
-    """Each handler's part of the answer, one after the other, separated by new lines;
-    ``settled`` first waits until every handler has seen the media sent so far."""
-    if settled is not None:
-        await settled()
-    said = False
-    for handler in handlers:
-        first = True
-        async for delta in handler.answer(question):
-            if first and said:
-                yield "\n"
-            first, said = False, True
-            yield delta
-    if not said:
-        yield "I have nothing to report yet."
