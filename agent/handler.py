@@ -24,10 +24,11 @@ T = TypeVar("T")
 response_usage: ContextVar[list[Usage] | None] = ContextVar("response_usage", default=None)
 """Set by the session for the response being generated: the usage of every model call made
 for it is collected there (token counts for ``response.done``)."""
-response_limits: ContextVar[Mapping[str, Any] | None] = ContextVar("response_limits",
-                                                                   default=None)
-"""Set by the session for the response being generated (``max_new_tokens`` from the client's
-``max_output_tokens``); every model call made for that response is capped by it."""
+response_options: ContextVar[Mapping[str, Any] | None] = ContextVar("response_options",
+                                                                    default=None)
+"""Set by the session for the response being generated: ``max_new_tokens`` (the client's
+``max_output_tokens``) caps every model call made for it, and ``lora`` (the session's adapter)
+is passed to every model call that names none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +45,12 @@ class HandlerContext:
         if self.model is None:
             raise RuntimeError("this handler has no model configured")
         options = dict(request.options)
-        cap = (response_limits.get() or {}).get("max_new_tokens")
+        chosen = response_options.get() or {}
+        cap = chosen.get("max_new_tokens")
         if cap is not None:
             options["max_new_tokens"] = min(int(options.get("max_new_tokens", cap)), cap)
+        if chosen.get("lora"):
+            options.setdefault("lora", chosen["lora"])
         request = replace(request, options=options, session=request.session or self.session_id)
         collected = response_usage.get()
         if collected is not None:

@@ -35,6 +35,11 @@ class Pool(abc.ABC):
     async def health(self) -> dict[str, bool]:
         return {}
 
+    def adapters(self, model: str) -> list[str] | None:
+        """The LoRA adapters ``model`` serves (config ``options.lora``), or ``None`` when this
+        pool cannot tell (the replica's engine then refuses an unknown one itself)."""
+        return None
+
     def modalities(self, model: str) -> frozenset[str] | None:
         """What ``model`` takes in, once loaded; ``None`` when this pool cannot tell."""
         return None
@@ -77,6 +82,10 @@ class LocalPool(Pool):
     def modalities(self, model: str) -> frozenset[str] | None:
         engine = self.engines.get(model)
         return engine.modalities if engine is not None else None
+
+    def adapters(self, model: str) -> list[str] | None:
+        engine = self.engines.get(model)
+        return sorted(engine.config.options.get("lora") or {}) if engine is not None else []
 
     async def health(self) -> dict[str, bool]:
         return {name: await healthy(engine, self.schedulers[name])

@@ -34,6 +34,8 @@ class StreamagentSession(_Model):
     handlers: list[str] | None = None
     video_window_s: float | None = Field(default=None, gt=0, le=600)
     models: dict[str, str] | None = None
+    lora: str | None = Field(default=None, max_length=128)
+    """A LoRA adapter of the session's models (``options.lora`` in their config); ``""``: none."""
 
 
 class AudioFormat(_Model):

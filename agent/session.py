@@ -25,7 +25,7 @@ from agent.errors import (
     NoActiveResponse,
     StreamAgentError,
 )
-from agent.handler import Handler, Question, response_limits, response_usage
+from agent.handler import Handler, Question, response_options, response_usage
 from agent.intake import Intake
 from agent.live import LiveMedia
 from agent.media import AUDIO_RATE, Frame, b64decode, sniff_image, split_data_url
@@ -55,6 +55,7 @@ class RealtimeSession:
         self.media.live = self.profile.live
         self.intake = Intake(runtime.config.server)
         self.max_output_tokens: int | None = None
+        self.lora: str | None = None
         self.question: ResponseRun | None = None
 
     async def send(self, event: dict[str, Any]) -> None:
@@ -153,6 +154,8 @@ class RealtimeSession:
                 raise InvalidRequest(problem, param="session.streamagent.handlers")
         if ext is not None and ext.models is not None:
             self.runtime.check_models(ext.models, param="session.streamagent.models")
+        if ext is not None and ext.lora:
+            self._check_lora(ext.lora)
         fmt = params.audio.input.format if params.audio and params.audio.input else None
         if fmt is not None:
             if fmt.type not in ("audio/pcm", "pcm16"):
@@ -175,8 +178,21 @@ class RealtimeSession:
             self.media.set_video_window(ext.video_window_s)
         if ext.models is not None:
             self.profile = self.media.set_models(ext.models)
+        if ext.lora is not None:
+            self.lora = ext.lora or None
         if ext.handlers is not None:
             self.media.set_handlers(ext.handlers)
+
+    def _check_lora(self, name: str) -> None:
+        models = {self.runtime.model_for(h, self.profile) for h in self.media.handler_names}
+        known = [self.runtime.pool.adapters(m) for m in sorted(filter(None, models))]
+        if None in known:  # a pool that cannot tell: the engine checks
+            return
+        adapters = sorted({a for names in known for a in names or ()})
+        if name not in adapters:
+            raise InvalidRequest(f"no LoRA adapter {name!r} on this session's models; "
+                                 f"adapters: {adapters or 'none'}",
+                                 param="session.streamagent.lora")
 
     def _session_object(self) -> dict[str, Any]:
         return events.session_object(self.id, self.model, {
@@ -192,6 +208,7 @@ class RealtimeSession:
                 "available_handlers": self.runtime.usable_handlers(self.profile),
                 "models": {h: self.runtime.model_for(h, self.profile)
                            for h in self.media.handler_names},
+                "lora": self.lora,
             },
         })
 
@@ -292,8 +309,7 @@ class RealtimeSession:
     def _launch(self, run: ResponseRun, deltas: AsyncIterator[str], eager: bool,
                 remember: bool = False, max_tokens: int | None = None) -> ResponseRun:
         async def go() -> str:
-            if max_tokens is not None:
-                response_limits.set({"max_new_tokens": max_tokens})
+            response_options.set({"max_new_tokens": max_tokens, "lora": self.lora})
             response_usage.set(run.usage)
             try:
                 text = await run.run(deltas, eager)

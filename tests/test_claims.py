@@ -114,3 +114,24 @@ def test_streamagent_trace_plugins_prints_every_hook_call() -> None:
     for hook in ("register_engines", "register_models", "register_handlers"):
         assert hook in out.stderr, out.stderr
     assert "register_models" not in run_plugins(STREAMAGENT_PLUGINS="faces").stderr
+
+
+async def test_a_session_chooses_a_lora_adapter_for_its_model_calls() -> None:
+    runtime = fake_runtime(lora={"formal": "/adapters/formal", "terse": "/adapters/terse"})
+    async with running(runtime) as address:
+        client = await Client.connect(f"{address.ws}/v1/realtime")
+        session = await client.update(lora="terse")
+        assert session["streamagent"]["lora"] == "terse"
+        await client.send({"type": "response.create"})
+        await client.until("response.done")
+        await client.send({"type": "session.update", "session": {
+            "streamagent": {"lora": "casual"}}})
+        error = await client.error()
+        assert error["param"] == "session.streamagent.lora"
+        assert "adapters: ['formal', 'terse']" in error["message"]
+        await client.update(lora="")
+        await client.send({"type": "response.create"})
+        await client.until("response.done")
+        fake = runtime.pool.engines["fake"]  # type: ignore[attr-defined]
+        assert [r.options.get("lora") for r in fake.requests] == ["terse", None]
+        await client.close()
