@@ -80,6 +80,9 @@ errors = Counter("streamagent_errors", "Error events sent to clients, by code", 
 first_delta = Histogram("streamagent_time_to_first_delta_seconds",
                         "From a model call to its first text delta, by model", ("model",),
                         buckets=FIRST_DELTA_BUCKETS)
+loop_lag = Histogram("streamagent_event_loop_lag_seconds",
+                     "How late the gateway's event loop ran a 100 ms timer",
+                     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
 queue_depth = Gauge("streamagent_queue_depth",
                     "Events waiting in the sessions' outboxes, all sessions together")
 

@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from agent import beta, events, gemini, metrics
 from agent.chat_api import ChatAPI
 from agent.errors import StreamAgentError
+from agent.looplag import LoopLag
 from agent.runtime import Runtime
 from agent.session import RealtimeSession
 
@@ -36,6 +37,17 @@ class Gateway:
         self.runtime = runtime
         self.sessions: set[RealtimeSession] = set()
         self.ready = asyncio.Event()
+        self.loop_lag = LoopLag()
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        probe = asyncio.create_task(self.loop_lag.watch(), name="loop-lag")
+        try:
+            yield
+        finally:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
 
     def app(self) -> ASGIApp:
         chat = ChatAPI(self.runtime)
@@ -50,7 +62,7 @@ class Gateway:
             WebSocketRoute(gemini.PATH, self.gemini),
             Mount("/", StaticFiles(packages=[("agent", "static")], html=True), name="page"),
         ]
-        return collapse_slashes(Starlette(routes=routes))
+        return collapse_slashes(Starlette(routes=routes, lifespan=self._lifespan))
 
     def _http_auth(self, endpoint: Callable[[Request], Awaitable[Response]],
                    ) -> Callable[[Request], Awaitable[Response]]:
@@ -87,7 +99,7 @@ class Gateway:
         models = await self.runtime.pool.health()
         ok = self.ready.is_set() and all(models.values())
         body = {"status": "ok" if ok else "unavailable", "sessions": len(self.sessions),
-                "tasks": len(asyncio.all_tasks()),
+                "tasks": len(asyncio.all_tasks()), "loop_lag_ms": self.loop_lag.summary_ms(),
                 "models": models, "profiles": self.runtime.profile_names}
         return JSONResponse(body, status_code=200 if ok else 503)
 

@@ -227,9 +227,11 @@ async def test_healthz(served: Any) -> None:
         await engine(runtime).close()
         reply = await http.get(f"{address.http}/healthz")
     assert reply.status_code == 503
-    assert reply.json() | {"tasks": 0} == {"status": "unavailable", "sessions": 0, "tasks": 0,
-                                           "models": {"fake": False},
-                                           "profiles": runtime.profile_names}
+    body = reply.json()
+    assert set(body["loop_lag_ms"]) == {"p95", "max"} and body["tasks"] > 0
+    assert body | {"tasks": 0, "loop_lag_ms": {}} == {
+        "status": "unavailable", "sessions": 0, "tasks": 0, "loop_lag_ms": {},
+        "models": {"fake": False}, "profiles": runtime.profile_names}
 
 
 async def test_api_key_is_checked_before_the_upgrade() -> None:
