@@ -2,58 +2,94 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import contextlib
+import multiprocessing
+import os
+from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from agent import (
     AUDIO_RATE,
+    Engine,
+    EngineError,
     Handler,
     ModelConfig,
     ModelRequest,
     Question,
-    ThreadedEngine,
     Window,
     hookimpl,
 )
 from plugins import vad
 
 
-class PocketSphinxEngine(ThreadedEngine):
-    """Transcribes 16 kHz audio; yields the words one by one."""
+class PocketSphinxEngine(Engine):
+    """Transcribes 16 kHz audio; yields the words one by one.
+
+    pocketsphinx holds the interpreter lock while it decodes, so threads would stall each
+    other and the event loop: each worker is a process (one per core by default) with its own
+    decoder. A closed stream waits for its decode to end, so the worker is free again by then.
+    """
 
     kind = "pocketsphinx"
-    parallel = True  # one decoder per worker thread
 
-    def load(self) -> None:
-        self.per_thread(self._decoder)
-        vad.load()  # the speech handler's VAD model loads with its engine, not mid-session
+    def default_workers(self) -> int:
+        return os.cpu_count() or 1
 
-    @staticmethod
-    def _decoder() -> Any:
-        from pocketsphinx import Decoder
+    async def start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded server
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, _decode, b"")
+                               for _ in range(self.workers)))  # every worker loads now
+        await asyncio.to_thread(vad.load)  # the speech handler's VAD loads with its engine
+        self._loaded = True
 
-        return Decoder(samprate=AUDIO_RATE, loglevel="FATAL")
-
-    def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[str, None]:
         if request.audio is None or not request.audio.size:
             return
-        decoder = self.per_thread(self._decoder)
         pcm = (np.clip(request.audio, -1, 1) * 32767).astype("<i2").tobytes()
-        decoder.start_utt()
-        step = AUDIO_RATE * 2  # 1 s of PCM16 per call, so a cancel is noticed quickly
-        for i in range(0, len(pcm), step):
-            if cancelled.is_set():
-                decoder.end_utt()
-                return
-            decoder.process_raw(pcm[i:i + step], False, False)
-        decoder.end_utt()
-        hyp = decoder.hyp()
-        words = hyp.hypstr.split() if hyp is not None else []
+        decoding = asyncio.get_running_loop().run_in_executor(self._pool, _decode, pcm)
+        try:
+            words = await asyncio.shield(decoding)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await decoding
+            raise
         for i, word in enumerate(words):
             yield word if i == 0 else " " + word
+
+    async def check_health(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if not getattr(self, "_loaded", False) or pool is None or pool._shutdown_thread:
+            raise EngineError(f"model {self.name!r} is not running")
+
+    async def close(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+
+
+_decoder: Any = None
+
+
+def _decode(pcm: bytes) -> list[str]:
+    """In a worker process: this process's decoder, built on first use."""
+    global _decoder
+    if _decoder is None:
+        from pocketsphinx import Decoder
+
+        _decoder = Decoder(samprate=AUDIO_RATE, loglevel="FATAL")
+    if not pcm:
+        return []
+    _decoder.start_utt()
+    _decoder.process_raw(pcm, False, False)
+    _decoder.end_utt()
+    hyp = _decoder.hyp()
+    return hyp.hypstr.split() if hyp is not None else []
 
 
 class SpeechHandler(Handler):
