@@ -44,7 +44,7 @@ ARCHS = {
     "qwen2-vl": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
     "qwen2.5-vl": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
     "qwen2-audio": Arch(frozenset({AUDIO}), (TRF, VLLM)),
-    "qwen2.5-omni": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF,)),
+    "qwen2.5-omni": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF,)),  # vLLM: as Qwen3-Omni
     "qwen3-vl": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
     # vLLM 0.32 with transformers 5.19 serves neither: its Qwen3-Omni path calls the
     # processor's _get_num_multimodal_tokens (absent from Qwen3OmniMoeProcessor), and its
