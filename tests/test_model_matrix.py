@@ -44,7 +44,7 @@ ARCHS = {
     "qwen2-vl": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
     "qwen2.5-vl": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
     "qwen2-audio": Arch(frozenset({AUDIO}), (TRF, VLLM)),
-    "qwen2.5-omni": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF,)),
+    "qwen2.5-omni": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF,)),  # vLLM: as Qwen3-Omni
     "qwen3-vl": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
     # vLLM 0.32 with transformers 5.19 serves neither: its Qwen3-Omni path calls the
     # processor's _get_num_multimodal_tokens (absent from Qwen3OmniMoeProcessor), and its
@@ -280,6 +280,14 @@ def _serve(args: list[str]) -> Any:
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def _endpoint(proc: Any) -> str:
+    """The realtime URL `streamagent serve` prints (after vLLM's own start-up lines)."""
+    for line in proc.stdout:
+        if "realtime endpoint:" in line:
+            return str(line.split("realtime endpoint:")[1].strip())
+    raise AssertionError(f"streamagent serve printed no realtime endpoint: {proc.stderr.read()}")
+
+
 @pytest.mark.parametrize("engine_kind", [TRF, VLLM])
 def test_an_architecture_the_project_never_names_serves_with_zero_code(
         engine_kind: str, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -289,7 +297,6 @@ def test_an_architecture_the_project_never_names_serves_with_zero_code(
 
     import websockets.sync.client as ws_client
 
-    from tests.helpers import endpoint_from
     from tests.unnamed import build_llava
 
     source = tmp_path_factory.getbasetemp() / "llava"
@@ -297,7 +304,7 @@ def test_an_architecture_the_project_never_names_serves_with_zero_code(
         build_llava(source)
     with _serve(["--source", str(source), "--engine", engine_kind]) as proc:
         try:
-            with ws_client.connect(endpoint_from(proc), max_size=None) as ws:
+            with ws_client.connect(_endpoint(proc), max_size=None) as ws:
                 session = json.loads(ws.recv())["session"]
                 assert session["streamagent"]["handlers"] == ["describe"]
                 ws.send(json.dumps(image_event(data_url(jpeg_bytes("x")), text="what?")))

@@ -1,11 +1,12 @@
 """The built-in model families: what each needs beyond the generic path. They register through
 the ``register_families`` hook exactly as a third-party family does.
 
-Qwen2-VL, Qwen2.5-VL, Qwen2-Audio, Qwen3-VL, MiniCPM-V 4.x and their peers need nothing: the
-generic path serves them. These families exist for what it cannot know:
+Qwen2-VL, Qwen2.5-VL, Qwen2-Audio, MiniCPM-V 4.x, LLaVA-OneVision and their peers need
+nothing: the generic path serves them. These families exist for what it cannot know:
 - Qwen2.5-Omni / Qwen3-Omni: a full checkpoint also holds a speech generator (the talker); text
   output needs only the thinker, so load that alone.
 - MiniCPM-V 2.6 / MiniCPM-o 2.6: remote code with its own ``chat()`` API (plugins/hf/minicpm.py).
+- Qwen3-VL: a processor setting the reference implementation uses.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ FAMILIES = [
     Family("qwen2-vl"),
     Family("qwen2.5-vl"),
     Family("qwen2-audio"),
-    Family("qwen3-vl"),
+    # Qwen3-VL: cap each frame's pixels as the reference qwen-vl-utils does (transformers 5.19
+    # does not by default and warns; 5.22 makes it the default).
+    Family("qwen3-vl", model_types=("qwen3_vl",),
+           processor_kwargs={"cap_pixels_per_frame": True}),
     Family("qwen2.5-omni", model_types=("qwen2_5_omni",),
            load=_thinker("qwen2_5_omni", "Qwen2_5OmniForConditionalGeneration",
                          "Qwen2_5OmniThinkerForConditionalGeneration")),

@@ -15,9 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent import Family, ModelRequest, hookimpl
-from agent.families import messages
-
-Messages = list[dict[str, Any]]
+from agent.families import Messages, messages
 
 
 def fold_instructions(request: ModelRequest, media: Messages) -> Messages:
