@@ -1,6 +1,6 @@
 """GPU benchmark on full-size random-weight checkpoints (no download): vLLM and transformers.
 
-    python scripts/gpu_bench.py [--device cuda] [--out docs/gpu-bench.md] [--budget-s 470]
+    python scripts/gpu_bench.py [--device cuda] [--out bench-out/gpu-bench.md] [--budget-s 470]
     python scripts/gpu_bench.py --device cpu --small     # every step, tiny sizes, on a CPU
 
 For Qwen2-VL-2B and Qwen2.5-VL-7B (shapes from their real configs, see gpu_bench_models.py) and
@@ -101,7 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU test of every step)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "gpu-bench.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "gpu-bench.md")
     parser.add_argument("--budget-s", type=float, default=470.0)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--engines", default=",".join(ENGINES))
@@ -143,6 +143,7 @@ def main() -> None:
               "Sessions: the largest N tried (1, 2, 4, ...) with p95 freshness < 1.5 s and <= 5% "
               "of windows dropped ('+': the largest N tried passed).")
     text = table(rows, header)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     (args.out.with_suffix(".json")).write_text(json.dumps(rows, indent=1))
     print(text)
