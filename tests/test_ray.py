@@ -68,10 +68,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
                 os.environ[k] = v
 
 
+FAST_SHUTDOWN = {"graceful_shutdown_timeout_s": 1, "graceful_shutdown_wait_loop_s": 0.2}
+
+
 def deploy_fake(name: str, **options: Any) -> None:
     app = serve.deployment(ModelServer, name=name, ray_actor_options={"num_cpus": 0},
-                           health_check_period_s=1, health_check_timeout_s=5,
-                           graceful_shutdown_timeout_s=1, graceful_shutdown_wait_loop_s=0.2)
+                           health_check_period_s=1, health_check_timeout_s=5, **FAST_SHUTDOWN)
     serve.run(app.bind(name, {"engine": "fake", "options": options}, FakeEngine), name=name,
               route_prefix=f"/models/{name}")
 
@@ -278,3 +280,32 @@ def test_streamagent_serve_with_ray_address(cluster: int, tmp_path: Path) -> Non
             _, err = proc.communicate(timeout=60)
     assert "models with no Serve application, not served: ['asr'" in err
     serve.delete("ocr")
+
+
+async def test_lora_requests_stick_to_the_replica_that_has_the_adapter(cluster: int) -> None:
+    """Option ``lora`` travels as Serve's multiplexed model id: with two replicas, every
+    request for one adapter lands on the replica that served it first."""
+    app = serve.deployment(ModelServer, name="lora", num_replicas=2,
+                           ray_actor_options={"num_cpus": 0}, **FAST_SHUTDOWN)
+    serve.run(app.bind("lora", {"engine": "fake", "options": {"tokens": 1}}, FakeEngine),
+              name="lora", route_prefix="/models/lora")
+    pool = RayPool(["lora"])
+    for adapter in ("a", "b"):
+        async for _ in pool.stream("lora", ModelRequest(options={"lora": adapter})):
+            pass
+    await asyncio.sleep(2)  # replicas report their adapters to the routers (long poll)
+    for _ in range(8):
+        for adapter in ("a", "b"):
+            async for _ in pool.stream("lora", ModelRequest(options={"lora": adapter})):
+                pass
+    handle = serve.get_app_handle("lora")
+    seen: dict[str, list[str]] = {}
+    for _ in range(60):
+        info = await handle.where.remote()
+        seen[info["replica"]] = info["adapters"]
+        if len(seen) == 2:
+            break
+    holders = {a: [r for r, adapters in seen.items() if a in adapters] for a in ("a", "b")}
+    assert all(len(h) == 1 for h in holders.values()), seen
+    await pool.close()
+    serve.delete("lora")
