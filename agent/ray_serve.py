@@ -204,9 +204,10 @@ class RayPool(Pool):
         async def one(name: str) -> None:
             try:
                 ok = await asyncio.wait_for(self.probes[name].ping.remote(), HEALTH_TIMEOUT_S)
-            except Exception as exc:
-                log.warning("model %s failed its health ping: %s", name, _reason(exc))
-                self._healthy.pop(name, None)
+            except Exception as exc:  # logged when a healthy model turns unhealthy
+                was = self._healthy.pop(name, None)
+                (log.warning if was else log.debug)("model %s failed its health ping: %s",
+                                                    name, _reason(exc))
                 return
             if ok:
                 self._healthy[name] = time.monotonic()

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -39,11 +40,14 @@ def free_port() -> int:
 
 def ray_env(home: Path) -> dict[str, str]:
     """Keep Ray on loopback: a HOME with ray_bootstrap_config.yaml stops its cloud-metadata
-    probe (notes/ray.md); usage stats off; auth mode explicit."""
+    probe (notes/ray.md); usage stats off; auth mode explicit. Keep it private: its own
+    RAY_TMPDIR (short: Ray's socket paths must fit 107 bytes), so that the cluster address
+    file `ray start` writes there is never found by another process's `ray.init()`."""
     (home / "ray_bootstrap_config.yaml").write_text("{}")
     return {"HOME": str(home), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
-            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+            "RAY_TMPDIR": tempfile.mkdtemp(prefix="sa-ray-", dir="/tmp")}
 
 
 @pytest.fixture(scope="session")
@@ -202,9 +206,10 @@ def test_serve_run_serve_config_yaml(tmp_path: Path) -> None:
     config = (ROOT / "serve_config.yaml").read_text().replace("port: 8000", f"port: {port}")
     (tmp_path / "serve_config.yaml").write_text(config)
     serve_bin = str(Path(sys.executable).with_name("serve"))
-    with subprocess.Popen([serve_bin, "run", str(tmp_path / "serve_config.yaml")], cwd=ROOT,
-                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True) as proc:
+    log = (tmp_path / "serve-run.log").open("w")  # a file: an undrained pipe would block it
+    with log, subprocess.Popen([serve_bin, "run", str(tmp_path / "serve_config.yaml")],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
+                               text=True) as proc:
         try:
             asyncio.run(_ask_when_up(port))
         finally:
@@ -270,14 +275,17 @@ def test_streamagent_serve_with_ray_address(cluster: int, tmp_path: Path) -> Non
     address = ray.get_runtime_context().gcs_address
     cmd = [str(Path(sys.executable).with_name("streamagent")), "serve", "--ray-address",
            address, "--config", str(config), "--port", "0"]
-    with subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    log = tmp_path / "streamagent.log"
+    with log.open("w") as errors, subprocess.Popen(
+            cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+            stderr=errors, text=True) as proc:
         try:
             url = endpoint_from(proc)
             asyncio.run(_ask_what_is_written(url))
         finally:
             proc.terminate()
-            _, err = proc.communicate(timeout=60)
+            proc.communicate(timeout=60)
+    err = log.read_text()
     assert "models with no Serve application, not served: ['asr'" in err
     serve.delete("ocr")
 
