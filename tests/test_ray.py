@@ -24,6 +24,7 @@ from ray import serve
 
 from agent.config import Config, ProfileConfig
 from agent.engine import ModelRequest
+from agent.errors import EngineError
 from agent.plugins import collect, get_plugin_manager
 from agent.ray_serve import ModelServer, RayPool
 from agent.runtime import Runtime
@@ -329,3 +330,20 @@ async def test_lora_requests_stick_to_the_replica_that_has_the_adapter(cluster: 
     assert all(len(h) == 1 for h in holders.values()), seen
     await pool.close()
     serve.delete("lora")
+
+
+async def test_a_model_no_node_can_host_fails_at_the_deadline(cluster: int) -> None:
+    """A model whose replica cannot be placed anywhere: the call gets engine_error at the
+    first-delta deadline instead of waiting in Serve's router for ever."""
+    from ray.serve.api import _run
+
+    app = serve.deployment(ModelServer, name="nowhere",
+                           ray_actor_options={"num_cpus": 0, "resources": {"no_such_node": 1}})
+    _run(app.bind("nowhere", {"engine": "fake"}, FakeEngine), _blocking=False, name="nowhere",
+         route_prefix="/models/nowhere")
+    pool = RayPool(["nowhere"], first_delta_timeout_s=2)
+    with pytest.raises(EngineError, match="did not answer within 2 s"):
+        async for _ in pool.stream("nowhere", ModelRequest()):
+            pass
+    await pool.close()
+    serve.delete("nowhere", _blocking=False)
