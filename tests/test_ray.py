@@ -338,7 +338,8 @@ async def test_a_model_no_node_can_host_fails_at_the_deadline(cluster: int) -> N
     from ray.serve.api import _run
 
     app = serve.deployment(ModelServer, name="nowhere",
-                           ray_actor_options={"num_cpus": 0, "resources": {"no_such_node": 1}})
+                           ray_actor_options={"num_cpus": 0, "resources": {"no_such_node": 1}},
+                           **FAST_SHUTDOWN)
     _run(app.bind("nowhere", {"engine": "fake"}, FakeEngine), _blocking=False, name="nowhere",
          route_prefix="/models/nowhere")
     pool = RayPool(["nowhere"], first_delta_timeout_s=2)
@@ -346,4 +347,4 @@ async def test_a_model_no_node_can_host_fails_at_the_deadline(cluster: int) -> N
         async for _ in pool.stream("nowhere", ModelRequest()):
             pass
     await pool.close()
-    serve.delete("nowhere", _blocking=False)
+    serve.delete("nowhere")
