@@ -5,7 +5,8 @@
   start-up is bounded by a timeout. ``generate`` streams; a cancelled call closes the engine's
   stream, which aborts generation. ``check_health`` fails when the engine is dead.
 - ``RayPool``: the ``Pool`` interface over deployment handles (``options(stream=True)``).
-- ``model_app`` / ``gateway_app``: typed application builders for ``serve_config.yaml``.
+- ``model_app`` / ``gateway_app``: typed application builders for ``serve_config.yaml``
+  (defined in ``agent.ray_apps``).
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
 
-from agent import metrics
-from agent.config import Config, ModelConfig
+from agent.config import ModelConfig
 from agent.engine import Engine, ModelRequest
 from agent.errors import ConfigError, EngineError, UnknownModel
 from agent.pool import Pool, guarded_stream, healthy, scheduler_for
 from agent.ray_hop import PackedRequest, coalesce, has_pictures, pack, unpack
 
 log = logging.getLogger(__name__)
+ADAPTERS_PER_REPLICA = 8
 HEALTH_TIMEOUT_S = 5.0
 """A health ping that takes longer counts as a failure."""
 HEALTH_WAIT_S = 0.2
@@ -54,6 +55,8 @@ class ModelServer:
             engine_cls = kinds[config.engine]
         self.name = name
         self.stream_interval_s = stream_interval_s
+        self.adapters: list[str] = []
+        """LoRA adapters this replica has been routed (most recent last)."""
         self.engine = engine_cls(name, config)
         self.scheduler = scheduler_for(self.engine)  # the replica's fair, bounded queue
         try:
@@ -69,10 +72,22 @@ class ModelServer:
         async with self.scheduler.slot(key):
             if isinstance(request, PackedRequest):
                 request = await asyncio.to_thread(unpack, request)
+            if adapter := serve.get_multiplexed_model_id():
+                await self.adapter(adapter)
             stream = coalesce(guarded_stream(self.engine, request), self.stream_interval_s)
             async with contextlib.aclosing(stream):
                 async for text in stream:
                     yield text
+
+    @serve.multiplexed(max_num_models_per_replica=ADAPTERS_PER_REPLICA)  # type: ignore[untyped-decorator]
+    async def adapter(self, adapter_id: str) -> str:
+        """Serve's model multiplexing for LoRA adapters: the gateway sends a request with option
+        ``lora`` as ``multiplexed_model_id``, and Serve routes it to a replica that has served
+        that adapter, so each adapter is loaded (by the engine, on first use) on few replicas
+        instead of all. Serve forgets the least recent past ``ADAPTERS_PER_REPLICA``."""
+        self.adapters = [a for a in self.adapters if a != adapter_id][1 - ADAPTERS_PER_REPLICA:]
+        self.adapters.append(adapter_id)
+        return adapter_id
 
     async def limits(self) -> dict[str, Any]:
         """What the gateway needs to shrink requests: the engine's pixel budget, if any."""
@@ -83,13 +98,14 @@ class ModelServer:
         """Engine counters, for tests and operators (``generated``, ``active`` if kept)."""
         return {k: v for k, v in vars(self.engine).items() if isinstance(v, int | float)}
 
-    async def where(self) -> dict[str, str]:
-        """The Ray node and Serve replica serving this call (for operators and tests)."""
+    async def where(self) -> dict[str, Any]:
+        """The Ray node and Serve replica serving this call, and the LoRA adapters it was
+        routed (for operators and tests)."""
         import ray
-        from ray import serve
 
         return {"node_id": ray.get_runtime_context().get_node_id(),
-                "replica": serve.get_replica_context().replica_id.unique_id}
+                "replica": serve.get_replica_context().replica_id.unique_id,
+                "adapters": list(self.adapters)}
 
     async def ping(self) -> bool:
         await self.engine.check_health()
@@ -115,8 +131,6 @@ class RayPool(Pool):
 
     def __init__(self, names: list[str], first_delta_timeout_s: float = 60.0,
                  health_period_s: float = 2.0, jpeg_quality: int = 90) -> None:
-        from ray import serve
-
         self._names = sorted(names)
         apps = {name: serve.get_app_handle(name) for name in names}
         self.handles = {name: h.options(stream=True) for name, h in apps.items()}
@@ -141,6 +155,9 @@ class RayPool(Pool):
         handle = self.handles.get(model)
         if handle is None:
             raise UnknownModel(f"no model named {model!r}; the pool has {self.names}")
+        lora = request.options.get("lora")
+        if lora:  # LoRA adapters are multiplexed: Serve routes to a replica that has it
+            handle = handle.options(multiplexed_model_id=str(lora))
         gen: Any = handle.generate.remote(await self._shrink(model, request))
         try:
             try:
@@ -193,9 +210,10 @@ class RayPool(Pool):
         async def one(name: str) -> None:
             try:
                 ok = await asyncio.wait_for(self.probes[name].ping.remote(), HEALTH_TIMEOUT_S)
-            except Exception as exc:
-                log.warning("model %s failed its health ping: %s", name, _reason(exc))
-                self._healthy.pop(name, None)
+            except Exception as exc:  # logged when a healthy model turns unhealthy
+                was = self._healthy.pop(name, None)
+                (log.warning if was else log.debug)("model %s failed its health ping: %s",
+                                                    name, _reason(exc))
                 return
             if ok:
                 self._healthy[name] = time.monotonic()
@@ -224,87 +242,14 @@ def _reason(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
-class ModelAppArgs(BaseModel):
-    """``args`` of a model application in serve_config.yaml."""
+# The application builders live in agent.ray_apps; serve configs name them here.
+from agent.ray_apps import (  # noqa: E402
+    GatewayAppArgs,
+    GatewayServer,
+    ModelAppArgs,
+    gateway_app,
+    model_app,
+)
 
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    model: ModelConfig
-    start_timeout_s: float = 600
-    plugins: list[str] = []
-    """Extra plugins, as ``module:object``, beside the installed entry points."""
-    stream_interval_s: float = Field(default=0.03, ge=0)
-    """Deltas are sent to the gateway at most this often (the first at once); 0: each."""
-
-
-class GatewayAppArgs(BaseModel):
-    """``args`` of the gateway application: the streamagent config, minus the models it
-    reaches through Serve (``models``: their application names)."""
-
-    model_config = ConfigDict(extra="forbid")
-    config: Config = Config()
-    models: list[str]
-    plugins: list[str] = []
-    """Extra plugins, as ``module:object``, beside the installed entry points."""
-    first_delta_timeout_s: float = Field(default=60.0, gt=0)
-    """A model call that yields nothing for this long fails with ``engine_error``."""
-    jpeg_quality: int = Field(default=90, ge=0, le=100)
-    """Pictures cross to model replicas as JPEG of this quality, at the model's pixel
-    budget; 0 sends raw pixels."""
-
-
-def model_app(args: dict[str, Any]) -> Any:
-    from ray import serve
-
-    a = ModelAppArgs.model_validate(args)
-    deployment: Any = serve.deployment(ModelServer, name=a.name)
-    return deployment.bind(a.name, a.model.model_dump(), None, a.start_timeout_s, a.plugins,
-                           a.stream_interval_s)
-
-
-def gateway_app(args: dict[str, Any]) -> Any:
-    from ray import serve
-
-    a = GatewayAppArgs.model_validate(args)
-    # the config's shutdown timeout, unless the deployment's own options in serve_config set it
-    deployment: Any = serve.deployment(
-        serve.ingress()(GatewayServer), name="gateway",
-        graceful_shutdown_timeout_s=a.config.server.shutdown_timeout_s)
-    return deployment.bind(a.config.model_dump(), a.models, a.plugins, a.first_delta_timeout_s,
-                           a.jpeg_quality)
-
-
-class GatewayServer:
-    """The realtime gateway as a Serve ingress (behind Serve's HTTP proxy)."""
-
-    def __init__(self, config: dict[str, Any], models: list[str],
-                 plugins: list[str] | None = None, first_delta_timeout_s: float = 60.0,
-                 jpeg_quality: int = 90) -> None:
-        from agent.plugins import collect, get_plugin_manager
-        from agent.runtime import Runtime, with_model_profiles
-        from agent.server import Gateway
-
-        metrics.enable_ray()
-        pm = get_plugin_manager()
-        for spec in plugins or []:
-            pm.register(_load_object(spec))
-        cfg = with_model_profiles(Config.model_validate(config))
-        runtime = Runtime(cfg, collect(pm), RayPool(models, first_delta_timeout_s,
-                                                     jpeg_quality=jpeg_quality))
-        self.gateway = Gateway(runtime)
-        self.gateway.ready.set()
-
-    async def where(self) -> dict[str, Any]:
-        """This replica's node, id and open session ids (for operators and tests)."""
-        import ray
-        from ray import serve
-
-        return {"node_id": ray.get_runtime_context().get_node_id(),
-                "replica": serve.get_replica_context().replica_id.unique_id,
-                "sessions": sorted(s.id for s in self.gateway.sessions)}
-
-    def __serve_build_asgi_app__(self) -> Any:
-        from agent.ray_proxy import MessageLimit
-
-        return MessageLimit(self.gateway.app(),
-                            self.gateway.runtime.config.server.max_message_bytes)
+__all__ = ["GatewayAppArgs", "GatewayServer", "ModelAppArgs", "ModelServer", "RayPool",
+           "gateway_app", "model_app"]

@@ -163,3 +163,19 @@ def test_autoscaling_fits_the_worker_groups() -> None:
     for group, (res, count) in groups.items():
         for k, v in used[group].items():
             assert v <= res.get(k, 0) * count, f"group {group}: {k} {v} > {res.get(k)}x{count}"
+
+
+def test_tensor_parallel_vllm_gets_a_placement_group() -> None:
+    from agent.ray_serve import model_app
+
+    def options(model: dict[str, Any]) -> Any:
+        deployment = model_app({"name": "m", "model": model})._bound_deployment
+        return deployment.ray_actor_options, deployment._replica_config
+
+    qwen = {"engine": "vllm", "family": "qwen2-vl", "source": "Qwen/Qwen2-VL-72B-Instruct"}
+    actor, replica = options({**qwen, "options": {"tensor_parallel_size": 4}})
+    assert replica.placement_group_bundles == [{"CPU": 1, "GPU": 0}] + [{"GPU": 1}] * 4
+    assert replica.placement_group_strategy == "STRICT_PACK"
+    assert actor["num_gpus"] == 0  # the replica's own bundle: its GPUs are vLLM's workers'
+    for model in (qwen, {"engine": "transformers", "options": {"tensor_parallel_size": 4}}):
+        assert options(model)[1].placement_group_bundles is None

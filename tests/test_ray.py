@@ -1,13 +1,17 @@
-"""The Ray Serve pool against a real local Ray cluster started here (one per test run)."""
+"""The Ray Serve pool against a real local Ray cluster started here (one for this module:
+tests/test_ray_cluster.py starts its own multi-node one after it)."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from ray import serve
 
 from agent.config import Config, ProfileConfig
 from agent.engine import ModelRequest
+from agent.errors import EngineError
 from agent.plugins import collect, get_plugin_manager
 from agent.ray_serve import ModelServer, RayPool
 from agent.runtime import Runtime
@@ -39,11 +44,23 @@ def free_port() -> int:
 
 def ray_env(home: Path) -> dict[str, str]:
     """Keep Ray on loopback: a HOME with ray_bootstrap_config.yaml stops its cloud-metadata
-    probe (Ray skips the probe when that file exists); usage stats off; auth mode explicit."""
+    probe (Ray skips the probe when that file exists); usage stats off; auth mode explicit.
+    Keep it private: its own RAY_TMPDIR (short: Ray's socket paths must fit 107 bytes), so
+    that the cluster address file `ray start` writes there is never found by another
+    process's `ray.init()`."""
     (home / "ray_bootstrap_config.yaml").write_text("{}")
     return {"HOME": str(home), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
-            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+            "RAY_TMPDIR": tempfile.mkdtemp(prefix="sa-ray-", dir="/tmp")}
+
+
+def collect_ray_garbage() -> None:
+    """After ray.shutdown(): collect what Ray's driver left unclosed (a socket was seen) here,
+    so that the garbage collector does not report it later, inside some other test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +78,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     finally:
         serve.shutdown()
         ray.shutdown()
+        collect_ray_garbage()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -68,10 +86,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
                 os.environ[k] = v
 
 
+FAST_SHUTDOWN = {"graceful_shutdown_timeout_s": 1, "graceful_shutdown_wait_loop_s": 0.2}
+
+
 def deploy_fake(name: str, **options: Any) -> None:
     app = serve.deployment(ModelServer, name=name, ray_actor_options={"num_cpus": 0},
-                           health_check_period_s=1, health_check_timeout_s=5,
-                           graceful_shutdown_timeout_s=1, graceful_shutdown_wait_loop_s=0.2)
+                           health_check_period_s=1, health_check_timeout_s=5, **FAST_SHUTDOWN)
     serve.run(app.bind(name, {"engine": "fake", "options": options}, FakeEngine), name=name,
               route_prefix=f"/models/{name}")
 
@@ -201,9 +221,10 @@ def test_serve_run_serve_config_yaml(tmp_path: Path) -> None:
     config = (ROOT / "serve_config.yaml").read_text().replace("port: 8000", f"port: {port}")
     (tmp_path / "serve_config.yaml").write_text(config)
     serve_bin = str(Path(sys.executable).with_name("serve"))
-    with subprocess.Popen([serve_bin, "run", str(tmp_path / "serve_config.yaml")], cwd=ROOT,
-                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True) as proc:
+    log = (tmp_path / "serve-run.log").open("w")  # a file: an undrained pipe would block it
+    with log, subprocess.Popen([serve_bin, "run", str(tmp_path / "serve_config.yaml")],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
+                               text=True) as proc:
         try:
             asyncio.run(_ask_when_up(port))
         finally:
@@ -269,13 +290,63 @@ def test_streamagent_serve_with_ray_address(cluster: int, tmp_path: Path) -> Non
     address = ray.get_runtime_context().gcs_address
     cmd = [str(Path(sys.executable).with_name("streamagent")), "serve", "--ray-address",
            address, "--config", str(config), "--port", "0"]
-    with subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    log = tmp_path / "streamagent.log"
+    with log.open("w") as errors, subprocess.Popen(
+            cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+            stderr=errors, text=True) as proc:
         try:
             url = endpoint_from(proc)
             asyncio.run(_ask_what_is_written(url))
         finally:
             proc.terminate()
-            _, err = proc.communicate(timeout=60)
+            proc.communicate(timeout=60)
+    err = log.read_text()
     assert "models with no Serve application, not served: ['asr'" in err
     serve.delete("ocr")
+
+
+async def test_lora_requests_stick_to_the_replica_that_has_the_adapter(cluster: int) -> None:
+    """Option ``lora`` travels as Serve's multiplexed model id: with two replicas, every
+    request for one adapter lands on the replica that served it first."""
+    app = serve.deployment(ModelServer, name="lora", num_replicas=2,
+                           ray_actor_options={"num_cpus": 0}, **FAST_SHUTDOWN)
+    serve.run(app.bind("lora", {"engine": "fake", "options": {"tokens": 1}}, FakeEngine),
+              name="lora", route_prefix="/models/lora")
+    pool = RayPool(["lora"])
+    for adapter in ("a", "b"):
+        async for _ in pool.stream("lora", ModelRequest(options={"lora": adapter})):
+            pass
+    await asyncio.sleep(2)  # replicas report their adapters to the routers (long poll)
+    for _ in range(8):
+        for adapter in ("a", "b"):
+            async for _ in pool.stream("lora", ModelRequest(options={"lora": adapter})):
+                pass
+    handle = serve.get_app_handle("lora")
+    seen: dict[str, list[str]] = {}
+    for _ in range(60):
+        info = await handle.where.remote()
+        seen[info["replica"]] = info["adapters"]
+        if len(seen) == 2:
+            break
+    holders = {a: [r for r, adapters in seen.items() if a in adapters] for a in ("a", "b")}
+    assert all(len(h) == 1 for h in holders.values()), seen
+    await pool.close()
+    serve.delete("lora")
+
+
+async def test_a_model_no_node_can_host_fails_at_the_deadline(cluster: int) -> None:
+    """A model whose replica cannot be placed anywhere: the call gets engine_error at the
+    first-delta deadline instead of waiting in Serve's router for ever."""
+    from ray.serve.api import _run
+
+    app = serve.deployment(ModelServer, name="nowhere",
+                           ray_actor_options={"num_cpus": 0, "resources": {"no_such_node": 1}},
+                           **FAST_SHUTDOWN)
+    _run(app.bind("nowhere", {"engine": "fake"}, FakeEngine), _blocking=False, name="nowhere",
+         route_prefix="/models/nowhere")
+    pool = RayPool(["nowhere"], first_delta_timeout_s=2)
+    with pytest.raises(EngineError, match="did not answer within 2 s"):
+        async for _ in pool.stream("nowhere", ModelRequest()):
+            pass
+    await pool.close()
+    serve.delete("nowhere")

@@ -28,7 +28,7 @@ from agent.engine import ModelRequest
 from agent.hookspecs import hookimpl
 from agent.testing import FakeEngine
 from tests.helpers import Client, texts
-from tests.test_ray import free_port, ray_env
+from tests.test_ray import collect_ray_garbage, free_port, ray_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +121,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, i
     env = {**ray_env(tmp_path_factory.mktemp("rayhome")),
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps every address on 127.0.0.1
            "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "agent.ray_proxy:middlewares",
+           "RAY_metrics_report_interval_ms": "1000",  # Ray's export, every second (10 s)
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                        os.environ.get("PYTHONPATH")]))}
     saved = {k: os.environ.get(k) for k in env}
@@ -138,6 +139,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, i
     finally:
         ray.shutdown()  # the last test leaves Serve without its controller: no serve.shutdown
         cluster.shutdown()
+        collect_ray_garbage()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -303,6 +305,21 @@ async def _closed(client: Client) -> int | None:
             await client.recv(timeout=30)
     except websockets.ConnectionClosed as exc:
         return exc.rcvd.code if exc.rcvd is not None else 1006
+
+
+def test_gateway_metrics_reach_rays_prometheus_export(
+        deployed: tuple[Cluster, str, ClientLoop]) -> None:
+    """The gateway replicas mirror their metrics to ray.util.metrics: the head node's
+    Prometheus export shows them (ray_ prefix), beside /metrics of a replica."""
+    cluster, host, _ = deployed
+    assert "streamagent_responses_total" in httpx.get(f"http://{host}/metrics").text
+    export = f"http://127.0.0.1:{cluster.head_node.metrics_export_port}/metrics"
+    for _ in range(60):
+        text = httpx.get(export, timeout=5).text
+        if "ray_streamagent_responses" in text and "ray_streamagent_sessions" in text:
+            return
+        time.sleep(1)
+    raise AssertionError("no streamagent metrics in Ray's export: " + text[:300])
 
 
 def test_healthz_while_the_serve_controller_is_down(

@@ -1,0 +1,107 @@
+"""The gateway's event-loop lag with voice activity on the loop and off it, in one run.
+
+N live sessions stream speech (flite, 24 kHz PCM16 in 100 ms chunks, real time) to the
+`speech` handler of the embedded default. The server runs in its own process, once with the
+VAD fed on the event loop (as before ``feed_off_loop``) and once off it; `/healthz` reports
+the loop's lag (p95 and worst of a 100 ms timer over the last minute).
+
+    python -m benchmarks.loop_lag [--sessions 8] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import soxr
+import websockets
+
+SENTENCE = "hello world. this is a test of speech recognition. the quick brown fox jumps."
+
+
+async def serve(on_loop: bool) -> None:
+    from agent.config import Config, ServerConfig
+    from agent.plugins import get_plugin_manager
+    from agent.runtime import Runtime
+    from agent.serve import running
+    from plugins.speech import SpeechHandler
+
+    SpeechHandler.feed_off_loop = not on_loop
+    config = Config(server=ServerConfig(max_sessions=1000, max_audio_s_per_s=100))
+    runtime = Runtime.build(config, get_plugin_manager())
+    async with running(runtime) as address:
+        print(f"PORT {address.port}", flush=True)
+        await asyncio.Event().wait()
+
+
+def speech_pcm() -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        subprocess.run(["flite", "-t", SENTENCE, "-o", str(wav)], check=True)
+        raw = np.frombuffer(wav.read_bytes()[44:], "<i2").astype(np.float32) / 32768
+    audio = soxr.resample(raw, 8000, 24000)
+    return bytes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+async def stream(url: str, pcm: bytes, seconds: float) -> None:
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "streamagent": {"live": True, "handlers": ["speech"]}}}))
+        step = 4800  # 100 ms of 24 kHz PCM16
+        loop = asyncio.get_running_loop()
+        began, sent = loop.time(), 0
+        while loop.time() - began < seconds:
+            start = sent % len(pcm)
+            chunk = (pcm + pcm)[start:start + step]
+            await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                      "audio": base64.b64encode(chunk).decode()}))
+            sent += step
+            await asyncio.sleep(max(0.0, began + sent / 48000 - loop.time()))
+
+
+async def measure(on_loop: bool, sessions: int, seconds: float, pcm: bytes) -> dict[str, Any]:
+    args = [sys.executable, "-m", "benchmarks.loop_lag", "--serve"] + (["--on-loop"] * on_loop)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[1])
+        url = f"ws://127.0.0.1:{port}/v1/realtime?model=default"
+        await asyncio.gather(*(stream(url, pcm, seconds) for _ in range(sessions)))
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(f"http://127.0.0.1:{port}/healthz")).json()
+        return {"vad": "on the loop" if on_loop else "off the loop", "sessions": sessions,
+                **{f"lag_{k}_ms": v for k, v in health["loop_lag_ms"].items()}}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--on-loop", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(args.on_loop))
+        return
+    pcm = speech_pcm()
+    rows = [asyncio.run(measure(on_loop, args.sessions, args.seconds, pcm))
+            for on_loop in (True, False)]
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
