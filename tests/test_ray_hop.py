@@ -11,10 +11,10 @@ import numpy as np
 
 from agent.config import ModelConfig
 from agent.engine import ModelRequest
+from agent.families import fit as engine_fit
 from agent.media import RGB, decode_image
 from agent.ray_hop import PackedRequest, coalesce, fit, pack, unpack
 from agent.testing import FakeEngine, jpeg_bytes
-from plugins.hf.families import fit as engine_fit
 
 
 def camera(text: str, size: tuple[int, int] = (1280, 720)) -> RGB:
