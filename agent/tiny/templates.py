@@ -35,3 +35,13 @@ QWEN2_5_OMNI = _template(
     "{% elif content['type'] == 'video' %}<|vision_bos|><|VIDEO|><|vision_eos|>"
     "{% elif content['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
 )
+
+# MiniCPM-V 2.6 / MiniCPM-o 2.6 tokenizers: ChatML over string contents (their chat() turns
+# images and audio into placeholders first), a default system turn when none is given.
+MINICPM = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import ConfigError, ModelConfig, ModelRequest, ThreadedEngine
-from plugins.hf.families import FAMILIES, Family, fit, subsample
+from plugins.hf import minicpm
+from plugins.hf.families import FAMILIES, Family
 
 log = logging.getLogger(__name__)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -40,12 +41,18 @@ class TransformersEngine(ThreadedEngine):
         if cfg.device_map is not None:
             kwargs["device_map"] = cfg.device_map
         log.info("loading %s (%s) from %s", self.name, self.family.name, source)
-        self.model = self.family.load(source, **kwargs).eval()
+        remote = self.family.remote_code
+        load = functools.partial(minicpm.load, family=self.family.name) if remote else \
+            self.family.load
+        self.model = load(source, **kwargs).eval()
         if cfg.device_map is None:
             self.model.to(cfg.device)
-        remote = self.family.remote_code
         if remote:
             self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+            self.chat = minicpm.MiniCPMChat(
+                self.model, self.tokenizer, self.family.name, self.family.modalities,
+                self.max_pixels, float(cfg.options.get("token_timeout_s",
+                                                       minicpm.TOKEN_TIMEOUT_S)))
         else:
             self.processor = AutoProcessor.from_pretrained(source)
             self.tokenizer = self.processor.tokenizer
@@ -66,7 +73,7 @@ class TransformersEngine(ThreadedEngine):
         self.active += 1
         try:
             if self.family.remote_code:
-                yield from self._chat(request, options)
+                yield from self.chat.stream(request, options, cancelled, self._count)
             else:
                 yield from self._generate(request, options, cancelled)
         finally:
@@ -104,46 +111,8 @@ class TransformersEngine(ThreadedEngine):
         if failure:
             raise failure[0]
 
-    def _chat(self, request: ModelRequest, options: dict[str, Any]) -> Iterator[str]:
-        """MiniCPM-V / MiniCPM-o: their own ``chat(msgs=..., stream=True)`` API."""
-        from PIL import Image
-
-        def pil(img: Any) -> Image.Image:
-            return Image.fromarray(fit(img, self.max_pixels))
-
-        msgs: list[dict[str, Any]] = []
-        for img, answer in request.examples:
-            msgs += [{"role": "user", "content": [pil(img)]},
-                     {"role": "assistant", "content": [answer]}]
-        msgs += [{"role": t.role, "content": [t.text]} for t in request.history
-                 if t.role in ("user", "assistant")]
-        content: list[Any] = [pil(img) for img in request.images]
-        extra: dict[str, Any] = {}
-        if request.video:
-            frames = subsample(request.video)
-            content += [pil(f) for f in frames]
-            extra = {"use_image_id": False, "max_slice_nums": 1 if len(frames) > 16 else 2}
-        if request.audio is not None and "audio" in self.family.modalities:
-            content.append(request.audio)
-        content.append(request.prompt or "Describe what you see and hear.")
-        msgs.append({"role": "user", "content": content})
-        sampling = bool(options.pop("do_sample", False))
-        stop = options.pop("stopping_criteria")
-        # MiniCPM's chat() keeps only the generation options it knows, so a stopping criterion
-        # never reaches generate(): hand it to the language model's generate() directly.
-        llm = getattr(self.model, "llm", None)
-        if llm is not None:
-            llm.generate = functools.partial(llm.generate, stopping_criteria=stop)
-        try:
-            for text in self.model.chat(image=None, msgs=msgs, tokenizer=self.tokenizer,
-                                        sampling=sampling, stream=True,
-                                        system_prompt=request.instructions or "",
-                                        **extra, **options):
-                self.tokens_generated += 1
-                yield text
-        finally:
-            if llm is not None:
-                del llm.generate  # back to the class's method
+    def _count(self, tokens: int) -> None:
+        self.tokens_generated += tokens
 
 
 def family_of(name: str, config: ModelConfig) -> Family:
