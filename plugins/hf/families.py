@@ -15,6 +15,7 @@ from PIL import Image
 
 from agent import AUDIO_RATE, ModelRequest
 from agent.media import RGB
+from plugins.hf import long_audio
 
 MAX_VIDEO_FRAMES = 64
 
@@ -49,13 +50,15 @@ class Family:
         kwargs: dict[str, Any] = {}
         if request.video and "video" in self.modalities:
             frames = np.stack([fit(f, max_pixels) for f in subsample(request.video)])
+            fps = request.video_fps * len(frames) / len(request.video)  # after subsampling
             content.append({"type": "video"})
-            kwargs.update(videos=[frames], do_sample_frames=False, video_metadata=[{
-                "total_num_frames": len(frames), "fps": request.video_fps,
-                "duration": len(frames) / request.video_fps}])
+            # Qwen2.5-Omni's processor reads fps from the kwargs, the others from the metadata
+            kwargs.update(videos=[frames], do_sample_frames=False, fps=fps, video_metadata=[{
+                "total_num_frames": len(frames), "fps": fps, "duration": len(frames) / fps}])
         if request.audio is not None and "audio" in self.modalities:
-            content.append({"type": "audio"})
-            kwargs.update(audio=[request.audio], sampling_rate=AUDIO_RATE)
+            parts = long_audio.split(request.audio, long_audio.encoder_window(processor))
+            content += [{"type": "audio"} for _ in parts]
+            kwargs.update(audio=parts, sampling_rate=AUDIO_RATE)
         text = processor.apply_chat_template(messages(request, content), tokenize=False,
                                              add_generation_prompt=True)
         if images:

@@ -24,6 +24,7 @@ What their code needs, read from ``modeling_minicpmv.py`` / ``modeling_minicpmo.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Any
 from agent import EngineError, ModelRequest
 from plugins.hf.families import fit, subsample
 
+log = logging.getLogger(__name__)
 TOKEN_TIMEOUT_S = 600.0
 
 
@@ -257,7 +259,8 @@ class _Guard:
     def __exit__(self, *exc: Any) -> None:
         del self.llm.generate  # back to the class's method
         if not self.done.wait(self.timeout_s):  # a stopped stream: let generate() notice
-            raise EngineError("the model's generate thread did not stop")
+            log.warning("the model's generate thread is still running after %g s",
+                        self.timeout_s)
 
     def _watch(self, streamer: Any) -> None:
         streamer.timeout = self.timeout_s
