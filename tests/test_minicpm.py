@@ -124,6 +124,20 @@ def test_minicpm_o_has_no_system_prompt_argument(loaded: dict[str, tuple[Any, An
     assert "PIRATE" not in prompts[-1]  # dropped without a word, as the real chat() does
 
 
+def test_beam_search_is_one_delta(loaded: dict[str, tuple[Any, Any]]) -> None:
+    from transformers import StoppingCriteriaList
+
+    m, tok = loaded["minicpm-v"]
+    chat = minicpm.MiniCPMChat(m, tok, "minicpm-v", frozenset({"image"}), 64 * 64)
+    counted: list[int] = []
+    options = {"max_new_tokens": 4, "min_new_tokens": 4, "num_beams": 2, "do_sample": False,
+               "repetition_penalty": 1.0, "stopping_criteria": StoppingCriteriaList([])}
+    image = np.zeros((32, 32, 3), np.uint8)
+    out = list(chat.stream(ModelRequest(prompt="?", images=(image,)), options,
+                           threading.Event(), counted.append))
+    assert len(out) == 1 and isinstance(out[0], str)  # chat(sampling=False, stream=False)
+
+
 def spy_prompts(tok: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     prompts: list[str] = []
     render = tok.apply_chat_template
@@ -304,7 +318,7 @@ def omni_processor(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.mark.parametrize(("frames", "fps", "expected"), [(4, 1.0, 1.0), (8, 4.0, 4.0),
-                                                         (128, 4.0, 2.0)])
+                                                         (128, 8.0, 4.0)])
 def test_omni_video_fps_reaches_the_processor(omni_processor: Any, frames: int, fps: float,
                                               expected: float) -> None:
     video = tuple(np.full((56, 56, 3), i, np.uint8) for i in range(frames))
@@ -312,6 +326,6 @@ def test_omni_video_fps_reaches_the_processor(omni_processor: Any, frames: int, 
                            history=(Turn("user", "x"),))
     inputs = FAMILIES["qwen2.5-omni"].inputs(omni_processor, request, 56 * 56)
     # seconds per temporal grid step = temporal_patch_size (2) / fps; 128 frames are
-    # subsampled to 64 over the same 32 s, so 2 fps
+    # subsampled to 64 over the same 16 s, so 4 fps
     assert [float(s) for s in inputs["video_second_per_grid"]] == [2 / expected]
 
