@@ -1,7 +1,9 @@
 """GPU benchmark on full-size random-weight checkpoints (no download): vLLM and transformers.
 
-    python scripts/gpu_bench.py [--device cuda] [--out docs/gpu-bench.md] [--budget-s 470]
+    python scripts/gpu_bench.py [--device cuda] [--out FILE] [--budget-s 470]
     python scripts/gpu_bench.py --device cpu --small     # every step, tiny sizes, on a CPU
+
+The report goes to gpu-bench.md (and .json) in docs/ unless ``--out`` names another file.
 
 For Qwen2-VL-2B and Qwen2.5-VL-7B (shapes from their real configs, see gpu_bench_models.py) and
 each engine it measures, through the engine classes the server uses:
