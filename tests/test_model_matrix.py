@@ -78,13 +78,12 @@ class Served:
         return TOKENS[self.engine_kind]
 
     def generated(self, before: int, at_most: bool = False) -> None:
-        """The engine generated the configured count since ``before`` (MiniCPM's ``chat()``
-        streams text pieces, which the engine counts: only some were generated)."""
+        """The engine generated the configured count since ``before``; ``at_most``: a chat
+        completion, which a model's name answers through each of its handlers (one per
+        modality it takes, a profile of its name), each generation at most the count."""
         done = self.engine().tokens_generated - before
-        if ARCHS[self.arch].remote_code:
-            assert done > 0
-        elif at_most:
-            assert 0 < done <= self.tokens
+        if at_most:
+            assert 0 < done <= self.tokens * len(self.takes)
         else:
             assert done == self.tokens
 
