@@ -189,10 +189,12 @@ async def test_instructions_and_a_history_that_starts_with_the_assistant(
 async def test_greedy_by_default(server: Any, name: str) -> None:
     address, runtime = server
     before = engine(runtime, name).tokens_generated
-    first = "".join(texts(await ask(address, name)))
+    got = await ask(address, name)
+    first = "".join(texts(got))
     again = "".join(texts(await ask(address, name)))
     assert first and first == again  # sampling at the chat() defaults would differ
-    assert engine(runtime, name).tokens_generated - before >= 2 * TOKENS
+    assert engine(runtime, name).tokens_generated - before == 2 * TOKENS  # tokens, not pieces
+    assert got[-1]["response"]["status"] == "incomplete"  # min_new_tokens == max_new_tokens
 
 
 async def test_generate_thread_failure_fails_the_response_not_the_session(
