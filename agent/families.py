@@ -10,6 +10,7 @@ the ``register_families`` hook, overrides only what differs for one family of ch
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,9 @@ Messages = list[dict[str, Any]]
 @dataclass(frozen=True, slots=True)
 class ChatCall:
     """What a family's own ``chat`` gets: the loaded model and tokenizer, the request, the
-    decoding options (with ``stopping_criteria``) and the frame budget."""
+    decoding options (with ``stopping_criteria``) and the frame budget; the request's
+    cancellation (set it to stop generation when leaving early), a counter for the tokens
+    generated (uncounted, each text piece counts as one) and the longest wait for a token."""
 
     model: Any
     tokenizer: Any
@@ -41,6 +44,9 @@ class ChatCall:
     options: dict[str, Any]
     max_pixels: int
     modalities: frozenset[str]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    counted: Callable[[int], None] = field(default=lambda tokens: None)
+    token_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -119,13 +125,15 @@ def _renders(processor: Any, modality: str) -> bool:
     return with_part != plain
 
 
-def media_parts(request: ModelRequest, modalities: frozenset[str]) -> Messages:
-    """The user's media as typed content parts, in the order the media is passed."""
+def media_parts(request: ModelRequest, modalities: frozenset[str],
+                audio_clips: int = 1) -> Messages:
+    """The user's media as typed content parts, in the order the media is passed (the audio
+    as ``audio_clips`` consecutive parts when it was split for the encoder's window)."""
     parts: Messages = [{"type": "image"} for _ in request.images if "image" in modalities]
     if request.video and "video" in modalities:
         parts.append({"type": "video"})
     if request.audio is not None and "audio" in modalities:
-        parts.append({"type": "audio"})
+        parts += [{"type": "audio"} for _ in range(audio_clips)]
     return parts
 
 

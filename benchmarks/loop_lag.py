@@ -68,18 +68,24 @@ async def stream(url: str, pcm: bytes, seconds: float) -> None:
             await asyncio.sleep(max(0.0, began + sent / 48000 - loop.time()))
 
 
-async def measure(on_loop: bool, sessions: int, seconds: float, pcm: bytes) -> dict[str, Any]:
+async def drive(port: int, sessions: int, seconds: float, pcm: bytes) -> dict[str, float]:
+    url = f"ws://127.0.0.1:{port}/v1/realtime?model=default"
+    await asyncio.gather(*(stream(url, pcm, seconds) for _ in range(sessions)))
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(f"http://127.0.0.1:{port}/healthz")).json()
+    lag: dict[str, float] = health["loop_lag_ms"]
+    return lag
+
+
+def measure(on_loop: bool, sessions: int, seconds: float, pcm: bytes) -> dict[str, Any]:
     args = [sys.executable, "-m", "benchmarks.loop_lag", "--serve"] + (["--on-loop"] * on_loop)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline().split()[1])
-        url = f"ws://127.0.0.1:{port}/v1/realtime?model=default"
-        await asyncio.gather(*(stream(url, pcm, seconds) for _ in range(sessions)))
-        async with httpx.AsyncClient() as http:
-            health = (await http.get(f"http://127.0.0.1:{port}/healthz")).json()
+        lag = asyncio.run(drive(port, sessions, seconds, pcm))
         return {"vad": "on the loop" if on_loop else "off the loop", "sessions": sessions,
-                **{f"lag_{k}_ms": v for k, v in health["loop_lag_ms"].items()}}
+                **{f"lag_{k}_ms": v for k, v in lag.items()}}
     finally:
         proc.terminate()
         proc.wait(30)
@@ -98,8 +104,7 @@ def main() -> None:
         asyncio.run(serve(args.on_loop))
         return
     pcm = speech_pcm()
-    rows = [asyncio.run(measure(on_loop, args.sessions, args.seconds, pcm))
-            for on_loop in (True, False)]
+    rows = [measure(on_loop, args.sessions, args.seconds, pcm) for on_loop in (True, False)]
     print(json.dumps(rows, indent=1))
 
 

@@ -3,6 +3,8 @@
     python scripts/gpu_bench.py [--device cuda] [--out bench-out/gpu-bench.md] [--budget-s 470]
     python scripts/gpu_bench.py --device cpu --small     # every step, tiny sizes, on a CPU
 
+The report goes to gpu-bench.md (and .json) in docs/ unless ``--out`` names another file.
+
 For Qwen2-VL-2B and Qwen2.5-VL-7B (shapes from their real configs, see gpu_bench_models.py) and
 each engine it measures, through the engine classes the server uses:
 - TTFT for one 448x448 frame (sequential requests, each frame different), p50 / p95;

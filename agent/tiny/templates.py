@@ -104,3 +104,13 @@ MINICPM_V4_6 = (
     QWEN3_VL.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>")
     .replace("<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>")
 )
+
+# MiniCPM-V 2.6 / MiniCPM-o 2.6 tokenizers: ChatML over string contents (their chat() turns
+# images and audio into placeholders first), a default system turn when none is given.
+MINICPM = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)

@@ -24,10 +24,12 @@ from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_inputs
 
 log = logging.getLogger(__name__)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+TOKEN_TIMEOUT_S = 600.0
 
 
 class TransformersEngine(ThreadedEngine):
-    """Options: ``max_pixels`` (frame budget, default 640*480)."""
+    """Options: ``max_pixels`` (frame budget, default 640*480), ``token_timeout_s`` (longest
+    wait for the next token, default 600)."""
 
     kind = "transformers"
     uses_families = True
@@ -41,6 +43,7 @@ class TransformersEngine(ThreadedEngine):
         if config.dtype not in DTYPES:
             raise ConfigError(f"model {name!r}: dtype {config.dtype!r} is not one of {DTYPES}")
         self.max_pixels = int(config.options.get("max_pixels", 640 * 480))
+        self.token_timeout_s = float(config.options.get("token_timeout_s", TOKEN_TIMEOUT_S))
         self.tokens_generated = 0
         self.active = 0
 
@@ -93,15 +96,32 @@ class TransformersEngine(ThreadedEngine):
         self.active += 1
         try:
             if self.family.chat is not None:
-                call = ChatCall(self.model, self.tokenizer, request, options, self.max_pixels,
-                                self.modalities or frozenset())
-                for text in self.family.chat(call):
-                    self.tokens_generated += 1
-                    yield text
+                yield from self._chat(request, options, cancelled)
             else:
                 yield from self._generate(request, options, cancelled)
         finally:
             self.active -= 1
+
+    def _chat(self, request: ModelRequest, options: dict[str, Any],
+              cancelled: threading.Event) -> Iterator[str]:
+        """A family's own ``chat``; it counts tokens through ``counted`` (else each text piece
+        counts as one)."""
+        assert self.family.chat is not None
+        before, pieces = self.tokens_generated, 0
+
+        def counted(tokens: int) -> None:
+            self.tokens_generated += tokens
+
+        call = ChatCall(self.model, self.tokenizer, request, options, self.max_pixels,
+                        self.modalities or frozenset(), cancelled, counted, self.token_timeout_s)
+        try:
+            for text in self.family.chat(call):
+                pieces += 1
+                yield text
+        finally:
+            if self.tokens_generated == before:
+                self.tokens_generated += pieces
+            _count(request.usage, self.tokens_generated - before, options["max_new_tokens"])
 
     def _generate(self, request: ModelRequest, options: dict[str, Any],
                   cancelled: threading.Event) -> Iterator[str]:
@@ -117,7 +137,7 @@ class TransformersEngine(ThreadedEngine):
             _count(usage, self.tokens_generated - before, options["max_new_tokens"])
             yield str(self.tokenizer.decode(new, skip_special_tokens=True))
             return
-        streamer = counting_streamer(self, self.tokenizer)
+        streamer = counting_streamer(self, self.tokenizer, self.token_timeout_s)
         failure: list[BaseException] = []
 
         def run() -> None:
@@ -146,7 +166,7 @@ def _count(usage: Usage, generated: int, limit: int) -> None:
     usage.finish_reason = "length" if generated >= limit else "stop"
 
 
-def counting_streamer(engine: TransformersEngine, tokenizer: Any) -> Any:
+def counting_streamer(engine: TransformersEngine, tokenizer: Any, timeout_s: float) -> Any:
     """A TextIteratorStreamer that also counts the tokens generated (after the prompt)."""
     from transformers import TextIteratorStreamer
 
@@ -156,4 +176,5 @@ def counting_streamer(engine: TransformersEngine, tokenizer: Any) -> Any:
                 engine.tokens_generated += int(value.numel())
             super().put(value)
 
-    return CountingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    return CountingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
+                            timeout=timeout_s)

@@ -5,16 +5,18 @@ Qwen2-VL, Qwen2.5-VL, Qwen2-Audio, MiniCPM-V 4.x, LLaVA-OneVision and their peer
 nothing: the generic path serves them. These families exist for what it cannot know:
 - Qwen2.5-Omni / Qwen3-Omni: a full checkpoint also holds a speech generator (the talker); text
   output needs only the thinker, so load that alone.
-- MiniCPM-V 2.6 / MiniCPM-o 2.6: remote code with its own ``chat()`` API (plugins/hf/minicpm.py).
+- MiniCPM-V 2.6 / MiniCPM-o 2.6: remote code written for transformers 4.x with its own
+  ``chat()`` API; plugins/hf/minicpm.py loads it on 5.x and drives that API.
 - Qwen3-VL: a processor setting the reference implementation uses.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from agent.families import Family
-from plugins.hf.minicpm import chat as minicpm_chat
+from plugins.hf import minicpm
 
 ALL_MEDIA = frozenset({"image", "video", "audio"})
 
@@ -52,7 +54,9 @@ FAMILIES = [
                          "Qwen3OmniMoeThinkerForConditionalGeneration")),
     # model_type of the published MiniCPM-V 2.6 / MiniCPM-o 2.6 config.json files.
     Family("minicpm-v", model_types=("minicpmv",), modalities=frozenset({"image", "video"}),
-           remote_code=True, chat=minicpm_chat, vllm=False),
+           remote_code=True, load=functools.partial(minicpm.load, family="minicpm-v"),
+           chat=functools.partial(minicpm.chat, family="minicpm-v"), vllm=False),
     Family("minicpm-o", model_types=("minicpmo",), modalities=ALL_MEDIA, remote_code=True,
-           chat=minicpm_chat, vllm=False),
+           load=functools.partial(minicpm.load, family="minicpm-o"),
+           chat=functools.partial(minicpm.chat, family="minicpm-o"), vllm=False),
 ]

@@ -17,6 +17,7 @@ from agent.families import (
     subsample,
     video_metadata,
 )
+from plugins.hf import long_audio
 
 AUTO_CLASSES = ("AutoModelForMultimodalLM", "AutoModelForImageTextToText",
                 "AutoModelForCausalLM")
@@ -40,21 +41,25 @@ def auto_load(source: str, config: Any, remote_code: bool, kwargs: dict[str, Any
 def processor_inputs(processor: Any, request: ModelRequest, family: Family,
                      modalities: frozenset[str], max_pixels: int) -> Any:
     """Processor outputs (tensors) for ``request``: few-shot and question images, the video as
-    frames with their real fps, the audio at 16 kHz."""
+    frames with their real fps, the audio at 16 kHz (split into clips the encoder takes)."""
     images = [fit(img, max_pixels) for img, _ in request.examples]
     images += [fit(img, max_pixels) for img in request.images]
     kwargs: dict[str, Any] = {}
     if request.video and "video" in modalities:
         temporal = getattr(getattr(processor, "video_processor", None), "temporal_patch_size", 1)
-        frames = np.stack(pad_frames([fit(f, max_pixels) for f in subsample(request.video)],
-                                     int(temporal or 1)))
-        kwargs.update(videos=[frames], do_sample_frames=False,
-                      video_metadata=[video_metadata(len(frames), request.video_fps)])
+        sampled = subsample(request.video)
+        fps = request.video_fps * len(sampled) / len(request.video)  # after subsampling
+        frames = np.stack(pad_frames([fit(f, max_pixels) for f in sampled], int(temporal or 1)))
+        # Qwen2.5-Omni's processor reads fps from the kwargs, the others from the metadata
+        kwargs.update(videos=[frames], do_sample_frames=False, fps=fps,
+                      video_metadata=[video_metadata(len(frames), fps)])
+    clips: list[Any] = []
     if request.audio is not None and "audio" in modalities:
-        kwargs.update(audio=[request.audio], sampling_rate=AUDIO_RATE)
+        clips = long_audio.split(request.audio, long_audio.encoder_window(processor))
+        kwargs.update(audio=clips, sampling_rate=AUDIO_RATE)
     if images and "image" in modalities:
         kwargs["images"] = images
     shape = family.messages or messages
-    chat = shape(request, media_parts(request, modalities))
+    chat = shape(request, media_parts(request, modalities, audio_clips=len(clips) or 1))
     text = processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     return processor(text=[text], return_tensors="pt", **kwargs, **family.processor_kwargs)
