@@ -153,8 +153,8 @@ Captioning {IMAGES} images (320x240, 16 in flight): transformers {tc:.1f} images
 The offered load is sessions x {TOKENS} tokens per second (16 sessions: {16 * TOKENS}
 tokens/s). The transformers engine serves one request at a time, so past its capacity the
 sampler's latest-wins drops windows and the first delta waits; vLLM runs them in one batch. These are CPU
-figures on a toy model (per-token work is tiny, so fixed per-step costs dominate); GPU figures
-need a GPU machine (none was lent to this task).
+figures on a toy model (per-token work is tiny, so fixed per-step costs dominate); they say
+nothing about GPUs, which `scripts/gpu_bench.py` measures (no GPU figures are recorded yet).
 <!-- /bench:engines -->"""
 
 

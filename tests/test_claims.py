@@ -10,10 +10,12 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import pytest
 import websockets
 
-from agent import Handler, ModelConfig, Question, hookimpl
+from agent import AUDIO_RATE, Handler, HandlerContext, LocalPool, ModelConfig, Question, hookimpl
+from agent.media import Frame, Window
 from agent.serve import running
 from agent.testing import fake_runtime
 from tests.helpers import Client, texts
@@ -135,3 +137,29 @@ async def test_a_session_chooses_a_lora_adapter_for_its_model_calls() -> None:
         fake = runtime.pool.engines["fake"]  # type: ignore[attr-defined]
         assert [r.options.get("lora") for r in fake.requests] == ["terse", None]
         await client.close()
+
+
+def windows(n: int, audio_s: float = 0.0) -> list[Window]:
+    out = []
+    for i in range(n):
+        audio = np.zeros(int(audio_s * AUDIO_RATE), np.float32)
+        out.append(Window(i, float(i), float(i + 1), Frame("", i + 0.5), audio))
+    return out
+
+
+def test_video_every_s_and_window_s_pace_live_summaries() -> None:
+    from plugins.hf.handlers import VideoHandler
+
+    handler = VideoHandler(HandlerContext(LocalPool({}), "m", {"every_s": 2, "window_s": 4}))
+    fired = [(w.start, w.end) for w in map(handler.feed, windows(8)) if w is not None]
+    assert fired == [(0, 2), (0, 4), (2, 6), (4, 8)]
+
+
+def test_listen_chunk_s_cuts_fixed_chunks_and_the_rest_at_commit() -> None:
+    from plugins.hf.handlers import ListenHandler
+
+    handler = ListenHandler(HandlerContext(LocalPool({}), "m", {"chunk_s": 2}))
+    feed = windows(5, audio_s=1.0)
+    feed[-1] = Window(4, 4.0, 5.0, None, feed[-1].audio, final=True)
+    cut = [(u.start, u.end) for u in map(handler.feed, feed) if u is not None]
+    assert cut == [(0, 2), (2, 4), (4, 5)]

@@ -124,6 +124,7 @@ class ListenHandler(_LLMHandler):
 
     name = "listen"
     modality = "audio"
+    feed_off_loop = True  # the VAD runs for every 32 ms of audio
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -150,8 +151,16 @@ class ListenHandler(_LLMHandler):
             done = self._chunks(window, t)
         if not done:
             return None
-        self.last = done[-1]
-        return done[-1]
+        # several utterances ending in one window are one response, none dropped
+        self.last = done[0] if len(done) == 1 else vad.Utterance(
+            done[0].start, done[-1].end, np.concatenate([u.audio for u in done]))
+        return self.last
+
+    def clear_audio(self) -> None:
+        if self.segmenter is not None:
+            self.segmenter.reset()
+        self._buffer, self._start = [], None
+        self.recent.clear()
 
     def _chunks(self, window: Window, t: float) -> list[vad.Utterance]:
         if self._start is None:
