@@ -75,7 +75,7 @@ def serve(host: str | None, port: int | None, config_path: str | None, api_key: 
     SIGINT/SIGTERM. With no config and no --family: the embedded CPU models."""
     from agent.plugins import get_plugin_manager
     from agent.runtime import Runtime
-    from agent.serve import serve_forever
+    from agent.uvicorn_server import serve_forever
 
     _logging(log_level)
     try:
@@ -104,7 +104,7 @@ def ray_runtime(config: Config, address: str) -> Runtime:
     from ray import serve
 
     from agent.plugins import collect, get_plugin_manager
-    from agent.ray_serve import RayPool
+    from agent.ray_pool import RayPool
     from agent.runtime import Runtime, with_model_profiles
 
     registry = collect(get_plugin_manager())

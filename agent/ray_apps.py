@@ -1,6 +1,6 @@
 """Ray Serve applications for serve configs: typed ``args``, the builders, the gateway ingress.
 
-``import_path: agent.ray_serve:model_app`` / ``agent.ray_serve:gateway_app`` (re-exported
+``import_path: agent.ray_pool:model_app`` / ``agent.ray_pool:gateway_app`` (re-exported
 there). A model that spans GPUs (vLLM with ``tensor_parallel_size > 1``) gets the matching
 placement group from its config (``placement``).
 """
@@ -48,7 +48,7 @@ def model_app(args: dict[str, Any]) -> Any:
     from ray import serve
 
     a = ModelAppArgs.model_validate(args)
-    from agent.ray_serve import ModelServer
+    from agent.ray_pool import ModelServer
 
     deployment: Any = serve.deployment(ModelServer, name=a.name, **placement(a.model))
     return deployment.bind(a.name, a.model.model_dump(), None, a.start_timeout_s, a.plugins,
@@ -73,10 +73,10 @@ class GatewayServer:
     def __init__(self, config: dict[str, Any], models: list[str],
                  plugins: list[str] | None = None, first_delta_timeout_s: float = 60.0,
                  jpeg_quality: int = 90) -> None:
+        from agent.gateway import Gateway
         from agent.plugins import collect, get_plugin_manager
-        from agent.ray_serve import RayPool, _load_object
+        from agent.ray_pool import RayPool, _load_object
         from agent.runtime import Runtime, with_model_profiles
-        from agent.server import Gateway
 
         metrics.enable_ray()
         pm = get_plugin_manager()

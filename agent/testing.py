@@ -19,7 +19,7 @@ from agent.hookspecs import hookimpl
 from agent.media import Window
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
-from agent.serve import Address, running
+from agent.uvicorn_server import Address, running
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 

@@ -31,9 +31,9 @@ from agent.config import (
 )
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
-from agent.serve import running
 from agent.testing import jpeg_bytes
 from agent.tiny import build
+from agent.uvicorn_server import running
 from benchmarks.run import ROOT, machine
 
 TOKENS = 128

@@ -32,7 +32,7 @@ async def serve(on_loop: bool) -> None:
     from agent.config import Config, ServerConfig
     from agent.plugins import get_plugin_manager
     from agent.runtime import Runtime
-    from agent.serve import running
+    from agent.uvicorn_server import running
     from plugins.speech import SpeechHandler
 
     SpeechHandler.feed_off_loop = not on_loop

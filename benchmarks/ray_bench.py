@@ -27,8 +27,8 @@ from agent.engine import ModelRequest
 from agent.plugins import collect, get_plugin_manager
 from agent.pool import LocalPool, Pool
 from agent.runtime import Runtime, build_engines
-from agent.serve import running
 from agent.testing import FakeEngine, FakePlugin
+from agent.uvicorn_server import running
 from benchmarks.run import ROOT, camera_frames, machine, stream
 
 CALLS = 200
@@ -82,7 +82,7 @@ async def hop(registry: Any) -> dict[str, Any]:
     import pickle
 
     from agent.ray_hop import pack
-    from agent.ray_serve import RayPool
+    from agent.ray_pool import RayPool
 
     window = ModelRequest(prompt="what happens?", video=video_window(), options={"tokens": 1})
     out: dict[str, Any] = {
@@ -154,7 +154,7 @@ async def main() -> dict[str, Any]:
     import ray
     from ray import serve
 
-    from agent.ray_serve import ModelServer, RayPool
+    from agent.ray_pool import ModelServer, RayPool
 
     home = Path(tempfile.mkdtemp())
     (home / "ray_bootstrap_config.yaml").write_text("{}")

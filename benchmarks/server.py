@@ -12,8 +12,8 @@ import sys
 from agent.config import Config, HandlerConfig, ProfileConfig, ServerConfig, load_config
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
-from agent.serve import running
 from agent.testing import FakePlugin
+from agent.uvicorn_server import running
 
 
 def echo(decode: bool) -> Runtime:

@@ -9,8 +9,8 @@ import pytest
 from agent.config import Config
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
-from agent.serve import Address
 from agent.testing import ServerThread
+from agent.uvicorn_server import Address
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Ray reads this at import: without it, nodes of a multi-node test cluster advertise this

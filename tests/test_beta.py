@@ -14,8 +14,8 @@ import websockets
 from openai.types.beta.realtime import realtime_server_event
 
 from agent import beta
-from agent.serve import running
 from agent.testing import FakeEngine, data_url, fake_runtime, jpeg_bytes
+from agent.uvicorn_server import running
 
 
 def beta_types() -> set[str]:

@@ -20,8 +20,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 from skimage import data as skdata
 
-from agent.serve import Address
 from agent.testing import FONT, ServerThread, fake_runtime
+from agent.uvicorn_server import Address
 from tests.conftest import need
 from tests.media import flite_wav, read_wav
 

@@ -17,9 +17,9 @@ import pytest_asyncio
 from agent.config import Config, GenerationConfig, ModelConfig
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
-from agent.serve import Address, running
 from agent.testing import FakeEngine, ServerThread, data_url, fake_runtime, jpeg_bytes
 from agent.tiny import build
+from agent.uvicorn_server import Address, running
 from tests.media import flite_wav, word_video
 
 

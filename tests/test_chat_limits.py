@@ -20,8 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
-from agent.serve import running
 from agent.testing import FakeEngine, data_url, fake_runtime, jpeg_bytes
+from agent.uvicorn_server import running
 
 
 def video_bytes(path: Path, size: tuple[int, int], seconds: int, fps: int = 1) -> bytes:

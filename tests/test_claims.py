@@ -16,8 +16,8 @@ import websockets
 
 from agent import AUDIO_RATE, Handler, HandlerContext, LocalPool, ModelConfig, Question, hookimpl
 from agent.media import Frame, Window
-from agent.serve import running
 from agent.testing import fake_runtime
+from agent.uvicorn_server import running
 from tests.helpers import Client, texts
 
 

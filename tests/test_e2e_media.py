@@ -11,8 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from agent.serve import Address
 from agent.streamer import stream_file
+from agent.uvicorn_server import Address
 from tests.media import flite_wav, read_wav, word_video
 
 pytestmark = pytest.mark.slow

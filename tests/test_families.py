@@ -63,8 +63,8 @@ async def test_describe_handler_sends_instructions_examples_history_and_frame(
     from agent.config import Config, HandlerConfig, ProfileConfig
     from agent.plugins import get_plugin_manager
     from agent.runtime import Runtime
-    from agent.serve import running
     from agent.testing import FakeEngine, FakePlugin, data_url, image_event, jpeg_bytes
+    from agent.uvicorn_server import running
     from plugins import hf
     from tests.helpers import Client
 
@@ -107,8 +107,8 @@ async def test_a_handler_for_input_the_model_lacks_fails_at_start_up() -> None:
 
 
 async def test_session_update_names_the_handler_and_the_model_it_cannot_use() -> None:
-    from agent.serve import running
     from agent.testing import fake_runtime
+    from agent.uvicorn_server import running
     from tests.helpers import Client
 
     async with running(fake_runtime(handlers=(), modalities=["audio"])) as address:

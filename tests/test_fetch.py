@@ -16,8 +16,8 @@ import pytest
 
 from agent.errors import InvalidMedia, LimitExceeded
 from agent.fetch import Fetcher
-from agent.serve import running
 from agent.testing import FakeEngine, fake_runtime, jpeg_bytes
+from agent.uvicorn_server import running
 
 PICTURE = jpeg_bytes("fetched")
 

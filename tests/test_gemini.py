@@ -22,8 +22,8 @@ from google.genai import types
 from agent.config import Config, ServerConfig
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
-from agent.serve import Address, running
 from agent.testing import ServerThread, data_url, fake_runtime, jpeg_bytes
+from agent.uvicorn_server import Address, running
 
 PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 

@@ -17,8 +17,8 @@ import websockets
 
 from agent import Handler, ModelRequest, Window, hookimpl
 from agent.runtime import Runtime
-from agent.serve import Address, running
 from agent.testing import data_url, fake_runtime, image_event, jpeg_bytes
+from agent.uvicorn_server import Address, running
 from tests.helpers import Client, texts
 
 

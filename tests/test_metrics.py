@@ -7,8 +7,8 @@ import asyncio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.serve import Address, running
 from agent.testing import data_url, fake_runtime, image_event, jpeg_bytes
+from agent.uvicorn_server import Address, running
 from tests.helpers import Client
 
 

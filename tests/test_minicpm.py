@@ -21,10 +21,10 @@ from agent import ModelRequest, Turn
 from agent.config import Config, GenerationConfig, HandlerConfig, ModelConfig, ServerConfig
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
-from agent.serve import Address
 from agent.streamer import stream_file
 from agent.testing import ServerThread, data_url, image_event, jpeg_bytes
 from agent.tiny import build
+from agent.uvicorn_server import Address
 from plugins.hf import long_audio, minicpm
 from plugins.hf.families import FAMILIES
 from plugins.hf.inputs import processor_inputs

@@ -22,9 +22,9 @@ from PIL import Image
 from agent.config import Config, GenerationConfig, HandlerConfig, ModelConfig, ProfileConfig
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
-from agent.serve import Address
 from agent.testing import ServerThread, data_url, image_event, jpeg_bytes
 from agent.tiny import build
+from agent.uvicorn_server import Address
 from tests.helpers import Client, texts
 from tests.media import flite_wav
 

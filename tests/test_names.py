@@ -14,8 +14,8 @@ import openai
 import pytest
 import websockets
 
-from agent.serve import Address, running
 from agent.testing import data_url, fake_runtime, jpeg_bytes
+from agent.uvicorn_server import Address, running
 from tests.media import flite_wav
 
 PICTURE = jpeg_bytes("SAFFRON 42", size=(640, 240))

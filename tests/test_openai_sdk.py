@@ -8,8 +8,8 @@ from openai import AsyncOpenAI
 from PIL import Image
 from skimage import data as skdata
 
-from agent.serve import Address
 from agent.testing import data_url, jpeg_bytes
+from agent.uvicorn_server import Address
 
 pytestmark = pytest.mark.slow
 

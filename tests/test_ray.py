@@ -26,10 +26,10 @@ from agent.config import Config, ProfileConfig
 from agent.engine import ModelRequest
 from agent.errors import EngineError
 from agent.plugins import collect, get_plugin_manager
-from agent.ray_serve import ModelServer, RayPool
+from agent.ray_pool import ModelServer, RayPool
 from agent.runtime import Runtime
-from agent.serve import Address, running
 from agent.testing import FakeEngine, FakePlugin, data_url, image_event, jpeg_bytes
+from agent.uvicorn_server import Address, running
 from tests.helpers import Client, endpoint_from, texts
 
 pytestmark = pytest.mark.slow
@@ -188,7 +188,7 @@ def test_a_model_that_fails_to_load_fails_its_deployment(cluster: int) -> None:
 
 
 async def test_gateway_inside_serve_behind_the_proxy(fake_models: list[str], cluster: int) -> None:
-    from agent.ray_serve import gateway_app
+    from agent.ray_pool import gateway_app
 
     serve.run(gateway_app({"models": ["fake", "slow"], "plugins": ["agent.testing:FakePlugin"],
                            "config": {"server": {"max_message_bytes": 65536}, "profiles": {
@@ -281,7 +281,7 @@ def test_streamagent_serve_with_ray_address(cluster: int, tmp_path: Path) -> Non
     """`streamagent serve --ray-address ADDR` in its own process joins the cluster and streams
     from the Serve model applications; installed plugins' models with no application (asr,
     faces, ...) are left out with a warning instead of failing start-up."""
-    from agent.ray_serve import model_app
+    from agent.ray_pool import model_app
 
     serve.run(model_app({"name": "ocr", "model": {"engine": "rapidocr"}}), name="ocr",
               route_prefix="/models/ocr")

@@ -66,7 +66,7 @@ class SickPlugin:
 def model(name: str, engine: str, **options: Any) -> dict[str, Any]:
     return {
         "name": name, "route_prefix": f"/models/{name}",
-        "import_path": "agent.ray_serve:model_app",
+        "import_path": "agent.ray_pool:model_app",
         "args": {"name": name, "model": {"engine": engine, "options": options},
                  "plugins": ["agent.testing:FakePlugin", "tests.test_ray_cluster:SickPlugin"]},
         "deployments": [{"name": name, "max_ongoing_requests": 4,
@@ -86,7 +86,7 @@ def serve_config(port: int) -> dict[str, Any]:
             model("fragile", "fake", tokens=40, delay_s=0.05),
             model("sick", "sick", tokens=3),
             {"name": "gateway", "route_prefix": "/",
-             "import_path": "agent.ray_serve:gateway_app",
+             "import_path": "agent.ray_pool:gateway_app",
              "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT), **GATEWAY_ENV}},
              "args": {"models": ["fragile", "sick"], "plugins": ["agent.testing:FakePlugin"],
                       "first_delta_timeout_s": 20, "config": {"profiles": profiles}},

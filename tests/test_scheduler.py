@@ -12,8 +12,8 @@ from agent.config import ModelConfig
 from agent.errors import Overloaded
 from agent.pool import LocalPool
 from agent.scheduler import Scheduler
-from agent.serve import running
 from agent.testing import FakeEngine, fake_runtime
+from agent.uvicorn_server import running
 from tests.helpers import Client
 
 

@@ -14,8 +14,8 @@ import pytest_asyncio
 import websockets
 
 from agent.runtime import Runtime
-from agent.serve import Address, running
 from agent.testing import FakeEngine, data_url, fake_runtime, image_event, jpeg_bytes
+from agent.uvicorn_server import Address, running
 from tests.helpers import Client, texts
 
 ORDER = ["response.created", "response.output_item.added", "response.content_part.added",
@@ -268,7 +268,7 @@ async def test_session_limit_and_frame_rate_limit() -> None:
 def test_listening_socket_is_tcp_so_asyncio_turns_nagle_off() -> None:
     import socket
 
-    from agent.serve import bind
+    from agent.uvicorn_server import bind
 
     sock = bind("127.0.0.1", 0)
     try:  # asyncio sets TCP_NODELAY only on accepted sockets whose proto is IPPROTO_TCP

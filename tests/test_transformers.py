@@ -21,10 +21,10 @@ from agent.config import Config, GenerationConfig, ModelConfig
 from agent.errors import ConfigError
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
-from agent.serve import Address
 from agent.streamer import stream_file
 from agent.testing import ServerThread, data_url, image_event, jpeg_bytes
 from agent.tiny import build
+from agent.uvicorn_server import Address
 from tests.helpers import Client, endpoint_from, texts
 from tests.media import flite_wav, read_wav, word_video
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import uvicorn
 
 from agent.config import ServerConfig
+from agent.gateway import Gateway
 from agent.runtime import Runtime
-from agent.server import Gateway
 
 log = logging.getLogger(__name__)
 
