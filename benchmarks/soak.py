@@ -233,8 +233,16 @@ async def _run(server: Server, duration_s: float) -> dict[str, Any]:
     await good_client(server, time.monotonic() + 3, warm)  # models loaded, caches warm
     before = {"rss_mb": server.rss_mb(), **await server.health()}
     figures = Figures()
-    until = time.monotonic() + duration_s
-    await asyncio.gather(good_client(server, until, figures),
+    began = time.monotonic()
+    until = began + duration_s
+    rss: list[tuple[float, float]] = []
+
+    async def sample_rss() -> None:
+        while time.monotonic() < until:
+            rss.append((time.monotonic() - began, server.rss_mb()))
+            await asyncio.sleep(10)
+
+    await asyncio.gather(good_client(server, until, figures), sample_rss(),
                          *(abuse_loop(server, kind, until, figures) for kind in ABUSE))
     await asyncio.sleep(server_settle_s := 8)  # slow-client closes and idle sockets drain
     after = {"rss_mb": server.rss_mb(), **await server.health()}
@@ -246,6 +254,9 @@ async def _run(server: Server, duration_s: float) -> dict[str, Any]:
         "p95_s": lat[int(0.95 * (len(lat) - 1))] if lat else None,
         "wrong": figures.wrong[:5], "abuse_runs": figures.abuse, "settle_s": server_settle_s,
         "rss_before_mb": before["rss_mb"], "rss_after_mb": after["rss_mb"],
+        "rss_at_60s_mb": next((mb for t, mb in rss if t >= 60), None),
+        "rss_max_mb": max((mb for _, mb in rss), default=None),
+        "loop_lag_after_ms": after.get("loop_lag_ms"),
         "tasks_before": before.get("tasks"), "tasks_after": after.get("tasks"),
         "sessions_after": after["sessions"], "status_after": after["status"],
     }
