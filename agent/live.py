@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config import ProfileConfig
-from agent.errors import HandlerFailed
+from agent.errors import HandlerFailed, LimitExceeded
 from agent.gating import SceneGate, Thumbnails, make_gate
 from agent.handler import Handler, Mailbox
-from agent.media import Audio, Frame, Window
+from agent.media import AUDIO_RATE, Audio, Frame, Window
 from agent.runtime import Runtime
 from agent.sampler import Sampler
 
@@ -163,8 +163,17 @@ class LiveMedia:
         self._arrived.set()
 
     def add_audio(self, samples: Audio, ts: float | None) -> None:
+        """Add audio; raise ``LimitExceeded`` (after keeping what fits) when the open window's
+        audio bound is passed and the rest is dropped."""
+        stats = self.sampler.stats
+        dropped = stats.audio_dropped_s
         self._dispatch(self.sampler.add_audio(samples, ts))
         self._arrived.set()
+        if stats.audio_dropped_s > dropped:
+            raise LimitExceeded(
+                f"{stats.audio_dropped_s - dropped:.2f} s of audio dropped: one window holds at "
+                f"most {self.sampler.max_audio_samples / AUDIO_RATE:g} s; send "
+                "input_audio_buffer.commit or use a shorter window", param="audio")
 
     def clear_audio(self) -> None:
         """Forget every buffered sample: the open window's and each handler's (VAD state)."""

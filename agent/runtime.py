@@ -98,6 +98,29 @@ class Runtime:
         return (f"profiles: {', '.join(self.profile_names)}; "
                 f"models: {', '.join(self.pool.names)}")
 
+    def check_handlers(self, names: list[str], profile: ProfileConfig) -> None:
+        """Handlers a client asked for: each must have a model that takes its input."""
+        usable = self.usable_handlers(profile)
+        unknown = [h for h in names if h not in usable]
+        if unknown:
+            raise InvalidRequest(f"unknown handlers {unknown} (or no model for them in this "
+                                 f"profile); available: {usable}",
+                                 param="session.streamagent.handlers")
+        if problem := self.modality_problem(names, profile):
+            raise InvalidRequest(problem, param="session.streamagent.handlers")
+
+    def check_lora(self, name: str, handlers: list[str], profile: ProfileConfig) -> None:
+        """A LoRA adapter a client asked for: one of the handlers' models must have it."""
+        models = sorted({m for h in handlers if (m := self.model_for(h, profile))})
+        known = [self.pool.adapters(m) for m in models]
+        if None in known:  # a pool that cannot tell: the engine checks
+            return
+        adapters = sorted({a for names in known for a in names or ()})
+        if name not in adapters:
+            raise InvalidRequest(f"no LoRA adapter {name!r} on this session's models; "
+                                 f"adapters: {adapters or 'none'}",
+                                 param="session.streamagent.lora")
+
     def check_models(self, models: dict[str, str], param: str) -> None:
         """Handler -> model choices a client made: both must exist."""
         for handler, model in models.items():

@@ -21,14 +21,13 @@ from agent.errors import (
     HandlerFailed,
     InvalidMedia,
     InvalidRequest,
-    LimitExceeded,
     NoActiveResponse,
     StreamAgentError,
 )
 from agent.handler import Handler, Question, response_options, response_usage
 from agent.intake import Intake
 from agent.live import LiveMedia
-from agent.media import AUDIO_RATE, Frame, b64decode, sniff_image, split_data_url
+from agent.media import Frame, b64decode, sniff_image, split_data_url
 from agent.outbox import Outbox
 from agent.responses import ResponseRun
 from agent.runtime import Runtime
@@ -64,9 +63,10 @@ class RealtimeSession:
     async def run(self, messages: AsyncIterator[str | bytes]) -> None:
         """Serve until the client goes away, the writer dies or the client stops reading;
         whichever comes first, everything this session started is cancelled."""
-        tasks = [asyncio.create_task(self.outbox.write(self.send_text), name=f"writer-{self.id}"),
-                 asyncio.create_task(self._read(messages), name=f"reader-{self.id}"),
-                 asyncio.create_task(self.outbox.stalled.wait(), name=f"stalled-{self.id}")]
+        tasks: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self.outbox.write(self.send_text), name=f"writer-{self.id}"),
+            asyncio.create_task(self._read(messages), name=f"reader-{self.id}"),
+            asyncio.create_task(self.outbox.stalled.wait(), name=f"stalled-{self.id}")]
         try:
             self.media.start()
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -75,15 +75,12 @@ class RealtimeSession:
                     raise task.exception()  # type: ignore[misc]
         finally:
             self.outbox.closed = True
+            tasks += [r.task for r in self.responses.values() if r.task is not None]
             for task in tasks:
                 task.cancel()
-            for run in list(self.responses.values()):
-                if run.task is not None:
-                    run.task.cancel()
             counts = self._counts()
             await self.media.close()
-            await asyncio.gather(*tasks, *(r.task for r in self.responses.values() if r.task),
-                                 return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             log.info("session %s closed: %d frames, %d dropped before decoding, %d refused, "
                      "%d windows, %d dropped by busy handlers, %d skipped as unchanged",
                      self.id, *counts)
@@ -143,19 +140,14 @@ class RealtimeSession:
 
     def _update(self, params: protocol.SessionParams) -> None:
         ext = params.streamagent
-        if ext is not None and ext.handlers is not None:
-            usable = self.runtime.usable_handlers(self.profile)
-            unknown = [h for h in ext.handlers if h not in usable]
-            if unknown:
-                raise InvalidRequest(
-                    f"unknown handlers {unknown} (or no model for them in this profile); "
-                    f"available: {usable}", param="session.streamagent.handlers")
-            if problem := self.runtime.modality_problem(ext.handlers, self.profile):
-                raise InvalidRequest(problem, param="session.streamagent.handlers")
-        if ext is not None and ext.models is not None:
-            self.runtime.check_models(ext.models, param="session.streamagent.models")
-        if ext is not None and ext.lora:
-            self._check_lora(ext.lora)
+        if ext is not None:  # everything checked before anything changes
+            handlers = ext.handlers if ext.handlers is not None else self.media.handler_names
+            if ext.handlers is not None:
+                self.runtime.check_handlers(ext.handlers, self.profile)
+            if ext.models is not None:
+                self.runtime.check_models(ext.models, param="session.streamagent.models")
+            if ext.lora:
+                self.runtime.check_lora(ext.lora, handlers, self.profile)
         fmt = params.audio.input.format if params.audio and params.audio.input else None
         if fmt is not None:
             if fmt.type not in ("audio/pcm", "pcm16"):
@@ -183,17 +175,6 @@ class RealtimeSession:
         if ext.handlers is not None:
             self.media.set_handlers(ext.handlers)
 
-    def _check_lora(self, name: str) -> None:
-        models = {self.runtime.model_for(h, self.profile) for h in self.media.handler_names}
-        known = [self.runtime.pool.adapters(m) for m in sorted(filter(None, models))]
-        if None in known:  # a pool that cannot tell: the engine checks
-            return
-        adapters = sorted({a for names in known for a in names or ()})
-        if name not in adapters:
-            raise InvalidRequest(f"no LoRA adapter {name!r} on this session's models; "
-                                 f"adapters: {adapters or 'none'}",
-                                 param="session.streamagent.lora")
-
     def _session_object(self) -> dict[str, Any]:
         return events.session_object(self.id, self.model, {
             "instructions": self.instructions,
@@ -213,17 +194,9 @@ class RealtimeSession:
         })
 
     def _add_audio(self, b64: str, ts: float | None) -> None:
-        """Decode a client audio chunk within the session's audio rate limit, and say so when
-        a window's audio passes its bound and the rest is dropped."""
+        """Decode a client audio chunk within the session's audio rate limit."""
         self.intake.audio_seconds(len(b64) * 3 / 4 / 2 / self.audio_rate)
-        stats = self.media.sampler.stats
-        dropped = stats.audio_dropped_s
         self.media.add_audio(self.converter(b64), ts)
-        if stats.audio_dropped_s > dropped:
-            raise LimitExceeded(
-                f"{stats.audio_dropped_s - dropped:.2f} s of audio dropped: one window holds at "
-                f"most {self.media.sampler.max_audio_samples / AUDIO_RATE:g} s; send "
-                "input_audio_buffer.commit or use a shorter window", param="audio")
 
     async def _add_item(self, event: protocol.ItemCreate) -> None:
         item = event.item

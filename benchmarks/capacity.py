@@ -38,7 +38,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 from agent.testing import FONT
-from benchmarks import capacity_report
+from benchmarks import capacity_report, run
 from benchmarks.run import ROOT, machine
 
 FPS = 10
@@ -85,29 +85,14 @@ def speech_chunks() -> list[str]:
             for i in range(0, audio.size - 2399, 2400)]
 
 
-class Server:
-    """The embedded default in its own process (CPU read from /proc)."""
+class Server(run.Server):
+    """The embedded default in its own process (CPU and memory read from /proc)."""
 
     def __init__(self, config: dict[str, Any] | None) -> None:
         self.tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
         yaml.safe_dump(config or {}, self.tmp)
         self.tmp.close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.server", "--embedded", self.tmp.name],
-            stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        self.url = f"ws://127.0.0.1:{line.split()[1]}/v1/realtime?model=default"
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / 100
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(15)
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        super().__init__("--embedded", self.tmp.name)
         Path(self.tmp.name).unlink()
 
 
