@@ -48,6 +48,9 @@ class ServerConfig(_Config):
     """User text waiting for ``response.create`` per session; more is refused."""
     max_audio_s_per_s: float = Field(default=2.0, gt=0)
     """Audio a session may send per second of wall clock (bursts up to 10 s ahead)."""
+    heap_trim_interval_s: float = Field(default=2.0, ge=0)
+    """Memory freed by ended sessions and requests goes back to the OS this long after they end
+    (glibc's ``malloc_trim``; 0 turns it off)."""
 
     # --- Chat completions and Gemini: limits on one request, checked before decoding ---
     max_request_images: int = Field(default=8, ge=0)

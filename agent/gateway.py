@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from agent import beta, events, gemini, metrics
 from agent.chat_api import ChatAPI
 from agent.errors import StreamAgentError
+from agent.heap import HeapTrimmer
 from agent.looplag import LoopLag
 from agent.runtime import Runtime
 from agent.session import RealtimeSession
@@ -38,16 +39,18 @@ class Gateway:
         self.sessions: set[RealtimeSession] = set()
         self.ready = asyncio.Event()
         self.loop_lag = LoopLag()
+        self.heap = HeapTrimmer(runtime.config.server.heap_trim_interval_s)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        probe = asyncio.create_task(self.loop_lag.watch(), name="loop-lag")
+        tasks = [asyncio.create_task(self.loop_lag.watch(), name="loop-lag"),
+                 asyncio.create_task(self.heap.watch(), name="heap-trim")]
         try:
             yield
         finally:
-            probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await probe
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def app(self) -> ASGIApp:
         chat = ChatAPI(self.runtime)
@@ -71,7 +74,10 @@ class Gateway:
                 return JSONResponse({"error": {"message": "missing or invalid API key",
                                                "type": "invalid_request_error", "param": None,
                                                "code": "invalid_api_key"}}, status_code=401)
-            return await endpoint(request)
+            try:
+                return await endpoint(request)
+            finally:
+                self.heap.mark()
 
         return checked
 
@@ -93,7 +99,10 @@ class Gateway:
         token = ws.headers.get("x-goog-api-key") or ws.query_params.get("key") or \
             _bearer(ws.headers.get("authorization", ""))
         if await self._admit(ws, token):  # the session counts itself before it accepts
-            await gemini.GeminiSession(self.runtime, ws, self.sessions).run()
+            try:
+                await gemini.GeminiSession(self.runtime, ws, self.sessions).run()
+            finally:
+                self.heap.mark()
 
     async def healthz(self, request: Request) -> JSONResponse:
         models = await self.runtime.pool.health()
@@ -144,6 +153,7 @@ class Gateway:
         finally:
             self.sessions.discard(session)
             self._gauges()
+            self.heap.mark()
         if session.outbox.close_code is not None:
             await close_quietly(ws, session.outbox.close_code, session.outbox.close_reason)
 
