@@ -23,11 +23,13 @@ from ray import serve
 from agent.config import ModelConfig
 from agent.engine import Engine, ModelRequest
 from agent.errors import ConfigError, EngineError, UnknownModel
+from agent.heap import HeapTrimmer
 from agent.pool import Pool, guarded_stream, healthy, scheduler_for
 from agent.ray_hop import PackedRequest, coalesce, has_pictures, pack, unpack
 
 log = logging.getLogger(__name__)
 ADAPTERS_PER_REPLICA = 8
+HEAP_TRIM_INTERVAL_S = 2.0
 HEALTH_TIMEOUT_S = 5.0
 """A health ping that takes longer counts as a failure."""
 HEALTH_WAIT_S = 0.2
@@ -59,6 +61,8 @@ class ModelServer:
         """LoRA adapters this replica has been routed (most recent last)."""
         self.engine = engine_cls(name, config)
         self.scheduler = scheduler_for(self.engine)  # the replica's fair, bounded queue
+        self.heap = HeapTrimmer(HEAP_TRIM_INTERVAL_S)  # unpacked frames: as in the gateway
+        self._trimming = asyncio.create_task(self.heap.watch(), name="heap-trim")
         try:
             await asyncio.wait_for(self.engine.start(), start_timeout_s)
         except Exception as exc:
@@ -75,9 +79,12 @@ class ModelServer:
             if adapter := serve.get_multiplexed_model_id():
                 await self.adapter(adapter)
             stream = coalesce(guarded_stream(self.engine, request), self.stream_interval_s)
-            async with contextlib.aclosing(stream):
-                async for text in stream:
-                    yield text
+            try:
+                async with contextlib.aclosing(stream):
+                    async for text in stream:
+                        yield text
+            finally:
+                self.heap.mark()
 
     @serve.multiplexed(max_num_models_per_replica=ADAPTERS_PER_REPLICA)  # type: ignore[untyped-decorator]
     async def adapter(self, adapter_id: str) -> str:

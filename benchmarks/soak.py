@@ -13,7 +13,8 @@ For the whole run, each kind of abuse loops on 127.0.0.1:
 
 Meanwhile the well-behaved client shows a new word every second and asks what it reads; an
 answer counts when it names the word. Reported: answers right, latency p50/p95 (ask -> done),
-server RSS and task count before and after.
+server RSS and task count before and after (RSS is also sampled every 10 s: the median of each
+minute and the peak).
 """
 
 from __future__ import annotations
@@ -254,12 +255,21 @@ async def _run(server: Server, duration_s: float) -> dict[str, Any]:
         "p95_s": lat[int(0.95 * (len(lat) - 1))] if lat else None,
         "wrong": figures.wrong[:5], "abuse_runs": figures.abuse, "settle_s": server_settle_s,
         "rss_before_mb": before["rss_mb"], "rss_after_mb": after["rss_mb"],
-        "rss_at_60s_mb": next((mb for t, mb in rss if t >= 60), None),
+        "rss_growth_pct": round(100 * (after["rss_mb"] / before["rss_mb"] - 1), 1),
+        "rss_by_minute_mb": _by_minute(rss),
         "rss_max_mb": max((mb for _, mb in rss), default=None),
         "loop_lag_after_ms": after.get("loop_lag_ms"),
         "tasks_before": before.get("tasks"), "tasks_after": after.get("tasks"),
         "sessions_after": after["sessions"], "status_after": after["status"],
     }
+
+
+def _by_minute(samples: list[tuple[float, float]]) -> list[float]:
+    """The median RSS of each minute's samples (abuse comes in bursts; the median is the level)."""
+    minutes: dict[int, list[float]] = {}
+    for t, mb in samples:
+        minutes.setdefault(int(t // 60), []).append(mb)
+    return [round(statistics.median(v)) for _, v in sorted(minutes.items())]
 
 
 def main() -> None:
