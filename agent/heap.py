@@ -6,7 +6,8 @@ only the free space at a heap's top, so after a burst of abuse the resident size
 burst's peak although the objects are gone (measured: 598 MB resident, 337 MB after one
 ``malloc_trim``; Python's own live objects were under 1 MB more than before the burst).
 ``HeapTrimmer`` calls ``malloc_trim(0)`` on a worker thread a few seconds after work of that
-kind ends, at most once per interval. Elsewhere than glibc it does nothing.
+kind ends, at most once per interval (a trim that returns 250 MB takes 16 ms; one with nothing to
+return, 0.05 ms). Elsewhere than glibc it does nothing.
 """
 
 from __future__ import annotations
