@@ -213,8 +213,8 @@ def _completion(model: str, text: str, finish: str, req: ModelRequest) -> dict[s
 
 
 def usage(req: ModelRequest) -> dict[str, int]:
-    """Token counts as the engine reported them (0 where it counts none: the embedded
-    models, a profile's several handlers, a Ray pool)."""
+    """Token counts as the engines reported them (a profile's: summed over its handlers' model
+    calls); 0 where an engine counts none (the embedded models, a Ray pool)."""
     prompt, completion = req.usage.prompt_tokens or 0, req.usage.completion_tokens or 0
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}

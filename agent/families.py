@@ -193,6 +193,8 @@ def decoding(config: ModelConfig, overrides: Mapping[str, Any],
     gen.update({k: v for k, v in family.generation.items() if k in gen})
     out = {k: gen[k] for k in ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample",
                                "repetition_penalty")}
+    # a client's token limit under the configured minimum wins (vLLM refuses min > max)
+    out["min_new_tokens"] = min(out["min_new_tokens"], out["max_new_tokens"])
     if gen["do_sample"]:
         out.update(temperature=gen["temperature"], top_p=gen["top_p"], top_k=gen["top_k"])
     return out

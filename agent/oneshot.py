@@ -14,8 +14,8 @@ import numpy as np
 from agent import events
 from agent.answers import answers
 from agent.config import ProfileConfig
-from agent.engine import ModelRequest
-from agent.handler import Handler, Question
+from agent.engine import ModelRequest, Usage
+from agent.handler import Handler, Question, response_options, response_usage
 from agent.live import MAX_RECENT_FRAMES
 from agent.media import AUDIO_RATE, Frame, Window
 from agent.runtime import Runtime
@@ -26,13 +26,31 @@ log = logging.getLogger(__name__)
 
 async def profile_answer(runtime: Runtime, profile: ProfileConfig,
                          request: ModelRequest) -> AsyncGenerator[str, None]:
-    """Stream the profile's answer to ``request`` (its text, media and conversation)."""
+    """Stream the profile's answer to ``request`` (its text, media and conversation). Every
+    model call made for it is capped at the request's ``max_new_tokens``, and their token counts
+    add up in ``request.usage``, as a realtime response's do."""
     session_id = events.new_id("chat")
     handlers = [runtime.make_handler(name, session_id, profile)
                 for name in runtime.default_handlers(profile)]
     question = await asyncio.to_thread(feed, handlers, profile, request)
+    calls: list[Usage] = []
+    response_options.set({"max_new_tokens": request.options.get("max_new_tokens")})
+    response_usage.set(calls)
     async for delta in answers(handlers, question):
         yield delta
+    add_up(calls, request.usage)
+
+
+def add_up(calls: list[Usage], total: Usage) -> None:
+    """Several model calls' usage as one: tokens summed where every call counted them, the
+    finish reason ``length`` when any call hit the token limit."""
+    if not calls:
+        return
+    if all(u.prompt_tokens is not None for u in calls):
+        total.prompt_tokens = sum(u.prompt_tokens or 0 for u in calls)
+    if all(u.completion_tokens is not None for u in calls):
+        total.completion_tokens = sum(u.completion_tokens or 0 for u in calls)
+    total.finish_reason = "length" if any(u.finish_reason == "length" for u in calls) else "stop"
 
 
 def feed(handlers: list[Handler], profile: ProfileConfig, request: ModelRequest) -> Question:

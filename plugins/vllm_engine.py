@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
-from agent import AUDIO_RATE, ConfigError, Engine, ModelConfig, ModelRequest, hookimpl
+from agent import AUDIO_RATE, ConfigError, Engine, ModelConfig, ModelRequest, hookimpl, long_audio
 from agent.families import (
     GENERIC,
     Family,
@@ -139,14 +139,18 @@ class VllmEngine(Engine):
 
             temporal = getattr(getattr(self.processor, "video_processor", None),
                                "temporal_patch_size", 1)
-            frames = np.stack(pad_frames([fit(f, self.max_pixels)
-                                          for f in subsample(request.video)], int(temporal or 1)))
-            data["video"] = [(frames, {
-                **video_metadata(len(frames), request.video_fps), "video_backend": "opencv",
-                "do_sample_frames": False})]
-        if request.audio is not None and "audio" in takes:
-            data["audio"] = [(request.audio, AUDIO_RATE)]
-        chat = (self.family.messages or messages)(request, media_parts(request, takes))
+            sampled = subsample(request.video)
+            fps = request.video_fps * len(sampled) / len(request.video)  # after subsampling
+            frames = np.stack(pad_frames([fit(f, self.max_pixels) for f in sampled],
+                                         int(temporal or 1)))
+            data["video"] = [(frames, {**video_metadata(len(frames), fps),
+                                       "video_backend": "opencv", "do_sample_frames": False})]
+        clips: list[Any] = []
+        if request.audio is not None and "audio" in takes:  # split for the encoder's window
+            clips = long_audio.split(request.audio, long_audio.encoder_window(self.processor))
+            data["audio"] = [(clip, AUDIO_RATE) for clip in clips]
+        chat = (self.family.messages or messages)(
+            request, media_parts(request, takes, audio_clips=len(clips) or 1))
         prompt = self.processor.apply_chat_template(chat, tokenize=False,
                                                     add_generation_prompt=True)
         return {"prompt": prompt, "multi_modal_data": data} if data else {"prompt": prompt}

