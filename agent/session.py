@@ -237,11 +237,12 @@ class RealtimeSession:
                 f"conversation already has an active response in progress: "
                 f"{self.question.id}. Wait until the response is finished before creating a "
                 "new one.")
+        instructions = params.instructions if params and params.instructions else None
+        self.intake.text(instructions or "", 0, param="response.instructions")
         frames = self.media.latest_frames()
         question = Question(
             text="\n".join(self.pending_text),
-            instructions=(params.instructions if params and params.instructions
-                          else self.instructions),
+            instructions=instructions or self.instructions,
             frame=frames[-1] if frames else None,
             frames=frames,
             window=self.media.last_window,
@@ -253,7 +254,7 @@ class RealtimeSession:
         meta = response_metadata("+".join(h.name for h in handlers),
                               "+".join(sorted({h.modality for h in handlers})), question.window)
         if params and params.metadata:
-            meta = {**{k: str(v) for k, v in params.metadata.items()}, **meta}
+            meta = {**params.metadata, **meta}
         run = ResponseRun(self.send, meta)
         cap = (token_cap(params.max_output_tokens) if params and params.max_output_tokens
                else self.max_output_tokens)

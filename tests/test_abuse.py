@@ -1,0 +1,131 @@
+"""A new user's abuse battery against a real server on port 0: malformed, oversized and
+degenerate input on every protocol. Each case gets a clear error (an ``error`` event, an HTTP
+4xx in OpenAI's shape, or a close code with a reason), the session goes on, and nothing is
+logged at ERROR for a client's mistake."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from agent.testing import data_url, fake_runtime
+from agent.uvicorn_server import Address, running
+from tests.helpers import Client
+
+GEMINI = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[Address]:
+    async with running(fake_runtime(tokens=3)) as address:
+        yield address
+
+
+@pytest.fixture(autouse=True)
+def no_error_logs(caplog: pytest.LogCaptureFixture) -> Any:
+    """Every test here: a client's mistake is never logged at ERROR (no traceback)."""
+    caplog.set_level(logging.INFO)
+    yield
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+def url(address: Address) -> str:
+    return f"{address.ws}/v1/realtime?model=default"
+
+
+def png(size: tuple[int, int], mode: str = "L") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, 128).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_bomb(side: int = 60_000) -> bytes:
+    """A 1-bit PNG whose header declares side x side pixels (3.6 G), in a few hundred bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data +
+                struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (side // 8 + 1) * 100, 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
+
+
+def image_item(image: bytes) -> dict[str, Any]:
+    return {"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+            "content": [{"type": "input_image", "image_url": data_url(image, "image/png")}]}}
+
+
+async def still_serves(client: Client) -> None:
+    """The session goes on after the error."""
+    await client.send({"type": "session.update", "session": {"type": "realtime"}})
+    await client.until("session.updated")
+
+
+async def errors_of_answer(client: Client) -> list[dict[str, Any]]:
+    await client.send({"type": "response.create"})
+    events = await client.until("response.done", timeout=30)
+    return [e["error"] for e in events if e["type"] == "error"]
+
+
+# --- OpenAI Realtime (GA) ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("message", [
+    '{"type": "input_audio_buffer.append", "audio": "AAAA", "streamagent": {"timestamp": 1e999}}',
+    '{"type": "conversation.item.create", "item": {"type": "message", "content": [{"type": '
+    '"input_image", "image_url": "data:image/png;base64,iVBORw0KGgo=", "streamagent": '
+    '{"timestamp": 1e999}}]}}',
+])
+async def test_an_infinite_media_timestamp_is_refused(fake: Address, message: str) -> None:
+    client = await Client.connect(url(fake))
+    await client.send(message)
+    error = await client.error()
+    assert error["code"] == "invalid_request" and "finite" in error["message"], error
+    assert error["param"].endswith("streamagent.timestamp")
+    await still_serves(client)
+    await client.close()
+
+
+@pytest.mark.parametrize(("response", "code", "param"), [
+    ({"instructions": "x" * 40_000}, "limit_exceeded", "response.instructions"),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "invalid_request", "response.metadata"),
+    ({"metadata": {"k": "v" * 513}}, "invalid_request", "response.metadata.k"),
+    ({"metadata": {"k": {"nested": [1]}}}, "invalid_request", "response.metadata.k"),
+])
+async def test_response_create_parameters_are_bounded(fake: Address, response: dict[str, Any],
+                                                      code: str, param: str) -> None:
+    client = await Client.connect(url(fake))
+    await client.send({"type": "response.create", "response": response})
+    events = await client.until("error")
+    assert [e["type"] for e in events] == ["error"]  # refused before any response began
+    assert events[0]["error"]["code"] == code and events[0]["error"]["param"] == param
+    await still_serves(client)
+    await client.close()
+
+
+# --- OpenAI Realtime, beta dialect ------------------------------------------------------------
+
+
+# --- Gemini Live ------------------------------------------------------------------------------
+
+SETUP = json.dumps({"setup": {"model": "models/default"}})
+DEEP = "[" * 50_000 + "]" * 50_000
+
+
+def audio(mime: str) -> str:
+    return json.dumps({"realtimeInput": {"audio": {"mimeType": mime, "data": "AAAA"}}})
+
+
+# --- Chat completions and the session limit ---------------------------------------------------
+
+
