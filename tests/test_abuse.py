@@ -96,6 +96,25 @@ async def test_an_infinite_media_timestamp_is_refused(fake: Address, message: st
     await client.close()
 
 
+async def test_a_response_cancelled_before_it_starts_still_ends(fake: Address) -> None:
+    """OpenAI's order: response.created, then response.done (cancelled), even when the cancel
+    arrives before the response has begun."""
+    client = await Client.connect(url(fake))
+    await client.ws.send(json.dumps({"type": "response.create"}))
+    await client.ws.send(json.dumps({"type": "response.cancel"}))
+    events = await client.until("response.done")
+    assert events[0]["type"] == "response.created"
+    assert events[-1]["response"]["status"] == "cancelled"
+    for _ in range(20):  # many more: each ends, and none is left behind in the session
+        await client.ws.send(json.dumps({"type": "response.create"}))
+        await client.ws.send(json.dumps({"type": "response.cancel"}))
+        await client.until("response.done")
+    await client.send({"type": "response.create"})
+    done = (await client.until("response.done"))[-1]
+    assert done["response"]["status"] == "completed"
+    await client.close()
+
+
 @pytest.mark.parametrize(("response", "code", "param"), [
     ({"instructions": "x" * 40_000}, "limit_exceeded", "response.instructions"),
     ({"metadata": {f"k{i}": "v" for i in range(17)}}, "invalid_request", "response.metadata"),
