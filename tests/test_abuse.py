@@ -13,6 +13,7 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -130,6 +131,36 @@ async def test_response_create_parameters_are_bounded(fake: Address, response: d
     assert events[0]["error"]["code"] == code and events[0]["error"]["param"] == param
     await still_serves(client)
     await client.close()
+
+
+async def test_a_decompression_bomb_is_invalid_media(embedded: Address) -> None:
+    client = await Client.connect(url(embedded))
+    await client.send(image_item(png_bomb()))
+    errors = await errors_of_answer(client)
+    assert errors and {e["code"] for e in errors} == {"invalid_media"}, errors
+    assert "too large" in errors[0]["message"]
+    await client.close()
+
+
+async def test_a_degenerate_image_is_invalid_media_and_a_thin_one_is_read(
+        embedded: Address) -> None:
+    client = await Client.connect(url(embedded))
+    await client.send(image_item(png((1, 100_000))))
+    errors = await errors_of_answer(client)
+    assert errors and {e["code"] for e in errors} == {"invalid_media"}, errors
+    assert "200 to 1" in errors[0]["message"]
+    await client.send(image_item(png((3200, 16))))  # within bounds: every model reads it
+    assert await errors_of_answer(client) == []
+    await client.close()
+
+
+async def test_chat_refuses_a_degenerate_image_as_a_client_error(embedded: Address) -> None:
+    body = {"model": "default", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url(png((100_000, 1)), "image/png")}}]}]}
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{embedded.http}/v1/chat/completions", json=body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["code"] == "invalid_media"
 
 
 # --- OpenAI Realtime, beta dialect ------------------------------------------------------------
