@@ -165,6 +165,16 @@ async def test_chat_refuses_a_degenerate_image_as_a_client_error(embedded: Addre
 
 # --- OpenAI Realtime, beta dialect ------------------------------------------------------------
 
+async def test_beta_dialect_refuses_deep_json_and_binary_frames_as_ga_does(fake: Address) -> None:
+    client = await Client.connect(url(fake), additional_headers={"OpenAI-Beta": "realtime=v1"})
+    await client.send('{"type": "session.update", "session": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    assert "not valid JSON" in (await client.error())["message"]
+    await client.ws.send(json.dumps({"type": "session.update", "session": {}}).encode())
+    assert "binary" in (await client.error())["message"]
+    await client.send({"type": "session.update", "session": {}})
+    await client.until("session.updated")
+    await client.close()
+
 
 # --- Gemini Live ------------------------------------------------------------------------------
 
