@@ -5,6 +5,7 @@ logged at ERROR for a client's mistake."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 from PIL import Image
 
 from agent.testing import data_url, fake_runtime
@@ -184,6 +186,44 @@ DEEP = "[" * 50_000 + "]" * 50_000
 
 def audio(mime: str) -> str:
     return json.dumps({"realtimeInput": {"audio": {"mimeType": mime, "data": "AAAA"}}})
+
+
+@pytest.mark.parametrize(("first", "second", "words"), [
+    ("[]", None, "JSON object"),
+    ('{"setup": ' + DEEP + "}", None, "not JSON"),
+    (SETUP, '{"realtimeInput": ' + DEEP + "}", "not JSON"),
+    (json.dumps({"setup": {"systemInstruction": {"parts": [5]}}}), None, "invalid setup"),
+    (SETUP, audio("audio/pcm;rate=²"), "bad audio rate"),
+    (SETUP, audio("audio/pcm;rate=" + "9" * 5000), "bad audio rate"),
+])
+async def test_gemini_malformed_messages_close_with_1007_and_a_reason(
+        fake: Address, first: str, second: str | None, words: str) -> None:
+    ws = await websockets.connect(f"{fake.ws}{GEMINI}", max_size=None)
+    await ws.send(first)
+    if second is not None:
+        await ws.send(second)
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert info.value.rcvd is not None, "closed without a close frame"
+    assert info.value.rcvd.code == 1007 and words in info.value.rcvd.reason, info.value.rcvd
+
+
+async def test_gemini_turns_in_quick_succession_interrupt_instead_of_closing() -> None:
+    async with running(fake_runtime(tokens=50, delay_s=0.01)) as address:
+        ws = await websockets.connect(f"{address.ws}{GEMINI}")
+        await ws.send(SETUP)
+        assert json.loads(await ws.recv()) == {"setupComplete": {}}
+        end = json.dumps({"realtimeInput": {"audioStreamEnd": True}})
+        for _ in range(5):
+            await ws.send(end)
+        ends = []
+        while len(ends) < 5:
+            content = json.loads(await asyncio.wait_for(ws.recv(), 15))["serverContent"]
+            if "modelTurn" not in content:
+                ends.append(content)
+        assert ends[:4] == [{"interrupted": True}] * 4 and ends[4] == {"turnComplete": True}
+        await ws.close()
 
 
 # --- Chat completions and the session limit ---------------------------------------------------
