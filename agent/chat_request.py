@@ -74,7 +74,8 @@ class ChatRequest(_M):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    """Up to 4 sequences, as in OpenAI's API (each is looked for in every delta)."""
     n: Literal[1] = 1
     stream_options: StreamOptions | None = None
 

@@ -228,4 +228,14 @@ async def test_gemini_turns_in_quick_succession_interrupt_instead_of_closing() -
 
 # --- Chat completions and the session limit ---------------------------------------------------
 
+async def test_chat_takes_at_most_four_stop_sequences(fake: Address) -> None:
+    body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient() as http:
+        ok = await http.post(f"{fake.http}/v1/chat/completions",
+                             json={**body, "stop": ["a", "b", "c", "d"]})
+        many = await http.post(f"{fake.http}/v1/chat/completions",
+                               json={**body, "stop": ["x"] * 100_000})
+    assert ok.status_code == 200, ok.text
+    assert many.status_code == 400 and many.json()["error"]["param"].startswith("stop")
+
 
