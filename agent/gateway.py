@@ -9,6 +9,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from starlette.applications import Starlette
@@ -28,6 +29,21 @@ from agent.session import RealtimeSession
 
 log = logging.getLogger(__name__)
 CLOSE_POLICY = 1008
+_denied: ContextVar[bool] = ContextVar("denied", default=False)
+
+
+class _DeniedHandshakeFilter(logging.Filter):
+    """uvicorn's websockets-sansio protocol logs "ASGI callable returned without completing
+    handshake" at ERROR after every denial response (Kludex/uvicorn#3138, open). Drop that line
+    for a socket this gateway turned away on purpose (bad key, session limit); any other socket
+    that returns without a handshake is still a bug, and still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_denied.get() and record.getMessage().startswith(
+            "ASGI callable returned without completing handshake"))
+
+
+_DENIED_FILTER = _DeniedHandshakeFilter()
 
 
 class Gateway:
@@ -38,6 +54,7 @@ class Gateway:
         self.sessions: set[RealtimeSession] = set()
         self.ready = asyncio.Event()
         self.loop_lag = LoopLag()
+        logging.getLogger("uvicorn.error").addFilter(_DENIED_FILTER)  # once: same object
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -188,5 +205,6 @@ def _pick_subprotocol(ws: WebSocket) -> str | None:
 async def _deny(ws: WebSocket, status: int, code: str, message: str) -> None:
     body: dict[str, Any] = {"error": {"type": "invalid_request_error", "code": code,
                                       "message": message}}
+    _denied.set(True)  # this task's socket: read by the log filter when the app returns
     await ws.send_denial_response(JSONResponse(body, status_code=status))
 

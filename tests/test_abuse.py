@@ -239,3 +239,13 @@ async def test_chat_takes_at_most_four_stop_sequences(fake: Address) -> None:
     assert many.status_code == 400 and many.json()["error"]["param"].startswith("stop")
 
 
+async def test_a_socket_turned_away_at_the_session_limit_logs_no_error() -> None:
+    runtime = fake_runtime()
+    runtime.config.server.max_sessions = 1
+    async with running(runtime) as address:
+        first = await Client.connect(url(address))
+        for path in ("/v1/realtime?model=default", GEMINI):
+            with pytest.raises(websockets.InvalidStatus) as info:
+                await websockets.connect(f"{address.ws}{path}")
+            assert info.value.response.status_code == 503
+        await first.close()
