@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import media_files
 from agent.config import ServerConfig
@@ -79,6 +79,22 @@ class ChatRequest(_M):
     n: Literal[1] = 1
     stream_options: StreamOptions | None = None
 
+
+
+def explain(exc: ValidationError) -> tuple[str, str | None]:
+    """A validation error as (message, param): the error of the union branch that got furthest
+    into the input (a list of parts with a bad part, not "should be a valid string"; at equal
+    depth, a broken rule before a wrong type), its path without pydantic's branch names."""
+    errors = exc.errors(include_url=False)
+    first = max(errors, key=lambda e: (len(e["loc"]), not e["type"].endswith("_type")))
+    parts: list[str] = []
+    for p in map(str, first["loc"]):
+        if "[" in p or p in ("str", "int", "float", "bool") or p[:1].isupper() or \
+                p.startswith("_") or (parts and parts[-1] == p):
+            continue  # a branch's type name, or a tag repeated as its field
+        parts.append(p)
+    where = ".".join(parts) or None
+    return (f"{where}: {first['msg']}" if where else str(first["msg"])), where
 
 
 class Builder:

@@ -239,6 +239,20 @@ async def test_chat_takes_at_most_four_stop_sequences(fake: Address) -> None:
     assert many.status_code == 400 and many.json()["error"]["param"].startswith("stop")
 
 
+@pytest.mark.parametrize(("content", "param", "words"), [
+    ([{"type": "file", "file": {}}], "messages.0.content.0", "'file'"),
+    ([{"type": "image_url", "image_url": 5}], "messages.0.content.0.image_url", "object"),
+])
+async def test_chat_names_the_part_that_is_wrong(fake: Address, content: list[Any], param: str,
+                                                 words: str) -> None:
+    body = {"model": "fake", "messages": [{"role": "user", "content": content}]}
+    async with httpx.AsyncClient() as http:
+        reply = await http.post(f"{fake.http}/v1/chat/completions", json=body)
+    error = reply.json()["error"]
+    assert reply.status_code == 400 and error["param"] == param, error
+    assert error["message"].startswith(param + ":") and words in error["message"]
+
+
 async def test_a_socket_turned_away_at_the_session_limit_logs_no_error() -> None:
     runtime = fake_runtime()
     runtime.config.server.max_sessions = 1
