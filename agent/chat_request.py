@@ -73,7 +73,9 @@ class ChatRequest(_M):
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    """A 64-bit integer, as vLLM's own server takes: its model runner seeds a torch generator
+    with it, which fails (in the engine, for every request of the batch) past 64 bits."""
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     """Up to 4 sequences, as in OpenAI's API (each is looked for in every delta)."""
     n: Literal[1] = 1

@@ -228,6 +228,15 @@ async def test_gemini_turns_in_quick_succession_interrupt_instead_of_closing() -
 
 # --- Chat completions and the session limit ---------------------------------------------------
 
+async def test_chat_seed_is_a_64_bit_integer(fake: Address) -> None:
+    body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient() as http:
+        ok = await http.post(f"{fake.http}/v1/chat/completions", json={**body, "seed": -1})
+        huge = await http.post(f"{fake.http}/v1/chat/completions", json={**body, "seed": 2**64})
+    assert ok.status_code == 200, ok.text
+    assert huge.status_code == 400 and huge.json()["error"]["param"] == "seed"
+
+
 async def test_chat_takes_at_most_four_stop_sequences(fake: Address) -> None:
     body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
     async with httpx.AsyncClient() as http:
