@@ -99,8 +99,9 @@ class RealtimeSession:
         await self.send(events.event("session.created", session=self._session_object()))
         if failed is not None:
             await self.send(events.error(failed))
-        async for message in messages:
-            await self.handle(message)
+        async for message in messages:  # a socket can hold thousands of small messages that
+            await self.handle(message)  # arrive without a wait: let the other tasks run
+            await asyncio.sleep(0)
 
     async def handle(self, message: str | bytes) -> None:
         event_id = None
@@ -243,10 +244,8 @@ class RealtimeSession:
         question = Question(
             text="\n".join(self.pending_text),
             instructions=instructions or self.instructions,
-            frame=frames[-1] if frames else None,
-            frames=frames,
-            window=self.media.last_window,
-            history=tuple(self.history),
+            frame=frames[-1] if frames else None, frames=frames,
+            window=self.media.last_window, history=tuple(self.history),
         )
         self.history.extend(Turn("user", text) for text in self.pending_text)
         self.pending_text.clear()

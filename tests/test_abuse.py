@@ -19,6 +19,7 @@ import pytest
 import websockets
 from PIL import Image
 
+from agent.session import RealtimeSession
 from agent.testing import data_url, fake_runtime
 from agent.uvicorn_server import Address, running
 from tests.helpers import Client
@@ -116,6 +117,30 @@ async def test_a_response_cancelled_before_it_starts_still_ends(fake: Address) -
     done = (await client.until("response.done"))[-1]
     assert done["response"]["status"] == "completed"
     await client.close()
+
+
+async def test_a_burst_of_messages_lets_other_tasks_run_between_them() -> None:
+    """uvicorn queues every message of one TCP read, and handling one rarely waits: the reader
+    must still yield between messages (a burst of response.create / response.cancel pairs held
+    the event loop, and every other session, for 20 s). Driven directly, as uvicorn's queue
+    hands messages over, with a task beside it that counts its turns."""
+    session = RealtimeSession(fake_runtime(), "default", lambda text: asyncio.sleep(0))
+    turns = 0
+
+    async def beside() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def burst() -> AsyncIterator[str]:
+        for _ in range(100):
+            yield json.dumps({"type": "session.update", "session": {}})
+
+    probe = asyncio.create_task(beside())
+    await session.run(burst())
+    probe.cancel()
+    assert turns >= 100
 
 
 @pytest.mark.parametrize(("response", "code", "param"), [
