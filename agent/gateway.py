@@ -32,18 +32,26 @@ CLOSE_POLICY = 1008
 _denied: ContextVar[bool] = ContextVar("denied", default=False)
 
 
-class _DeniedHandshakeFilter(logging.Filter):
-    """uvicorn's websockets-sansio protocol logs "ASGI callable returned without completing
-    handshake" at ERROR after every denial response (Kludex/uvicorn#3138, open). Drop that line
-    for a socket this gateway turned away on purpose (bad key, session limit); any other socket
-    that returns without a handshake is still a bug, and still logged."""
+class _ClientMistakeFilter(logging.Filter):
+    """Two lines uvicorn's websockets-sansio protocol logs at ERROR for what a client did:
+
+    - "ASGI callable returned without completing handshake" after every denial response
+      (Kludex/uvicorn#3138, open): dropped for a socket this gateway turned away on purpose (bad
+      key, session limit); any other socket that returns without a handshake is still a bug,
+      and still logged.
+    - "Invalid UTF-8 sequence received from client", with a traceback: the client gets close
+      code 1007; logged at INFO, without the traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (_denied.get() and record.getMessage().startswith(
-            "ASGI callable returned without completing handshake"))
+        message = record.getMessage()
+        if message.startswith("ASGI callable returned without completing handshake"):
+            return not _denied.get()
+        if message.startswith("Invalid UTF-8 sequence received from client"):
+            record.levelno, record.levelname, record.exc_info = logging.INFO, "INFO", None
+        return True
 
 
-_DENIED_FILTER = _DeniedHandshakeFilter()
+_CLIENT_MISTAKES = _ClientMistakeFilter()
 
 
 class Gateway:
@@ -54,7 +62,7 @@ class Gateway:
         self.sessions: set[RealtimeSession] = set()
         self.ready = asyncio.Event()
         self.loop_lag = LoopLag()
-        logging.getLogger("uvicorn.error").addFilter(_DENIED_FILTER)  # once: same object
+        logging.getLogger("uvicorn.error").addFilter(_CLIENT_MISTAKES)  # once: same object
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:

@@ -297,3 +297,24 @@ async def test_a_socket_turned_away_at_the_session_limit_logs_no_error() -> None
                 await websockets.connect(f"{address.ws}{path}")
             assert info.value.response.status_code == 503
         await first.close()
+
+
+async def test_invalid_utf8_in_a_text_frame_closes_1007_and_logs_no_error(fake: Address) -> None:
+    """Raw frames: a websocket client library would refuse to send this."""
+    reader, writer = await asyncio.open_connection(fake.host, fake.port)
+    writer.write(b"GET /v1/realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+    payload = b'{"type": "\xff"}'  # masked with a zero key: the payload goes as is
+    writer.write(bytes([0x81, 0x80 | len(payload)]) + b"\x00" * 4 + payload)
+    while True:  # server frames (unmasked) until the close frame
+        head = await asyncio.wait_for(reader.readexactly(2), 10)
+        size = head[1] & 0x7F
+        if size >= 126:
+            size = int.from_bytes(await reader.readexactly(2 if size == 126 else 8), "big")
+        body = await reader.readexactly(size)
+        if head[0] & 0x0F == 0x8:
+            break
+    assert struct.unpack(">H", body[:2])[0] == 1007
+    writer.close()
