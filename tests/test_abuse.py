@@ -318,3 +318,18 @@ async def test_invalid_utf8_in_a_text_frame_closes_1007_and_logs_no_error(fake: 
             break
     assert struct.unpack(">H", body[:2])[0] == 1007
     writer.close()
+
+
+@pytest.mark.parametrize(("line", "status"), [
+    ("GET /v1/realtime?model=" + "x" * 10_000 + " HTTP/1.1", b"414"),
+    ("GET /v1/realtime HTTP/1.1\r\nAuthorization: Bearer " + "k" * 10_000, b"431"),
+])
+async def test_an_upgrade_websockets_cannot_parse_is_answered_and_closed(
+        fake: Address, line: str, status: bytes) -> None:
+    reader, writer = await asyncio.open_connection(fake.host, fake.port)
+    writer.write(f"{line}\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    reply = await asyncio.wait_for(reader.read(), 10)  # all of it: the server closes
+    assert reply.startswith(b"HTTP/1.1 " + status), reply[:100]
+    writer.close()
