@@ -56,9 +56,14 @@ Part = Annotated[TextPart | ImagePart | VideoPart | AudioPart | AudioUrlPart,
                  Field(discriminator="type")]
 
 
+MAX_PARTS = 128
+"""Content parts in one message. Validation holds the event loop (pydantic keeps the GIL): an
+8 MB body of 270 000 empty text parts held it 1.1 s, refused at this bound 0.34 s."""
+
+
 class Message(_M):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[Part] | None = None
+    content: str | Annotated[list[Part], Field(max_length=MAX_PARTS)] | None = None
 
 
 class StreamOptions(_M):

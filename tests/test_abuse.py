@@ -262,6 +262,17 @@ async def test_chat_seed_is_a_64_bit_integer(fake: Address) -> None:
     assert huge.status_code == 400 and huge.json()["error"]["param"] == "seed"
 
 
+async def test_chat_takes_at_most_128_parts_per_message(fake: Address) -> None:
+    part = {"type": "text", "text": "x"}
+    async with httpx.AsyncClient() as http:
+        replies = [await http.post(f"{fake.http}/v1/chat/completions", json={
+            "model": "fake", "messages": [{"role": "user", "content": [part] * n}]})
+            for n in (128, 129)]
+    assert replies[0].status_code == 200, replies[0].text
+    assert replies[1].status_code == 400
+    assert replies[1].json()["error"]["param"] == "messages.0.content"
+
+
 async def test_chat_takes_at_most_four_stop_sequences(fake: Address) -> None:
     body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
     async with httpx.AsyncClient() as http:
