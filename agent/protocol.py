@@ -31,9 +31,11 @@ class StreamagentSession(_Model):
 
     live: bool | None = None
     sample_fps: float | None = Field(default=None, gt=0, le=30)
-    handlers: list[str] | None = None
+    handlers: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None,
+                                                                        max_length=32)
     video_window_s: float | None = Field(default=None, gt=0, le=600)
-    models: dict[str, str] | None = None
+    models: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=128)]] \
+        | None = Field(default=None, max_length=32)
     lora: str | None = Field(default=None, max_length=128)
     """A LoRA adapter of the session's models (``options.lora`` in their config); ``""``: none."""
 

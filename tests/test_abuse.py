@@ -119,6 +119,23 @@ async def test_a_response_cancelled_before_it_starts_still_ends(fake: Address) -
     await client.close()
 
 
+@pytest.mark.parametrize("streamagent", [
+    {"handlers": ["nope"] * 100_000},
+    {"handlers": ["echo"] * 100_000},
+])
+async def test_session_update_lists_are_bounded_and_errors_stay_short(
+        fake: Address, streamagent: dict[str, Any]) -> None:
+    """A session has a few handlers: 100 000 names are refused at the edge, and the error does
+    not echo them back (an unknown-handlers error repeated every name, 600 KB here)."""
+    client = await Client.connect(url(fake))
+    await client.send({"type": "session.update", "session": {"streamagent": streamagent}})
+    error = await client.error()
+    assert error["code"] == "invalid_request" and len(error["message"]) < 1000, \
+        error["message"][:200]
+    await still_serves(client)
+    await client.close()
+
+
 async def test_a_burst_of_messages_lets_other_tasks_run_between_them() -> None:
     """uvicorn queues every message of one TCP read, and handling one rarely waits: the reader
     must still yield between messages (a burst of response.create / response.cancel pairs held
