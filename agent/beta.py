@@ -67,11 +67,13 @@ def server_event(event: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def client_event(message: str | bytes) -> str | bytes:
-    """A beta client event as GA; anything that is not a JSON object passes unchanged, so the
-    session reports it as it would any bad message."""
+    """A beta client event as GA; anything that is not a JSON object in a text message passes
+    unchanged, so the session reports it as it would any bad message."""
+    if isinstance(message, bytes):
+        return message
     try:
         event = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
         return message
     if not isinstance(event, dict):
         return message

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from agent import events, oneshot
-from agent.chat_request import Builder, ChatRequest
+from agent.chat_request import Builder, ChatRequest, explain
 from agent.engine import ModelRequest
 from agent.errors import StreamAgentError, UnknownModel
 from agent.runtime import Runtime
@@ -76,9 +76,8 @@ class ChatAPI:
         try:
             chat = ChatRequest.model_validate_json(body)
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
-            return error(400, f"{where}: {first['msg']}", param=where)
+            message, where = explain(exc)
+            return error(400, message, param=where)
         try:
             self.runtime.profile(chat.model)
             req = await asyncio.to_thread(self.build, chat)

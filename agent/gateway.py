@@ -9,6 +9,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from starlette.applications import Starlette
@@ -29,6 +30,29 @@ from agent.session import RealtimeSession
 
 log = logging.getLogger(__name__)
 CLOSE_POLICY = 1008
+_denied: ContextVar[bool] = ContextVar("denied", default=False)
+
+
+class _ClientMistakeFilter(logging.Filter):
+    """Two lines uvicorn's websockets-sansio protocol logs at ERROR for what a client did:
+
+    - "ASGI callable returned without completing handshake" after every denial response
+      (Kludex/uvicorn#3138, open): dropped for a socket this gateway turned away on purpose (bad
+      key, session limit); any other socket that returns without a handshake is still a bug,
+      and still logged.
+    - "Invalid UTF-8 sequence received from client", with a traceback: the client gets close
+      code 1007; logged at INFO, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("ASGI callable returned without completing handshake"):
+            return not _denied.get()
+        if message.startswith("Invalid UTF-8 sequence received from client"):
+            record.levelno, record.levelname, record.exc_info = logging.INFO, "INFO", None
+        return True
+
+
+_CLIENT_MISTAKES = _ClientMistakeFilter()
 
 
 class Gateway:
@@ -40,6 +64,7 @@ class Gateway:
         self.ready = asyncio.Event()
         self.loop_lag = LoopLag()
         self.heap = HeapTrimmer(runtime.config.server.heap_trim_interval_s)
+        logging.getLogger("uvicorn.error").addFilter(_CLIENT_MISTAKES)  # once: same object
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -198,5 +223,6 @@ def _pick_subprotocol(ws: WebSocket) -> str | None:
 async def _deny(ws: WebSocket, status: int, code: str, message: str) -> None:
     body: dict[str, Any] = {"error": {"type": "invalid_request_error", "code": code,
                                       "message": message}}
+    _denied.set(True)  # this task's socket: read by the log filter when the app returns
     await ws.send_denial_response(JSONResponse(body, status_code=status))
 

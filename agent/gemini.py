@@ -37,6 +37,17 @@ def pick(obj: dict[str, Any], camel: str) -> Any:
     return obj.get(camel, obj.get(snake))
 
 
+def parse(message: str | bytes) -> dict[str, Any]:
+    """One client message (text or binary JSON) as an object, or ``InvalidRequest``."""
+    try:
+        msg = json.loads(message)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
+        raise InvalidRequest(f"not JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise InvalidRequest(f"a message must be a JSON object, not {type(msg).__name__}")
+    return msg
+
+
 def b64(data: str) -> str:
     """Standard base64 from either alphabet (the SDK sends URL-safe)."""
     data = data.replace("-", "+").replace("_", "/")
@@ -56,6 +67,9 @@ class GeminiSession:
         self.registry = registry if registry is not None else set()  # the gateway's sessions
         self.rate = 16000
         self.active = 0
+        self.asked = 0
+        """``response.create`` sent to the session whose ``response.created`` has not come back:
+        a new turn interrupts them too (two quick turns would otherwise find it busy)."""
         self.closing: str | None = None
 
     async def run(self) -> None:
@@ -77,14 +91,17 @@ class GeminiSession:
         limit = self.runtime.config.server.gemini_setup_timeout_s
         try:
             async with asyncio.timeout(limit):
-                setup = pick(json.loads(await self.ws.receive_text()), "setup")
+                message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return None
+            setup = pick(parse(message.get("text") or message.get("bytes") or b""), "setup")
             if not isinstance(setup, dict):
                 raise InvalidRequest("the first message must be {'setup': {...}}")
         except TimeoutError:
             await self.ws.close(CLOSE_POLICY, reason=f"no setup within {limit:g} s "
                                 "(server.gemini_setup_timeout_s)")
             return None
-        except (json.JSONDecodeError, InvalidRequest, TypeError, KeyError) as exc:
+        except InvalidRequest as exc:
             reason = f"the first message must be JSON {{'setup': {{...}}}}: {exc}"
             await self.ws.close(CLOSE_INVALID, reason=reason[:120])
             return None
@@ -109,19 +126,24 @@ class GeminiSession:
 
     async def _events(self, setup: dict[str, Any]) -> AsyncIterator[str]:
         """Gemini client messages as realtime client events (JSON text)."""
-        for event in self._setup(setup):
-            yield json.dumps(event)
+        try:
+            for event in self._setup(setup):
+                yield json.dumps(event)
+        except (TypeError, AttributeError) as exc:
+            self.closing = f"invalid setup: {exc}"
+            return
         while self.closing is None:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
             try:
-                events = self._translate(json.loads(message.get("text") or message["bytes"]))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError,
-                    InvalidRequest) as exc:
+                events = self._translate(parse(message.get("text") or message.get("bytes") or
+                                               b""))
+            except (KeyError, TypeError, AttributeError, InvalidRequest) as exc:
                 self.closing = f"invalid message: {exc}"
                 return
             for event in events:
+                self.asked += event["type"] == "response.create"
                 yield json.dumps(event)
             await asyncio.sleep(0)  # let the session send what it has
 
@@ -164,7 +186,8 @@ class GeminiSession:
         if pick(rt, "activityStart") is not None:
             out += self._interrupt()
         if pick(rt, "activityEnd") is not None or pick(rt, "audioStreamEnd"):
-            out += [{"type": "input_audio_buffer.commit"}, {"type": "response.create"}]
+            out += [*self._interrupt(), {"type": "input_audio_buffer.commit"},
+                    {"type": "response.create"}]
         return out
 
     def _blob(self, blob: dict[str, Any]) -> list[dict[str, Any]]:
@@ -195,14 +218,17 @@ class GeminiSession:
                 "item": {"type": "message", "role": "user", "content": [content]}}
 
     def _interrupt(self) -> list[dict[str, Any]]:
-        return [{"type": "response.cancel"}] if self.active else []
+        return [{"type": "response.cancel"}] if self.active or self.asked else []
 
     async def _from_session(self, text: str) -> None:
         """Realtime server events as Gemini server messages."""
+        if self.closing is not None:  # closed, or closing: nothing more goes out
+            return
         event = json.loads(text)
         kind = event["type"]
         if kind == "response.created":
             self.active += 1
+            self.asked = max(0, self.asked - 1)
         elif kind == "response.output_text.delta":
             await self.ws.send_text(json.dumps(
                 {"serverContent": {"modelTurn": {"parts": [{"text": event["delta"]}]}}}))
@@ -222,6 +248,6 @@ def _rate(mime: str) -> int:
     """The rate of ``audio/pcm;rate=N`` (16 kHz when absent), one the session accepts."""
     params = dict(p.strip().partition("=")[::2] for p in mime.split(";")[1:])
     value = params.get("rate", "16000")
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit() and len(value) <= 6):
         raise InvalidMedia(f"bad audio rate {value!r} in mimeType {mime!r}")
     return check_rate(int(value))

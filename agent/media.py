@@ -25,6 +25,9 @@ _MAGIC = {
     b"\x89PNG\r\n\x1a\n": "image/png",
 }
 _MAX_PIXELS = 4096 * 4096
+MAX_ASPECT_RATIO = 200
+"""Longer side over shorter side of any picture we take (Qwen2-VL refuses more, and the
+embedded models' resizing breaks down near it)."""
 Audio = NDArray[np.float32]
 RGB = NDArray[np.uint8]
 
@@ -91,6 +94,14 @@ def b64decode(data: str, what: str) -> bytes:
         raise InvalidMedia(f"{what} is not valid base64: {exc}", param=what) from None
 
 
+def check_shape(width: int, height: int, param: str = "image_url") -> None:
+    """Refuse a degenerate picture (a line, or longer than ``MAX_ASPECT_RATIO`` to 1) before it
+    is decoded."""
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise InvalidMedia(f"image of {width}x{height} pixels: its sides may differ by at most "
+                           f"{MAX_ASPECT_RATIO} to 1", param=param)
+
+
 def decode_image(b64: str) -> RGB:
     raw = b64decode(b64, "image_url")
     sniff_image(raw)
@@ -98,8 +109,11 @@ def decode_image(b64: str) -> RGB:
         with Image.open(io.BytesIO(raw)) as img:
             if img.width * img.height > _MAX_PIXELS:
                 raise InvalidMedia(f"image too large: {img.width}x{img.height}")
+            check_shape(img.width, img.height)
             img.load()
             return np.asarray(img.convert("RGB"))
+    except Image.DecompressionBombError as exc:  # PIL refuses its header before we can
+        raise InvalidMedia(f"image too large: {exc}", param="image_url") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidMedia(f"corrupt image: {exc}", param="image_url") from None
 

@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from agent.config import ServerConfig
 from agent.errors import InvalidMedia, LimitExceeded
 from agent.fetch import Fetcher
-from agent.media import AUDIO_RATE, RGB, Audio, sniff_image
+from agent.media import AUDIO_RATE, RGB, Audio, check_shape, sniff_image
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
@@ -108,6 +108,7 @@ def image(data: bytes, param: str, limits: Limits) -> RGB:
         sniff_image(data)
         with Image.open(io.BytesIO(data)) as img:
             _pixels(img.width, img.height, limits.image_pixels, "max_image_pixels", param)
+            check_shape(img.width, img.height, param)
             img.load()
             return np.asarray(img.convert("RGB"))
     except InvalidMedia as exc:
@@ -125,6 +126,7 @@ def video(data: bytes, param: str, limits: Limits, fps: float = 1.0) -> tuple[RG
             stream = container.streams.video[0]
             ctx = stream.codec_context
             _pixels(ctx.width, ctx.height, limits.video_pixels, "max_video_pixels", param)
+            check_shape(ctx.width, ctx.height, param)
             seconds = _duration(container, stream)
             _seconds(seconds or 0.0, limits.video_s, "max_video_s", param)
             keep = _kept(seconds, fps, limits)

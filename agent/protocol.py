@@ -23,7 +23,7 @@ class _Model(BaseModel):
 class MediaExtension(_Model):
     """``streamagent`` on a frame or audio chunk: its media timestamp in seconds."""
 
-    timestamp: float | None = Field(default=None, ge=0)
+    timestamp: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class StreamagentSession(_Model):
@@ -31,9 +31,11 @@ class StreamagentSession(_Model):
 
     live: bool | None = None
     sample_fps: float | None = Field(default=None, gt=0, le=30)
-    handlers: list[str] | None = None
+    handlers: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None,
+                                                                        max_length=32)
     video_window_s: float | None = Field(default=None, gt=0, le=600)
-    models: dict[str, str] | None = None
+    models: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=128)]] \
+        | None = Field(default=None, max_length=32)
     lora: str | None = Field(default=None, max_length=128)
     """A LoRA adapter of the session's models (``options.lora`` in their config); ``""``: none."""
 
@@ -118,9 +120,15 @@ class ItemCreate(_Event):
     previous_item_id: str | None = None
 
 
+MetadataKey = Annotated[str, Field(max_length=64)]
+MetadataValue = Annotated[str, Field(max_length=512)]
+
+
 class ResponseParams(_Model):
     instructions: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=16)
+    """As in OpenAI's API: at most 16 pairs, keys of at most 64 characters, string values of at
+    most 512."""
     conversation: str | None = None
     max_output_tokens: TokenCap | None = None
 

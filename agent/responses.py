@@ -36,22 +36,27 @@ class ResponseRun:
         self.usage: list[Usage] = []
         """The usage of every model call made for this response (filled by the handlers)."""
         self._cancel_requested = False
+        self._running = False
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
     def cancel(self) -> None:
+        """A task cancelled before it starts never runs, so it would send nothing (no
+        ``response.done``) and clean nothing up: until ``run`` starts, only mark it."""
         self._cancel_requested = True
-        if self.task is not None:
+        if self.task is not None and self._running:
             self.task.cancel()
 
     async def run(self, deltas: AsyncIterator[str], eager: bool) -> str:
         """Send the whole response; with ``eager=False`` nothing is sent unless text comes."""
-        reraise = False
+        reraise, self._running = False, True
         try:
             if eager:
                 await self._start()
+            if self._cancel_requested:  # cancelled before it started
+                raise asyncio.CancelledError
             async for delta in deltas:
                 if delta:
                     await self._delta(delta)

@@ -99,8 +99,9 @@ class RealtimeSession:
         await self.send(events.event("session.created", session=self._session_object()))
         if failed is not None:
             await self.send(events.error(failed))
-        async for message in messages:
-            await self.handle(message)
+        async for message in messages:  # a socket can hold thousands of small messages that
+            await self.handle(message)  # arrive without a wait: let the other tasks run
+            await asyncio.sleep(0)
 
     async def handle(self, message: str | bytes) -> None:
         event_id = None
@@ -237,15 +238,14 @@ class RealtimeSession:
                 f"conversation already has an active response in progress: "
                 f"{self.question.id}. Wait until the response is finished before creating a "
                 "new one.")
+        instructions = params.instructions if params and params.instructions else None
+        self.intake.text(instructions or "", 0, param="response.instructions")
         frames = self.media.latest_frames()
         question = Question(
             text="\n".join(self.pending_text),
-            instructions=(params.instructions if params and params.instructions
-                          else self.instructions),
-            frame=frames[-1] if frames else None,
-            frames=frames,
-            window=self.media.last_window,
-            history=tuple(self.history),
+            instructions=instructions or self.instructions,
+            frame=frames[-1] if frames else None, frames=frames,
+            window=self.media.last_window, history=tuple(self.history),
         )
         self.history.extend(Turn("user", text) for text in self.pending_text)
         self.pending_text.clear()
@@ -253,7 +253,7 @@ class RealtimeSession:
         meta = response_metadata("+".join(h.name for h in handlers),
                               "+".join(sorted({h.modality for h in handlers})), question.window)
         if params and params.metadata:
-            meta = {**{k: str(v) for k, v in params.metadata.items()}, **meta}
+            meta = {**params.metadata, **meta}
         run = ResponseRun(self.send, meta)
         cap = (token_cap(params.max_output_tokens) if params and params.max_output_tokens
                else self.max_output_tokens)

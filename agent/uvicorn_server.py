@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from agent.config import ServerConfig
 from agent.gateway import Gateway
@@ -42,10 +43,24 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
+class _WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, except for an upgrade request that websockets
+    cannot parse (a request line or header over its 8 KiB limits, too many headers, not
+    HTTP): websockets writes its 4xx reply, or none, and uvicorn never sends it nor closes the
+    connection, which then stays open, uncounted, for as long as the client likes. Here the
+    reply goes out and the connection is closed."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.handshake_exc is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+
+
 def uvicorn_config(gateway: Gateway, server: ServerConfig) -> uvicorn.Config:
     return uvicorn.Config(
         gateway.app(),
-        ws="websockets-sansio",
+        ws=_WebSocketProtocol,
         ws_max_size=server.max_message_bytes,
         ws_max_queue=16,
         ws_ping_interval=server.ping_interval_s,

@@ -61,10 +61,22 @@ class RapidOCREngine(ThreadedEngine):
         for image in request.images:
             if cancelled.is_set():
                 return
-            result: Any = ocr(np.ascontiguousarray(image[:, :, ::-1]))  # it wants BGR
+            result: Any = ocr(np.ascontiguousarray(_padded(image)[:, :, ::-1]))  # it wants BGR
             for text, score in zip(result.txts or (), result.scores or (), strict=False):
                 if score >= self.min_score and text.strip():
                     yield text.strip() + "\n"
+
+
+def _padded(image: Any, ratio: int = 15) -> Any:
+    """A thin strip padded with white to at most ``ratio`` to 1: RapidOCR scales the longer side
+    down first, and fails once the shorter one rounds to 0 pixels."""
+    h, w = image.shape[:2]
+    ph, pw = max(h, -(-w // ratio)), max(w, -(-h // ratio))
+    if (ph, pw) == (h, w):
+        return image
+    out = np.full((ph, pw, *image.shape[2:]), 255, image.dtype)
+    out[:h, :w] = image
+    return out
 
 
 async def read_text(handler: Handler, frame_image: Any) -> list[str]:
