@@ -42,6 +42,9 @@ class ServerConfig(_Config):
     shutdown_timeout_s: float = Field(default=5.0, ge=0)
     slow_client_timeout_s: float = Field(default=10.0, gt=0)
     """A session whose client leaves its outbox full this long is closed (code 1008)."""
+    max_outbox_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """JSON of the events waiting for one client (besides at most 256 of them); one larger
+    event waits alone. Generation waits while they are full."""
     max_item_text_chars: int = Field(default=32_768, ge=1)
     """Text in one ``conversation.item.create`` or ``instructions``; longer is refused."""
     max_pending_text_chars: int = Field(default=65_536, ge=1)

@@ -1,4 +1,5 @@
-"""A session's outgoing events: bounded, and a client that stops reading ends its session."""
+"""A session's outgoing events: bounded in count and in bytes, and a client that stops reading
+ends its session."""
 
 from __future__ import annotations
 
@@ -14,14 +15,18 @@ CLOSE_POLICY = 1008
 
 
 class Outbox:
-    """At most ``OUTBOX_SIZE`` events wait for the socket. A sender waits while it is full;
-    once it has stayed full for ``stall_s``, ``stalled`` is set (the session ends and the
-    gateway closes the socket with ``close_code``), and from then on events are dropped."""
+    """At most ``OUTBOX_SIZE`` events and ``max_bytes`` of their JSON wait for the socket (one
+    event larger than that waits alone). A sender waits while there is no room; once it has
+    waited ``stall_s``, ``stalled`` is set (the session ends and the gateway closes the socket
+    with ``close_code``), and from then on events are dropped."""
 
-    def __init__(self, session_id: str, stall_s: float) -> None:
+    def __init__(self, session_id: str, stall_s: float, max_bytes: int = 16 << 20) -> None:
         self.session_id = session_id
         self.stall_s = stall_s
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(OUTBOX_SIZE)
+        self.max_bytes = max_bytes
+        self.queue: asyncio.Queue[str] = asyncio.Queue(OUTBOX_SIZE)
+        self.bytes = 0
+        self._taken = asyncio.Event()
         self.stalled = asyncio.Event()
         self.closed = False
         self.close_code: int | None = None
@@ -30,15 +35,24 @@ class Outbox:
     async def put(self, event: dict[str, Any]) -> None:
         if self.closed:
             return
+        text = json.dumps(event)
         try:
-            self.queue.put_nowait(event)
-            return
-        except asyncio.QueueFull:
-            pass
-        try:
-            await asyncio.wait_for(self.queue.put(event), self.stall_s)
+            async with asyncio.timeout(self.stall_s):
+                while not self._room(len(text)):
+                    self._taken.clear()
+                    await self._taken.wait()
         except TimeoutError:
             self._stall(f"client did not read its events for {self.stall_s:g} s")
+            return
+        if self.closed:
+            return
+        self.queue.put_nowait(text)
+        self.bytes += len(text)
+
+    def _room(self, size: int) -> bool:
+        if self.queue.full():
+            return False
+        return self.queue.empty() or self.bytes + size <= self.max_bytes
 
     def _stall(self, reason: str) -> None:
         if not self.stalled.is_set():
@@ -53,5 +67,7 @@ class Outbox:
     async def write(self, send_text: Callable[[str], Awaitable[None]]) -> None:
         """Send events as the socket takes them (the session's writer task)."""
         while True:
-            event = await self.queue.get()
-            await send_text(json.dumps(event))
+            text = await self.queue.get()
+            self.bytes -= len(text)
+            self._taken.set()
+            await send_text(text)

@@ -46,13 +46,14 @@ class RealtimeSession:
         self.instructions = self.profile.instructions
         self.audio_rate = 24000
         self.converter = AudioConverter(self.audio_rate)
-        self.history: deque[Turn] = deque(maxlen=runtime.config.server.max_history)
+        server = runtime.config.server
+        self.history: deque[Turn] = deque(maxlen=server.max_history)
         self.pending_text: list[str] = []
         self.responses: dict[str, ResponseRun] = {}
-        self.outbox = Outbox(self.id, runtime.config.server.slow_client_timeout_s)
+        self.outbox = Outbox(self.id, server.slow_client_timeout_s, server.max_outbox_bytes)
         self.media = LiveMedia(runtime, self.id, self._live_response, profile=self.profile)
         self.media.live = self.profile.live
-        self.intake = Intake(runtime.config.server)
+        self.intake = Intake(server)
         self.max_output_tokens: int | None = None
         self.lora: str | None = None
         self.question: ResponseRun | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import pytest_asyncio
 import websockets
 
 from agent import Handler, ModelRequest, Window, hookimpl
+from agent.outbox import Outbox
 from agent.runtime import Runtime
 from agent.testing import data_url, fake_runtime, image_event, jpeg_bytes
 from agent.uvicorn_server import Address, running
@@ -89,6 +91,57 @@ async def test_a_connected_client_that_never_reads_is_closed(served: Any) -> Non
     other = await Client.connect(url(address))  # its place under max_sessions is free again
     await other.close()
     ws.transport.abort()
+
+
+def noise_jpeg() -> bytes:
+    """A 640x480 JPEG of noise: about 300 KB, so its echoes are large."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("served", [{"server": {"slow_client_timeout_s": 1,
+                                                "max_frames_per_s": 1000,
+                                                "max_outbox_bytes": 1 << 20}}], indirect=True)
+async def test_unread_events_are_bounded_in_bytes(served: Any) -> None:
+    """100 pictures echoed twice are 200 events, under the 256-event bound, but 80 MB: a
+    client that never reads them is closed once 1 MiB of them waits, not when 256 do."""
+    address, _ = served
+    ws = await websockets.connect(url(address), max_queue=1, max_size=None)
+    item = json.dumps(image_event(data_url(noise_jpeg())))
+    with contextlib.suppress(TimeoutError, websockets.ConnectionClosed):
+        for _ in range(100):
+            await asyncio.wait_for(ws.send(item), 5)
+    await until_sessions(address, 0)
+    ws.transport.abort()
+
+
+async def test_outbox_waits_for_room_in_bytes_and_passes_one_large_event() -> None:
+    box = Outbox("s", stall_s=0.3, max_bytes=1000)
+    await box.put({"t": "x" * 5000})  # larger than the bound: waits alone, so it goes in
+    assert box.qsize() == 1 and box.bytes > 1000
+    waiting = asyncio.create_task(box.put({"t": "small"}))
+    await asyncio.sleep(0.1)
+    assert not waiting.done() and box.qsize() == 1  # no room while the large one waits
+    sent: list[str] = []
+
+    async def send(text: str) -> None:
+        sent.append(text)
+
+    writer = asyncio.create_task(box.write(send))
+    await asyncio.wait_for(waiting, 1)  # taken by the writer: room again
+    await asyncio.sleep(0)
+    assert [json.loads(t)["t"][:5] for t in sent] == ["xxxxx", "small"] and box.bytes == 0
+    writer.cancel()
+    for _ in range(3):
+        await box.put({"t": "y" * 400})  # 2 fit; the third waits 0.3 s, then the session ends
+    assert box.stalled.is_set() and box.close_code == 1008 and box.bytes <= 1000
 
 
 @pytest.mark.parametrize("served", [{"delay_s": 0.05, "tokens": 20}], indirect=True)
