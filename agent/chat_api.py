@@ -69,7 +69,12 @@ class ChatAPI:
 
     async def _complete(self, request: Request) -> Response:
         cfg = self.runtime.config.server
-        body = await _read_limited(request, cfg.max_message_bytes)
+        try:
+            async with asyncio.timeout(cfg.read_timeout_s):
+                body = await _read_limited(request, cfg.max_message_bytes)
+        except TimeoutError:
+            return error(408, f"the request body did not arrive within {cfg.read_timeout_s:g} s "
+                         "(server.read_timeout_s)", code="request_timeout")
         if body is None:
             return error(413, f"request body larger than {cfg.max_message_bytes} bytes "
                          "(server.max_message_bytes)", code="request_too_large")

@@ -42,6 +42,9 @@ class ServerConfig(_Config):
     shutdown_timeout_s: float = Field(default=5.0, ge=0)
     slow_client_timeout_s: float = Field(default=10.0, gt=0)
     """A session whose client leaves its outbox full this long is closed (code 1008)."""
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    """A request's headers (HTTP or websocket upgrade) must arrive within this, or the
+    connection is closed; a chat request's body too, or HTTP 408."""
     max_outbox_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     """JSON of the events waiting for one client (besides at most 256 of them); one larger
     event waits alone. Generation waits while they are full."""

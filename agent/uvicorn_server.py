@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from agent.config import ServerConfig
@@ -57,9 +58,50 @@ class _WebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
 
 
+class _HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, except that it waits for a request's headers at most
+    ``header_timeout_s``: uvicorn waits forever, so sockets that connect and send nothing, or
+    a header byte at a time, stayed open uncounted (no session, no request yet)."""
+
+    header_timeout_s = 30.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_headers()
+
+    def on_message_begin(self) -> None:  # each request of a kept-alive connection
+        super().on_message_begin()
+        self._await_headers()
+
+    def on_headers_complete(self) -> None:
+        self._headers_arrived()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._headers_arrived()
+        super().connection_lost(exc)
+
+    def _await_headers(self) -> None:
+        self._headers_arrived()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._late)
+
+    def _headers_arrived(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _late(self) -> None:
+        log.info("closed a connection whose request headers took over %g s",
+                 self.header_timeout_s)
+        self.transport.close()
+
+
 def uvicorn_config(gateway: Gateway, server: ServerConfig) -> uvicorn.Config:
+    http = type("HttpProtocol", (_HttpProtocol,), {"header_timeout_s": server.read_timeout_s})
     return uvicorn.Config(
         gateway.app(),
+        http=http,
         ws=_WebSocketProtocol,
         ws_max_size=server.max_message_bytes,
         ws_max_queue=16,

@@ -319,3 +319,37 @@ async def test_a_handler_that_fails_to_start_is_an_error_and_the_rest_runs(serve
     await client.close()
     await until_sessions(address, 0)
     assert len(asyncio.all_tasks()) < 10  # nothing of the session is left running
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, within_s: float = 10) -> bytes:
+    """Read until the server closes the connection; what it sent before."""
+    return await asyncio.wait_for(reader.read(), within_s)
+
+
+@pytest.mark.parametrize("served", [{"server": {"read_timeout_s": 0.5}}], indirect=True)
+async def test_connections_without_timely_headers_are_closed(served: Any) -> None:
+    """Silent sockets, headers a byte at a time, and a chat body that never comes hold
+    nothing: no session or request counts them, so only a read timeout frees them."""
+    address, _ = served
+    silent = await asyncio.open_connection(address.host, address.port)
+    dribble = await asyncio.open_connection(address.host, address.port)
+    dribble[1].write(b"GET /v1/realtime HTTP/1.1\r\nHost: x\r\n")
+
+    async def keep_dribbling() -> None:
+        with contextlib.suppress(ConnectionError):
+            for _ in range(100):
+                dribble[1].write(b"X")
+                await dribble[1].drain()
+                await asyncio.sleep(0.1)
+
+    dribbling = asyncio.create_task(keep_dribbling())
+    assert await _closed_by_server(silent[0]) == b""
+    assert await _closed_by_server(dribble[0]) == b""
+    dribbling.cancel()
+    body_reader, body_writer = await asyncio.open_connection(address.host, address.port)
+    body_writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+    reply = await asyncio.wait_for(body_reader.readuntil(b"\r\n"), 10)
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    for writer in (silent[1], dribble[1], body_writer):
+        writer.close()
