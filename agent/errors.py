@@ -54,6 +54,11 @@ class ConversationBusy(InvalidRequest):
 
     code = "conversation_already_has_active_response"
 
+    @classmethod
+    def about(cls, response_id: str) -> ConversationBusy:
+        return cls(f"conversation already has an active response in progress: {response_id}. "
+                   "Wait until the response is finished before creating a new one.")
+
 
 class NoActiveResponse(InvalidRequest):
     code = "response_cancel_not_active"

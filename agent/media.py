@@ -87,6 +87,14 @@ class Frame:
         return self._image is not None
 
 
+def image_frame(url: str, ts: float) -> Frame:
+    """A client's data-URL picture as a frame, after a cheap check of its header (the picture
+    is decoded only if a handler looks at it)."""
+    payload = split_data_url(url)
+    sniff_image(b64decode(payload[:16], "image_url"))
+    return Frame(payload, ts)
+
+
 def b64decode(data: str, what: str) -> bytes:
     try:
         return base64.b64decode(data, validate=True)

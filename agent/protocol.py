@@ -129,7 +129,11 @@ class ResponseParams(_Model):
     metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=16)
     """As in OpenAI's API: at most 16 pairs, keys of at most 64 characters, string values of at
     most 512."""
-    conversation: str | None = None
+    conversation: Literal["auto", "none"] | None = None
+    """``none``: an out-of-band response, whose answer does not join the conversation."""
+    input: list[Item] | None = Field(default=None, max_length=32)
+    """The context of this response instead of the conversation (text messages); the
+    conversation's pending text waits for the next response."""
     max_output_tokens: TokenCap | None = None
 
 

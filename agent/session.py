@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from agent import events, protocol
-from agent.answers import answers, response_metadata, token_cap
+from agent.answers import answers, own_context, response_metadata, token_cap
 from agent.audio import AudioConverter
 from agent.engine import Turn
 from agent.errors import (
@@ -27,7 +27,7 @@ from agent.errors import (
 from agent.handler import Handler, Question, response_options, response_usage
 from agent.intake import Intake
 from agent.live import LiveMedia
-from agent.media import Frame, b64decode, sniff_image, split_data_url
+from agent.media import image_frame
 from agent.outbox import Outbox
 from agent.responses import ResponseRun
 from agent.runtime import Runtime
@@ -123,8 +123,7 @@ class RealtimeSession:
             self._update(event.session)
             await self.send(events.event("session.updated", session=self._session_object()))
         elif isinstance(event, protocol.AudioAppend):
-            ts = event.streamagent.timestamp if event.streamagent else None
-            self._add_audio(event.audio, ts)
+            self._add_audio(event.audio, event.streamagent.timestamp if event.streamagent else None)
         elif isinstance(event, protocol.AudioCommit):
             self.media.flush()
             await self.send(events.event("input_audio_buffer.committed",
@@ -228,17 +227,13 @@ class RealtimeSession:
 
     def _add_image(self, part: protocol.InputImage) -> None:
         self.intake.frame()
-        payload = split_data_url(part.image_url)
-        sniff_image(b64decode(payload[:16], "image_url"))  # cheap check; decode only if kept
         ts = part.streamagent.timestamp if part.streamagent else None
-        self.media.add_frame(Frame(payload, self.media.sampler.now() if ts is None else ts))
+        self.media.add_frame(image_frame(part.image_url,
+                                         self.media.sampler.now() if ts is None else ts))
 
     def _ask(self, params: protocol.ResponseParams | None) -> None:
         if self.question is not None:
-            raise ConversationBusy(
-                f"conversation already has an active response in progress: "
-                f"{self.question.id}. Wait until the response is finished before creating a "
-                "new one.")
+            raise ConversationBusy.about(self.question.id)
         instructions = params.instructions if params and params.instructions else None
         self.intake.text(instructions or "", 0, param="response.instructions")
         frames = self.media.latest_frames()
@@ -248,8 +243,11 @@ class RealtimeSession:
             frame=frames[-1] if frames else None, frames=frames,
             window=self.media.last_window, history=tuple(self.history),
         )
-        self.history.extend(Turn("user", text) for text in self.pending_text)
-        self.pending_text.clear()
+        if params and params.input is not None:  # its own context; the conversation waits
+            question = own_context(question, params.input, self.intake)
+        else:
+            self.history.extend(Turn("user", text) for text in self.pending_text)
+            self.pending_text.clear()
         handlers = [s.handler for s in self.media.slots.values()]
         meta = response_metadata("+".join(h.name for h in handlers),
                               "+".join(sorted({h.modality for h in handlers})), question.window)
@@ -259,7 +257,8 @@ class RealtimeSession:
         cap = (token_cap(params.max_output_tokens) if params and params.max_output_tokens
                else self.max_output_tokens)
         self.question = self._launch(run, answers(handlers, question, self.media.settled),
-                                     eager=True, remember=True, max_tokens=cap)
+                                     eager=True, max_tokens=cap,
+                                     remember=not params or params.conversation != "none")
 
     def _cancel(self, response_id: str | None) -> None:
         runs = [r for r in self.responses.values() if response_id in (None, r.id)]
