@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from agent import events, oneshot
 from agent.chat_request import Builder, ChatRequest, explain
 from agent.engine import ModelRequest
-from agent.errors import StreamAgentError, UnknownModel
+from agent.errors import InvalidRequest, StreamAgentError, UnknownModel
 from agent.runtime import Runtime
 
 
@@ -29,6 +29,14 @@ def error(status: int, message: str, type_: str = "invalid_request_error",
           code: str | None = None, param: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type_, "param": param,
                                    "code": code}}, status_code=status)
+
+
+def status_of(exc: StreamAgentError) -> int:
+    """The HTTP status of an error: the client's mistake 400 (429 for a rate), a full model
+    queue 503 (retry), anything else 500."""
+    if isinstance(exc, InvalidRequest):
+        return 429 if exc.retryable else 400
+    return 503 if exc.retryable else 500
 
 
 class ChatAPI:
@@ -97,7 +105,7 @@ class ChatAPI:
             cut = _Cut()
             text = "".join([d async for d in self._deltas(chat, req, cut)])
         except StreamAgentError as exc:
-            return error(500, exc.message, "server_error", exc.code)
+            return error(status_of(exc), exc.message, exc.type, exc.code, exc.param)
         return JSONResponse(_completion(chat.model, text, cut.finish_reason(req), req))
 
     def _answer(self, name: str, req: ModelRequest) -> AsyncGenerator[str, None]:

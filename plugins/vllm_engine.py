@@ -18,7 +18,16 @@ import uuid
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
-from agent import AUDIO_RATE, ConfigError, Engine, ModelConfig, ModelRequest, hookimpl, long_audio
+from agent import (
+    AUDIO_RATE,
+    ConfigError,
+    Engine,
+    InvalidRequest,
+    ModelConfig,
+    ModelRequest,
+    hookimpl,
+    long_audio,
+)
 from agent.families import (
     GENERIC,
     Family,
@@ -204,6 +213,10 @@ class VllmEngine(Engine):
                 finished = out.finished
                 if piece.text:
                     yield piece.text
+        except Exception as exc:
+            if _refused(exc):  # the request, not the engine: a prompt over max_model_len
+                raise InvalidRequest(f"model {self.name!r} refused the request: {exc}") from exc
+            raise
         finally:
             self.active -= 1
             if not finished:  # the stream was closed early: free the sequence at once
@@ -224,6 +237,15 @@ class VllmEngine(Engine):
         if ctx is not None:
             with contextlib.suppress(Exception):
                 ctx.destroy(linger=0)
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether vLLM refused the request itself (its validation), rather than failed."""
+    try:
+        from vllm.exceptions import VLLMValidationError
+    except ImportError:
+        return False
+    return isinstance(exc, VLLMValidationError)
 
 
 @hookimpl

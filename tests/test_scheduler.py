@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+import httpx
 import pytest
 
 from agent.config import ModelConfig
@@ -147,6 +148,10 @@ async def test_a_full_model_queue_is_an_error_event_and_the_sessions_go_on() -> 
         busy, refused = await Client.connect(url), await Client.connect(url)
         await busy.send({"type": "response.create"})
         await busy.until("response.output_text.delta")
+        async with httpx.AsyncClient(base_url=address.http) as http:  # chat: 503, retry
+            r = await http.post("/v1/chat/completions", json={
+                "model": "fake", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_overloaded", r.text
         await refused.send({"type": "response.create"})
         got = await refused.until("response.done")
         error = next(e["error"] for e in got if e["type"] == "error")

@@ -216,6 +216,8 @@ def test_chat_usage_and_length_from_vllm(tiny: Path) -> None:
             "model": "tiny", "max_tokens": 5, "messages": [{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": data_url(jpeg_bytes("hi"))}},
                 {"type": "text", "text": "What is this?"}]}]})
+        too_long = httpx.post(f"{address.http}/v1/chat/completions", timeout=120, json={
+            "model": "tiny", "messages": [{"role": "user", "content": "word " * 6000}]})
     assert r.status_code == 200, r.text
     body = r.json()
     usage = body["usage"]
@@ -223,3 +225,5 @@ def test_chat_usage_and_length_from_vllm(tiny: Path) -> None:
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert body["choices"][0]["finish_reason"] == (
         "length" if usage["completion_tokens"] == 5 else "stop")
+    assert too_long.status_code == 400, too_long.text  # vLLM refused it: the client's mistake
+    assert "maximum context length" in too_long.json()["error"]["message"]
