@@ -115,10 +115,13 @@ async def test_stop_strings_multi_turn_and_several_images(fake: Any) -> None:
     assert req.options["temperature"] == 0.5 and req.options["max_new_tokens"] == 3
 
 
-async def test_usage_and_finish_reason_come_from_the_engine(fake: Any) -> None:
+@pytest.mark.parametrize("model", ["fake", "default"])
+async def test_usage_and_finish_reason_come_from_the_engine(fake: Any, model: str) -> None:
+    """A model name, and a profile (whose handler makes the model call: the request's token
+    limit caps it, and its usage is the answer's)."""
     address, _ = fake
     async with openai.AsyncOpenAI(base_url=f"{address.http}/v1", api_key="any") as client:
-        ask: Any = {"model": "fake", "messages": [{"role": "user", "content": "two words"}]}
+        ask: Any = {"model": model, "messages": [{"role": "user", "content": "two words"}]}
         whole = await client.chat.completions.create(**ask)
         assert whole.choices[0].finish_reason == "stop"
         assert whole.usage is not None
@@ -133,22 +136,6 @@ async def test_usage_and_finish_reason_come_from_the_engine(fake: Any) -> None:
             **ask, max_tokens=4, stream=True, stream_options={"include_usage": True})]
         assert chunks[-2].choices[0].finish_reason == "length"
         assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 6
-
-
-async def test_a_profile_answers_within_max_tokens_with_its_usage(fake: Any) -> None:
-    """Through a profile the handlers make the model calls: the request's token limit caps each
-    of them and their usage is the answer's."""
-    address, _ = fake
-    async with openai.AsyncOpenAI(base_url=f"{address.http}/v1", api_key="any") as client:
-        ask: Any = {"model": "default", "messages": [{"role": "user", "content": "two words"}]}
-        whole = await client.chat.completions.create(**ask)
-        assert whole.choices[0].finish_reason == "stop"
-        assert whole.usage is not None
-        assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (2, 6)
-        cut = await client.chat.completions.create(**ask, max_tokens=3)
-        assert cut.choices[0].message.content == "tok0 tok1 tok2 "
-        assert cut.choices[0].finish_reason == "length"
-        assert cut.usage is not None and cut.usage.completion_tokens == 3
 
 
 @pytest.mark.parametrize(("body", "status", "code"), [
