@@ -123,7 +123,14 @@ def decode_image(b64: str) -> RGB:
     except Image.DecompressionBombError as exc:  # PIL refuses its header before we can
         raise InvalidMedia(f"image too large: {exc}", param="image_url") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidMedia(f"corrupt image: {exc}", param="image_url") from None
+        raise InvalidMedia(f"corrupt image: {why(exc)}", param="image_url") from None
+
+
+def why(exc: Exception) -> str:
+    """A decoder's complaint, without PIL's ``<_io.BytesIO object at 0x...>``."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a picture in a known format"
+    return str(exc)
 
 
 @dataclass(frozen=True, slots=True)

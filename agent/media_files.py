@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from agent.config import ServerConfig
 from agent.errors import InvalidMedia, LimitExceeded
 from agent.fetch import Fetcher
-from agent.media import AUDIO_RATE, RGB, Audio, check_shape, sniff_image
+from agent.media import AUDIO_RATE, RGB, Audio, check_shape, sniff_image, why
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
@@ -115,7 +115,7 @@ def image(data: bytes, param: str, limits: Limits) -> RGB:
         raise type(exc)(exc.message, param=param) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError) as exc:
-        raise InvalidMedia(f"corrupt image: {exc}", param=param) from None
+        raise InvalidMedia(f"corrupt image: {why(exc)}", param=param) from None
 
 
 def video(data: bytes, param: str, limits: Limits, fps: float = 1.0) -> tuple[RGB, ...]:
@@ -147,7 +147,7 @@ def video(data: bytes, param: str, limits: Limits, fps: float = 1.0) -> tuple[RG
                 ordered = [ordered[int(i * step)] for i in range(limits.video_frames)]
             out = tuple(np.asarray(f.to_ndarray(format="rgb24"), np.uint8) for f in ordered)
     except (av.error.FFmpegError, IndexError, UnidentifiedImageError) as exc:
-        raise InvalidMedia(f"cannot decode the video: {exc}", param=param) from None
+        raise InvalidMedia(f"cannot decode the video: {why(exc)}", param=param) from None
     if not out:
         raise InvalidMedia("the video has no frames", param=param)
     return out

@@ -207,6 +207,19 @@ async def test_chat_refuses_a_degenerate_image_as_a_client_error(embedded: Addre
     assert reply.json()["error"]["code"] == "invalid_media"
 
 
+async def test_a_corrupt_picture_is_named_without_the_decoders_internals(fake: Address) -> None:
+    """A PNG signature over junk passes the header check and fails in PIL, whose message
+    names a Python object (``<_io.BytesIO object at 0x...>``): the client gets a plain one."""
+    junk = data_url(b"\x89PNG\r\n\x1a\n" + b"junk" * 64, "image/png")
+    body = {"model": "fake", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": junk}}]}]}
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{fake.http}/v1/chat/completions", json=body)
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["error"]["message"]
+    assert message.startswith("corrupt image") and "object at 0x" not in message, message
+
+
 # --- OpenAI Realtime, beta dialect ------------------------------------------------------------
 
 async def test_beta_dialect_refuses_deep_json_and_binary_frames_as_ga_does(fake: Address) -> None:
