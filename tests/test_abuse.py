@@ -208,9 +208,9 @@ async def test_chat_refuses_a_degenerate_image_as_a_client_error(embedded: Addre
 
 
 async def test_a_corrupt_picture_is_named_without_the_decoders_internals(fake: Address) -> None:
-    """A PNG signature over junk passes the header check and fails in PIL, whose message
+    """A JPEG signature over junk passes the header check and fails in PIL, whose message
     names a Python object (``<_io.BytesIO object at 0x...>``): the client gets a plain one."""
-    junk = data_url(b"\x89PNG\r\n\x1a\n" + b"junk" * 64, "image/png")
+    junk = data_url(b"\xff\xd8\xff" + b"junk" * 64)
     body = {"model": "fake", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": junk}}]}]}
     async with httpx.AsyncClient(timeout=30) as http:
