@@ -14,6 +14,9 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+from agent.errors import InvalidRequest
+from agent.protocol import check_containers
+
 SendText = Callable[[str], Awaitable[None]]
 SUBPROTOCOL = "openai-beta.realtime-v1"
 BETA_RATE = 24000
@@ -72,8 +75,9 @@ def client_event(message: str | bytes) -> str | bytes:
     if isinstance(message, bytes):
         return message
     try:
+        check_containers(message)  # too many to parse: the session refuses it as usual
         event = json.loads(message)
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
+    except (ValueError, RecursionError, InvalidRequest):  # RecursionError: nested too deep
         return message
     if not isinstance(event, dict):
         return message

@@ -22,6 +22,7 @@ from agent import events, oneshot
 from agent.chat_request import Builder, ChatRequest, explain
 from agent.engine import ModelRequest
 from agent.errors import InvalidRequest, StreamAgentError, UnknownModel
+from agent.protocol import check_containers
 from agent.runtime import Runtime
 
 
@@ -87,7 +88,10 @@ class ChatAPI:
             return error(413, f"request body larger than {cfg.max_message_bytes} bytes "
                          "(server.max_message_bytes)", code="request_too_large")
         try:
+            check_containers(body)
             chat = ChatRequest.model_validate_json(body)
+        except InvalidRequest as exc:
+            return error(400, exc.message)
         except ValidationError as exc:
             message, where = explain(exc)
             return error(400, message, param=where)

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agent.audio import check_rate
 from agent.errors import InvalidMedia, InvalidRequest, StreamAgentError
+from agent.protocol import check_containers
 from agent.runtime import Runtime
 from agent.session import RealtimeSession
 
@@ -39,6 +40,7 @@ def pick(obj: dict[str, Any], camel: str) -> Any:
 
 def parse(message: str | bytes) -> dict[str, Any]:
     """One client message (text or binary JSON) as an object, or ``InvalidRequest``."""
+    check_containers(message)
     try:
         msg = json.loads(message)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse

@@ -169,8 +169,27 @@ EVENT_TYPES = (
 _adapter: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
 
 
+MAX_JSON_CONTAINERS = 65_536
+"""Objects and arrays one client message may open (every ``{`` and ``[``, strings included).
+Parsing allocates each on the event loop, which every session shares: a 4 MB message of a
+million empty arrays held it 0.35 s; an 8 MB picture event parses in 1 ms."""
+
+
+def check_containers(message: str | bytes, limit: int = MAX_JSON_CONTAINERS) -> None:
+    """Refuse a message that opens more than ``limit`` objects and arrays, before parsing it
+    (counting 8 MB takes 6 ms; a message shorter than 2 x ``limit`` cannot open that many)."""
+    if len(message) <= 2 * limit:
+        return
+    opens = (message.count("{") + message.count("[") if isinstance(message, str)
+             else message.count(b"{") + message.count(b"["))
+    if opens > limit:
+        raise InvalidRequest(f"message opens {opens} JSON objects and arrays (counting '{{' and "
+                             f"'[' in strings too); at most {limit}")
+
+
 def parse_event(message: str | bytes) -> ClientEvent:
     """Parse one client message; raise InvalidRequest / UnknownEvent with a readable message."""
+    check_containers(message)
     try:
         return _adapter.validate_json(message)
     except ValidationError as exc:

@@ -220,6 +220,31 @@ async def test_a_corrupt_picture_is_named_without_the_decoders_internals(fake: A
     assert message.startswith("corrupt image") and "object at 0x" not in message, message
 
 
+MANY = "[" + ",".join(["[]"] * 100_000) + "]"  # 300 KB of 100 001 lists to allocate
+
+
+@pytest.mark.parametrize("headers", [{}, {"OpenAI-Beta": "realtime=v1"}])
+async def test_a_message_of_too_many_json_containers_is_refused_before_parsing(
+        fake: Address, headers: dict[str, str]) -> None:
+    client = await Client.connect(url(fake), additional_headers=headers)
+    await client.send('{"type": "session.update", "session": {"x": ' + MANY + "}}")
+    assert "opens 100003 JSON objects and arrays" in (await client.error())["message"]
+    await client.send({"type": "session.update", "session": {}})  # the session goes on
+    await client.until("session.updated")
+    await client.close()
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{fake.http}/v1/chat/completions", content=(
+            '{"model": "fake", "messages": ' + MANY + "}").encode(),
+            headers={"content-type": "application/json"})
+    assert reply.status_code == 400 and "opens" in reply.json()["error"]["message"], reply.text
+    ws = await websockets.connect(f"{fake.ws}{GEMINI}", max_size=None)
+    await ws.send('{"setup": ' + MANY + "}")
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        await asyncio.wait_for(ws.recv(), 10)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1007
+    assert "opens" in info.value.rcvd.reason
+
+
 # --- OpenAI Realtime, beta dialect ------------------------------------------------------------
 
 async def test_beta_dialect_refuses_deep_json_and_binary_frames_as_ga_does(fake: Address) -> None:
