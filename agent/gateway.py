@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import json
 import logging
@@ -68,11 +69,13 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        gc.freeze()  # the models and modules: collections walk only what comes after
         tasks = [asyncio.create_task(self.loop_lag.watch(), name="loop-lag"),
                  asyncio.create_task(self.heap.watch(), name="heap-trim")]
         try:
             yield
         finally:
+            gc.unfreeze()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -8,6 +8,13 @@ burst's peak although the objects are gone (measured: 598 MB resident, 337 MB af
 ``HeapTrimmer`` calls ``malloc_trim(0)`` on a worker thread a few seconds after work of that
 kind ends, at most once per interval (a trim that returns 250 MB takes 16 ms; one with nothing to
 return, 0.05 ms). Elsewhere than glibc it does nothing.
+
+Before trimming it runs the cycle collector: a session, its socket and its tasks end in reference
+cycles that only the collector frees, and left to its own schedule it lets them pile up (after
+three minutes of abuse: 303 MB resident, 266 MB after a collection and a trim, 303 MB after a
+trim alone). A full collection of the embedded default's objects takes 47 ms, so the gateway
+freezes what exists once the models are loaded (``gc.freeze``: never collected, still freed when
+unreferenced), and a collection only walks what came after.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -52,6 +60,10 @@ class HeapTrimmer:
             await asyncio.sleep(self.interval_s)  # let a burst end, and trim once for it
             self._due.clear()
             began = time.perf_counter()
+            found = gc.collect()  # sessions and sockets end in reference cycles
+            collected = time.perf_counter()
             await asyncio.to_thread(self.trim, 0)  # ctypes lets go of the interpreter lock
             self.trims += 1
-            log.debug("heap trimmed in %.1f ms", 1000 * (time.perf_counter() - began))
+            log.debug("heap trimmed: %d objects in cycles collected in %.1f ms, trimmed in "
+                      "%.1f ms", found, 1000 * (collected - began),
+                      1000 * (time.perf_counter() - collected))

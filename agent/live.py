@@ -79,6 +79,11 @@ class LiveMedia:
                 await task
         for name in list(self.slots):  # keep the counts for the session's close log
             self._forget(name)
+        # the session may outlive its client in a reference cycle until the collector runs:
+        # let its media go now
+        self.recent.clear()
+        self.last_window = None
+        self.sampler.release()
 
     @property
     def handler_names(self) -> list[str]:

@@ -61,6 +61,14 @@ class Outbox:
             self.closed = True
             self.stalled.set()
 
+    def close(self) -> None:
+        """No more events; those waiting are dropped (the client has gone or the session is
+        over), so a session kept alive by a reference cycle holds none of them."""
+        self.closed = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.bytes = 0
+
     def qsize(self) -> int:
         return self.queue.qsize()
 

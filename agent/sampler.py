@@ -101,6 +101,11 @@ class Sampler:
         self._lag = self.now() - ts  # the newest media time is the chunk's end
         return closed
 
+    def release(self) -> None:
+        """Drop the pending frame and audio (the session is over)."""
+        self._frame = None
+        self.clear_audio()
+
     def clear_audio(self) -> None:
         """Drop the open window's audio (``input_audio_buffer.clear``)."""
         self.stats.audio_dropped_s += self._audio_len / AUDIO_RATE

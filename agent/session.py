@@ -75,7 +75,7 @@ class RealtimeSession:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            self.outbox.closed = True
+            self.outbox.close()
             tasks += [r.task for r in self.responses.values() if r.task is not None]
             for task in tasks:
                 task.cancel()

@@ -4,14 +4,19 @@ the gateway trims after a session ends."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import subprocess
 import sys
+import weakref
+from typing import Any
 
 import pytest
 import websockets
 
+from agent import gateway
+from agent.session import RealtimeSession
 from agent.testing import fake_runtime
 from agent.uvicorn_server import running
 
@@ -64,19 +69,34 @@ class Trimmed(logging.Handler):
             self.seen.set()  # the trimmer logs on the event loop
 
 
-async def test_an_ended_session_is_followed_by_a_trim() -> None:
+async def test_an_ended_session_is_followed_by_a_trim_that_frees_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session ends in reference cycles (its socket, its tasks): the trim's collection
+    frees it, whenever the collector's own schedule would have."""
+    alive: weakref.WeakSet[RealtimeSession] = weakref.WeakSet()
+
+    class Tracked(RealtimeSession):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            alive.add(self)
+
+    monkeypatch.setattr(gateway, "RealtimeSession", Tracked)
     logger = logging.getLogger("agent.heap")
     trimmed = Trimmed()
     logger.addHandler(trimmed)
     logger.setLevel(logging.DEBUG)
     runtime = fake_runtime()
     runtime.config.server.heap_trim_interval_s = 0.05
+    gc.disable()  # only the trim collects
     try:
         async with running(runtime) as address:
             async with websockets.connect(f"{address.ws}/v1/realtime") as ws:
                 await ws.recv()
+                assert len(alive) == 1
             await asyncio.wait_for(trimmed.seen.wait(), 10)
+            assert len(alive) == 0
     finally:
+        gc.enable()
         logger.removeHandler(trimmed)
         logger.setLevel(logging.NOTSET)
 
