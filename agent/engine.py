@@ -42,6 +42,19 @@ class Usage:
     """``length`` when the token limit stopped generation, else ``stop`` (or unset)."""
 
 
+def total_usage(calls: list[Usage]) -> Usage:
+    """Several model calls' usage as one (a response, a profile's answer): prompt tokens summed
+    over the calls that counted them, completion tokens only if every call counted them, and
+    ``length`` when any call hit its token limit."""
+    prompts = [u.prompt_tokens for u in calls if u.prompt_tokens is not None]
+    counted = [u.completion_tokens for u in calls if u.completion_tokens is not None]
+    return Usage(
+        prompt_tokens=sum(prompts) if prompts else None,
+        completion_tokens=sum(counted) if calls and len(counted) == len(calls) else None,
+        finish_reason=("length" if any(u.finish_reason == "length" for u in calls)
+                       else "stop" if calls else None))
+
+
 @dataclass(frozen=True, slots=True)
 class ModelRequest:
     """Everything a model may look at for one response."""

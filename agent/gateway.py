@@ -38,9 +38,9 @@ class _ClientMistakeFilter(logging.Filter):
     """Two lines uvicorn's websockets-sansio protocol logs at ERROR for what a client did:
 
     - "ASGI callable returned without completing handshake" after every denial response
-      (Kludex/uvicorn#3138, open): dropped for a socket this gateway turned away on purpose (bad
-      key, session limit); any other socket that returns without a handshake is still a bug,
-      and still logged.
+      (uvicorn's Kludex/uvicorn#3138): dropped for a socket this gateway turned away on purpose
+      (bad key, session limit); any other socket that returns without a handshake is still a
+      bug, and still logged.
     - "Invalid UTF-8 sequence received from client", with a traceback: the client gets close
       code 1007; logged at INFO, without the traceback."""
 
@@ -65,7 +65,8 @@ class Gateway:
         self.ready = asyncio.Event()
         self.loop_lag = LoopLag()
         self.heap = HeapTrimmer(runtime.config.server.heap_trim_interval_s)
-        logging.getLogger("uvicorn.error").addFilter(_CLIENT_MISTAKES)  # once: same object
+        # one filter object: adding it again for another gateway changes nothing
+        logging.getLogger("uvicorn.error").addFilter(_CLIENT_MISTAKES)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:

@@ -14,7 +14,7 @@ import numpy as np
 from agent import events
 from agent.answers import answers
 from agent.config import ProfileConfig
-from agent.engine import ModelRequest, Usage
+from agent.engine import ModelRequest, Usage, total_usage
 from agent.handler import Handler, Question, response_options, response_usage
 from agent.live import MAX_RECENT_FRAMES
 from agent.media import AUDIO_RATE, Frame, Window
@@ -38,19 +38,10 @@ async def profile_answer(runtime: Runtime, profile: ProfileConfig,
     response_usage.set(calls)
     async for delta in answers(handlers, question):
         yield delta
-    add_up(calls, request.usage)
-
-
-def add_up(calls: list[Usage], total: Usage) -> None:
-    """Several model calls' usage as one: tokens summed where every call counted them, the
-    finish reason ``length`` when any call hit the token limit."""
-    if not calls:
-        return
-    if all(u.prompt_tokens is not None for u in calls):
-        total.prompt_tokens = sum(u.prompt_tokens or 0 for u in calls)
-    if all(u.completion_tokens is not None for u in calls):
-        total.completion_tokens = sum(u.completion_tokens or 0 for u in calls)
-    total.finish_reason = "length" if any(u.finish_reason == "length" for u in calls) else "stop"
+    total = total_usage(calls)
+    usage = request.usage
+    usage.prompt_tokens, usage.completion_tokens = total.prompt_tokens, total.completion_tokens
+    usage.finish_reason = total.finish_reason
 
 
 def feed(handlers: list[Handler], profile: ProfileConfig, request: ModelRequest) -> Question:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -67,6 +68,7 @@ class ModelServer:
             await asyncio.wait_for(self.engine.start(), start_timeout_s)
         except Exception as exc:
             raise ConfigError(f"model {name!r} failed to load: {exc}") from exc
+        gc.freeze()  # the loaded model: the trimmer's collections walk only what comes after
         log.info("model %s ready (engine %s)", name, config.engine)
 
     async def generate(self, request: ModelRequest | PackedRequest,

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from agent import events, metrics
-from agent.engine import Usage
+from agent.engine import Usage, total_usage
 from agent.errors import EngineError, StreamAgentError
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,9 @@ class ResponseRun:
     def _tokens(self) -> tuple[int, int]:
         """(output, input) tokens as the engines counted them; engines that count none (the
         embedded CPU models) are counted by their text deltas."""
-        counted = [u for u in self.usage if u.completion_tokens is not None]
-        if not counted or len(counted) < len(self.usage):
-            return len(self.parts), sum(u.prompt_tokens or 0 for u in self.usage)
-        return (sum(u.completion_tokens or 0 for u in counted),
-                sum(u.prompt_tokens or 0 for u in self.usage))
+        total = total_usage(self.usage)
+        output = total.completion_tokens
+        return len(self.parts) if output is None else output, total.prompt_tokens or 0
 
     async def _start(self) -> None:
         self.started = True
@@ -134,7 +132,7 @@ class ResponseRun:
     async def _finish(self, status: str) -> None:
         text, where = self.text, {"response_id": self.id, "output_index": 0}
         details = None if status == "completed" else {"type": status, "reason": status}
-        if status == "completed" and any(u.finish_reason == "length" for u in self.usage):
+        if status == "completed" and total_usage(self.usage).finish_reason == "length":
             status, details = "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
         item_status = "completed" if status == "completed" else "incomplete"
         item = events.message_item(self.item_id, text, item_status)
