@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
@@ -66,3 +67,49 @@ def endpoint_from(proc: Any) -> str:
         if "realtime endpoint:" in line:
             return str(line.split("realtime endpoint:")[1].strip())
     raise AssertionError("streamagent serve printed no realtime endpoint")
+
+
+async def sdk_answer(address: Any, model: str, image: bytes, question: str,
+                     session: dict[str, Any] | None = None) -> tuple[list[str], Any]:
+    """Ask through the official openai SDK's realtime client, unchanged: a picture and a
+    question (after ``session.update`` with ``session``, if given); the text deltas and the
+    ``response.done`` response."""
+    from openai import AsyncOpenAI
+
+    from agent.testing import data_url
+
+    deltas: list[str] = []
+    async with AsyncOpenAI(api_key="any", websocket_base_url=f"{address.ws}/v1") as client, \
+            client.realtime.connect(model=model) as conn:
+        if session is not None:
+            await conn.session.update(session=session)
+        await conn.conversation.item.create(item={
+            "type": "message", "role": "user",
+            "content": [{"type": "input_image", "image_url": data_url(image)},
+                        {"type": "input_text", "text": question}]})
+        await conn.response.create()
+        async for event in conn:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+            elif event.type == "error":
+                raise AssertionError(event.error)
+            elif event.type == "response.done":
+                return deltas, event.response
+    raise AssertionError("no response.done")
+
+
+async def ask_to_talk(client: Client, audio: bool) -> None:
+    """Ask a model for a long answer (to cancel it mid-way): after a second of buzz in which no
+    utterance is found, so the question goes to the model anyway, or with a picture."""
+    from agent.testing import data_url, image_event, jpeg_bytes
+
+    if audio:
+        pcm = base64.b64encode(b"\x10\x20" * 24000).decode()
+        await client.send({"type": "input_audio_buffer.append", "audio": pcm})
+        await client.send({"type": "input_audio_buffer.commit"})
+        await client.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "say a lot"}]}})
+    else:
+        await client.send(image_event(data_url(jpeg_bytes("x")), text="say a lot"))
+    await client.send({"type": "response.create"})

@@ -25,7 +25,7 @@ from agent.runtime import Runtime
 from agent.testing import ServerThread, data_url, image_event, jpeg_bytes
 from agent.tiny import build
 from agent.uvicorn_server import Address
-from tests.helpers import Client, texts
+from tests.helpers import Client, ask_to_talk, texts
 from tests.media import flite_wav
 
 pytestmark = pytest.mark.slow
@@ -222,16 +222,7 @@ async def test_realtime_cancel_stops_the_engine(served: Served) -> None:
     handler = HANDLERS[order[-1] if name == "slow" else order[0]]  # as the fixture set them
     client = await Client.connect(f"{served.address.ws}/v1/realtime?model={name}")
     await client.update(handlers=[handler])
-    if handler == "listen":
-        pcm = base64.b64encode(b"\x10\x20" * 24000).decode()
-        await client.send({"type": "input_audio_buffer.append", "audio": pcm})
-        await client.send({"type": "input_audio_buffer.commit"})
-        await client.send({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "say a lot"}]}})
-    else:
-        await client.send(image_event(data_url(jpeg_bytes("x")), text="say a lot"))
-    await client.send({"type": "response.create"})
+    await ask_to_talk(client, audio=handler == "listen")
     while (event := await client.recv(180))["type"] != "response.output_text.delta":
         assert event["type"] not in ("response.done", "error"), event
     await client.send({"type": "response.cancel"})

@@ -16,6 +16,7 @@ import websockets
 
 from agent.testing import data_url, fake_runtime, jpeg_bytes
 from agent.uvicorn_server import Address, running
+from tests.helpers import sdk_answer
 from tests.media import flite_wav
 
 PICTURE = jpeg_bytes("SAFFRON 42", size=(640, 240))
@@ -23,22 +24,8 @@ QUESTION = "What does it say?"
 
 
 async def realtime_answer(address: Address, model: str, image: bytes, question: str) -> str:
-    deltas: list[str] = []
-    async with openai.AsyncOpenAI(api_key="any", websocket_base_url=f"{address.ws}/v1") as client,\
-            client.realtime.connect(model=model) as conn:
-        await conn.conversation.item.create(item={
-            "type": "message", "role": "user",
-            "content": [{"type": "input_image", "image_url": data_url(image)},
-                        {"type": "input_text", "text": question}]})
-        await conn.response.create()
-        async for event in conn:
-            if event.type == "response.output_text.delta":
-                deltas.append(event.delta)
-            elif event.type == "error":
-                raise AssertionError(event.error)
-            elif event.type == "response.done":
-                return "".join(deltas)
-    raise AssertionError("no response.done")
+    deltas, _ = await sdk_answer(address, model, image, question)
+    return "".join(deltas)
 
 
 async def chat_answer(address: Address, model: str, image: bytes, question: str) -> str:

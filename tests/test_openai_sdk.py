@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from openai import AsyncOpenAI
 from PIL import Image
 from skimage import data as skdata
 
-from agent.testing import data_url, jpeg_bytes
+from agent.testing import jpeg_bytes
 from agent.uvicorn_server import Address
+from tests.helpers import sdk_answer
 
 pytestmark = pytest.mark.slow
 
@@ -23,24 +23,8 @@ def astronaut_jpeg() -> bytes:
 
 
 async def ask(address: Address, image: bytes, question: str) -> tuple[list[str], object]:
-    client = AsyncOpenAI(api_key="any", websocket_base_url=f"{address.ws}/v1")
-    deltas: list[str] = []
-    async with client.realtime.connect(model="default") as conn:
-        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"],
-                                           "instructions": "Say what you see."})
-        await conn.conversation.item.create(item={
-            "type": "message", "role": "user",
-            "content": [{"type": "input_image", "image_url": data_url(image)},
-                        {"type": "input_text", "text": question}]})
-        await conn.response.create()
-        async for event in conn:
-            if event.type == "response.output_text.delta":
-                deltas.append(event.delta)
-            elif event.type == "error":
-                raise AssertionError(event.error)
-            elif event.type == "response.done":
-                return deltas, event.response
-    raise AssertionError("no response.done")
+    return await sdk_answer(address, "default", image, question, session={
+        "type": "realtime", "output_modalities": ["text"], "instructions": "Say what you see."})
 
 
 async def test_sdk_reads_the_text_in_an_image(embedded: Address) -> None:

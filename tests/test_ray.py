@@ -65,25 +65,20 @@ def collect_ray_garbage() -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    env = ray_env(tmp_path_factory.mktemp("rayhome"))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={
-        "enable_access_log": False})
-    try:
-        yield port
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        collect_ray_garbage()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with pytest.MonkeyPatch.context() as environ:  # restored when the module is done
+        for key, value in ray_env(tmp_path_factory.mktemp("rayhome")).items():
+            environ.setenv(key, value)
+        ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={
+            "enable_access_log": False})
+        try:
+            yield port
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+            collect_ray_garbage()
 
 
 FAST_SHUTDOWN = {"graceful_shutdown_timeout_s": 1, "graceful_shutdown_wait_loop_s": 0.2}

@@ -124,27 +124,23 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, i
            "RAY_metrics_report_interval_ms": "1000",  # Ray's export, every second (10 s)
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                        os.environ.get("PYTHONPATH")]))}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "resources": {"gateway": 2}, "include_dashboard": False,
-        "node_ip_address": "127.0.0.1"})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1, resources={"model_slot": 2},
-                         node_ip_address="127.0.0.1")
-    ray.init(address=cluster.address, log_to_driver=False)
-    port = free_port()
-    try:
-        yield cluster, port
-    finally:
-        ray.shutdown()  # the last test leaves Serve without its controller: no serve.shutdown
-        cluster.shutdown()
-        collect_ray_garbage()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with pytest.MonkeyPatch.context() as environ:  # restored when the module is done
+        for key, value in env.items():
+            environ.setenv(key, value)
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 2, "resources": {"gateway": 2}, "include_dashboard": False,
+            "node_ip_address": "127.0.0.1"})
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, resources={"model_slot": 2},
+                             node_ip_address="127.0.0.1")
+        ray.init(address=cluster.address, log_to_driver=False)
+        port = free_port()
+        try:
+            yield cluster, port
+        finally:
+            ray.shutdown()  # the last test leaves Serve without its controller
+            cluster.shutdown()
+            collect_ray_garbage()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from agent.streamer import stream_file
 from agent.testing import ServerThread, data_url, image_event, jpeg_bytes
 from agent.tiny import build
 from agent.uvicorn_server import Address
-from tests.helpers import Client, endpoint_from, texts
+from tests.helpers import Client, ask_to_talk, endpoint_from, texts
 from tests.media import flite_wav, read_wav, word_video
 
 pytestmark = pytest.mark.slow
@@ -126,18 +126,7 @@ async def test_cancel_stops_the_engine(family: Any) -> None:
     name, address, runtime = family
     slow = engine(runtime, "slow")
     client = await Client.connect(f"{address.ws}/v1/realtime?model=slow")
-    if "listen" in HANDLERS[name][-1:]:
-        wav_like = {"type": "input_audio_buffer.append",
-                    "audio": __import__("base64").b64encode(b"\x10\x20" * 24000).decode()}
-        await client.send(wav_like)
-        await client.send({"type": "input_audio_buffer.commit"})
-        # no utterance was found in that buzz: the question goes to the model anyway
-        await client.send({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "say a lot"}]}})
-    else:
-        await client.send(image_event(data_url(jpeg_bytes("x")), text="say a lot"))
-    await client.send({"type": "response.create"})
+    await ask_to_talk(client, audio="listen" in HANDLERS[name][-1:])
     await client.until("response.output_text.delta", timeout=120)
     await client.send({"type": "response.cancel"})
     got = await client.until("response.done", timeout=60)
