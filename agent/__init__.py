@@ -1,7 +1,9 @@
-"""streamagent: the public API that plugins import."""
+"""streamagent: the public API that plugins import (and only this: ``__all__``, listed in
+docs/plugin-hooks.md; tests/test_plugin_api.py holds plugins/ and examples/ to it)."""
 
+from agent import long_audio
 from agent.config import Config, HandlerConfig, ModelConfig, ProfileConfig, ServerConfig
-from agent.engine import Engine, ModelRequest, ThreadedEngine, Turn, Usage, iterate_in_thread
+from agent.engine import Engine, ModelRequest, ThreadedEngine, Turn, iterate_in_thread
 from agent.errors import (
     ConfigError,
     EngineError,
@@ -9,14 +11,50 @@ from agent.errors import (
     InvalidRequest,
     StreamAgentError,
 )
-from agent.families import ChatCall, Family
-from agent.handler import Handler, HandlerContext, Mailbox, Question
+from agent.families import (
+    GENERIC,
+    ChatCall,
+    Family,
+    Messages,
+    decoding,
+    family_for_type,
+    family_of,
+    fit,
+    learn_modalities,
+    media_parts,
+    messages,
+    pad_frames,
+    subsample,
+    video_metadata,
+)
+from agent.handler import (
+    Handler,
+    HandlerContext,
+    Mailbox,
+    Question,
+    ResponseOptions,
+    SessionOptions,
+)
 from agent.hookspecs import hookimpl, hookspec
-from agent.media import AUDIO_RATE, Frame, Modality, Window
+from agent.media import AUDIO_RATE, RGB, Audio, Frame, Modality, Window
+from agent.parts import (
+    AudioChunk,
+    Part,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    as_part,
+    text_only,
+    total_usage,
+)
+from agent.plugins import installed_families
 from agent.pool import LocalPool, Pool
+from agent.vad import Segmenter, Utterance, load_vad
 
 __all__ = [
     "AUDIO_RATE",
+    "Audio",
+    "AudioChunk",
     "ChatCall",
     "Config",
     "ConfigError",
@@ -24,6 +62,7 @@ __all__ = [
     "EngineError",
     "Family",
     "Frame",
+    "GENERIC",
     "Handler",
     "HandlerConfig",
     "HandlerContext",
@@ -31,19 +70,44 @@ __all__ = [
     "InvalidRequest",
     "LocalPool",
     "Mailbox",
+    "Messages",
+    "Modality",
     "ModelConfig",
     "ModelRequest",
-    "Modality",
+    "Part",
     "Pool",
     "ProfileConfig",
     "Question",
+    "RGB",
+    "ResponseOptions",
+    "Segmenter",
     "ServerConfig",
+    "SessionOptions",
     "StreamAgentError",
+    "TextDelta",
     "ThreadedEngine",
+    "ToolCallDelta",
     "Turn",
     "Usage",
+    "Utterance",
     "Window",
+    "as_part",
+    "decoding",
+    "family_for_type",
+    "family_of",
+    "fit",
     "hookimpl",
     "hookspec",
+    "installed_families",
     "iterate_in_thread",
+    "learn_modalities",
+    "load_vad",
+    "long_audio",
+    "media_parts",
+    "messages",
+    "pad_frames",
+    "subsample",
+    "text_only",
+    "total_usage",
+    "video_metadata",
 ]

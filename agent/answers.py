@@ -11,6 +11,7 @@ from agent.engine import Turn
 from agent.errors import InvalidRequest
 from agent.handler import Handler, Question
 from agent.intake import Intake
+from agent.parts import Part, TextDelta, Usage, as_part
 
 NOTHING = "I have nothing to report yet."
 
@@ -56,18 +57,21 @@ def own_context(question: Question, items: list[protocol.Item], intake: Intake) 
 
 async def answers(handlers: list[Handler], question: Question,
                   settled: Callable[[], Awaitable[None]] | None = None,
-                  ) -> AsyncIterator[str]:
+                  ) -> AsyncIterator[Part]:
     """Each handler's part of the answer, one after the other, separated by new lines;
-    ``settled`` first waits until every handler has seen the media sent so far."""
+    ``settled`` first waits until every handler has seen the media sent so far. Usage is
+    passed on and says nothing."""
     if settled is not None:
         await settled()
     said = False
     for handler in handlers:
         first = True
-        async for delta in handler.answer(question):
-            if first and said:
-                yield "\n"
-            first, said = False, True
-            yield delta
+        async for item in handler.answer(question):
+            part = as_part(item)
+            if not isinstance(part, Usage):
+                if first and said:
+                    yield TextDelta("\n")
+                first, said = False, True
+            yield part
     if not said:
-        yield NOTHING
+        yield TextDelta(NOTHING)

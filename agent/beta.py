@@ -36,24 +36,16 @@ def requested(headers: Mapping[str, str]) -> bool:
     return "realtime=v1" in beta or SUBPROTOCOL in offered
 
 
-def sender(send_text: SendText) -> SendText:
-    """Wrap the socket's sender: GA server events out as beta events."""
-
-    async def send(text: str) -> None:
-        event = server_event(json.loads(text))
-        if event is not None:
-            await send_text(json.dumps(event))
-
-    return send
-
-
-async def messages(incoming: AsyncIterator[str | bytes]) -> AsyncIterator[str | bytes]:
+async def messages(incoming: AsyncIterator[str | bytes],
+                   ) -> AsyncIterator[str | bytes | dict[str, Any]]:
     """Wrap the socket's messages: beta client events in as GA events."""
     async for message in incoming:
         yield client_event(message)
 
 
 def server_event(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A GA server event in the beta dialect (``None``: beta has no such event); the session's
+    outbox renders every event with it."""
     kind = event.get("type", "")
     if kind in _DROPPED:
         return None
@@ -66,10 +58,12 @@ def server_event(event: dict[str, Any]) -> dict[str, Any] | None:
         event["item"] = _item(event["item"])
     if "part" in event:
         event["part"] = _part(event["part"])
+    if kind == "response.function_call_arguments.done":  # beta's has no name
+        event.pop("name", None)
     return event
 
 
-def client_event(message: str | bytes) -> str | bytes:
+def client_event(message: str | bytes) -> str | bytes | dict[str, Any]:
     """A beta client event as GA; anything that is not a JSON object in a text message passes
     unchanged, so the session reports it as it would any bad message."""
     if isinstance(message, bytes):
@@ -90,7 +84,7 @@ def client_event(message: str | bytes) -> str | bytes:
             item["content"] = [{**p, "type": "input_text"}
                                if isinstance(p, dict) and p.get("type") == "text" else p
                                for p in content]
-    return json.dumps(event)
+    return event
 
 
 def _session_update(session: dict[str, Any]) -> dict[str, Any]:

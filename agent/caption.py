@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from agent.engine import Engine, ModelRequest
+from agent.parts import text_only
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SAVE_EVERY = 32
@@ -71,8 +72,8 @@ async def caption_folder(engine: Engine, folder: Path, out: Path, prompt: str,
                 run.bad[key] = f"not a readable image: {exc}"
                 bar.update(1)
                 return
-            text = "".join([t async for t in engine.stream(
-                ModelRequest(prompt=prompt, images=(image,)))])
+            text = "".join([t async for t in text_only(engine.stream(
+                ModelRequest(prompt=prompt, images=(image,))))])
         captions[key] = text.strip()
         run.done += 1
         bar.update(1)

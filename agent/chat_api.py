@@ -10,7 +10,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,6 +22,7 @@ from agent import events, oneshot
 from agent.chat_request import Builder, ChatRequest, explain
 from agent.engine import ModelRequest
 from agent.errors import InvalidRequest, StreamAgentError, UnknownModel
+from agent.parts import Part, TextDelta, ToolCallDelta, Usage, total_usage
 from agent.protocol import check_containers
 from agent.runtime import Runtime
 
@@ -107,12 +108,12 @@ class ChatAPI:
                                headers={"Cache-Control": "no-cache"})
         try:
             cut = _Cut()
-            text = "".join([d async for d in self._deltas(chat, req, cut)])
+            text = "".join([d async for d in self._deltas(chat, req, cut) if isinstance(d, str)])
         except StreamAgentError as exc:
             return error(status_of(exc), exc.message, exc.type, exc.code, exc.param)
-        return JSONResponse(_completion(chat.model, text, cut.finish_reason(req), req))
+        return JSONResponse(_completion(chat.model, text, cut))
 
-    def _answer(self, name: str, req: ModelRequest) -> AsyncGenerator[str, None]:
+    def _answer(self, name: str, req: ModelRequest) -> AsyncGenerator[Part, None]:
         """The same rule as every protocol: a profile answers through its handlers, a model
         name is that model."""
         profiles = self.runtime.config.profiles
@@ -121,15 +122,22 @@ class ChatAPI:
         return self.runtime.pool.stream(name, req)
 
     async def _deltas(self, chat: ChatRequest, req: ModelRequest, ended: _Cut,
-                      ) -> AsyncIterator[str]:
+                      ) -> AsyncIterator[str | ToolCallDelta]:
         """The answer's text, cut before the first stop string (which ends generation and
-        makes the finish reason ``stop``, whatever the engine reports as it stops)."""
+        makes the finish reason ``stop``, whatever the engine reports as it stops). The
+        answer's ``Usage`` parts are collected in ``ended``."""
         stops = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or [])
         hold = max((len(s) for s in stops), default=1) - 1
         pending = ""
         async with contextlib.aclosing(self._answer(chat.model, req)) as stream:
-            async for delta in stream:
-                pending += delta
+            async for part in stream:
+                if isinstance(part, Usage):
+                    ended.usage.append(part)
+                elif isinstance(part, ToolCallDelta):
+                    yield ended.call(part)
+                if not isinstance(part, TextDelta):
+                    continue
+                pending += part.text
                 cut = min((pending.find(s) for s in stops if s in pending), default=-1)
                 if cut >= 0:
                     if pending[:cut]:
@@ -157,10 +165,11 @@ class ChatAPI:
             yield chunk(choice({"role": "assistant", "content": ""}))
             cut = _Cut()
             async for delta in self._deltas(chat, req, cut):
-                yield chunk(choice({"content": delta}))
-            yield chunk(choice({}, cut.finish_reason(req)))
+                yield chunk(choice({"content": delta} if isinstance(delta, str) else
+                                   {"tool_calls": [tool_call(delta)]}))
+            yield chunk(choice({}, cut.finish_reason()))
             if chat.stream_options is not None and chat.stream_options.include_usage:
-                yield chunk([], usage=usage(req))
+                yield chunk([], usage=cut.wire_usage())
         except StreamAgentError as exc:
             err = {"message": exc.message, "type": "server_error", "code": exc.code}
             yield f"data: {json.dumps({'error': err})}\n\n"
@@ -215,25 +224,56 @@ def _modalities(runtime: Runtime, handlers: list[str]) -> list[str]:
 class _Cut:
     stopped: bool = False
     """Whether a stop string ended the answer."""
+    usage: list[Usage] = field(default_factory=list)
+    """The answer's model calls' ``Usage`` parts."""
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """The answer's function calls, whole, by index."""
 
-    def finish_reason(self, req: ModelRequest) -> str:
-        return "stop" if self.stopped else req.usage.finish_reason or "stop"
+    def call(self, part: ToolCallDelta) -> ToolCallDelta:
+        """Add a piece to its call; the first piece of a call gets an id if it has none."""
+        if part.index in self.calls:
+            self.calls[part.index]["function"]["arguments"] += part.arguments
+            return part
+        if not part.call_id:
+            part = replace(part, call_id=events.new_id("call"))
+        self.calls[part.index] = tool_call(part)
+        return part
+
+    def finish_reason(self) -> str:
+        if self.stopped:
+            return "stop"
+        return "tool_calls" if self.calls else total_usage(self.usage).finish_reason or "stop"
+
+    def wire_usage(self) -> dict[str, int]:
+        """Token counts as the engines reported them (a profile's: summed over its handlers'
+        model calls); 0 where an engine counts none (the embedded models)."""
+        total = total_usage(self.usage)
+        prompt, completion = total.prompt_tokens or 0, total.completion_tokens or 0
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}
 
 
-def _completion(model: str, text: str, finish: str, req: ModelRequest) -> dict[str, Any]:
+def tool_call(part: ToolCallDelta) -> dict[str, Any]:
+    """A function call's piece as a chat tool call (a whole call: pieces added up)."""
+    call: dict[str, Any] = {"index": part.index, "function": {"arguments": part.arguments}}
+    if part.call_id:
+        call.update(id=part.call_id, type="function")
+    if part.name:
+        call["function"]["name"] = part.name
+    return call
+
+
+def _completion(model: str, text: str, cut: _Cut) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if cut.calls:
+        message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"}
+                                 for c in cut.calls.values()]
+    else:
+        message["content"] = text
     return {"id": events.new_id("chatcmpl"), "object": "chat.completion",
             "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": finish}],
-            "usage": usage(req)}
-
-
-def usage(req: ModelRequest) -> dict[str, int]:
-    """Token counts as the engines reported them (a profile's: summed over its handlers' model
-    calls); 0 where an engine counts none (the embedded models, a Ray pool)."""
-    prompt, completion = req.usage.prompt_tokens or 0, req.usage.completion_tokens or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+            "choices": [{"index": 0, "message": message, "finish_reason": cut.finish_reason()}],
+            "usage": cut.wire_usage()}
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:

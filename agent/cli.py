@@ -104,7 +104,7 @@ def ray_runtime(config: Config, address: str) -> Runtime:
     from ray import serve
 
     from agent.plugins import collect, get_plugin_manager
-    from agent.ray_pool import RayPool
+    from agent.ray.pool import RayPool
     from agent.runtime import Runtime, with_model_profiles
 
     registry = collect(get_plugin_manager())

@@ -19,6 +19,7 @@ from agent.config import ProfileConfig
 from agent.engine import ModelRequest
 from agent.handler import Handler, Question
 from agent.media import AUDIO_RATE, Audio, Modality, Window
+from agent.parts import Part
 
 MAX_AUDIO_S = 30.0
 """Audio kept for the next question; older audio is dropped first."""
@@ -45,7 +46,7 @@ class DirectHandler(Handler):
                 self.audio_len -= self.audio.popleft().size
         return None
 
-    async def answer(self, question: Question) -> AsyncIterator[str]:
+    async def answer(self, question: Question) -> AsyncIterator[Part]:
         image = await asyncio.to_thread(question.frame.image) if question.frame else None
         audio = np.concatenate(list(self.audio)) if self.audio else None
         self.audio.clear()
@@ -53,8 +54,8 @@ class DirectHandler(Handler):
         request = ModelRequest(prompt=question.text, instructions=question.instructions,
                                images=(image,) if image is not None else (), audio=audio,
                                history=question.history)
-        async for text in self.ctx.stream(request):
-            yield text
+        async for part in self.ctx.stream(request, question.options):
+            yield part
 
 
 def model_profile(model: str) -> ProfileConfig:

@@ -1,4 +1,4 @@
-"""The engine interface: run a model, stream text, stop when the stream is closed.
+"""The engine interface: run a model, stream answer parts, stop when the stream is closed.
 
 Engines are injected: the pool builds them from config by ``kind``, so the same serving path
 runs a fake engine in tests, the embedded CPU models, transformers or vLLM.
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from agent.errors import EngineError
 from agent.media import RGB, Audio
+from agent.parts import Part, as_part
 
 if TYPE_CHECKING:
     from agent.config import ModelConfig
@@ -29,30 +30,6 @@ T = TypeVar("T")
 class Turn:
     role: str
     text: str
-
-
-@dataclass(slots=True)
-class Usage:
-    """What one generation cost, filled in by an engine that counts tokens and read by the
-    caller once the stream has ended. In-process only: on Ray the replica's copy is filled."""
-
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    finish_reason: str | None = None
-    """``length`` when the token limit stopped generation, else ``stop`` (or unset)."""
-
-
-def total_usage(calls: list[Usage]) -> Usage:
-    """Several model calls' usage as one (a response, a profile's answer): prompt tokens summed
-    over the calls that counted them, completion tokens only if every call counted them, and
-    ``length`` when any call hit its token limit."""
-    prompts = [u.prompt_tokens for u in calls if u.prompt_tokens is not None]
-    counted = [u.completion_tokens for u in calls if u.completion_tokens is not None]
-    return Usage(
-        prompt_tokens=sum(prompts) if prompts else None,
-        completion_tokens=sum(counted) if calls and len(counted) == len(calls) else None,
-        finish_reason=("length" if any(u.finish_reason == "length" for u in calls)
-                       else "stop" if calls else None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +49,11 @@ class ModelRequest:
     """Per-request decoding overrides (``max_new_tokens``, ``temperature``, ...)."""
     session: str = ""
     """Who asks (a session or request id): the model's scheduler serves them round-robin."""
-    usage: Usage = field(default_factory=Usage, compare=False)
-    """Filled in by the engine as it generates (see ``Usage``)."""
 
 
 class Engine(abc.ABC):
-    """Runs one configured model. ``stream`` is an async generator; closing it aborts."""
+    """Runs one configured model. ``stream`` is an async generator of answer parts (``Usage``
+    last, when the engine counts tokens); closing it aborts."""
 
     kind: ClassVar[str] = ""
     uses_families: ClassVar[bool] = False
@@ -104,8 +80,8 @@ class Engine(abc.ABC):
         """Load the model. Called once, before the first request."""
 
     @abc.abstractmethod
-    def stream(self, request: ModelRequest) -> AsyncGenerator[str, None]:
-        """Yield text deltas for ``request``; ``aclose()`` stops generation."""
+    def stream(self, request: ModelRequest) -> AsyncGenerator[Part, None]:
+        """Yield the answer's parts for ``request``; ``aclose()`` stops generation."""
 
     async def check_health(self) -> None:
         """Raise if the engine can no longer serve."""
@@ -117,7 +93,8 @@ class Engine(abc.ABC):
 class ThreadedEngine(Engine):
     """An engine whose model calls block: they run on ``workers`` threads.
 
-    Subclasses implement ``load()`` and ``generate(request, cancelled)``; the generator should
+    Subclasses implement ``load()`` and ``generate(request, cancelled)``, which yields text as
+    ``str`` (an engine that only writes text needs nothing more); the generator should
     check ``cancelled`` between steps so that a closed stream frees the thread at once.
     By default one thread runs (a model on a GPU, or one that uses every core itself); an
     engine whose calls are single-threaded sets ``parallel = True`` to get one worker per core,
@@ -155,15 +132,17 @@ class ThreadedEngine(Engine):
         """Load the model (runs on the worker thread)."""
 
     @abc.abstractmethod
-    def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:
-        """Yield text for ``request`` (runs on the worker thread)."""
+    def generate(self, request: ModelRequest,
+                 cancelled: threading.Event) -> Iterator[str | Part]:
+        """Yield the answer for ``request``: text as ``str``, other parts as they are (runs on
+        the worker thread)."""
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[str, None]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[Part, None]:
         cancelled = threading.Event()
-        async for text in iterate_in_thread(
+        async for item in iterate_in_thread(
             lambda: self.generate(request, cancelled), self._executor, cancelled
         ):
-            yield text
+            yield as_part(item)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -188,10 +167,11 @@ async def iterate_in_thread(
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
     slots = threading.Semaphore(max_pending)
+    stopped = threading.Event()  # the consumer's; a generator may set ``cancelled`` itself
 
     def emit(done: bool, value: Any) -> None:
         while not slots.acquire(timeout=0.05):
-            if cancelled.is_set():
+            if stopped.is_set():
                 raise _Stop
         loop.call_soon_threadsafe(queue.put_nowait, (done, value))
 
@@ -199,7 +179,7 @@ async def iterate_in_thread(
         items = make()
         try:
             for item in items:
-                if cancelled.is_set():
+                if stopped.is_set():
                     return
                 emit(False, item)
             emit(True, None)
@@ -224,6 +204,7 @@ async def iterate_in_thread(
                 return
             yield value
     finally:
+        stopped.set()
         cancelled.set()
         with contextlib.suppress(Exception):
             await asyncio.shield(future)

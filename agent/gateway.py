@@ -166,8 +166,8 @@ class Gateway:
         await ws.accept(subprotocol=subprotocol)
         dialect = beta.requested(ws.headers)  # the beta dialect: translated at the socket
         try:
-            session = RealtimeSession(self.runtime, model,
-                                      beta.sender(ws.send_text) if dialect else ws.send_text)
+            session = RealtimeSession(self.runtime, model, ws.send_text,
+                                      beta.server_event if dialect else None)
         except StreamAgentError as exc:
             await ws.send_text(json.dumps(events.error(exc)))
             await ws.close(CLOSE_POLICY, reason=exc.message[:120])

@@ -112,7 +112,7 @@ class GeminiSession:
     async def _serve(self, setup: dict[str, Any]) -> None:
         model = str(setup.get("model") or "models/default").rsplit("/", 1)[-1]
         try:
-            session = RealtimeSession(self.runtime, model, self._from_session)
+            session = RealtimeSession(self.runtime, model, self._from_session, _used)
         except StreamAgentError as exc:
             await self.ws.close(CLOSE_POLICY, reason=exc.message[:120])
             return
@@ -126,11 +126,11 @@ class GeminiSession:
                 await asyncio.wait_for(self.ws.close(session.outbox.close_code,
                                                      reason=session.outbox.close_reason), 1)
 
-    async def _events(self, setup: dict[str, Any]) -> AsyncIterator[str]:
-        """Gemini client messages as realtime client events (JSON text)."""
+    async def _events(self, setup: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Gemini client messages as realtime client events (objects, parsed once here)."""
         try:
             for event in self._setup(setup):
-                yield json.dumps(event)
+                yield event
         except (TypeError, AttributeError) as exc:
             self.closing = f"invalid setup: {exc}"
             return
@@ -146,7 +146,7 @@ class GeminiSession:
                 return
             for event in events:
                 self.asked += event["type"] == "response.create"
-                yield json.dumps(event)
+                yield event
             await asyncio.sleep(0)  # let the session send what it has
 
     def _setup(self, setup: dict[str, Any]) -> list[dict[str, Any]]:
@@ -234,6 +234,10 @@ class GeminiSession:
         elif kind == "response.output_text.delta":
             await self.ws.send_text(json.dumps(
                 {"serverContent": {"modelTurn": {"parts": [{"text": event["delta"]}]}}}))
+        elif kind == "response.output_item.done" and event["item"]["type"] == "function_call":
+            item = event["item"]
+            call = {"id": item["call_id"], "name": item["name"], "args": _args(item["arguments"])}
+            await self.ws.send_text(json.dumps({"toolCall": {"functionCalls": [call]}}))
         elif kind == "response.done":
             self.active -= 1
             status = event["response"]["status"]
@@ -244,6 +248,26 @@ class GeminiSession:
             log.info("gemini session closing: %s", self.closing)
             with contextlib.suppress(Exception):
                 await self.ws.close(CLOSE_INVALID, reason=self.closing[:120])
+
+
+_USED = {"response.created", "response.output_text.delta", "response.output_item.done",
+         "response.done", "error"}
+
+
+def _used(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The session's events that become Gemini messages; the rest (such as the echo of every
+    picture a client sends) are never serialized."""
+    return event if event["type"] in _USED else None
+
+
+def _args(arguments: str) -> dict[str, Any]:
+    """A function call's JSON arguments as Gemini's ``args`` object (text that is not a JSON
+    object, which a model may write, is kept whole under ``arguments``)."""
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {"arguments": arguments}
+    return value if isinstance(value, dict) else {"arguments": value}
 
 
 def _rate(mime: str) -> int:

@@ -4,31 +4,52 @@ A handler sees every window in order through ``feed`` (cheap, on the event loop)
 a unit of work or ``None``. Work is handed to ``respond`` latest-wins: while a response is being
 generated, at most one newer unit waits and a still newer one replaces it (the drop is counted).
 ``respond`` may yield nothing, which means "nothing worth saying". ``answer`` serves
-``response.create`` (question mode).
+``response.create`` (question mode). Both yield text (``str``) or answer parts
+(``agent.parts``); a handler passes on the model's parts that it does not handle itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, TypeVar
 
 from agent import metrics
-from agent.engine import ModelRequest, Turn, Usage
+from agent.engine import ModelRequest, Turn
 from agent.media import Frame, Modality, Window
+from agent.parts import Part, text_only
 from agent.pool import Pool
 
 T = TypeVar("T")
-response_usage: ContextVar[list[Usage] | None] = ContextVar("response_usage", default=None)
-"""Set by the session for the response being generated: the usage of every model call made
-for it is collected there (token counts for ``response.done``)."""
-response_options: ContextVar[Mapping[str, Any] | None] = ContextVar("response_options",
-                                                                    default=None)
-"""Set by the session for the response being generated: ``max_new_tokens`` (the client's
-``max_output_tokens``) caps every model call made for it, and ``lora`` (the session's adapter)
-is passed to every model call that names none."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseOptions:
+    """What one response asks of every model call made for it: a token cap (the client's
+    ``max_output_tokens``) and a LoRA adapter (used by calls that name none)."""
+
+    max_new_tokens: int | None = None
+    lora: str | None = None
+
+    def apply(self, request: ModelRequest) -> ModelRequest:
+        if self.max_new_tokens is None and not self.lora:
+            return request
+        options = dict(request.options)
+        if self.max_new_tokens is not None:
+            cap = self.max_new_tokens
+            options["max_new_tokens"] = min(int(options.get("max_new_tokens", cap)), cap)
+        if self.lora:
+            options.setdefault("lora", self.lora)
+        return replace(request, options=options)
+
+
+@dataclass(slots=True)
+class SessionOptions:
+    """The session's current response options, shared with its handlers: live responses
+    use them (a question carries its own, in ``Question.options``)."""
+
+    response: ResponseOptions = field(default_factory=ResponseOptions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,23 +60,24 @@ class HandlerContext:
     model: str | None
     options: Mapping[str, Any] = field(default_factory=dict)
     session_id: str = ""
+    session: SessionOptions = field(default_factory=SessionOptions)
 
-    def stream(self, request: ModelRequest) -> AsyncIterator[str]:
-        """Stream text from this handler's model."""
+    def stream(self, request: ModelRequest,
+               options: ResponseOptions | None = None) -> AsyncIterator[Part]:
+        """Stream the answer's parts from this handler's model, under ``options`` (a
+        question's ``Question.options``; by default, the session's). Pass on the parts you do
+        not handle: ``Usage`` is how the response counts tokens."""
         if self.model is None:
             raise RuntimeError("this handler has no model configured")
-        options = dict(request.options)
-        chosen = response_options.get() or {}
-        cap = chosen.get("max_new_tokens")
-        if cap is not None:
-            options["max_new_tokens"] = min(int(options.get("max_new_tokens", cap)), cap)
-        if chosen.get("lora"):
-            options.setdefault("lora", chosen["lora"])
-        request = replace(request, options=options, session=request.session or self.session_id)
-        collected = response_usage.get()
-        if collected is not None:
-            collected.append(request.usage)
+        chosen = options if options is not None else self.session.response
+        request = chosen.apply(replace(request, session=request.session or self.session_id))
         return metrics.timed(self.model, self.pool.stream(self.model, request))
+
+    def text(self, request: ModelRequest,
+             options: ResponseOptions | None = None) -> AsyncIterator[str]:
+        """The text of ``stream``, for a handler that makes its own words of what the model
+        said (the model's other parts are dropped)."""
+        return text_only(self.stream(request, options))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +90,8 @@ class Question:
     frames: tuple[Frame, ...] = ()
     window: Window | None = None
     history: tuple[Turn, ...] = ()
+    options: ResponseOptions | None = None
+    """This response's options; ``None``: the session's."""
 
 
 class Handler:
@@ -95,13 +119,15 @@ class Handler:
     def clear_audio(self) -> None:
         """Forget buffered audio state (``input_audio_buffer.clear``); override if kept."""
 
-    async def respond(self, work: Any) -> AsyncIterator[str]:
-        """Live mode: stream a response to ``work``, or yield nothing to stay silent."""
+    async def respond(self, work: Any) -> AsyncIterator[str | Part]:
+        """Live mode: stream a response to ``work`` (text as ``str``, or answer parts), or
+        yield nothing to stay silent."""
         return
         yield  # pragma: no cover
 
-    async def answer(self, question: Question) -> AsyncIterator[str]:
-        """Question mode: stream this handler's part of the answer (nothing: no part)."""
+    async def answer(self, question: Question) -> AsyncIterator[str | Part]:
+        """Question mode: stream this handler's part of the answer (nothing: no part). Pass
+        ``question.options`` to ``ctx.stream``."""
         return
         yield  # pragma: no cover
 

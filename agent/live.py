@@ -13,7 +13,7 @@ from typing import Any
 from agent.config import ProfileConfig
 from agent.errors import HandlerFailed, LimitExceeded
 from agent.gating import SceneGate, Thumbnails, make_gate
-from agent.handler import Handler, Mailbox
+from agent.handler import Handler, Mailbox, SessionOptions
 from agent.media import AUDIO_RATE, Audio, Frame, Window
 from agent.runtime import Runtime
 from agent.sampler import Sampler
@@ -47,8 +47,10 @@ class LiveMedia:
 
     def __init__(
         self, runtime: Runtime, session_id: str, on_work: OnWork, *, profile: ProfileConfig,
+        options: SessionOptions | None = None,
     ) -> None:
         self.runtime = runtime
+        self.options = options if options is not None else SessionOptions()
         self.profile = profile
         sample_fps, video_window_s = profile.sample_fps, profile.video_window_s
         self.session_id = session_id
@@ -127,7 +129,7 @@ class LiveMedia:
                                 param="session.streamagent.handlers")
 
     def _start(self, name: str) -> None:
-        handler = self.runtime.make_handler(name, self.session_id, self.profile)
+        handler = self.runtime.make_handler(name, self.session_id, self.profile, self.options)
         settings = self.runtime.config.handlers.get(name)
         gate = make_gate(handler.gated, settings.gating if settings else None, self.thumbs)
         box: Mailbox[Any] = Mailbox()

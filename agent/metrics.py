@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import prometheus_client as prom
 
+T = TypeVar("T")
 REGISTRY = prom.CollectorRegistry(auto_describe=True)
 FIRST_DELTA_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _ALL: list[_Metric] = []
@@ -87,16 +88,17 @@ queue_depth = Gauge("streamagent_queue_depth",
                     "Events waiting in the sessions' outboxes, all sessions together")
 
 
-async def timed(model: str, stream: AsyncIterator[str]) -> AsyncGenerator[str, None]:
-    """``stream``, observing ``first_delta`` for ``model``; closing this closes ``stream``."""
+async def timed(model: str, stream: AsyncIterator[T]) -> AsyncGenerator[T, None]:
+    """``stream``, observing ``first_delta`` (its first part) for ``model``; closing this
+    closes ``stream``."""
     began = time.perf_counter()
     first = True
     try:
-        async for text in stream:
+        async for part in stream:
             if first:
                 first_delta.observe(time.perf_counter() - began, model=model)
                 first = False
-            yield text
+            yield part
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:

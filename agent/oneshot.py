@@ -8,16 +8,18 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 
 import numpy as np
 
 from agent import events
 from agent.answers import answers
 from agent.config import ProfileConfig
-from agent.engine import ModelRequest, Usage, total_usage
-from agent.handler import Handler, Question, response_options, response_usage
+from agent.engine import ModelRequest
+from agent.handler import Handler, Question, ResponseOptions, SessionOptions
 from agent.live import MAX_RECENT_FRAMES
 from agent.media import AUDIO_RATE, Frame, Window
+from agent.parts import Part
 from agent.runtime import Runtime
 from agent.sampler import Sampler
 
@@ -25,23 +27,18 @@ log = logging.getLogger(__name__)
 
 
 async def profile_answer(runtime: Runtime, profile: ProfileConfig,
-                         request: ModelRequest) -> AsyncGenerator[str, None]:
+                         request: ModelRequest) -> AsyncGenerator[Part, None]:
     """Stream the profile's answer to ``request`` (its text, media and conversation). Every
-    model call made for it is capped at the request's ``max_new_tokens``, and their token counts
-    add up in ``request.usage``, as a realtime response's do."""
+    model call made for it is capped at the request's ``max_new_tokens``, and their ``Usage``
+    parts come with the answer, as a realtime response's do."""
     session_id = events.new_id("chat")
-    handlers = [runtime.make_handler(name, session_id, profile)
+    cap = request.options.get("max_new_tokens")
+    options = SessionOptions(ResponseOptions(max_new_tokens=None if cap is None else int(cap)))
+    handlers = [runtime.make_handler(name, session_id, profile, options)
                 for name in runtime.default_handlers(profile)]
     question = await asyncio.to_thread(feed, handlers, profile, request)
-    calls: list[Usage] = []
-    response_options.set({"max_new_tokens": request.options.get("max_new_tokens")})
-    response_usage.set(calls)
-    async for delta in answers(handlers, question):
-        yield delta
-    total = total_usage(calls)
-    usage = request.usage
-    usage.prompt_tokens, usage.completion_tokens = total.prompt_tokens, total.completion_tokens
-    usage.finish_reason = total.finish_reason
+    async for part in answers(handlers, replace(question, options=options.response)):
+        yield part
 
 
 def feed(handlers: list[Handler], profile: ProfileConfig, request: ModelRequest) -> Question:

@@ -12,6 +12,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 OUTBOX_SIZE = 256
 CLOSE_POLICY = 1008
+Render = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
 class Outbox:
@@ -20,8 +21,11 @@ class Outbox:
     waited ``stall_s``, ``stalled`` is set (the session ends and the gateway closes the socket
     with ``close_code``), and from then on events are dropped."""
 
-    def __init__(self, session_id: str, stall_s: float, max_bytes: int = 16 << 20) -> None:
+    def __init__(self, session_id: str, stall_s: float, max_bytes: int = 16 << 20,
+                 render: Render | None = None) -> None:
         self.session_id = session_id
+        self.render = render
+        """The dialect's form of an event (``None``: not sent), applied before it is queued."""
         self.stall_s = stall_s
         self.max_bytes = max_bytes
         self.queue: asyncio.Queue[str] = asyncio.Queue(OUTBOX_SIZE)
@@ -35,6 +39,11 @@ class Outbox:
     async def put(self, event: dict[str, Any]) -> None:
         if self.closed:
             return
+        if self.render is not None:
+            rendered = self.render(event)
+            if rendered is None:
+                return
+            event = rendered
         text = json.dumps(event)
         try:
             async with asyncio.timeout(self.stall_s):

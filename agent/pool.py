@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, Mapping
 
 from agent.engine import Engine, ModelRequest
 from agent.errors import ConfigError, EngineError, StreamAgentError, UnknownModel
+from agent.parts import Part
 from agent.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,8 @@ class Pool(abc.ABC):
         """Free every model."""
 
     @abc.abstractmethod
-    def stream(self, model: str, request: ModelRequest) -> AsyncGenerator[str, None]:
-        """Stream text from ``model``; closing the iterator aborts generation."""
+    def stream(self, model: str, request: ModelRequest) -> AsyncGenerator[Part, None]:
+        """Stream the answer's parts from ``model``; closing the iterator aborts generation."""
 
     async def health(self) -> dict[str, bool]:
         return {}
@@ -71,13 +72,13 @@ class LocalPool(Pool):
         for engine in self.engines.values():
             await engine.close()
 
-    async def stream(self, model: str, request: ModelRequest) -> AsyncGenerator[str, None]:
+    async def stream(self, model: str, request: ModelRequest) -> AsyncGenerator[Part, None]:
         engine = self.engines.get(model)
         if engine is None:
             raise UnknownModel(f"no model named {model!r}; the pool has {self.names}")
         async with self.schedulers[model].slot(request.session):
-            async for text in guarded_stream(engine, request):
-                yield text
+            async for part in guarded_stream(engine, request):
+                yield part
 
     def modalities(self, model: str) -> frozenset[str] | None:
         engine = self.engines.get(model)
@@ -96,12 +97,12 @@ def scheduler_for(engine: Engine) -> Scheduler:
     return Scheduler(engine.name, engine.workers, engine.config.max_queue)
 
 
-async def guarded_stream(engine: Engine, request: ModelRequest) -> AsyncGenerator[str, None]:
+async def guarded_stream(engine: Engine, request: ModelRequest) -> AsyncGenerator[Part, None]:
     """The engine's stream, closed when the consumer stops; its failures as ``EngineError``."""
     try:
         async with contextlib.aclosing(engine.stream(request)) as agen:
-            async for text in agen:
-                yield text
+            async for part in agen:
+                yield part
     except StreamAgentError:
         raise
     except Exception as exc:

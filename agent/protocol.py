@@ -187,10 +187,13 @@ def check_containers(message: str | bytes, limit: int = MAX_JSON_CONTAINERS) -> 
                              f"'[' in strings too); at most {limit}")
 
 
-def parse_event(message: str | bytes) -> ClientEvent:
-    """Parse one client message; raise InvalidRequest / UnknownEvent with a readable message."""
-    check_containers(message)
+def parse_event(message: str | bytes | dict[str, Any]) -> ClientEvent:
+    """Parse one client message (JSON text, or an object a dialect has already parsed and
+    bounded); raise InvalidRequest / UnknownEvent with a readable message."""
     try:
+        if isinstance(message, dict):
+            return _adapter.validate_python(message)
+        check_containers(message)
         return _adapter.validate_json(message)
     except ValidationError as exc:
         raise _explain(exc) from None

@@ -9,7 +9,7 @@ from agent.direct import model_profile
 from agent.engine import Engine
 from agent.errors import ConfigError, InvalidRequest, UnknownModel
 from agent.families import Family, check_modalities
-from agent.handler import Handler, HandlerContext
+from agent.handler import Handler, HandlerContext, SessionOptions
 from agent.plugins import Registry, collect
 from agent.pool import LocalPool, Pool
 
@@ -150,13 +150,14 @@ class Runtime:
         return sorted(h for h in self.registry.handlers
                       if self.model_for(h, profile) in self.pool.names)
 
-    def make_handler(self, name: str, session_id: str,
-                     profile: ProfileConfig | None = None) -> Handler:
+    def make_handler(self, name: str, session_id: str, profile: ProfileConfig | None = None,
+                     session: SessionOptions | None = None) -> Handler:
         cls = self.registry.handlers[name]
         settings = self.config.handlers.get(name)
         options = settings.options if settings else {}
         model = (profile.models.get(name) if profile else None) or self.handler_model(name)
-        return cls(HandlerContext(self.pool, model, options, session_id))
+        return cls(HandlerContext(self.pool, model, options, session_id,
+                                  session if session is not None else SessionOptions()))
 
 
 def with_model_profiles(config: Config) -> Config:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from agent import events, protocol
@@ -24,20 +25,25 @@ from agent.errors import (
     NoActiveResponse,
     StreamAgentError,
 )
-from agent.handler import Handler, Question, response_options, response_usage
+from agent.handler import Handler, Question, SessionOptions
 from agent.intake import Intake
 from agent.live import LiveMedia
 from agent.media import image_frame
-from agent.outbox import Outbox
+from agent.outbox import Outbox, Render
+from agent.parts import Part
 from agent.responses import ResponseRun
 from agent.runtime import Runtime
 
 log = logging.getLogger(__name__)
 SendText = Callable[[str], Awaitable[None]]
+Message = str | bytes | dict[str, Any]
+"""A client message: JSON text, or an object a dialect has parsed (and bounded) already."""
 
 
 class RealtimeSession:
-    def __init__(self, runtime: Runtime, model: str, send_text: SendText) -> None:
+    def __init__(self, runtime: Runtime, model: str, send_text: SendText,
+                 render: Render | None = None) -> None:
+        """``render``: a dialect's form of each server event (``None``: not sent)."""
         self.runtime = runtime
         self.model = model
         self.profile = runtime.profile(model)
@@ -50,18 +56,19 @@ class RealtimeSession:
         self.history: deque[Turn] = deque(maxlen=server.max_history)
         self.pending_text: list[str] = []
         self.responses: dict[str, ResponseRun] = {}
-        self.outbox = Outbox(self.id, server.slow_client_timeout_s, server.max_outbox_bytes)
-        self.media = LiveMedia(runtime, self.id, self._live_response, profile=self.profile)
+        self.outbox = Outbox(self.id, server.slow_client_timeout_s, server.max_outbox_bytes,
+                             render)
+        self.options = SessionOptions()
+        self.media = LiveMedia(runtime, self.id, self._live_response, profile=self.profile,
+                               options=self.options)
         self.media.live = self.profile.live
         self.intake = Intake(server)
-        self.max_output_tokens: int | None = None
-        self.lora: str | None = None
         self.question: ResponseRun | None = None
 
     async def send(self, event: dict[str, Any]) -> None:
         await self.outbox.put(event)
 
-    async def run(self, messages: AsyncIterator[str | bytes]) -> None:
+    async def run(self, messages: AsyncIterator[Message]) -> None:
         """Serve until the client goes away, the writer dies or the client stops reading;
         whichever comes first, everything this session started is cancelled."""
         tasks: list[asyncio.Task[Any]] = [
@@ -91,7 +98,7 @@ class RealtimeSession:
         return (st.frames, st.frames_dropped, self.intake.frames_refused, st.windows,
                 self.media.handlers_dropped, self.media.windows_skipped)
 
-    async def _read(self, messages: AsyncIterator[str | bytes]) -> None:
+    async def _read(self, messages: AsyncIterator[Message]) -> None:
         failed = None
         try:
             self.media.set_handlers(self.runtime.default_handlers(self.profile))
@@ -104,7 +111,7 @@ class RealtimeSession:
             await self.handle(message)  # arrive without a wait: let the other tasks run
             await asyncio.sleep(0)
 
-    async def handle(self, message: str | bytes) -> None:
+    async def handle(self, message: Message) -> None:
         event_id = None
         try:
             if isinstance(message, bytes):
@@ -160,7 +167,7 @@ class RealtimeSession:
             self.intake.text(params.instructions, 0, param="session.instructions")
             self.instructions = params.instructions
         if params.max_output_tokens is not None:
-            self.max_output_tokens = token_cap(params.max_output_tokens)
+            self._set_options(max_new_tokens=token_cap(params.max_output_tokens))
         if ext is None:
             return
         if ext.live is not None:
@@ -172,15 +179,18 @@ class RealtimeSession:
         if ext.models is not None:
             self.profile = self.media.set_models(ext.models)
         if ext.lora is not None:
-            self.lora = ext.lora or None
+            self._set_options(lora=ext.lora or None)
         if ext.handlers is not None:
             self.media.set_handlers(ext.handlers)
+
+    def _set_options(self, **changes: Any) -> None:
+        self.options.response = replace(self.options.response, **changes)
 
     def _session_object(self) -> dict[str, Any]:
         return events.session_object(self.id, self.model, {
             "instructions": self.instructions,
             "output_modalities": ["text"],
-            "max_output_tokens": self.max_output_tokens or "inf",
+            "max_output_tokens": self.options.response.max_new_tokens or "inf",
             "audio": {"input": {"format": {"type": "audio/pcm", "rate": self.audio_rate}}},
             "streamagent": {
                 "live": self.media.live,
@@ -190,7 +200,7 @@ class RealtimeSession:
                 "available_handlers": self.runtime.usable_handlers(self.profile),
                 "models": {h: self.runtime.model_for(h, self.profile)
                            for h in self.media.handler_names},
-                "lora": self.lora,
+                "lora": self.options.response.lora,
             },
         })
 
@@ -237,11 +247,14 @@ class RealtimeSession:
         instructions = params.instructions if params and params.instructions else None
         self.intake.text(instructions or "", 0, param="response.instructions")
         frames = self.media.latest_frames()
+        options = self.options.response
+        if params and params.max_output_tokens:
+            options = replace(options, max_new_tokens=token_cap(params.max_output_tokens))
         question = Question(
             text="\n".join(self.pending_text),
             instructions=instructions or self.instructions,
             frame=frames[-1] if frames else None, frames=frames,
-            window=self.media.last_window, history=tuple(self.history),
+            window=self.media.last_window, history=tuple(self.history), options=options,
         )
         if params and params.input is not None:  # its own context; the conversation waits
             question = own_context(question, params.input, self.intake)
@@ -254,10 +267,8 @@ class RealtimeSession:
         if params and params.metadata:
             meta = {**params.metadata, **meta}
         run = ResponseRun(self.send, meta)
-        cap = (token_cap(params.max_output_tokens) if params and params.max_output_tokens
-               else self.max_output_tokens)
         self.question = self._launch(run, answers(handlers, question, self.media.settled),
-                                     eager=True, max_tokens=cap,
+                                     eager=True,
                                      remember=not params or params.conversation != "none")
 
     def _cancel(self, response_id: str | None) -> None:
@@ -274,16 +285,13 @@ class RealtimeSession:
     async def _live_response(self, handler: Handler, work: Any) -> None:
         meta = response_metadata(handler.name, handler.modality, work)
         meta["windows_skipped"] = str(self.media.skipped(handler.name))
-        run = self._launch(ResponseRun(self.send, meta), handler.respond(work), eager=False,
-                           max_tokens=self.max_output_tokens)
+        run = self._launch(ResponseRun(self.send, meta), handler.respond(work), eager=False)
         if run.task is not None:
             await run.task  # a cancelled worker cancels its response too
 
-    def _launch(self, run: ResponseRun, deltas: AsyncIterator[str], eager: bool,
-                remember: bool = False, max_tokens: int | None = None) -> ResponseRun:
+    def _launch(self, run: ResponseRun, deltas: AsyncIterator[str | Part], eager: bool,
+                remember: bool = False) -> ResponseRun:
         async def go() -> str:
-            response_options.set({"max_new_tokens": max_tokens, "lora": self.lora})
-            response_usage.set(run.usage)
             try:
                 text = await run.run(deltas, eager)
             finally:

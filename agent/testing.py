@@ -17,6 +17,7 @@ from agent.engine import ModelRequest, ThreadedEngine
 from agent.handler import Handler, Question
 from agent.hookspecs import hookimpl
 from agent.media import Window
+from agent.parts import Part, ToolCallDelta, Usage
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
 from agent.uvicorn_server import Address, running
@@ -26,8 +27,9 @@ FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 
 class FakeEngine(ThreadedEngine):
     """Streams ``tokens`` words ("tok0 tok1 ..."), ``delay_s`` apart, at most ``max_new_tokens``
-    of them (a request option), and fills ``request.usage`` as a real engine does (prompt: one
-    token per word); counts what it did.
+    of them (a request option), then its ``Usage`` as a real engine does (prompt: one token per
+    word); counts what it did. Option ``tool_call`` (a function name): the answer is a call
+    of that function, in two ``ToolCallDelta`` pieces, after the words.
 
     ``generated`` counts tokens actually produced, so a test can check that a cancelled
     response really stopped the engine."""
@@ -46,13 +48,12 @@ class FakeEngine(ThreadedEngine):
         self.requests: list[ModelRequest] = []
         self.active = 0
 
-    def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:
+    def generate(self, request: ModelRequest,
+                 cancelled: threading.Event) -> Iterator[str | Part]:
         self.requests.append(request)
         self.active += 1
         tokens = int(request.options.get("tokens", self.tokens))
         limit = int(request.options.get("max_new_tokens", tokens))  # as a real engine stops
-        usage = request.usage
-        usage.prompt_tokens, usage.completion_tokens = len(request.prompt.split()), 0
         try:
             for i in range(min(tokens, limit)):
                 if cancelled.is_set():
@@ -62,9 +63,13 @@ class FakeEngine(ThreadedEngine):
                 if self.delay_s:
                     time.sleep(self.delay_s)
                 self.generated += 1
-                usage.completion_tokens += 1
                 yield f"tok{i} "
-            usage.finish_reason = "length" if limit < tokens else "stop"
+            if tool := request.options.get("tool_call", self.config.options.get("tool_call")):
+                yield ToolCallDelta(0, f"call_{len(self.requests)}", str(tool), '{"window": ')
+                yield ToolCallDelta(0, arguments=f"{len(self.requests)}}}")
+            yield Usage(prompt_tokens=len(request.prompt.split()),
+                        completion_tokens=min(tokens, limit),
+                        finish_reason="length" if limit < tokens else "stop")
         finally:
             self.active -= 1
 
@@ -77,12 +82,12 @@ class EchoHandler(Handler):
     default_model = "fake"
     enabled_by_default = False
 
-    async def respond(self, work: Window) -> AsyncIterator[str]:
+    async def respond(self, work: Window) -> AsyncIterator[str | Part]:
         assert work.frame is not None
         if self.ctx.options.get("via_model"):  # option via_model: one call to the model
-            async for text in self.ctx.stream(ModelRequest(prompt=f"window {work.index}",
+            async for part in self.ctx.stream(ModelRequest(prompt=f"window {work.index}",
                                                            options={"tokens": 1})):
-                yield text
+                yield part
             return
         if not self.ctx.options.get("decode", True):  # option decode=false: pure overhead
             yield f"window {work.index}"
@@ -90,9 +95,9 @@ class EchoHandler(Handler):
         image = await asyncio.to_thread(work.frame.image)
         yield f"window {work.index}: {image.shape[1]}x{image.shape[0]}"
 
-    async def answer(self, question: Question) -> AsyncIterator[str]:
-        async for text in self.ctx.stream(ModelRequest(prompt=question.text)):
-            yield text
+    async def answer(self, question: Question) -> AsyncIterator[str | Part]:
+        async for part in self.ctx.stream(ModelRequest(prompt=question.text), question.options):
+            yield part
 
 
 class FakePlugin:

@@ -42,7 +42,7 @@ class BudgetFake(FakeEngine):
     max_pixels = 640 * 480
 
     def generate(self, request: ModelRequest, cancelled: Any) -> Any:
-        from agent.ray_hop import fit
+        from agent.ray.hop import fit
 
         for image in (*request.images, *request.video):
             fit(image, self.max_pixels)
@@ -81,8 +81,8 @@ async def long_answer(pool: Pool, model: str) -> tuple[int, float]:
 async def hop(registry: Any) -> dict[str, Any]:
     import pickle
 
-    from agent.ray_hop import pack
-    from agent.ray_pool import RayPool
+    from agent.ray.hop import pack
+    from agent.ray.pool import RayPool
 
     window = ModelRequest(prompt="what happens?", video=video_window(), options={"tokens": 1})
     out: dict[str, Any] = {
@@ -154,7 +154,8 @@ async def main() -> dict[str, Any]:
     import ray
     from ray import serve
 
-    from agent.ray_pool import ModelServer, RayPool
+    from agent.ray.pool import RayPool
+    from agent.ray.replica import ModelServer
 
     home = Path(tempfile.mkdtemp())
     (home / "ray_bootstrap_config.yaml").write_text("{}")

@@ -1,12 +1,19 @@
 """`make bench`: the spine's three figures, measured in one run, written to docs/performance.md.
 
-1. Ingest: server CPU per session-second for 30 fps 640x480 JPEG streams sampled at 1 fps.
+1. Ingest: server CPU per session-second for 30 fps 640x480 JPEG streams sampled at 1 fps,
+   and the same for the floor (benchmarks/floor.py: a bare websocket server on the same stack
+   that parses every message's JSON and drops it); ingest is reported as a ratio to the floor.
 2. Added latency: window close -> first delta at the client, with a handler that does no work.
 3. Memory: server RSS over a 5-minute stream (frames and audio), sent at 10x real time.
+
+``--compare TREE`` measures another checkout's gateway (ingest and latency) first, in the same
+run: its own ``benchmarks.server`` runs with cwd=TREE, so ``import agent`` resolves there; the
+clients and the floor are this tree's. ``--quick`` skips memory and writes nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import io
@@ -48,11 +55,17 @@ def camera_frames(n: int = 30) -> list[str]:
 
 
 class Server:
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.server", *args],
-                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    """A server process: the gateway (``benchmarks.server`` of the tree at ``cwd``) or the floor
+    (``module="benchmarks.floor"``); it prints ``PORT n`` once it serves."""
+
+    def __init__(self, *args: str, module: str = "benchmarks.server", cwd: Path = ROOT) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *args],
+                                     stdout=subprocess.PIPE, text=True, cwd=cwd)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError(f"{module} in {cwd} did not start (exit {self.proc.returncode})")
         self.url = f"ws://127.0.0.1:{line.split()[1]}/v1/realtime?model=default"
 
     def cpu_s(self) -> float:
@@ -64,8 +77,9 @@ class Server:
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
         if self.proc.stdout:
             self.proc.stdout.close()
 
@@ -114,8 +128,10 @@ async def stream(url: str, frames: list[str], seconds: float, speed: float = 1.0
     return latencies
 
 
-async def ingest(frames: list[str], sessions: int, seconds: float) -> dict[str, float]:
-    server = Server()
+async def ingest(frames: list[str], sessions: int, seconds: float,
+                 module: str = "benchmarks.server", cwd: Path = ROOT) -> dict[str, float]:
+    """Server CPU per session while ``sessions`` clients stream; the same for the floor."""
+    server = Server(module=module, cwd=cwd)
     try:
         await stream(server.url, frames, 2)  # warm up
         before = server.cpu_s()
@@ -127,8 +143,9 @@ async def ingest(frames: list[str], sessions: int, seconds: float) -> dict[str, 
             "core_pct_per_session": 100 * used / (sessions * (seconds + 1.5))}
 
 
-async def latency(frames: list[str], sessions: int, seconds: float) -> dict[str, float]:
-    server = Server("--no-decode")
+async def latency(frames: list[str], sessions: int, seconds: float,
+                  cwd: Path = ROOT) -> dict[str, float]:
+    server = Server("--no-decode", cwd=cwd)
     try:
         await stream(server.url, frames, 2)
         runs = await asyncio.gather(*(stream(server.url, frames, seconds)
@@ -161,25 +178,63 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
 
 
-def write(results: dict[str, dict], path: Path) -> None:
-    ing, lat1, lat4, mem = (results[k] for k in ("ingest", "latency1", "latency4", "memory"))
+def tree_label(tree: Path) -> str:
+    """``PATH (commit[+changes])``, read without touching the tree's index."""
+    env = os.environ | {"GIT_OPTIONAL_LOCKS": "0"}
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True,
+                             env=env)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "no git"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"{tree} ({commit}{'+changes' if dirty else ''})"
+
+
+def ingest_row(ing: dict, floor: dict) -> str:
+    return (f"**{ing['core_pct_per_session']:.2f} % of a core**, "
+            f"**{ing['core_pct_per_session'] / floor['core_pct_per_session']:.2f}x the floor**")
+
+
+def write(results: dict, path: Path) -> None:
+    ing, lat1, lat4, mem, floor = (results[k] for k in
+                                   ("ingest", "latency1", "latency4", "memory", "floor"))
     trace = ", ".join(f"{ts:.0f} s: {mb:.0f} MB" for ts, mb in mem["samples"])
+    rounds = f", median of {ing['rounds']} rounds" if ing["rounds"] > 1 else ""
+    base = ""
+    if "base" in results:
+        b = results["base"]
+        base = f"""
+Today's code, measured first in the same run (`python -m benchmarks.run --compare TREE`):
+{b['label']}: ingest {ingest_row(b['ingest'], floor)}; added latency p50 {b['latency1']['p50_ms']:.1f} ms,
+p99 {b['latency1']['p99_ms']:.1f} ms (1 session), p50 {b['latency4']['p50_ms']:.1f} ms (4 sessions).
+This tree: {results['label']}.
+"""
     section = f"""<!-- bench:spine -->
 ## Spine: ingest, added latency, session memory
 
-Measured by `make bench` on {time.strftime('%Y-%m-%d')}, {machine()}. The server runs in its own
-process (the real gateway, echo handler, fake engine); clients are another process on loopback.
+Measured by `make bench` on {time.strftime('%Y-%m-%d')}, {machine()}, no GPU, load average
+{results['load']:.1f} at the start (a shared machine: compare ratios, not % of a core, across
+runs). The server runs in its own process (the real gateway, echo handler, fake engine); clients
+are another process on loopback.
 
 | figure | result | target |
 |---|---|---|
-| ingest: server CPU per session, 30 fps 640x480 JPEG (~{ing['jpeg_kb']:.0f} KB) sampled at 1 fps, {ing['sessions']} sessions x {ing['seconds']:.0f} s | **{ing['core_pct_per_session']:.2f} % of a core** | <= 3 % |
+| ingest: server CPU per session, 30 fps 640x480 JPEG (~{ing['jpeg_kb']:.0f} KB) sampled at 1 fps, {ing['sessions']} sessions x {ing['seconds']:.0f} s{rounds} | {ingest_row(ing, floor)} | <= 1.3x the floor |
+| the floor: a bare websocket server on the same stack, same clients and frames, `json.loads` and drop | {floor['core_pct_per_session']:.2f} % of a core | |
 | added latency, window close -> first delta at the client, handler does no work, 1 session | **p50 {lat1['p50_ms']:.1f} ms, p99 {lat1['p99_ms']:.1f} ms** ({lat1['samples']} windows) | p50 <= 10 ms |
 | same, {lat4['sessions']} concurrent sessions at 30 fps | p50 {lat4['p50_ms']:.1f} ms, p99 {lat4['p99_ms']:.1f} ms ({lat4['samples']} windows) | |
 | memory: server RSS over a {mem['media_s'] / 60:.0f}-minute stream (30 fps frames + 24 kHz audio, sent at {mem['speed']:.0f}x) | {mem['first_mb']:.0f} MB at 1 min -> {mem['last_mb']:.0f} MB at the end (max {mem['max_mb']:.0f} MB) | flat |
-
+{base}
 - Ingest counts everything the server does per session: websocket frames, JSON parsing and
   validation of ~{ing['jpeg_kb'] * 4 / 3:.0f} KB messages, the 12-byte signature check of every frame,
   sampling, and decoding **one** frame per second (the other 29 are never decoded).
+- The floor (`benchmarks/floor.py`) is measured in the same run with the same clients and
+  frames: uvicorn with the websockets-sansio protocol and the gateway's uvicorn config, a
+  Starlette websocket route that parses each message's JSON and drops it. The ratio is what the
+  gateway costs over receiving and parsing the bytes at all; the machine's speed and load
+  largely cancel out in it, as they do not in the % of a core.
 - Added latency is measured from the moment the client sends the first frame of window k+1
   (which closes window k) to the moment it receives the first delta of window k's response, so
   it includes both directions on loopback and the client's own JSON handling.
@@ -187,23 +242,83 @@ process (the real gateway, echo handler, fake engine); clients are another proce
 <!-- /bench:spine -->"""
     text = path.read_text() if path.exists() else "# Performance\n"
     if "<!-- bench:spine -->" in text:
-        text = re.sub(r"<!-- bench:spine -->.*<!-- /bench:spine -->", section, text, flags=re.S)
+        text = re.sub(r"<!-- bench:spine -->.*<!-- /bench:spine -->", lambda _: section, text,
+                      flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
 
 
-async def main() -> None:
+async def ingest_rounds(frames: list[str], trees: dict[str, Path], rounds: int, sessions: int,
+                        seconds: float) -> dict[str, dict]:
+    """Ingest for each tree in order (the baseline first), then the floor, ``rounds`` times over
+    (interleaved, so a busy machine's drift falls on all of them); medians per server."""
+    runs: dict[str, list[float]] = {name: [] for name in [*trees, "floor"]}
+    for r in range(rounds):
+        for name in runs:
+            if name == "floor":
+                res = await ingest(frames, sessions, seconds, module="benchmarks.floor")
+            else:
+                res = await ingest(frames, sessions, seconds, cwd=trees[name])
+            runs[name].append(res["core_pct_per_session"])
+        line = ", ".join(f"{name} {pcts[-1]:.2f} %" for name, pcts in runs.items())
+        print(f"ingest round {r + 1}/{rounds}: {line} of a core per session", flush=True)
+    return {name: {"sessions": sessions, "seconds": seconds, "rounds": rounds,
+                   "core_pct_per_session": statistics.median(pcts), "rounds_pct": pcts}
+            for name, pcts in runs.items()}
+
+
+def summary(results: dict[str, dict]) -> str:
+    floor = results["floor"]["core_pct_per_session"]
+    lines = [f"  {'floor (bare websocket server, same stack)':<48} {floor:6.2f} % of a core"]
+    for entry in ([results["base"]] if "base" in results else []) + [results]:
+        pct = entry["ingest"]["core_pct_per_session"]
+        lat1, lat4 = entry["latency1"], entry["latency4"]
+        lines.append(f"  {entry['label']:<48} {pct:6.2f} % of a core  {pct / floor:5.2f}x floor"
+                     f"  latency p50 {lat1['p50_ms']:.1f} ms (1), {lat4['p50_ms']:.1f} ms (4)")
+    return "\n".join(lines)
+
+
+async def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", type=Path, metavar="TREE",
+                        help="another checkout (today's code), measured first in the same run")
+    parser.add_argument("--quick", action="store_true",
+                        help="ingest and latency only (no memory), nothing written to the docs")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="ingest measurements per server, interleaved; medians reported")
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="length of each ingest and latency stream (default 20)")
+    args = parser.parse_args(argv)
+    trees: dict[str, Path] = {}
+    if args.compare is not None:
+        base = args.compare.resolve()
+        if not (base / "benchmarks" / "server.py").exists():
+            parser.error(f"{base} has no benchmarks/server.py")
+        trees["base"] = base
+    trees["this"] = ROOT
+
+    load = os.getloadavg()[0]
     frames = camera_frames()
     kb = statistics.mean(len(f) * 3 / 4 for f in frames) / 1024
-    print(f"machine: {machine()}; frames ~{kb:.0f} KB", flush=True)
-    results: dict[str, dict] = {}
-    results["ingest"] = await ingest(frames, sessions=4, seconds=20) | {"jpeg_kb": kb}
-    print("ingest:", results["ingest"], flush=True)
-    results["latency1"] = await latency(frames, sessions=1, seconds=20)
-    print("latency, 1 session:", results["latency1"], flush=True)
-    results["latency4"] = await latency(frames, sessions=4, seconds=20)
-    print("latency, 4 sessions:", results["latency4"], flush=True)
+    print(f"machine: {machine()}, load average {load:.2f}; frames ~{kb:.0f} KB", flush=True)
+    ingests = await ingest_rounds(frames, trees, args.rounds, sessions=4, seconds=args.seconds)
+    entries: dict[str, dict] = {}
+    for name, tree in trees.items():
+        entry: dict = {"label": tree_label(tree), "ingest": ingests[name] | {"jpeg_kb": kb}}
+        entry["latency1"] = await latency(frames, sessions=1, seconds=args.seconds, cwd=tree)
+        print(f"latency, 1 session, {name}:", entry["latency1"], flush=True)
+        entry["latency4"] = await latency(frames, sessions=4, seconds=args.seconds, cwd=tree)
+        print(f"latency, 4 sessions, {name}:", entry["latency4"], flush=True)
+        entries[name] = entry
+    results: dict = entries["this"] | {"floor": ingests["floor"], "load": load}
+    if "base" in entries:
+        results["base"] = entries["base"]
+    print(f"ingest per session ({args.rounds} round(s) of 4 sessions x {args.seconds:.0f} s; "
+          f"target <= 1.3x floor):\n{summary(results)}", flush=True)
+    if args.quick:
+        return
     results["memory"] = await memory(frames, media_s=300, speed=10)
     print("memory:", {k: v for k, v in results["memory"].items() if k != "samples"}, flush=True)
     write(results, ROOT / "docs" / "performance.md")

@@ -62,7 +62,7 @@ class HaarFaceEngine(ThreadedEngine):
 
 async def count_faces(handler: Handler, image: Any) -> int:
     count = 0
-    async for boxes in handler.ctx.stream(ModelRequest(images=(image,))):
+    async for boxes in handler.ctx.text(ModelRequest(images=(image,))):
         count += len(json.loads(boxes))
     return count
 

@@ -19,11 +19,15 @@ from agent import (
     Handler,
     ModelConfig,
     ModelRequest,
+    Part,
     Question,
+    Segmenter,
+    TextDelta,
+    Utterance,
     Window,
     hookimpl,
+    load_vad,
 )
-from plugins import vad
 
 
 class PocketSphinxEngine(Engine):
@@ -45,10 +49,10 @@ class PocketSphinxEngine(Engine):
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._pool, _decode, b"")
                                for _ in range(self.workers)))  # every worker loads now
-        await asyncio.to_thread(vad.load)  # the speech handler's VAD loads with its engine
+        await asyncio.to_thread(load_vad)  # the speech handler's VAD loads with its engine
         self._loaded = True
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[str, None]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[Part, None]:
         if request.audio is None or not request.audio.size:
             return
         pcm = (np.clip(request.audio, -1, 1) * 32767).astype("<i2").tobytes()
@@ -60,7 +64,7 @@ class PocketSphinxEngine(Engine):
                 await decoding
             raise
         for i, word in enumerate(words):
-            yield word if i == 0 else " " + word
+            yield TextDelta(word if i == 0 else " " + word)
 
     async def check_health(self) -> None:
         pool = getattr(self, "_pool", None)
@@ -103,36 +107,36 @@ class SpeechHandler(Handler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         opts = self.ctx.options
-        self.segmenter = vad.Segmenter(
+        self.segmenter = Segmenter(
             threshold=float(opts.get("threshold", 0.5)),
             min_silence_s=float(opts.get("min_silence_s", 0.5)),
             max_utterance_s=float(opts.get("max_utterance_s", 20.0)),
         )
-        self.last_utterance: vad.Utterance | None = None
+        self.last_utterance: Utterance | None = None
         self.last_text: str | None = None
 
     def clear_audio(self) -> None:
         self.segmenter.reset()
 
-    def feed(self, window: Window) -> vad.Utterance | None:
+    def feed(self, window: Window) -> Utterance | None:
         t = window.end - window.audio.size / AUDIO_RATE
         done = self.segmenter.feed(window.audio, t, final=window.final)
         if not done:
             return None
-        utt = done[0] if len(done) == 1 else vad.Utterance(
+        utt = done[0] if len(done) == 1 else Utterance(
             done[0].start, done[-1].end, np.concatenate([u.audio for u in done]))
         self.last_utterance, self.last_text = utt, None
         return utt
 
-    async def transcribe(self, utt: vad.Utterance) -> AsyncIterator[str]:
+    async def transcribe(self, utt: Utterance) -> AsyncIterator[str]:
         words = []
-        async for word in self.ctx.stream(ModelRequest(audio=utt.audio)):
+        async for word in self.ctx.text(ModelRequest(audio=utt.audio)):
             words.append(word)
             yield word
         if utt is self.last_utterance:
             self.last_text = "".join(words).strip()
 
-    async def respond(self, work: vad.Utterance) -> AsyncIterator[str]:
+    async def respond(self, work: Utterance) -> AsyncIterator[str]:
         async for word in self.transcribe(work):
             yield word
 

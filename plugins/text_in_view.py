@@ -81,7 +81,7 @@ def _padded(image: Any, ratio: int = 15) -> Any:
 
 async def read_text(handler: Handler, frame_image: Any) -> list[str]:
     lines = []
-    async for line in handler.ctx.stream(ModelRequest(images=(frame_image,))):
+    async for line in handler.ctx.text(ModelRequest(images=(frame_image,))):
         lines.append(line.strip())
     return lines
 

@@ -16,33 +16,35 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncGenerator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from agent import (
     AUDIO_RATE,
+    GENERIC,
     ConfigError,
     Engine,
+    Family,
     InvalidRequest,
     ModelConfig,
     ModelRequest,
-    hookimpl,
-    long_audio,
-)
-from agent.families import (
-    GENERIC,
-    Family,
+    Part,
+    TextDelta,
+    Usage,
     decoding,
     family_for_type,
     family_of,
     fit,
+    hookimpl,
+    installed_families,
     learn_modalities,
+    long_audio,
     media_parts,
     messages,
     pad_frames,
     subsample,
     video_metadata,
 )
-from agent.plugins import installed_families
 
 log = logging.getLogger(__name__)
 ENGINE_OPTIONS = ("max_model_len", "gpu_memory_utilization", "max_num_seqs",
@@ -193,7 +195,7 @@ class VllmEngine(Engine):
 
         return LoRARequest(name, sorted(self.loras).index(name) + 1, self.loras[name])
 
-    async def stream(self, request: ModelRequest) -> AsyncGenerator[str, None]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[Part, None]:
         request_id = uuid.uuid4().hex
         finished = False
         self.active += 1
@@ -201,18 +203,20 @@ class VllmEngine(Engine):
             inputs = await asyncio.to_thread(self.inputs, request)  # resizing, template: CPU
             gen = self.engine.generate(inputs, self.sampling(request),
                                        request_id=request_id, lora_request=self.lora(request))
-            usage = request.usage
-            usage.completion_tokens = 0
+            usage = Usage(completion_tokens=0)
             async for out in gen:
                 piece = out.outputs[0]
                 self.tokens_generated += len(piece.token_ids)
-                usage.completion_tokens += len(piece.token_ids)
+                usage = replace(
+                    usage, completion_tokens=(usage.completion_tokens or 0) + len(piece.token_ids),
+                    finish_reason=piece.finish_reason)  # "length" at max_tokens
                 if out.prompt_token_ids is not None:
-                    usage.prompt_tokens = len(out.prompt_token_ids)
-                usage.finish_reason = piece.finish_reason  # "length" at max_tokens
+                    usage = replace(usage, prompt_tokens=len(out.prompt_token_ids),
+                                    cached_tokens=out.num_cached_tokens)
                 finished = out.finished
                 if piece.text:
-                    yield piece.text
+                    yield TextDelta(piece.text)
+            yield usage
         except Exception as exc:
             if _refused(exc):  # the request, not the engine: a prompt over max_model_len
                 raise InvalidRequest(f"model {self.name!r} refused the request: {exc}") from exc

@@ -13,7 +13,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from agent.plugins import collect, get_plugin_manager
-from agent.ray_pool import GatewayAppArgs, ModelAppArgs
+from agent.ray.apps import GatewayAppArgs, ModelAppArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "deploy" / "rayservice.yaml"
@@ -78,13 +78,13 @@ def test_serve_configs_validate_with_ray_and_our_args(name: str) -> None:
     engines = collect(get_plugin_manager()).engines
     models, gateway = [], None
     for app in config["applications"]:
-        if app["import_path"] == "agent.ray_pool:model_app":
+        if app["import_path"] == "agent.ray.apps:model_app":
             args = ModelAppArgs.model_validate(app["args"])
             assert args.name == app["name"] == app["deployments"][0]["name"]
             assert args.model.engine in engines, args.model.engine
             models.append(args.name)
         else:
-            assert app["import_path"] == "agent.ray_pool:gateway_app"
+            assert app["import_path"] == "agent.ray.apps:gateway_app"
             gateway = GatewayAppArgs.model_validate(app["args"])
             deployment = app["deployments"][0]
             assert deployment["max_ongoing_requests"] > gateway.config.server.max_sessions
@@ -166,7 +166,7 @@ def test_autoscaling_fits_the_worker_groups() -> None:
 
 
 def test_tensor_parallel_vllm_gets_a_placement_group() -> None:
-    from agent.ray_pool import model_app
+    from agent.ray.apps import model_app
 
     def options(model: dict[str, Any]) -> Any:
         deployment = model_app({"name": "m", "model": model})._bound_deployment

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 import websockets
 
-from agent import Handler, ModelRequest, Window, hookimpl
+from agent import Handler, ModelRequest, Part, Window, hookimpl
 from agent.outbox import Outbox
 from agent.runtime import Runtime
 from agent.testing import data_url, fake_runtime, image_event, jpeg_bytes
@@ -193,9 +193,9 @@ class Narrator(Handler):
     default_model = "fake"
     enabled_by_default = False
 
-    async def respond(self, work: Window) -> AsyncIterator[str]:
-        async for text in self.ctx.stream(ModelRequest(prompt=f"window {work.index}")):
-            yield text
+    async def respond(self, work: Window) -> AsyncIterator[Part]:
+        async for part in self.ctx.stream(ModelRequest(prompt=f"window {work.index}")):
+            yield part
 
 
 class NarratorPlugin:
@@ -216,7 +216,8 @@ async def test_a_handler_removed_mid_response_still_ends_it(served: Any) -> None
     await client.update(handlers=[])
     done = (await client.until("response.done"))[-1]["response"]
     assert done["status"] == "cancelled"
-    assert done["status_details"]["reason"] == "handler_stopped"
+    assert done["status_details"] == {"type": "cancelled",
+                                      "streamagent": {"reason": "handler_stopped"}}
     await client.close()
 
 

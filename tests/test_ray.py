@@ -25,8 +25,10 @@ from ray import serve
 from agent.config import Config, ProfileConfig
 from agent.engine import ModelRequest
 from agent.errors import EngineError
+from agent.parts import text_only
 from agent.plugins import collect, get_plugin_manager
-from agent.ray_pool import ModelServer, RayPool
+from agent.ray.pool import RayPool
+from agent.ray.replica import ModelServer
 from agent.runtime import Runtime
 from agent.testing import FakeEngine, FakePlugin, data_url, image_event, jpeg_bytes
 from agent.uvicorn_server import Address, running
@@ -183,7 +185,7 @@ def test_a_model_that_fails_to_load_fails_its_deployment(cluster: int) -> None:
 
 
 async def test_gateway_inside_serve_behind_the_proxy(fake_models: list[str], cluster: int) -> None:
-    from agent.ray_pool import gateway_app
+    from agent.ray.apps import gateway_app
 
     serve.run(gateway_app({"models": ["fake", "slow"], "plugins": ["agent.testing:FakePlugin"],
                            "config": {"server": {"max_message_bytes": 65536}, "profiles": {
@@ -260,14 +262,14 @@ async def test_pictures_cross_packed_and_text_coalesced(fake_models: list[str]) 
     """A request with camera frames reaches the replica packed (JPEG) and unpacked there; a
     fast stream of 400 tokens comes back whole in fewer items."""
     from agent.media import decode_image
-    from agent.ray_hop import PackedRequest
+    from agent.ray.hop import PackedRequest
 
     frame = decode_image(data_url(jpeg_bytes("x", size=(1280, 720))).split(",", 1)[1])
     pool = RayPool(fake_models)
     shrunk = await pool._shrink("fake", ModelRequest(images=(frame,), video=(frame,) * 8))
     assert isinstance(shrunk, PackedRequest) and shrunk.nbytes < frame.nbytes
-    got = [t async for t in pool.stream("fake", ModelRequest(images=(frame,),
-                                                             options={"tokens": 400}))]
+    got = [t async for t in text_only(pool.stream("fake", ModelRequest(
+        images=(frame,), options={"tokens": 400})))]
     assert "".join(got) == "".join(f"tok{i} " for i in range(400)) and len(got) < 400
     await pool.close()
 
@@ -276,7 +278,7 @@ def test_streamagent_serve_with_ray_address(cluster: int, tmp_path: Path) -> Non
     """`streamagent serve --ray-address ADDR` in its own process joins the cluster and streams
     from the Serve model applications; installed plugins' models with no application (asr,
     faces, ...) are left out with a warning instead of failing start-up."""
-    from agent.ray_pool import model_app
+    from agent.ray.apps import model_app
 
     serve.run(model_app({"name": "ocr", "model": {"engine": "rapidocr"}}), name="ocr",
               route_prefix="/models/ocr")

@@ -66,7 +66,7 @@ class SickPlugin:
 def model(name: str, engine: str, **options: Any) -> dict[str, Any]:
     return {
         "name": name, "route_prefix": f"/models/{name}",
-        "import_path": "agent.ray_pool:model_app",
+        "import_path": "agent.ray.apps:model_app",
         "args": {"name": name, "model": {"engine": engine, "options": options},
                  "plugins": ["agent.testing:FakePlugin", "tests.test_ray_cluster:SickPlugin"]},
         "deployments": [{"name": name, "max_ongoing_requests": 4,
@@ -86,7 +86,7 @@ def serve_config(port: int) -> dict[str, Any]:
             model("fragile", "fake", tokens=40, delay_s=0.05),
             model("sick", "sick", tokens=3),
             {"name": "gateway", "route_prefix": "/",
-             "import_path": "agent.ray_pool:gateway_app",
+             "import_path": "agent.ray.apps:gateway_app",
              "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT), **GATEWAY_ENV}},
              "args": {"models": ["fragile", "sick"], "plugins": ["agent.testing:FakePlugin"],
                       "first_delta_timeout_s": 20, "config": {"profiles": profiles}},
@@ -120,7 +120,7 @@ class ClientLoop:
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, int]]:
     env = {**ray_env(tmp_path_factory.mktemp("rayhome")),
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps every address on 127.0.0.1
-           "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "agent.ray_proxy:middlewares",
+           "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "agent.ray.proxy:middlewares",
            "RAY_metrics_report_interval_ms": "1000",  # Ray's export, every second (10 s)
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                        os.environ.get("PYTHONPATH")]))}
@@ -280,7 +280,7 @@ def test_gateway_replica_killed(deployed: tuple[Cluster, str, ClientLoop]) -> No
         if holder[sid] == victim:
             code = loop.run(_closed(client))
             print(f"gateway replica killed: its client saw close code {code}")
-            assert code == 1012, code  # service restart: reconnect (agent/ray_proxy.py)
+            assert code == 1012, code  # service restart: reconnect (agent/ray/proxy.py)
         else:
             loop.run(client.send({"type": "response.create"}))
             got = loop.run(client.until("response.done", timeout=60))

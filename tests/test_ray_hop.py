@@ -13,7 +13,8 @@ from agent.config import ModelConfig
 from agent.engine import ModelRequest
 from agent.families import fit as engine_fit
 from agent.media import RGB, decode_image
-from agent.ray_hop import PackedRequest, coalesce, fit, pack, unpack
+from agent.parts import TextDelta, ToolCallDelta, Usage, text_only
+from agent.ray.hop import PackedRequest, coalesce, fit, pack, unpack
 from agent.testing import FakeEngine, jpeg_bytes
 
 
@@ -56,11 +57,29 @@ def engine(tokens: int, delay_s: float = 0.0) -> FakeEngine:
 async def test_coalesced_text_is_the_same_text_in_fewer_items() -> None:
     fake = engine(400)
     await fake.start()
-    items = [t async for t in coalesce(fake.stream(ModelRequest()), 0.03)]
+    items = [t async for t in text_only(coalesce(fake.stream(ModelRequest()), 0.03))]
     assert "".join(items) == "".join(f"tok{i} " for i in range(400))
     assert items[0] == "tok0 " and len(items) < 400
-    assert [t async for t in coalesce(fake.stream(ModelRequest()), 0)] == \
+    assert [t async for t in text_only(coalesce(fake.stream(ModelRequest()), 0))] == \
         [f"tok{i} " for i in range(400)]  # interval 0: every delta as it comes
+
+
+async def test_other_parts_pass_the_hop_in_order_after_the_text_before_them() -> None:
+    fake = FakeEngine("fake", ModelConfig(engine="fake", options={"tokens": 50,
+                                                                   "tool_call": "alert"}))
+    await fake.start()
+    for interval in (0.03, 0):
+        parts = [p async for p in coalesce(fake.stream(ModelRequest(prompt="a b")), interval)]
+        kinds = [type(p).__name__ for p in parts]
+        first_call = kinds.index("ToolCallDelta")
+        assert set(kinds[:first_call]) == {"TextDelta"}
+        assert kinds[first_call:] == ["ToolCallDelta", "ToolCallDelta", "Usage"]
+        assert "".join(p.text for p in parts if isinstance(p, TextDelta)) == \
+            "".join(f"tok{i} " for i in range(50))
+        call = [p for p in parts if isinstance(p, ToolCallDelta)]
+        assert (call[0].name, call[0].arguments + call[1].arguments) == \
+            ("alert", f'{{"window": {len(fake.requests)}}}')
+        assert parts[-1] == Usage(prompt_tokens=2, completion_tokens=50, finish_reason="stop")
 
 
 async def test_closing_the_coalesced_stream_stops_the_engine() -> None:
@@ -81,7 +100,7 @@ async def test_engine_errors_pass_through_after_the_text_so_far() -> None:
     await fake.start()
     got: list[str] = []
     try:
-        async for text in coalesce(fake.stream(ModelRequest()), 0.03):
+        async for text in text_only(coalesce(fake.stream(ModelRequest()), 0.03)):
             got.append(text)
     except RuntimeError as exc:
         assert "fake engine failure" in str(exc)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.ray_proxy import CloseOrphanedWebsockets, MessageLimit, middlewares
+from agent.ray.proxy import CloseOrphanedWebsockets, MessageLimit, middlewares
 
 Message = dict[str, Any]
 

@@ -92,12 +92,14 @@ def fake_pool(**options: Any) -> tuple[LocalPool, FakeEngine]:
 
 async def test_local_pool_runs_workers_threads_at_once_and_cancels_queued_requests() -> None:
     from agent.engine import ModelRequest
+    from agent.parts import text_only
 
     pool, engine = fake_pool(workers=2, tokens=200, delay_s=0.02)
     await pool.start()
     try:
         async def consume(session: str) -> int:
-            return len([t async for t in pool.stream("fake", ModelRequest(session=session))])
+            return len([t async for t in text_only(pool.stream("fake",
+                                                               ModelRequest(session=session)))])
 
         two = [asyncio.create_task(consume(s)) for s in ("a", "b")]
         for _ in range(500):  # both workers generate at the same time

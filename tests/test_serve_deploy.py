@@ -92,7 +92,7 @@ async def ask(client: Client) -> str:
 
 def test_serve_deploy_then_a_model_only_redeploy_keeps_sessions(tmp_path: Path) -> None:
     env = {**os.environ, **ray_env(tmp_path), "PYTHONPATH": str(ROOT),
-           "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "agent.ray_proxy:middlewares"}
+           "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "agent.ray.proxy:middlewares"}
     gcs, dashboard, port = free_port(), free_port(), free_port()
     config = yaml.safe_load((ROOT / "serve_config.cluster.yaml").read_text())
     config["http_options"].update(host="127.0.0.1", port=port)  # tests stay on loopback

@@ -10,16 +10,20 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from agent import ConfigError, ModelConfig, ModelRequest, ThreadedEngine, Usage
-from agent.families import (
+from agent import (
     ChatCall,
+    ConfigError,
     Family,
+    ModelConfig,
+    ModelRequest,
+    ThreadedEngine,
+    Usage,
     decoding,
     family_for_type,
     family_of,
+    installed_families,
     learn_modalities,
 )
-from agent.plugins import installed_families
 from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_inputs
 
 log = logging.getLogger(__name__)
@@ -80,7 +84,8 @@ class TransformersEngine(ThreadedEngine):
             self.modalities = self.family.modalities or learn_modalities(self.processor)
         log.info("%s takes %s", self.name, ", ".join(sorted(self.modalities)) or "text only")
 
-    def generate(self, request: ModelRequest, cancelled: threading.Event) -> Iterator[str]:
+    def generate(self, request: ModelRequest,
+                 cancelled: threading.Event) -> Iterator[str | Usage]:
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         class Cancelled(StoppingCriteria):
@@ -103,7 +108,7 @@ class TransformersEngine(ThreadedEngine):
             self.active -= 1
 
     def _chat(self, request: ModelRequest, options: dict[str, Any],
-              cancelled: threading.Event) -> Iterator[str]:
+              cancelled: threading.Event) -> Iterator[str | Usage]:
         """A family's own ``chat``; it counts tokens through ``counted`` (else each text piece
         counts as one)."""
         assert self.family.chat is not None
@@ -121,21 +126,20 @@ class TransformersEngine(ThreadedEngine):
         finally:
             if self.tokens_generated == before:
                 self.tokens_generated += pieces
-            _count(request.usage, self.tokens_generated - before, options["max_new_tokens"])
+        yield _usage(None, self.tokens_generated - before, options["max_new_tokens"])
 
     def _generate(self, request: ModelRequest, options: dict[str, Any],
-                  cancelled: threading.Event) -> Iterator[str]:
+                  cancelled: threading.Event) -> Iterator[str | Usage]:
         inputs = processor_inputs(self.processor, request, self.family,
                                   self.modalities or frozenset(), self.max_pixels)
         inputs = inputs.to(self.model.device).to(self.model.dtype)
-        usage, before = request.usage, self.tokens_generated
-        usage.prompt_tokens = int(inputs["input_ids"].shape[1])
+        before, prompt = self.tokens_generated, int(inputs["input_ids"].shape[1])
         if options.get("num_beams", 1) > 1:  # beam search cannot stream: one delta at the end
             out = self.model.generate(**inputs, **options)
             new = out[0, inputs["input_ids"].shape[1]:]
             self.tokens_generated += int(new.numel())
-            _count(usage, self.tokens_generated - before, options["max_new_tokens"])
             yield str(self.tokenizer.decode(new, skip_special_tokens=True))
+            yield _usage(prompt, self.tokens_generated - before, options["max_new_tokens"])
             return
         streamer = counting_streamer(self, self.tokenizer, self.token_timeout_s)
         failure: list[BaseException] = []
@@ -149,21 +153,24 @@ class TransformersEngine(ThreadedEngine):
 
         thread = threading.Thread(target=run, name=f"generate-{self.name}", daemon=True)
         thread.start()
+        finished = False
         try:
             for text in streamer:
                 if text:
                     yield text
+            finished = True
         finally:
-            cancelled.set()  # stops generate() if we leave early; harmless after the end
+            if not finished:  # we leave early: stop generate()
+                cancelled.set()
             thread.join()
-            _count(usage, self.tokens_generated - before, options["max_new_tokens"])
         if failure:
             raise failure[0]
+        yield _usage(prompt, self.tokens_generated - before, options["max_new_tokens"])
 
 
-def _count(usage: Usage, generated: int, limit: int) -> None:
-    usage.completion_tokens = generated
-    usage.finish_reason = "length" if generated >= limit else "stop"
+def _usage(prompt: int | None, generated: int, limit: int) -> Usage:
+    return Usage(prompt_tokens=prompt, completion_tokens=generated,
+                 finish_reason="length" if generated >= limit else "stop")
 
 
 def counting_streamer(engine: TransformersEngine, tokenizer: Any, timeout_s: float) -> Any:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from agent.families import Family
+from agent import Family
 from plugins.hf import minicpm
 
 ALL_MEDIA = frozenset({"image", "video", "audio"})

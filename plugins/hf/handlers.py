@@ -12,9 +12,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agent import AUDIO_RATE, Frame, Handler, ModelRequest, Question, Window
-from agent.media import RGB
-from plugins import vad
+from agent import (
+    AUDIO_RATE,
+    RGB,
+    Frame,
+    Handler,
+    ModelRequest,
+    Part,
+    Question,
+    Segmenter,
+    Utterance,
+    Window,
+)
 
 DESCRIBE = "Describe what you see in one short sentence."
 SUMMARIZE = "Summarize what happened in these frames in one short sentence."
@@ -40,9 +49,11 @@ class _LLMHandler(Handler):
             instructions=question.instructions if question else "",
             history=question.history if question else (), **media)
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[str]:
-        async for text in self.ctx.stream(request):
-            yield text
+    async def stream(self, request: ModelRequest,
+                     question: Question | None = None) -> AsyncIterator[Part]:
+        """The model's answer parts, under the question's response options if asked."""
+        async for part in self.ctx.stream(request, question.options if question else None):
+            yield part
 
 
 class DescribeHandler(_LLMHandler):
@@ -52,19 +63,19 @@ class DescribeHandler(_LLMHandler):
     modality = "image"
     gated = True
 
-    async def respond(self, work: Window) -> AsyncIterator[str]:
+    async def respond(self, work: Window) -> AsyncIterator[Part]:
         assert work.frame is not None
         image = await asyncio.to_thread(work.frame.image)
-        async for text in self.stream(self.request(self.prompt, images=(image,))):
-            yield text
+        async for part in self.stream(self.request(self.prompt, images=(image,))):
+            yield part
 
-    async def answer(self, question: Question) -> AsyncIterator[str]:
+    async def answer(self, question: Question) -> AsyncIterator[Part]:
         if question.frame is None:
             return
         image = await asyncio.to_thread(question.frame.image)
         req = self.request(question.text or self.prompt, question, images=(image,))
-        async for text in self.stream(req):
-            yield text
+        async for part in self.stream(req, question):
+            yield part
 
 
 class VideoHandler(_LLMHandler):
@@ -103,19 +114,19 @@ class VideoHandler(_LLMHandler):
         fps = (len(frames) - 1) / span if len(frames) > 1 else 1.0
         return images, fps
 
-    async def respond(self, work: Window) -> AsyncIterator[str]:
+    async def respond(self, work: Window) -> AsyncIterator[Part]:
         video, fps = await self._video([f for _, f in self.frames])
-        async for text in self.stream(self.request(self.prompt, video=video, video_fps=fps)):
-            yield text
+        async for part in self.stream(self.request(self.prompt, video=video, video_fps=fps)):
+            yield part
 
-    async def answer(self, question: Question) -> AsyncIterator[str]:
+    async def answer(self, question: Question) -> AsyncIterator[Part]:
         frames = list(question.frames) or [f for _, f in self.frames]
         if not frames:
             return
         video, fps = await self._video(frames)
         req = self.request(question.text or self.prompt, question, video=video, video_fps=fps)
-        async for text in self.stream(req):
-            yield text
+        async for part in self.stream(req, question):
+            yield part
 
 
 class ListenHandler(_LLMHandler):
@@ -130,18 +141,18 @@ class ListenHandler(_LLMHandler):
         super().__init__(*args, **kwargs)
         chunk = self.ctx.options.get("chunk_s")
         self.chunk_s = float(chunk) if chunk else None
-        self.segmenter = None if self.chunk_s else vad.Segmenter(
+        self.segmenter = None if self.chunk_s else Segmenter(
             min_silence_s=float(self.ctx.options.get("min_silence_s", 0.5)))
         self._buffer: list[np.ndarray] = []
         self._start: float | None = None
-        self.last: vad.Utterance | None = None
+        self.last: Utterance | None = None
         self.recent: deque[np.ndarray] = deque(maxlen=10)  # windows: what a question hears
         # when no utterance was found
 
     def default_prompt(self) -> str:
         return LISTEN
 
-    def feed(self, window: Window) -> vad.Utterance | None:
+    def feed(self, window: Window) -> Utterance | None:
         if window.audio.size:
             self.recent.append(window.audio)
         t = window.end - window.audio.size / AUDIO_RATE
@@ -152,7 +163,7 @@ class ListenHandler(_LLMHandler):
         if not done:
             return None
         # several utterances ending in one window are one response, none dropped
-        self.last = done[0] if len(done) == 1 else vad.Utterance(
+        self.last = done[0] if len(done) == 1 else Utterance(
             done[0].start, done[-1].end, np.concatenate([u.audio for u in done]))
         return self.last
 
@@ -162,7 +173,7 @@ class ListenHandler(_LLMHandler):
         self._buffer, self._start = [], None
         self.recent.clear()
 
-    def _chunks(self, window: Window, t: float) -> list[vad.Utterance]:
+    def _chunks(self, window: Window, t: float) -> list[Utterance]:
         if self._start is None:
             self._start = t
         self._buffer.append(window.audio)
@@ -171,13 +182,13 @@ class ListenHandler(_LLMHandler):
         if audio.size < self.chunk_s * AUDIO_RATE and not (window.final and audio.size):
             return []
         self._buffer, start, self._start = [], self._start, None
-        return [vad.Utterance(start, start + audio.size / AUDIO_RATE, audio)]
+        return [Utterance(start, start + audio.size / AUDIO_RATE, audio)]
 
-    async def respond(self, work: vad.Utterance) -> AsyncIterator[str]:
-        async for text in self.stream(self.request(self.prompt, audio=work.audio)):
-            yield text
+    async def respond(self, work: Utterance) -> AsyncIterator[Part]:
+        async for part in self.stream(self.request(self.prompt, audio=work.audio)):
+            yield part
 
-    async def answer(self, question: Question) -> AsyncIterator[str]:
+    async def answer(self, question: Question) -> AsyncIterator[Part]:
         if self.last is not None:
             audio = self.last.audio
         elif self.recent:
@@ -185,8 +196,8 @@ class ListenHandler(_LLMHandler):
         else:
             return
         req = self.request(question.text or self.prompt, question, audio=audio)
-        async for text in self.stream(req):
-            yield text
+        async for part in self.stream(req, question):
+            yield part
 
 
 def load_examples(items: list[dict[str, str]]) -> list[tuple[RGB, str]]:

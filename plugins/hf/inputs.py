@@ -7,10 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from agent import AUDIO_RATE, ModelRequest, long_audio
-from agent.families import (
+from agent import (
+    AUDIO_RATE,
     Family,
+    ModelRequest,
     fit,
+    long_audio,
     media_parts,
     messages,
     pad_frames,

@@ -34,9 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from agent.engine import ModelRequest
-from agent.errors import EngineError
-from agent.families import ChatCall, fit, subsample
+from agent import ChatCall, EngineError, ModelRequest, fit, subsample
 
 log = logging.getLogger(__name__)
 TOKEN_TIMEOUT_S = 600.0

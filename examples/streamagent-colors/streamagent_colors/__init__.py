@@ -41,7 +41,7 @@ class ColorsHandler(Handler):
         self.last: str | None = None
 
     async def _name(self, frame_image: Any) -> str:
-        return "".join([c async for c in self.ctx.stream(ModelRequest(images=(frame_image,)))])
+        return "".join([c async for c in self.ctx.text(ModelRequest(images=(frame_image,)))])
 
     async def respond(self, work: Window) -> AsyncIterator[str]:
         assert work.frame is not None

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent import Family, ModelRequest, hookimpl
-from agent.families import Messages, messages
+from agent import Family, Messages, ModelRequest, hookimpl, messages
 
 
 def fold_instructions(request: ModelRequest, media: Messages) -> Messages:

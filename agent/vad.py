@@ -1,7 +1,8 @@
 """Voice activity with silero-vad's bundled ONNX model, through onnxruntime alone (no torch).
 
 ``Segmenter`` turns a stream of 16 kHz audio into utterances: speech starts when the speech
-probability crosses ``threshold`` and ends after ``min_silence_s`` below it.
+probability crosses ``threshold`` and ends after ``min_silence_s`` below it. Part of the plugin
+API: handlers use ``agent.Segmenter``, ``agent.Utterance`` and ``agent.load_vad``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from agent import AUDIO_RATE
-from agent.media import Audio
+from agent.media import AUDIO_RATE, Audio
 
 CHUNK = 512  # samples per VAD step at 16 kHz (32 ms)
 CONTEXT = 64
@@ -34,7 +34,8 @@ def _session() -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def load() -> None:
+def load_vad() -> None:
+    """Load the VAD model now (segmenters share it), e.g. off the event loop at start-up."""
     _session()
 
 
@@ -60,12 +61,16 @@ class SileroVAD:
 
 @dataclass(frozen=True, slots=True)
 class Utterance:
+    """One stretch of speech: media time of its first and past its last sample, 16 kHz audio."""
+
     start: float
     end: float
     audio: Audio
 
 
 class Segmenter:
+    """One audio stream's voice activity (one per handler instance: it keeps the VAD's state)."""
+
     def __init__(self, threshold: float = 0.5, min_silence_s: float = 0.5,
                  pre_roll_s: float = 0.2, max_utterance_s: float = 20.0) -> None:
         self.vad = SileroVAD()

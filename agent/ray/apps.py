@@ -1,8 +1,11 @@
 """Ray Serve applications for serve configs: typed ``args``, the builders, the gateway ingress.
 
-``import_path: agent.ray_pool:model_app`` / ``agent.ray_pool:gateway_app`` (re-exported
-there). A model that spans GPUs (vLLM with ``tensor_parallel_size > 1``) gets the matching
-placement group from its config (``placement``).
+``import_path: agent.ray.apps:model_app`` / ``agent.ray.apps:gateway_app``. A model that spans
+GPUs (vLLM with ``tensor_parallel_size > 1``) gets the matching placement group from its config
+(``placement``).
+
+The top of the package's layering: this imports ``replica``, ``pool`` and ``proxy``; none of
+them imports it.
 """
 
 from __future__ import annotations
@@ -10,9 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
 
 from agent import metrics
 from agent.config import Config, ModelConfig
+from agent.ray.pool import RayPool
+from agent.ray.proxy import MessageLimit
+from agent.ray.replica import ModelServer, load_plugin
 
 
 class ModelAppArgs(BaseModel):
@@ -45,19 +52,13 @@ class GatewayAppArgs(BaseModel):
 
 
 def model_app(args: dict[str, Any]) -> Any:
-    from ray import serve
-
     a = ModelAppArgs.model_validate(args)
-    from agent.ray_pool import ModelServer
-
     deployment: Any = serve.deployment(ModelServer, name=a.name, **placement(a.model))
     return deployment.bind(a.name, a.model.model_dump(), None, a.start_timeout_s, a.plugins,
                            a.stream_interval_s)
 
 
 def gateway_app(args: dict[str, Any]) -> Any:
-    from ray import serve
-
     a = GatewayAppArgs.model_validate(args)
     # the config's shutdown timeout, unless the deployment's own options in serve_config set it
     deployment: Any = serve.deployment(
@@ -75,13 +76,12 @@ class GatewayServer:
                  jpeg_quality: int = 90) -> None:
         from agent.gateway import Gateway
         from agent.plugins import collect, get_plugin_manager
-        from agent.ray_pool import RayPool, _load_object
         from agent.runtime import Runtime, with_model_profiles
 
         metrics.enable_ray()
         pm = get_plugin_manager()
         for spec in plugins or []:
-            pm.register(_load_object(spec))
+            pm.register(load_plugin(spec))
         cfg = with_model_profiles(Config.model_validate(config))
         runtime = Runtime(cfg, collect(pm), RayPool(models, first_delta_timeout_s,
                                                      jpeg_quality=jpeg_quality))
@@ -91,15 +91,12 @@ class GatewayServer:
     async def where(self) -> dict[str, Any]:
         """This replica's node, id and open session ids (for operators and tests)."""
         import ray
-        from ray import serve
 
         return {"node_id": ray.get_runtime_context().get_node_id(),
                 "replica": serve.get_replica_context().replica_id.unique_id,
                 "sessions": sorted(s.id for s in self.gateway.sessions)}
 
     def __serve_build_asgi_app__(self) -> Any:
-        from agent.ray_proxy import MessageLimit
-
         return MessageLimit(self.gateway.app(),
                             self.gateway.runtime.config.server.max_message_bytes)
 

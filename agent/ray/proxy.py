@@ -11,7 +11,7 @@ Serve's proxy ends the ASGI call without a ``websocket.close`` when the replica 
 websocket dies. Enable this on every node that runs a proxy, in the environment of ``ray start``
 (the proxy reads it at start-up)::
 
-    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=agent.ray_proxy:middlewares
+    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=agent.ray.proxy:middlewares
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
   the engine would apply anyway), then JPEG-encoded (``PackedRequest``); the replica decodes
   them before the engine sees the request. Eight 720p frames are 22 MB as raw RGB and a few
   hundred KB packed.
-- Text: the replica coalesces the engine's deltas (``coalesce``): the first at once, then
-  whatever arrived every ``interval_s``, so one Ray streaming item carries many tokens.
+- Answer parts: the replica coalesces the engine's text (``coalesce``): the first part at
+  once, then the text that arrived every ``interval_s``, so one Ray streaming item carries many
+  tokens; other parts (tool calls, audio, usage) pass through in order.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image
 
 from agent.engine import ModelRequest
 from agent.media import RGB
+from agent.parts import Part, TextDelta
 
 MIN_SIDE = 28
 COALESCE_QUEUE = 256
@@ -86,22 +88,23 @@ def has_pictures(request: ModelRequest) -> bool:
     return bool(request.images or request.video or request.examples)
 
 
-async def coalesce(stream: AsyncIterator[str], interval_s: float,
-                   ) -> AsyncGenerator[str, None]:
-    """Yield the first delta at once, then what arrived in each ``interval_s``, joined.
+async def coalesce(stream: AsyncIterator[Part], interval_s: float,
+                   ) -> AsyncGenerator[Part, None]:
+    """Yield the first part at once, then the text that arrived in each ``interval_s``, joined
+    into one ``TextDelta``. Other parts pass through in order (the text before them first).
 
     Closing this closes ``stream`` (a pump task reads it; cancelling the task closes it)."""
     if interval_s <= 0:
-        async for text in stream:
-            yield text
+        async for part in stream:
+            yield part
         return
-    queue: asyncio.Queue[tuple[bool, str | BaseException | None]] = \
+    queue: asyncio.Queue[tuple[bool, Part | BaseException | None]] = \
         asyncio.Queue(COALESCE_QUEUE)
 
     async def pump() -> None:
         try:
-            async for text in stream:
-                await queue.put((False, text))
+            async for part in stream:
+                await queue.put((False, part))
             await queue.put((True, None))
         except Exception as exc:
             await queue.put((True, exc))
@@ -113,30 +116,33 @@ async def coalesce(stream: AsyncIterator[str], interval_s: float,
     task = asyncio.create_task(pump(), name="coalesce")
     loop = asyncio.get_running_loop()
     try:
-        parts: list[str] = []
+        texts: list[str] = []
         first, deadline = True, 0.0
         while True:
             try:
                 done, item = await asyncio.wait_for(
-                    queue.get(), None if not parts else max(0.0, deadline - loop.time()))
+                    queue.get(), None if not texts else max(0.0, deadline - loop.time()))
             except TimeoutError:
-                yield "".join(parts)
-                parts.clear()
+                yield TextDelta("".join(texts))
+                texts.clear()
                 continue
             if done:
-                if parts:
-                    yield "".join(parts)
+                if texts:
+                    yield TextDelta("".join(texts))
                 if isinstance(item, BaseException):
                     raise item
                 return
-            assert isinstance(item, str)
-            if first:
+            assert item is not None and not isinstance(item, BaseException)
+            if first or not isinstance(item, TextDelta):
                 first = False
+                if texts:
+                    yield TextDelta("".join(texts))
+                    texts.clear()
                 yield item
                 continue
-            if not parts:
+            if not texts:
                 deadline = loop.time() + interval_s
-            parts.append(item)
+            texts.append(item.text)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
