@@ -274,6 +274,28 @@ async def test_pictures_cross_packed_and_text_coalesced(fake_models: list[str]) 
     await pool.close()
 
 
+async def test_a_function_call_and_usage_cross_the_hop_to_the_realtime_client(
+        fake_models: list[str]) -> None:
+    """A model's non-text parts reach the protocol over Ray, in order after the coalesced
+    text: the call as a function_call item, its token count in the response's usage."""
+    deploy_fake("caller", tokens=30, tool_call="alert")
+    async with running(ray_runtime([*fake_models, "caller"], profile="caller")) as address:
+        client = await Client.connect(f"{address.ws}/v1/realtime?model=default")
+        await client.send({"type": "response.create"})
+        seen = await client.until("response.done")
+        await client.close()
+    kinds = [e["type"] for e in seen]
+    first_call = kinds.index("response.function_call_arguments.delta")
+    assert "response.output_text.delta" not in kinds[first_call:]
+    assert "".join(texts(seen)) == "".join(f"tok{i} " for i in range(30))
+    response = seen[-1]["response"]
+    assert [o["type"] for o in response["output"]] == ["message", "function_call"]
+    assert (response["output"][1]["name"], response["output"][1]["arguments"]) == (
+        "alert", '{"window": 1}')
+    assert response["usage"]["output_tokens"] == 30  # the engine's count, not the hop's items
+    serve.delete("caller")
+
+
 def test_streamagent_serve_with_ray_address(cluster: int, tmp_path: Path) -> None:
     """`streamagent serve --ray-address ADDR` in its own process joins the cluster and streams
     from the Serve model applications; installed plugins' models with no application (asr,
