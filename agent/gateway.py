@@ -21,13 +21,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from agent import beta, events, gemini, metrics
-from agent.chat_api import ChatAPI
+from agent import metrics
 from agent.errors import StreamAgentError
 from agent.heap import HeapTrimmer
 from agent.looplag import LoopLag
+from agent.protocols.chat.api import ChatAPI
+from agent.protocols.gemini import session as gemini
+from agent.protocols.realtime import beta, events
+from agent.protocols.realtime.session import RealtimeSession
 from agent.runtime import Runtime
-from agent.session import RealtimeSession
 
 log = logging.getLogger(__name__)
 CLOSE_POLICY = 1008

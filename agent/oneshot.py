@@ -12,11 +12,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from agent import events
 from agent.answers import answers
 from agent.config import ProfileConfig
 from agent.engine import ModelRequest
 from agent.handler import Handler, Question, ResponseOptions, SessionOptions
+from agent.ids import new_id
 from agent.live import MAX_RECENT_FRAMES
 from agent.media import AUDIO_RATE, Frame, Window
 from agent.parts import Part
@@ -31,7 +31,7 @@ async def profile_answer(runtime: Runtime, profile: ProfileConfig,
     """Stream the profile's answer to ``request`` (its text, media and conversation). Every
     model call made for it is capped at the request's ``max_new_tokens``, and their ``Usage``
     parts come with the answer, as a realtime response's do."""
-    session_id = events.new_id("chat")
+    session_id = new_id("chat")
     cap = request.options.get("max_new_tokens")
     options = SessionOptions(ResponseOptions(max_new_tokens=None if cap is None else int(cap)))
     handlers = [runtime.make_handler(name, session_id, profile, options)

@@ -19,7 +19,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from agent.chat_request import Builder, ChatRequest
+from agent.protocols.chat.request import Builder, ChatRequest
 from agent.config import ServerConfig
 
 

@@ -19,7 +19,7 @@ import pytest
 import websockets
 from PIL import Image
 
-from agent.session import RealtimeSession
+from agent.protocols.realtime.session import RealtimeSession
 from agent.testing import data_url, fake_runtime
 from agent.uvicorn_server import Address, running
 from tests.helpers import Client

@@ -19,7 +19,8 @@ from agent.engine import ModelRequest
 from agent.handler import HandlerContext, ResponseOptions
 from agent.parts import Part, TextDelta, ToolCallDelta, Usage
 from agent.pool import LocalPool
-from agent.responses import ResponseRun
+from agent.protocols.realtime.responses import RealtimeSink
+from agent.response import Response
 from agent.testing import FakeEngine, ServerThread, fake_runtime
 from agent.uvicorn_server import Address, running
 from tests.helpers import Client
@@ -73,7 +74,7 @@ async def test_a_live_response_of_only_a_call_has_no_empty_message() -> None:
         yield ToolCallDelta(0, arguments="1}")
         yield Usage(prompt_tokens=3, completion_tokens=4)
 
-    await ResponseRun(send, {}).run(parts(), eager=False)
+    await Response(RealtimeSink(send), {}).run(parts(), eager=False)
     output = sent[-1]["response"]["output"]
     assert [(o["type"], o["call_id"], o["arguments"]) for o in output] == [
         ("function_call", "call_a", '{"x": 1}'), ("function_call", "call_b", "{}")]

@@ -13,7 +13,7 @@ import pytest
 import websockets
 from openai.types.beta.realtime import realtime_server_event
 
-from agent import beta
+from agent.protocols.realtime import beta
 from agent.testing import FakeEngine, data_url, fake_runtime, jpeg_bytes
 from agent.uvicorn_server import running
 

@@ -123,7 +123,7 @@ def frame_event(b64: str, ts: float) -> dict[str, Any]:
 @pytest.mark.slow
 async def test_static_scene_costs_no_model_call_and_a_corner_change_is_read(
         reader: tuple[str, dict[str, int]], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="agent.session")
+    caplog.set_level(logging.INFO, logger="agent.conversation")
     url, calls = reader
     client = await Client.connect(url)
     try:

@@ -17,7 +17,7 @@ import pytest_asyncio
 import websockets
 
 from agent import Handler, ModelRequest, Part, Window, hookimpl
-from agent.outbox import Outbox
+from agent.protocols.outbox import Outbox
 from agent.runtime import Runtime
 from agent.testing import data_url, fake_runtime, image_event, jpeg_bytes
 from agent.uvicorn_server import Address, running
@@ -262,7 +262,7 @@ async def test_close_log_counts_refused_frames(served: Any,
                                                caplog: pytest.LogCaptureFixture) -> None:
     address, runtime = served
     runtime.config.server.max_frames_per_s = 2
-    caplog.set_level(logging.INFO, logger="agent.session")
+    caplog.set_level(logging.INFO, logger="agent.conversation")
     client = await Client.connect(url(address))
     frame = image_event(data_url(jpeg_bytes("x")))
     for _ in range(5):

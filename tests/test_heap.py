@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 from agent import gateway
-from agent.session import RealtimeSession
+from agent.protocols.realtime.session import RealtimeSession
 from agent.testing import fake_runtime
 from agent.uvicorn_server import running
 

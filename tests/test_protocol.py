@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from agent import protocol
 from agent.errors import InvalidRequest, UnknownEvent
+from agent.protocols.realtime import wire as protocol
 
 
 def parse(obj: object) -> protocol.ClientEvent:

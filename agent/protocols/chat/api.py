@@ -18,12 +18,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from agent import events, oneshot
-from agent.chat_request import Builder, ChatRequest, explain
+from agent import oneshot
 from agent.engine import ModelRequest
 from agent.errors import InvalidRequest, StreamAgentError, UnknownModel
+from agent.ids import new_id
 from agent.parts import Part, TextDelta, ToolCallDelta, Usage, total_usage
-from agent.protocol import check_containers
+from agent.protocols.chat.request import Builder, ChatRequest, explain
+from agent.protocols.common import check_containers
 from agent.runtime import Runtime
 
 
@@ -151,7 +152,7 @@ class ChatAPI:
             yield pending
 
     async def _sse(self, chat: ChatRequest, req: ModelRequest) -> AsyncIterator[str]:
-        cid, created = events.new_id("chatcmpl"), int(time.time())
+        cid, created = new_id("chatcmpl"), int(time.time())
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created,
@@ -235,7 +236,7 @@ class _Cut:
             self.calls[part.index]["function"]["arguments"] += part.arguments
             return part
         if not part.call_id:
-            part = replace(part, call_id=events.new_id("call"))
+            part = replace(part, call_id=new_id("call"))
         self.calls[part.index] = tool_call(part)
         return part
 
@@ -270,7 +271,7 @@ def _completion(model: str, text: str, cut: _Cut) -> dict[str, Any]:
                                  for c in cut.calls.values()]
     else:
         message["content"] = text
-    return {"id": events.new_id("chatcmpl"), "object": "chat.completion",
+    return {"id": new_id("chatcmpl"), "object": "chat.completion",
             "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": cut.finish_reason()}],
             "usage": cut.wire_usage()}

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.conversation import Conversation
 
 log = logging.getLogger(__name__)
 OUTBOX_SIZE = 256
@@ -28,10 +31,12 @@ class Outbox:
         """The dialect's form of an event (``None``: not sent), applied before it is queued."""
         self.stall_s = stall_s
         self.max_bytes = max_bytes
-        self.queue: asyncio.Queue[str] = asyncio.Queue(OUTBOX_SIZE)
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(OUTBOX_SIZE + 1)  # + the end
         self.bytes = 0
         self._taken = asyncio.Event()
         self.stalled = asyncio.Event()
+        self.ended = asyncio.Event()
+        """Set when the writer has sent everything before ``end()`` (or the outbox closed)."""
         self.closed = False
         self.close_code: int | None = None
         self.close_reason = ""
@@ -59,7 +64,7 @@ class Outbox:
         self.bytes += len(text)
 
     def _room(self, size: int) -> bool:
-        if self.queue.full():
+        if self.queue.qsize() >= OUTBOX_SIZE:
             return False
         return self.queue.empty() or self.bytes + size <= self.max_bytes
 
@@ -70,6 +75,12 @@ class Outbox:
             self.closed = True
             self.stalled.set()
 
+    def end(self) -> None:
+        """No more events: the writer sends those waiting, then stops (``ended``)."""
+        if not self.closed:
+            self.closed = True
+            self.queue.put_nowait(None)
+
     def close(self) -> None:
         """No more events; those waiting are dropped (the client has gone or the session is
         over), so a session kept alive by a reference cycle holds none of them."""
@@ -77,6 +88,7 @@ class Outbox:
         while not self.queue.empty():
             self.queue.get_nowait()
         self.bytes = 0
+        self.ended.set()
 
     def qsize(self) -> int:
         return self.queue.qsize()
@@ -85,6 +97,33 @@ class Outbox:
         """Send events as the socket takes them (the session's writer task)."""
         while True:
             text = await self.queue.get()
+            if text is None:
+                self.ended.set()
+                return
             self.bytes -= len(text)
             self._taken.set()
             await send_text(text)
+
+
+async def serve(conversation: Conversation, outbox: Outbox,
+                send_text: Callable[[str], Awaitable[None]],
+                reader: Coroutine[Any, Any, None]) -> None:
+    """Run a conversation's socket: its reader, its outbox's writer, and a watch on a client
+    that stops reading. Whichever ends first ends the rest, and everything the conversation
+    started is cancelled."""
+    sid = conversation.id
+    tasks: list[asyncio.Task[Any]] = [
+        asyncio.create_task(outbox.write(send_text), name=f"writer-{sid}"),
+        asyncio.create_task(reader, name=f"reader-{sid}"),
+        asyncio.create_task(outbox.stalled.wait(), name=f"stalled-{sid}")]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        outbox.close()
+        for task in tasks:
+            task.cancel()
+        await conversation.close()
+        await asyncio.gather(*tasks, return_exceptions=True)

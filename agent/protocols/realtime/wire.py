@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from agent.errors import InvalidRequest, UnknownEvent
+from agent.protocols.common import MediaExtension, StreamagentSession, check_containers
 
 TokenCap = Annotated[int, Field(ge=1, le=4096)] | Literal["inf"]
 """``max_output_tokens``: 1-4096, or ``"inf"`` for the model's own limit (as in OpenAI's API)."""
@@ -18,26 +19,6 @@ TokenCap = Annotated[int, Field(ge=1, le=4096)] | Literal["inf"]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class MediaExtension(_Model):
-    """``streamagent`` on a frame or audio chunk: its media timestamp in seconds."""
-
-    timestamp: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-
-
-class StreamagentSession(_Model):
-    """The ``streamagent`` object of ``session.update``: what the OpenAI standard lacks."""
-
-    live: bool | None = None
-    sample_fps: float | None = Field(default=None, gt=0, le=30)
-    handlers: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None,
-                                                                        max_length=32)
-    video_window_s: float | None = Field(default=None, gt=0, le=600)
-    models: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=128)]] \
-        | None = Field(default=None, max_length=32)
-    lora: str | None = Field(default=None, max_length=128)
-    """A LoRA adapter of the session's models (``options.lora`` in their config); ``""``: none."""
 
 
 class AudioFormat(_Model):
@@ -167,24 +148,6 @@ EVENT_TYPES = (
     "response.cancel",
 )
 _adapter: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
-
-
-MAX_JSON_CONTAINERS = 65_536
-"""Objects and arrays one client message may open (every ``{`` and ``[``, strings included).
-Parsing allocates each on the event loop, which every session shares: a 4 MB message of a
-million empty arrays held it 0.35 s; an 8 MB picture event parses in 1 ms."""
-
-
-def check_containers(message: str | bytes, limit: int = MAX_JSON_CONTAINERS) -> None:
-    """Refuse a message that opens more than ``limit`` objects and arrays, before parsing it
-    (counting 8 MB takes 6 ms; a message shorter than 2 x ``limit`` cannot open that many)."""
-    if len(message) <= 2 * limit:
-        return
-    opens = (message.count("{") + message.count("[") if isinstance(message, str)
-             else message.count(b"{") + message.count(b"["))
-    if opens > limit:
-        raise InvalidRequest(f"message opens {opens} JSON objects and arrays (counting '{{' and "
-                             f"'[' in strings too); at most {limit}")
 
 
 def parse_event(message: str | bytes | dict[str, Any]) -> ClientEvent:

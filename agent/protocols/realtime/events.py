@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from agent import metrics
 from agent.errors import StreamAgentError
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+from agent.ids import new_id
 
 
 def event(type_: str, **fields: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from agent.errors import InvalidRequest
-from agent.protocol import check_containers
+from agent.protocols.common import check_containers
 
 SendText = Callable[[str], Awaitable[None]]
 SUBPROTOCOL = "openai-beta.realtime-v1"

@@ -1,0 +1,275 @@
+"""A client's conversation, whatever the protocol: its media and handlers, its history and
+instructions, its responses (one question at a time, live ones per handler) and its input
+limits. Protocol adapters (``agent.protocols``) turn their wire events into these commands and
+show the responses through a ``ResponseSink`` of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from agent.answers import answers, response_metadata
+from agent.audio import AudioConverter
+from agent.engine import Turn
+from agent.errors import ConversationBusy, NoActiveResponse
+from agent.handler import Handler, Question, SessionOptions
+from agent.ids import new_id
+from agent.intake import Intake
+from agent.live import LiveMedia
+from agent.media import image_frame
+from agent.parts import Part
+from agent.response import Response, ResponseSink
+from agent.runtime import Runtime
+
+log = logging.getLogger(__name__)
+Sinks = Callable[[], ResponseSink]
+"""Makes the sink of each new response (the protocol's way of showing it)."""
+UNCHANGED: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A change of the conversation's settings; what is left out stays as it is. Everything is
+    checked before anything changes."""
+
+    instructions: str | None = None
+    audio_rate: int | None = None
+    max_output_tokens: int | None = UNCHANGED
+    """A cap on every response's tokens; ``None``: the models' own limits."""
+    live: bool | None = None
+    sample_fps: float | None = None
+    video_window_s: float | None = None
+    handlers: list[str] | None = None
+    models: dict[str, str] | None = None
+    lora: str | None = None
+    """A LoRA adapter of the conversation's models; ``""``: none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """A picture as sent: a data URL, at ``ts`` seconds of media time (``None``: now)."""
+
+    url: str
+    ts: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sound:
+    """Base64 PCM16 at the conversation's audio rate, heard as one utterance."""
+
+    pcm16: str
+
+
+Content = str | Image | Sound
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """A request for one response (question mode)."""
+
+    instructions: str | None = None
+    metadata: dict[str, str] | None = None
+    remember: bool = True
+    """Whether the answer joins the conversation (``False``: out of band)."""
+    context: tuple[Turn, ...] | None = None
+    """The messages this response answers instead of the conversation (the last user turn is
+    the question); the conversation's pending text then waits."""
+    max_output_tokens: int | None = None
+
+
+class Conversation:
+    def __init__(self, runtime: Runtime, model: str, sinks: Sinks) -> None:
+        self.runtime = runtime
+        self.model = model
+        self.profile = runtime.profile(model)
+        self.id = new_id("sess")
+        self.sinks = sinks
+        self.instructions = self.profile.instructions
+        self.audio_rate = 24000
+        self.converter = AudioConverter(self.audio_rate)
+        server = runtime.config.server
+        self.history: deque[Turn] = deque(maxlen=server.max_history)
+        self.pending_text: list[str] = []
+        self.responses: dict[str, Response] = {}
+        self.options = SessionOptions()
+        self.media = LiveMedia(runtime, self.id, self._live_response, profile=self.profile,
+                               options=self.options)
+        self.media.live = self.profile.live
+        self.intake = Intake(server)
+        self.question: Response | None = None
+
+    def start(self) -> None:
+        """Start the media clock and the profile's handlers (``HandlerFailed``: some did not
+        start; the conversation goes on with the others)."""
+        self.media.start()
+        self.media.set_handlers(self.runtime.default_handlers(self.profile))
+
+    async def close(self) -> None:
+        """Cancel every response and stop the handlers; log what the conversation did."""
+        tasks = [r.task for r in self.responses.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        counts = self.counts()
+        await self.media.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("session %s closed: %d frames, %d dropped before decoding, %d refused, "
+                 "%d windows, %d dropped by busy handlers, %d skipped as unchanged",
+                 self.id, *counts)
+
+    def counts(self) -> tuple[int, ...]:
+        st = self.media.sampler.stats
+        return (st.frames, st.frames_dropped, self.intake.frames_refused, st.windows,
+                self.media.handlers_dropped, self.media.windows_skipped)
+
+    def configure(self, change: Settings, where: str = "session") -> None:
+        """Apply ``change``; ``where`` names the settings object in error messages."""
+        handlers = change.handlers if change.handlers is not None else self.media.handler_names
+        if change.handlers is not None:
+            self.runtime.check_handlers(change.handlers, self.profile)
+        if change.models is not None:
+            self.runtime.check_models(change.models, param=f"{where}.streamagent.models")
+        if change.lora:
+            self.runtime.check_lora(change.lora, handlers, self.profile)
+        if change.audio_rate is not None:
+            self.converter = AudioConverter(change.audio_rate)
+            self.audio_rate = change.audio_rate
+        if change.instructions is not None:
+            self.intake.text(change.instructions, 0, param=f"{where}.instructions")
+            self.instructions = change.instructions
+        if change.max_output_tokens is not UNCHANGED:
+            self._set_options(max_new_tokens=change.max_output_tokens)
+        if change.live is not None:
+            self.media.live = change.live
+        if change.sample_fps is not None:
+            self.media.set_fps(change.sample_fps)
+        if change.video_window_s is not None:
+            self.media.set_video_window(change.video_window_s)
+        if change.models is not None:
+            self.profile = self.media.set_models(change.models)
+        if change.lora is not None:
+            self._set_options(lora=change.lora or None)
+        if change.handlers is not None:
+            self.media.set_handlers(change.handlers)
+
+    def _set_options(self, **changes: Any) -> None:
+        self.options.response = replace(self.options.response, **changes)
+
+    def add_audio(self, pcm16: str, ts: float | None = None) -> None:
+        """Base64 PCM16 at the conversation's rate, within its audio rate limit."""
+        self.intake.audio_seconds(len(pcm16) * 3 / 4 / 2 / self.audio_rate)
+        self.media.add_audio(self.converter(pcm16), ts)
+
+    def commit_audio(self) -> None:
+        """The audio so far ends its window: utterances in it end."""
+        self.media.flush()
+
+    def clear_audio(self) -> None:
+        self.converter = AudioConverter(self.audio_rate)
+        self.media.clear_audio()
+
+    def add_message(self, role: str, content: list[Content]) -> None:
+        """A message: a user's text waits for the next question, a system text replaces the
+        instructions, an assistant's joins the history; pictures and sounds go to the media."""
+        text = "".join(c for c in content if isinstance(c, str))
+        self.intake.text(text, sum(map(len, self.pending_text)) if role == "user" else 0)
+        for part in content:
+            if isinstance(part, str):
+                if role == "system":
+                    self.instructions = part
+                elif role == "user":
+                    self.pending_text.append(part)
+                else:
+                    self.history.append(Turn(role, part))
+            elif isinstance(part, Image):
+                self.add_image(part)
+            else:
+                self.add_audio(part.pcm16)
+                self.media.flush()
+
+    def add_image(self, image: Image) -> None:
+        self.intake.frame()
+        ts = self.media.sampler.now() if image.ts is None else image.ts
+        self.media.add_frame(image_frame(image.url, ts))
+
+    def ask(self, ask: Ask) -> Response:
+        """Start the one question-mode response (``ConversationBusy`` while one runs)."""
+        if self.question is not None:
+            raise ConversationBusy.about(self.question.id)
+        self.intake.text(ask.instructions or "", 0, param="response.instructions")
+        question = self._question(ask)
+        handlers = [s.handler for s in self.media.slots.values()]
+        meta = response_metadata("+".join(h.name for h in handlers),
+                                 "+".join(sorted({h.modality for h in handlers})),
+                                 question.window)
+        meta = {**(ask.metadata or {}), **meta}
+        self.question = self._launch(Response(self.sinks(), meta),
+                                     answers(handlers, question, self.media.settled),
+                                     eager=True, remember=ask.remember)
+        return self.question
+
+    def _question(self, ask: Ask) -> Question:
+        frames = self.media.latest_frames()
+        options = self.options.response
+        if ask.max_output_tokens is not None:
+            options = replace(options, max_new_tokens=ask.max_output_tokens)
+        question = Question(
+            text="\n".join(self.pending_text),
+            instructions=ask.instructions or self.instructions,
+            frame=frames[-1] if frames else None, frames=frames,
+            window=self.media.last_window, history=tuple(self.history), options=options)
+        if ask.context is None:
+            self.history.extend(Turn("user", text) for text in self.pending_text)
+            self.pending_text.clear()
+            return question
+        turns: list[Turn] = []  # its own context; the conversation waits
+        instructions = question.instructions
+        for turn in ask.context:
+            if turn.role == "system":
+                instructions = turn.text
+            else:
+                turns.append(turn)
+        last_user = max((i for i, t in enumerate(turns) if t.role == "user"), default=None)
+        if last_user is None:
+            return replace(question, text="", instructions=instructions, history=tuple(turns))
+        return replace(question, text=turns[last_user].text, instructions=instructions,
+                       history=tuple(turns[:last_user] + turns[last_user + 1:]))
+
+    def cancel(self, response_id: str | None = None) -> None:
+        runs = [r for r in self.responses.values() if response_id in (None, r.id)]
+        if not runs:
+            raise NoActiveResponse(
+                "no active response" + (f" with id {response_id}" if response_id else ""),
+                param="response_id")
+        for run in runs:
+            run.cancel()
+            if run is self.question:  # cancelled: the next question may start now
+                self.question = None
+
+    async def _live_response(self, handler: Handler, work: Any) -> None:
+        meta = response_metadata(handler.name, handler.modality, work)
+        meta["windows_skipped"] = str(self.media.skipped(handler.name))
+        run = self._launch(Response(self.sinks(), meta), handler.respond(work), eager=False)
+        if run.task is not None:
+            await run.task  # a cancelled worker cancels its response too
+
+    def _launch(self, run: Response, parts: AsyncIterator[str | Part], eager: bool,
+                remember: bool = False) -> Response:
+        async def go() -> str:
+            try:
+                text = await run.run(parts, eager)
+            finally:
+                self.responses.pop(run.id, None)
+                if self.question is run:
+                    self.question = None
+            if remember and text:
+                self.history.append(Turn("assistant", text))
+            return text
+
+        self.responses[run.id] = run
+        run.task = asyncio.create_task(go(), name=f"response-{run.id}")
+        return run
+

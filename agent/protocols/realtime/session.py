@@ -1,0 +1,183 @@
+"""One OpenAI Realtime session per websocket: client events become conversation commands, and
+the conversation's responses become server events.
+
+The only place that maps errors to this wire. Per-message problems become ``error`` events and
+the session goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from agent.conversation import UNCHANGED, Ask, Content, Conversation, Image, Settings, Sound
+from agent.engine import Turn
+from agent.errors import HandlerFailed, InvalidMedia, InvalidRequest, StreamAgentError
+from agent.ids import new_id
+from agent.intake import Intake
+from agent.protocols.common import extension
+from agent.protocols.outbox import Outbox, Render, serve
+from agent.protocols.realtime import events, wire
+from agent.protocols.realtime.responses import RealtimeSink
+from agent.runtime import Runtime
+
+log = logging.getLogger(__name__)
+SendText = Callable[[str], Awaitable[None]]
+Message = str | bytes | dict[str, Any]
+"""A client message: JSON text, or an object a dialect has parsed (and bounded) already."""
+
+
+def token_cap(value: int | str) -> int | None:
+    """``max_output_tokens``: a positive number, or ``"inf"`` for the model's own limit."""
+    return None if value == "inf" else int(value)
+
+
+class RealtimeSession:
+    def __init__(self, runtime: Runtime, model: str, send_text: SendText,
+                 render: Render | None = None) -> None:
+        """``render``: a dialect's form of each server event (``None``: not sent)."""
+        server = runtime.config.server
+        self.conversation = Conversation(runtime, model, lambda: RealtimeSink(self.send))
+        self.id = self.conversation.id
+        self.model = model
+        self.runtime = runtime
+        self.send_text = send_text
+        self.outbox = Outbox(self.id, server.slow_client_timeout_s, server.max_outbox_bytes,
+                             render)
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.outbox.put(event)
+
+    async def run(self, messages: AsyncIterator[Message]) -> None:
+        """Serve until the client goes away, the writer dies or the client stops reading."""
+        await serve(self.conversation, self.outbox, self.send_text, self._read(messages))
+
+    async def _read(self, messages: AsyncIterator[Message]) -> None:
+        failed = None
+        try:
+            self.conversation.start()
+        except HandlerFailed as exc:  # the session goes on with the handlers that started
+            failed = exc
+        await self.send(events.event("session.created", session=self._session_object()))
+        if failed is not None:
+            await self.send(events.error(failed))
+        async for message in messages:  # a socket can hold thousands of small messages that
+            await self.handle(message)  # arrive without a wait: let the other tasks run
+            await asyncio.sleep(0)
+
+    async def handle(self, message: Message) -> None:
+        event_id = None
+        try:
+            if isinstance(message, bytes):
+                raise InvalidRequest("binary messages are not supported: send JSON text")
+            event = wire.parse_event(message)
+            event_id = event.event_id
+            await self.dispatch(event)
+        except StreamAgentError as exc:
+            await self.send(events.error(exc, event_id))
+        except Exception as exc:  # a bug: say so, and keep the session
+            log.exception("session %s: event %s failed", self.id, event_id)
+            await self.send(events.error(StreamAgentError(f"internal error: {exc!r}"), event_id))
+
+    async def dispatch(self, event: wire.ClientEvent) -> None:
+        conv = self.conversation
+        if isinstance(event, wire.SessionUpdate):
+            conv.configure(settings(event.session))
+            await self.send(events.event("session.updated", session=self._session_object()))
+        elif isinstance(event, wire.AudioAppend):
+            conv.add_audio(event.audio, event.streamagent.timestamp if event.streamagent else None)
+        elif isinstance(event, wire.AudioCommit):
+            conv.commit_audio()
+            await self.send(events.event("input_audio_buffer.committed",
+                                         item_id=new_id("item"), previous_item_id=None))
+        elif isinstance(event, wire.AudioClear):
+            conv.clear_audio()
+            await self.send(events.event("input_audio_buffer.cleared"))
+        elif isinstance(event, wire.ItemCreate):
+            await self._add_item(event)
+        elif isinstance(event, wire.ResponseCreate):
+            conv.ask(ask(event.response, conv.intake))
+        elif isinstance(event, wire.ResponseCancel):
+            conv.cancel(event.response_id)
+
+    def _session_object(self) -> dict[str, Any]:
+        conv, runtime = self.conversation, self.runtime
+        media = conv.media
+        return events.session_object(self.id, self.model, {
+            "instructions": conv.instructions,
+            "output_modalities": ["text"],
+            "max_output_tokens": conv.options.response.max_new_tokens or "inf",
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": conv.audio_rate}}},
+            "streamagent": {
+                "live": media.live,
+                "sample_fps": 1.0 / media.sampler.window_s,
+                "handlers": media.handler_names,
+                "video_window_s": media.video_window_s,
+                "available_handlers": runtime.usable_handlers(conv.profile),
+                "models": {h: runtime.model_for(h, conv.profile) for h in media.handler_names},
+                "lora": conv.options.response.lora,
+            },
+        })
+
+    async def _add_item(self, event: wire.ItemCreate) -> None:
+        item = event.item
+        self.conversation.add_message(
+            item.role, [c for c in map(content, item.content) if c is not None])
+        item_id = item.id or new_id("item")
+        out = {"id": item_id, "object": "realtime.item", "type": "message", "role": item.role,
+               "status": "completed",
+               "content": [p.model_dump(exclude_none=True) for p in item.content]}
+        prev = event.previous_item_id
+        await self.send(events.event("conversation.item.added", previous_item_id=prev, item=out))
+        await self.send(events.event("conversation.item.done", previous_item_id=prev, item=out))
+
+
+def settings(params: wire.SessionParams) -> Settings:
+    """A ``session.update`` as a conversation settings change (the audio format checked)."""
+    fmt = params.audio.input.format if params.audio and params.audio.input else None
+    if fmt is not None and fmt.type not in ("audio/pcm", "pcm16"):
+        raise InvalidMedia(f"unsupported audio format {fmt.type!r}; use audio/pcm",
+                           param="session.audio.input.format.type")
+    cap = (UNCHANGED if params.max_output_tokens is None
+           else token_cap(params.max_output_tokens))
+    return extension(params.streamagent, Settings(
+        instructions=params.instructions, audio_rate=fmt.rate if fmt is not None else None,
+        max_output_tokens=cap))
+
+
+def content(part: wire.InputText | wire.InputImage | wire.InputAudio) -> Content | None:
+    if isinstance(part, wire.InputText):
+        return part.text
+    if isinstance(part, wire.InputImage):
+        return Image(part.image_url, part.streamagent.timestamp if part.streamagent else None)
+    return Sound(part.audio) if part.audio is not None else None  # a transcript alone: kept
+
+
+def ask(params: wire.ResponseParams | None, intake: Intake) -> Ask:
+    """A ``response.create`` as a question (``response.input``: its own context)."""
+    if params is None:
+        return Ask()
+    return Ask(instructions=params.instructions or None, metadata=params.metadata,
+               remember=params.conversation != "none",
+               context=None if params.input is None else own_context(params.input, intake),
+               max_output_tokens=(token_cap(params.max_output_tokens)
+                                  if params.max_output_tokens else None))
+
+
+def own_context(items: list[wire.Item], intake: Intake) -> tuple[Turn, ...]:
+    """``response.input``: text messages only; the session's media stay what the handlers
+    see."""
+    turns: list[Turn] = []
+    for item in items:
+        parts = [p for p in item.content if isinstance(p, wire.InputText)]
+        text = "".join(p.text for p in parts)
+        if len(parts) < len(item.content):
+            raise InvalidRequest("response.input takes message items with input_text parts "
+                                 "only; send media with conversation.item.create",
+                                 param="response.input")
+        intake.text(text, sum(len(t.text) for t in turns if t.role != "system"),
+                    param="response.input")
+        turns.append(Turn(item.role, text))
+    return tuple(turns)
