@@ -15,7 +15,7 @@ from typing import Any
 from agent.answers import answers, response_metadata
 from agent.audio import AudioConverter
 from agent.engine import Turn
-from agent.errors import ConversationBusy, NoActiveResponse
+from agent.errors import ConversationBusy, NoActiveResponse, Overloaded
 from agent.handler import Handler, Question, SessionOptions
 from agent.ids import new_id
 from agent.intake import Intake
@@ -117,13 +117,13 @@ class Conversation:
         await self.media.close()
         await asyncio.gather(*tasks, return_exceptions=True)
         log.info("session %s closed: %d frames, %d dropped before decoding, %d refused, "
-                 "%d windows, %d dropped by busy handlers, %d skipped as unchanged",
-                 self.id, *counts)
+                 "%d windows, %d dropped by busy handlers, %d skipped as unchanged, "
+                 "%d waited for a full model queue", self.id, *counts)
 
     def counts(self) -> tuple[int, ...]:
         st = self.media.sampler.stats
         return (st.frames, st.frames_dropped, self.intake.frames_refused, st.windows,
-                self.media.handlers_dropped, self.media.windows_skipped)
+                self.media.handlers_dropped, self.media.windows_skipped, self.media.deferred)
 
     def configure(self, change: Settings, where: str = "session") -> None:
         """Apply ``change``; ``where`` names the settings object in error messages."""
@@ -249,12 +249,16 @@ class Conversation:
             if run is self.question:  # cancelled: the next question may start now
                 self.question = None
 
-    async def _live_response(self, handler: Handler, work: Any) -> None:
+    async def _live_response(self, handler: Handler, work: Any) -> str:
+        """A live response to ``work``; how it ended. A full model queue is not the client's
+        problem here: the response says nothing and ends ``deferred`` (the window waits)."""
         meta = response_metadata(handler.name, handler.modality, work)
         meta["windows_skipped"] = str(self.media.skipped(handler.name))
-        run = self._launch(Response(self.sinks(), meta), handler.respond(work), eager=False)
+        run = self._launch(Response(self.sinks(), meta, defer=Overloaded), handler.respond(work),
+                           eager=False)
         if run.task is not None:
             await run.task  # a cancelled worker cancels its response too
+        return run.status
 
     def _launch(self, run: Response, parts: AsyncIterator[str | Part], eager: bool,
                 remember: bool = False) -> Response:

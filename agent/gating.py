@@ -89,22 +89,41 @@ class SceneGate:
     skipped: int = 0
     """Windows skipped because they showed the scene the handler last acted on."""
 
-    def admit(self, work: object) -> bool:
-        """Whether ``work`` goes to the handler; blocking (run it off the event loop). Work
-        that is not a window with a frame always passes."""
+    def check(self, work: object) -> Verdict:
+        """Whether ``work`` goes to the handler, and the scene it shows; blocking (run it off
+        the event loop). Work that is not a window with a frame always passes. The scene
+        becomes the reference only once a model has answered it (``answered``)."""
         if not isinstance(work, Window) or work.frame is None:
-            return True
+            return Verdict(True)
         try:
             thumb = self.thumbs.get(work.frame)
         except Exception:  # a corrupt frame: the handler reports it
-            return True
+            return Verdict(True)
         if self.reference is not None and self.reference.shape == thumb.shape and (
                 changed_pixels(thumb, self.reference, self.settings.pixel_delta)
                 < self.settings.min_pixels):
             self.skipped += 1
-            return False
-        self.reference = thumb
-        return True
+            return Verdict(False)
+        return Verdict(True, thumb)
+
+    def answered(self, verdict: Verdict) -> None:
+        """The handler's response to the checked work ended with the model's answer: its
+        scene is what the handler last acted on. (A refused, failed or cancelled call leaves
+        the reference alone, so the next window of the same scene goes to the model.)"""
+        if verdict.scene is not None:
+            self.reference = verdict.scene
+
+    def admit(self, work: object) -> bool:
+        """``check``, counting the work as answered at once."""
+        verdict = self.check(work)
+        self.answered(verdict)
+        return verdict.admitted
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    admitted: bool
+    scene: Thumb | None = None
 
 
 def make_gate(default_on: bool, settings: GatingConfig | None,

@@ -148,6 +148,14 @@ class Mailbox(Generic[T]):
         self._item, self._full = item, True
         self._ready.set()
 
+    def put_back(self, item: T) -> None:
+        """Return an item taken earlier; a newer one waiting wins (the older is dropped)."""
+        if self._full:
+            self.dropped += 1
+            metrics.handler_drops.inc()
+            return
+        self.put(item)
+
     async def get(self) -> T:
         await self._ready.wait()
         self._ready.clear()

@@ -19,7 +19,13 @@ from agent.runtime import Runtime
 from agent.sampler import Sampler
 
 log = logging.getLogger(__name__)
-OnWork = Callable[[Handler, Any], Awaitable[None]]
+OnWork = Callable[[Handler, Any], Awaitable[str]]
+"""Runs a handler's live response to some work; returns how it ended (a response status, or
+``deferred``: the model's queue was full, nothing was said)."""
+ANSWERED = ("completed", "incomplete")
+RETRY_S = (0.05, 1.0)
+"""A deferred window waits this long before it tries again, doubling from the first to the
+second."""
 MAX_RECENT_FRAMES = 64
 FEED_QUEUE = 16
 """Windows that may wait for a handler that feeds off the event loop (``feed_off_loop``)."""
@@ -65,6 +71,8 @@ class LiveMedia:
         self._arrived = asyncio.Event()
         self.thumbs = Thumbnails()
         self.skipped_before: dict[str, int] = {}  # counts of handlers since turned off
+        self.deferred = 0
+        """Live windows that found their model's queue full and waited to go again."""
         self.dropped_before = 0
 
     def start(self) -> None:
@@ -257,11 +265,25 @@ class LiveMedia:
             return None
 
     async def _worker(self, handler: Handler, box: Mailbox[Any], gate: SceneGate | None) -> None:
+        """Latest wins; a window whose model call found the queue full waits in the mailbox
+        (unless a newer one came) and goes again when there may be room; only a window a model
+        answered becomes the gate's reference."""
+        delay = RETRY_S[0]
         while True:
             work = await box.get()
-            if gate is not None and not await asyncio.to_thread(gate.admit, work):
+            verdict = await asyncio.to_thread(gate.check, work) if gate is not None else None
+            if verdict is not None and not verdict.admitted:
                 continue
-            await self.on_work(handler, work)
+            ended = await self.on_work(handler, work)
+            if ended == "deferred":
+                self.deferred += 1
+                box.put_back(work)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RETRY_S[1])
+                continue
+            delay = RETRY_S[0]
+            if gate is not None and verdict is not None and ended in ANSWERED:
+                gate.answered(verdict)
 
     async def _tick_loop(self) -> None:
         """Close windows on time. Sleeps until the open window's deadline, or until media

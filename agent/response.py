@@ -59,8 +59,12 @@ class Response:
     """Runs one handler's (or a question's handlers') answer as one response. ``cancel()`` ends
     it as ``cancelled``."""
 
-    def __init__(self, sink: ResponseSink, metadata: dict[str, str]) -> None:
+    def __init__(self, sink: ResponseSink, metadata: dict[str, str],
+                 defer: type[StreamAgentError] | None = None) -> None:
+        """``defer``: an error that, before anything was said, ends the response quietly as
+        ``deferred`` (the caller tries again later)."""
         self.sink = sink
+        self.defer = defer
         self.metadata = metadata
         self.id = new_id("resp")
         self.texts: list[str] = []
@@ -109,7 +113,10 @@ class Response:
             status = "cancelled"
             reraise = not self._cancel_requested  # cancelled from above: end, then go on up
         except StreamAgentError as exc:
-            status = await self._failed(exc)
+            if self.defer is not None and isinstance(exc, self.defer) and not self.started:
+                status = "deferred"
+            else:
+                status = await self._failed(exc)
         except Exception as exc:
             log.exception("response %s failed", self.id)
             status = await self._failed(EngineError(f"handler failed: {exc}"))
