@@ -101,6 +101,8 @@ class Conversation:
         self.media.live = self.profile.live
         self.intake = Intake(server)
         self.question: Response | None = None
+        self.lost: dict[str, int] = {}
+        """Live windows whose response failed since each handler's last live response."""
 
     def start(self) -> None:
         """Start the media clock and the profile's handlers (``HandlerFailed``: some did not
@@ -254,10 +256,17 @@ class Conversation:
         problem here: the response says nothing and ends ``deferred`` (the window waits)."""
         meta = response_metadata(handler.name, handler.modality, work)
         meta["windows_skipped"] = str(self.media.skipped(handler.name))
-        run = self._launch(Response(self.sinks(), meta, defer=Overloaded), handler.respond(work),
-                           eager=False)
+        if lost := self.lost.pop(handler.name, 0):
+            meta["windows_lost"] = str(lost)
+        about = (f"{handler.name}'s live window {meta['window_start_ms']}-"
+                 f"{meta['window_end_ms']} ms" if "window_start_ms" in meta else
+                 f"{handler.name}'s live response")
+        run = self._launch(Response(self.sinks(), meta, defer=Overloaded, about=about),
+                           handler.respond(work), eager=False)
         if run.task is not None:
             await run.task  # a cancelled worker cancels its response too
+        if run.status == "failed":
+            self.lost[handler.name] = self.lost.get(handler.name, 0) + 1
         return run.status
 
     def _launch(self, run: Response, parts: AsyncIterator[str | Part], eager: bool,

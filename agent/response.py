@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -60,11 +61,13 @@ class Response:
     it as ``cancelled``."""
 
     def __init__(self, sink: ResponseSink, metadata: dict[str, str],
-                 defer: type[StreamAgentError] | None = None) -> None:
+                 defer: type[StreamAgentError] | None = None, about: str = "") -> None:
         """``defer``: an error that, before anything was said, ends the response quietly as
-        ``deferred`` (the caller tries again later)."""
+        ``deferred`` (the caller tries again later). ``about``: what the response answers, named
+        in its error if it fails (a live window)."""
         self.sink = sink
         self.defer = defer
+        self.about = about
         self.metadata = metadata
         self.id = new_id("resp")
         self.texts: list[str] = []
@@ -134,6 +137,9 @@ class Response:
         return self.text
 
     async def _failed(self, error: StreamAgentError) -> str:
+        if self.about:
+            error = copy.copy(error)
+            error.message = f"{error.message} ({self.about})"
         await self.sink.failed(self, error)
         return "failed"
 

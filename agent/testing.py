@@ -42,6 +42,8 @@ class FakeEngine(ThreadedEngine):
         self.tokens = int(self.config.options.get("tokens", 5))
         self.delay_s = float(self.config.options.get("delay_s", 0.0))
         self.fail_after = self.config.options.get("fail_after")
+        self.fail_requests = int(self.config.options.get("fail_requests", 0))
+        """Option ``fail_requests``: the first N requests fail before a token."""
         if "modalities" in self.config.options:  # what it says it takes in, as loaded models do
             self.modalities = frozenset(self.config.options["modalities"])
         self.generated = 0
@@ -55,6 +57,8 @@ class FakeEngine(ThreadedEngine):
         tokens = int(request.options.get("tokens", self.tokens))
         limit = int(request.options.get("max_new_tokens", tokens))  # as a real engine stops
         try:
+            if len(self.requests) <= self.fail_requests:
+                raise RuntimeError("fake engine failure")
             for i in range(min(tokens, limit)):
                 if cancelled.is_set():
                     return

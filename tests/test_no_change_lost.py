@@ -80,3 +80,22 @@ async def test_sessions_arriving_together_each_read_their_static_scene(
     waited = sum(int(re.search(r"(\d+) waited for a full model queue", m).group(1))  # type: ignore[union-attr]
                  for m in closed)
     assert len(closed) == SESSIONS and waited > 0  # the queue did fill: the path was taken
+
+
+async def test_a_lost_window_is_named_and_counted_in_the_next_live_response() -> None:
+    """A live window whose model call fails: the client is told which window and which handler
+    (an error event), and the next live response of that handler counts it in its metadata."""
+    config = Config(
+        models={"fake": ModelConfig(engine="fake", options={"fail_requests": 1})},
+        profiles={"default": ProfileConfig(handlers=["echo"], live=True)},
+        handlers={"echo": HandlerConfig(options={"via_model": True})})
+    async with running(Runtime.build(config, get_plugin_manager([FakePlugin()]))) as address:
+        client = await Client.connect(f"{address.ws}/v1/realtime?model=default")
+        for i in range(3):
+            await client.send(image_event(data_url(jpeg_bytes(str(i))), timestamp=i + 0.01))
+        error = await client.error()
+        done = (await client.until("response.done"))[-1]["response"]
+        await client.close()
+    assert error["code"] == "engine_error"
+    assert "echo's live window 0-1000 ms" in error["message"], error["message"]
+    assert done["status"] == "completed" and done["metadata"]["windows_lost"] == "1"

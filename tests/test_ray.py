@@ -172,7 +172,18 @@ async def test_replica_killed_mid_stream_fails_fast_then_recovers(
                 break
             await asyncio.sleep(0.5)
         assert done["status"] == "completed"
+        kill_replica("fragile")  # between requests: the next call is tried once more
+        await client.send({"type": "response.create"})
+        got = await client.until("response.done", timeout=60)
+        assert [e for e in got if e["type"] == "error"] == []
+        assert got[-1]["response"]["status"] == "completed"
         await client.close()
+
+
+def kill_replica(app: str) -> None:
+    replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                   if app in a["name"] and "REPLICA" in a["name"])
+    ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]))
 
 
 def test_a_model_that_fails_to_load_fails_its_deployment(cluster: int) -> None:

@@ -6,8 +6,10 @@ import asyncio
 import base64
 import contextlib
 import pickle
+from typing import Any
 
 import numpy as np
+import pytest
 
 from agent.config import ModelConfig
 from agent.engine import ModelRequest
@@ -107,3 +109,63 @@ async def test_engine_errors_pass_through_after_the_text_so_far() -> None:
     else:
         raise AssertionError("the engine's error was swallowed")
     assert "".join(got) == "tok0 tok1 tok2 "
+
+
+class _Call:
+    """What a Serve streaming handle call returns: an async iterator with ``cancel()``; this
+    one fails as a call to a dead replica does, or streams its parts."""
+
+    def __init__(self, parts: list[Any], error: BaseException | None) -> None:
+        self.parts, self.error, self.cancelled = iter(parts), error, False
+
+    def __aiter__(self) -> _Call:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        try:
+            return next(self.parts)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Handle:
+    def __init__(self, errors: list[BaseException | None]) -> None:
+        self.errors, self.calls = errors, []  # type: ignore[var-annotated]
+        self.generate = self
+
+    def remote(self, request: Any) -> _Call:
+        call = _Call([TextDelta("hi")], self.errors.pop(0) if self.errors else None)
+        self.calls.append(call)
+        return call
+
+
+def _pool(handle: _Handle) -> Any:
+    from agent.ray.pool import RayPool
+
+    pool = object.__new__(RayPool)
+    pool.first_delta_timeout_s, pool.handles, pool.jpeg_quality = 5.0, {"m": handle}, 0
+    pool._names = ["m"]
+    return pool
+
+
+async def test_a_replica_lost_before_it_answered_is_tried_once_more() -> None:
+    from ray.exceptions import ActorDiedError
+
+    from agent.errors import EngineError
+
+    once = _Handle([ActorDiedError()])
+    assert [p async for p in _pool(once).stream("m", ModelRequest())] == [TextDelta("hi")]
+    assert len(once.calls) == 2 and once.calls[0].cancelled
+    twice = _Handle([ActorDiedError(), ActorDiedError()])
+    with pytest.raises(EngineError, match="model 'm' failed"):
+        _ = [p async for p in _pool(twice).stream("m", ModelRequest())]
+    assert len(twice.calls) == 2
+    failing = _Handle([RuntimeError("the model broke")])  # not a lost replica: no retry
+    with pytest.raises(EngineError, match="the model broke"):
+        _ = [p async for p in _pool(failing).stream("m", ModelRequest())]
+    assert len(failing.calls) == 1

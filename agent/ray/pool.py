@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import ray.exceptions
 from ray import serve
 
 from agent.engine import ModelRequest
@@ -22,6 +23,9 @@ from agent.pool import Pool
 from agent.ray.hop import PackedRequest, has_pictures, pack
 
 log = logging.getLogger(__name__)
+REPLICA_LOST = (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError,
+                ray.exceptions.WorkerCrashedError)
+"""A call failed because its replica is gone, not because the model failed."""
 HEALTH_TIMEOUT_S = 5.0
 """A health ping that takes longer counts as a failure."""
 HEALTH_WAIT_S = 0.2
@@ -59,24 +63,16 @@ class RayPool(Pool):
         return self._names
 
     async def stream(self, model: str, request: ModelRequest) -> AsyncGenerator[Part, None]:
-        import ray.exceptions
-
         handle = self.handles.get(model)
         if handle is None:
             raise UnknownModel(f"no model named {model!r}; the pool has {self.names}")
         lora = request.options.get("lora")
         if lora:  # LoRA adapters are multiplexed: Serve routes to a replica that has it
             handle = handle.options(multiplexed_model_id=str(lora))
-        gen: Any = handle.generate.remote(await self._shrink(model, request))
+        gen, first = await self._first(model, handle, await self._shrink(model, request))
+        if gen is None:
+            return
         try:
-            try:
-                first = await asyncio.wait_for(anext(gen), self.first_delta_timeout_s)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise EngineError(f"model {model!r} did not answer within "
-                                  f"{self.first_delta_timeout_s:g} s (no replica ready?)"
-                                  ) from None
             yield first
             async for part in gen:
                 yield part
@@ -84,6 +80,37 @@ class RayPool(Pool):
             raise EngineError(f"model {model!r} failed: {_reason(exc)}") from exc
         finally:
             gen.cancel()  # reaches the replica, which closes the engine's stream
+
+    async def _first(self, model: str, handle: Any, request: ModelRequest | PackedRequest,
+                     ) -> tuple[Any, Any]:
+        """Start the call and wait for its first part, within ``first_delta_timeout_s``. A
+        replica lost before it said anything (its node gone, its process dead) is tried once
+        more, on whichever replica Serve routes to within what is left of the deadline; nothing
+        was shown, so nothing is repeated. ``(None, None)``: the answer was empty."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.first_delta_timeout_s
+        for attempt in (1, 2):
+            gen: Any = handle.generate.remote(request)
+            try:
+                return gen, await asyncio.wait_for(anext(gen), max(0.0, deadline - loop.time()))
+            except StopAsyncIteration:
+                gen.cancel()
+                return None, None
+            except TimeoutError:
+                gen.cancel()
+                raise EngineError(f"model {model!r} did not answer within "
+                                  f"{self.first_delta_timeout_s:g} s (no replica ready?)"
+                                  ) from None
+            except (ray.exceptions.RayError, RuntimeError) as exc:
+                gen.cancel()
+                if attempt == 2 or not isinstance(exc, REPLICA_LOST):
+                    raise EngineError(f"model {model!r} failed: {_reason(exc)}") from exc
+                log.warning("model %s: its replica was lost before it answered (%s); trying "
+                            "once more", model, _reason(exc))
+            except BaseException:
+                gen.cancel()
+                raise
+        raise AssertionError("unreachable")
 
     async def _shrink(self, model: str, request: ModelRequest) -> ModelRequest | PackedRequest:
         """Pictures downscaled to the model's budget and JPEG-encoded, off the event loop."""
