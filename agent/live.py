@@ -214,14 +214,10 @@ class LiveMedia:
                 if slot.feeding is not None:
                     self._enqueue(slot, window)
                 else:
-                    self._feed(slot, window, slot.handler.feed)
+                    self._feed(slot, window)
 
-    def _feed(self, slot: _Slot, window: Window, feed: Callable[[Window], Any]) -> None:
-        try:
-            work = feed(window)
-        except Exception:
-            log.exception("handler %s failed on window %d", slot.handler.name, window.index)
-            return
+    def _feed(self, slot: _Slot, window: Window) -> None:
+        work = feed_safely(slot.handler, window)
         if work is not None and self.live:
             slot.mailbox.put(work)
 
@@ -243,7 +239,7 @@ class LiveMedia:
                 if item is CLEAR:
                     await asyncio.to_thread(slot.handler.clear_audio)
                     continue
-                work = await asyncio.to_thread(self._try_feed, slot.handler, item)
+                work = await asyncio.to_thread(feed_safely, slot.handler, item)
                 if work is not None and self.live:
                     slot.mailbox.put(work)
             finally:
@@ -255,14 +251,6 @@ class LiveMedia:
         for slot in list(self.slots.values()):
             if slot.feeding is not None:
                 await slot.feeding.join()
-
-    @staticmethod
-    def _try_feed(handler: Handler, window: Window) -> Any:
-        try:
-            return handler.feed(window)
-        except Exception:
-            log.exception("handler %s failed on window %d", handler.name, window.index)
-            return None
 
     async def _worker(self, handler: Handler, box: Mailbox[Any], gate: SceneGate | None) -> None:
         """Latest wins; a window whose model call found the queue full waits in the mailbox
@@ -296,3 +284,13 @@ class LiveMedia:
                 continue
             await asyncio.sleep(max(0.005, wait))
             self._dispatch(self.sampler.tick())
+
+
+def feed_safely(handler: Handler, window: Window) -> Any:
+    """``handler.feed(window)``; a handler that fails on one window is logged, and the stream
+    goes on (its work for that window is ``None``)."""
+    try:
+        return handler.feed(window)
+    except Exception:
+        log.exception("handler %s failed on window %d", handler.name, window.index)
+        return None

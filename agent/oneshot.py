@@ -5,7 +5,6 @@ part to the answer, in the same order and words."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import replace
@@ -17,13 +16,11 @@ from agent.config import ProfileConfig
 from agent.engine import ModelRequest
 from agent.handler import Handler, Question, ResponseOptions, SessionOptions
 from agent.ids import new_id
-from agent.live import MAX_RECENT_FRAMES
+from agent.live import MAX_RECENT_FRAMES, feed_safely
 from agent.media import AUDIO_RATE, Frame, Window
 from agent.parts import Part
 from agent.runtime import Runtime
 from agent.sampler import Sampler
-
-log = logging.getLogger(__name__)
 
 
 async def profile_answer(runtime: Runtime, profile: ProfileConfig,
@@ -55,10 +52,7 @@ def feed(handlers: list[Handler], profile: ProfileConfig, request: ModelRequest)
         if window.frame is not None:
             recent.append(window.frame)
         for handler in handlers:
-            try:
-                handler.feed(window)
-            except Exception:
-                log.exception("handler %s failed on window %d", handler.name, window.index)
+            feed_safely(handler, window)
     frames = tuple(recent)
     return Question(text=request.prompt, instructions=request.instructions,
                     frame=frames[-1] if frames else None, frames=frames, window=last,
