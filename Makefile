@@ -41,6 +41,9 @@ $(STAMP): pyproject.toml Makefile constraints-cpu.txt
 	$(PY) -m pip uninstall -y -qq torchaudio torchcodec triton
 	# silero-vad declares torch as a dependency, but we only use its bundled ONNX model.
 	$(PY) -m pip install -qq --no-deps 'silero-vad>=5,<7'
+	# The OpenAI Agents SDK, a test client of /v1/realtime, pins websockets<17; the server runs
+	# websockets 17, whose handshake limits answer 414/431 (16 answers 400): install it unpinned.
+	$(PY) -m pip install -qq --no-deps 'openai-agents==0.24.0' 'griffelib>=2'
 	$(PY) scripts/patch_torchvision.py
 	touch $(STAMP)
 
