@@ -215,7 +215,7 @@ class Conversation:
 
     def _question(self, ask: Ask) -> Question:
         frames = self.media.latest_frames()
-        options = self.options.response
+        options = replace(self.options.response, live=False)
         if ask.max_output_tokens is not None:
             options = replace(options, max_new_tokens=ask.max_output_tokens)
         question = Question(

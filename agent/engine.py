@@ -49,6 +49,9 @@ class ModelRequest:
     """Per-request decoding overrides (``max_new_tokens``, ``temperature``, ...)."""
     session: str = ""
     """Who asks (a session or request id): the model's scheduler serves them round-robin."""
+    live: bool = False
+    """A live window's call: it waits for room in a full model queue instead of being refused
+    (each handler has at most one in flight)."""
 
 
 class Engine(abc.ABC):

@@ -27,12 +27,16 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class ResponseOptions:
     """What one response asks of every model call made for it: a token cap (the client's
-    ``max_output_tokens``) and a LoRA adapter (used by calls that name none)."""
+    ``max_output_tokens``), a LoRA adapter (used by calls that name none), and whether it
+    answers a live window (its calls wait for room in a full model queue)."""
 
     max_new_tokens: int | None = None
     lora: str | None = None
+    live: bool = False
 
     def apply(self, request: ModelRequest) -> ModelRequest:
+        if self.live:
+            request = replace(request, live=True)
         if self.max_new_tokens is None and not self.lora:
             return request
         options = dict(request.options)
@@ -49,7 +53,7 @@ class SessionOptions:
     """The session's current response options, shared with its handlers: live responses
     use them (a question carries its own, in ``Question.options``)."""
 
-    response: ResponseOptions = field(default_factory=ResponseOptions)
+    response: ResponseOptions = field(default_factory=lambda: ResponseOptions(live=True))
 
 
 @dataclass(frozen=True, slots=True)

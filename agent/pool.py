@@ -76,7 +76,7 @@ class LocalPool(Pool):
         engine = self.engines.get(model)
         if engine is None:
             raise UnknownModel(f"no model named {model!r}; the pool has {self.names}")
-        async with self.schedulers[model].slot(request.session):
+        async with self.schedulers[model].slot(request.session, patient=request.live):
             async for part in guarded_stream(engine, request):
                 yield part
 

@@ -3,7 +3,9 @@
 A request waits for a free worker in its session's line; when a worker frees up, the next
 session in turn goes (round-robin), so one busy session cannot starve the others. A cancelled
 waiter leaves at once. When ``max_queue`` requests already wait, the next is refused with
-``Overloaded`` before any work is done.
+``Overloaded`` before any work is done; a patient request (a live window: its handler has at
+most one in flight, so they are bounded by sessions x handlers) waits whatever the queue holds,
+and does not count toward ``max_queue``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class SchedulerStats:
     admitted: int = 0
     refused: int = 0
     cancelled_waiting: int = 0
+    patient_past_limit: int = 0
+    """Patient requests (live windows) that waited where ``max_queue`` would have refused."""
 
 
 class Scheduler:
@@ -36,6 +40,7 @@ class Scheduler:
         self._running: dict[int, float] = {}  # id(slot) -> start time (monotonic)
         self._lines: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
         self._waiting = 0
+        self._patient: set[asyncio.Future[None]] = set()  # waiters outside max_queue
         self._busy = 0  # workers held or granted to a waiter that has not resumed yet
 
     @property
@@ -53,9 +58,10 @@ class Scheduler:
         return time.monotonic() - min(self._running.values())
 
     @contextlib.asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[None]:
-        """Hold one worker for the body; wait in ``key``'s line for it first."""
-        await self._acquire(key)
+    async def slot(self, key: str, patient: bool = False) -> AsyncIterator[None]:
+        """Hold one worker for the body; wait in ``key``'s line for it first (``patient``:
+        even when ``max_queue`` requests already wait)."""
+        await self._acquire(key, patient)
         token = object()
         self._running[id(token)] = time.monotonic()
         try:
@@ -65,12 +71,14 @@ class Scheduler:
             self._busy -= 1
             self._grant_next()
 
-    async def _acquire(self, key: str) -> None:
+    async def _acquire(self, key: str, patient: bool) -> None:
         if self._busy < self.workers and not self._waiting:
             self._busy += 1
             self.stats.admitted += 1
             return
-        if self._waiting >= self.max_queue:
+        if patient and self._waiting >= self.max_queue:
+            self.stats.patient_past_limit += 1
+        if not patient and self._waiting - len(self._patient) >= self.max_queue:
             self.stats.refused += 1
             raise Overloaded(
                 f"model {self.name!r} is busy: {self._waiting} requests already wait for its "
@@ -78,6 +86,8 @@ class Scheduler:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lines.setdefault(key, deque()).append(waiter)
         self._waiting += 1
+        if patient:
+            self._patient.add(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -95,6 +105,7 @@ class Scheduler:
         if line is not None and waiter in line:
             line.remove(waiter)
             self._waiting -= 1
+            self._patient.discard(waiter)
             if not line:
                 del self._lines[key]
 
@@ -104,6 +115,7 @@ class Scheduler:
             key, line = next(iter(self._lines.items()))
             waiter = line.popleft()
             self._waiting -= 1
+            self._patient.discard(waiter)
             del self._lines[key]
             if line:  # this session goes to the back of the round
                 self._lines[key] = line

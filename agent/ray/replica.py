@@ -69,8 +69,8 @@ class ModelServer:
                        ) -> AsyncGenerator[Part, None]:
         """The engine's parts, its text coalesced every ``stream_interval_s`` (the first at
         once)."""
-        key = (request.request if isinstance(request, PackedRequest) else request).session
-        async with self.scheduler.slot(key):
+        bare = request.request if isinstance(request, PackedRequest) else request
+        async with self.scheduler.slot(bare.session, patient=bare.live):
             if isinstance(request, PackedRequest):
                 request = await asyncio.to_thread(unpack, request)
             if adapter := serve.get_multiplexed_model_id():
