@@ -15,15 +15,15 @@ from agent.testing import FakePlugin, data_url, image_event, jpeg_bytes
 from agent.uvicorn_server import running
 from tests.helpers import Client
 
-SESSIONS = 6
+SESSIONS = 64
 
 
-def crowded_runtime(max_queue: int) -> Runtime:
+def crowded_runtime(max_queue: int, delay_s: float = 0.02) -> Runtime:
     """One slow model worker with a short queue (from the config, as an operator sets it), and
     a gated live handler that asks the model about every window it admits."""
     config = Config(
         models={"fake": ModelConfig(engine="fake", workers=1, max_queue=max_queue,
-                                    options={"delay_s": 0.15})},
+                                    options={"delay_s": delay_s})},
         profiles={"default": ProfileConfig(handlers=["echo"], live=True)},
         handlers={"echo": HandlerConfig(options={"via_model": True},
                                         gating=GatingConfig(enabled=True))})
@@ -44,7 +44,7 @@ async def static_scene(client: Client, seconds: int) -> list[dict[str, Any]]:
 async def test_config_max_queue_refuses_a_question_on_the_wire() -> None:
     """``models.NAME.max_queue`` from the config reaches the scheduler: with 0 waiting
     places, a question behind a running one is refused with ``model_overloaded``."""
-    async with running(crowded_runtime(max_queue=0)) as address:
+    async with running(crowded_runtime(max_queue=0, delay_s=0.3)) as address:
         url = f"{address.ws}/v1/realtime?model=default"
         busy, refused = await Client.connect(url), await Client.connect(url)
         for c in (busy, refused):
