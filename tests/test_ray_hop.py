@@ -16,7 +16,7 @@ from agent.engine import ModelRequest
 from agent.families import fit as engine_fit
 from agent.media import RGB, decode_image
 from agent.parts import TextDelta, ToolCallDelta, Usage, text_only
-from agent.ray.hop import PackedRequest, coalesce, fit, pack, unpack
+from agent.ray.hop import PackedRequest, batches, coalesce, fit, pack, unpack
 from agent.testing import FakeEngine, jpeg_bytes
 
 
@@ -64,6 +64,8 @@ async def test_coalesced_text_is_the_same_text_in_fewer_items() -> None:
     assert items[0] == "tok0 " and len(items) < 400
     assert [t async for t in text_only(coalesce(fake.stream(ModelRequest()), 0))] == \
         [f"tok{i} " for i in range(400)]  # interval 0: every delta as it comes
+    items = [b async for b in batches(fake.stream(ModelRequest()), 5.0)]
+    assert [[type(p) for p in b] for b in items] == [[TextDelta], [TextDelta, Usage]]
 
 
 async def test_other_parts_pass_the_hop_in_order_after_the_text_before_them() -> None:
@@ -139,7 +141,7 @@ class _Handle:
         self.generate = self
 
     def remote(self, request: Any) -> _Call:
-        call = _Call([TextDelta("hi")], self.errors.pop(0) if self.errors else None)
+        call = _Call([(TextDelta("hi"),)], self.errors.pop(0) if self.errors else None)
         self.calls.append(call)
         return call
 

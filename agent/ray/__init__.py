@@ -20,20 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent.ray.apps import GatewayAppArgs, GatewayServer, ModelAppArgs, gateway_app, model_app
-    from agent.ray.hop import PackedRequest, coalesce, pack, unpack
+    from agent.ray.hop import PackedRequest, batches, coalesce, pack, unpack
     from agent.ray.pool import RayPool
     from agent.ray.proxy import CloseOrphanedWebsockets, MessageLimit, middlewares
     from agent.ray.replica import ModelServer
 
 __all__ = [
     "CloseOrphanedWebsockets", "GatewayAppArgs", "GatewayServer", "MessageLimit",
-    "ModelAppArgs", "ModelServer", "PackedRequest", "RayPool", "coalesce", "gateway_app",
+    "ModelAppArgs", "ModelServer", "PackedRequest", "RayPool", "batches", "coalesce", "gateway_app",
     "middlewares", "model_app", "pack", "unpack",
 ]
 _WHERE = {
     "GatewayAppArgs": "apps", "GatewayServer": "apps", "ModelAppArgs": "apps",
     "gateway_app": "apps", "model_app": "apps",
-    "PackedRequest": "hop", "coalesce": "hop", "pack": "hop", "unpack": "hop",
+    "PackedRequest": "hop", "batches": "hop", "coalesce": "hop", "pack": "hop", "unpack": "hop",
     "RayPool": "pool",
     "CloseOrphanedWebsockets": "proxy", "MessageLimit": "proxy", "middlewares": "proxy",
     "ModelServer": "replica",

@@ -4,9 +4,10 @@
   the engine would apply anyway), then JPEG-encoded (``PackedRequest``); the replica decodes
   them before the engine sees the request. Eight 720p frames are 22 MB as raw RGB and a few
   hundred KB packed.
-- Answer parts: the replica coalesces the engine's text (``coalesce``): the first part at
-  once, then the text that arrived every ``interval_s``, so one Ray streaming item carries many
-  tokens; other parts (tool calls, audio, usage) pass through in order.
+- Answer parts: the replica sends them in batches (``batches``): the first part at once, then
+  the text that arrived every ``interval_s`` joined, so one Ray streaming item carries many
+  tokens; other parts (tool calls, audio, usage) go at once, in order, with the text before
+  them (the last text and the engine's ``Usage`` share an item).
 """
 
 from __future__ import annotations
@@ -90,13 +91,23 @@ def has_pictures(request: ModelRequest) -> bool:
 
 async def coalesce(stream: AsyncIterator[Part], interval_s: float,
                    ) -> AsyncGenerator[Part, None]:
-    """Yield the first part at once, then the text that arrived in each ``interval_s``, joined
-    into one ``TextDelta``. Other parts pass through in order (the text before them first).
+    """``batches``, one part at a time."""
+    async with contextlib.aclosing(batches(stream, interval_s)) as items:
+        async for batch in items:
+            for part in batch:
+                yield part
+
+
+async def batches(stream: AsyncIterator[Part], interval_s: float,
+                  ) -> AsyncGenerator[tuple[Part, ...], None]:
+    """What one Ray streaming item carries: the first part at once, then the text that arrived
+    in each ``interval_s``, joined into one ``TextDelta``; another part goes at once, with the
+    text before it (so the last text and the engine's ``Usage`` share an item).
 
     Closing this closes ``stream`` (a pump task reads it; cancelling the task closes it)."""
     if interval_s <= 0:
         async for part in stream:
-            yield part
+            yield (part,)
         return
     queue: asyncio.Queue[tuple[bool, Part | BaseException | None]] = \
         asyncio.Queue(COALESCE_QUEUE)
@@ -115,6 +126,12 @@ async def coalesce(stream: AsyncIterator[Part], interval_s: float,
 
     task = asyncio.create_task(pump(), name="coalesce")
     loop = asyncio.get_running_loop()
+
+    def text(texts: list[str]) -> tuple[Part, ...]:
+        joined = "".join(texts)
+        texts.clear()
+        return (TextDelta(joined),) if joined else ()
+
     try:
         texts: list[str] = []
         first, deadline = True, 0.0
@@ -123,22 +140,18 @@ async def coalesce(stream: AsyncIterator[Part], interval_s: float,
                 done, item = await asyncio.wait_for(
                     queue.get(), None if not texts else max(0.0, deadline - loop.time()))
             except TimeoutError:
-                yield TextDelta("".join(texts))
-                texts.clear()
+                yield text(texts)
                 continue
             if done:
                 if texts:
-                    yield TextDelta("".join(texts))
+                    yield text(texts)
                 if isinstance(item, BaseException):
                     raise item
                 return
             assert item is not None and not isinstance(item, BaseException)
             if first or not isinstance(item, TextDelta):
                 first = False
-                if texts:
-                    yield TextDelta("".join(texts))
-                    texts.clear()
-                yield item
+                yield (*text(texts), item)
                 continue
             if not texts:
                 deadline = loop.time() + interval_s

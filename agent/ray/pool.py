@@ -73,9 +73,11 @@ class RayPool(Pool):
         if gen is None:
             return
         try:
-            yield first
-            async for part in gen:
+            for part in first:
                 yield part
+            async for batch in gen:
+                for part in batch:
+                    yield part
         except (ray.exceptions.RayError, RuntimeError) as exc:
             raise EngineError(f"model {model!r} failed: {_reason(exc)}") from exc
         finally:

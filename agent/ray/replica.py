@@ -24,7 +24,7 @@ from agent.errors import ConfigError, EngineError
 from agent.heap import HeapTrimmer
 from agent.parts import Part
 from agent.pool import guarded_stream, healthy, scheduler_for
-from agent.ray.hop import PackedRequest, coalesce, unpack
+from agent.ray.hop import PackedRequest, batches, unpack
 
 log = logging.getLogger(__name__)
 ADAPTERS_PER_REPLICA = 8
@@ -66,20 +66,20 @@ class ModelServer:
         log.info("model %s ready (engine %s)", name, config.engine)
 
     async def generate(self, request: ModelRequest | PackedRequest,
-                       ) -> AsyncGenerator[Part, None]:
-        """The engine's parts, its text coalesced every ``stream_interval_s`` (the first at
-        once)."""
+                       ) -> AsyncGenerator[tuple[Part, ...], None]:
+        """The engine's parts in batches, one per streaming item: text joined every
+        ``stream_interval_s`` (the first part at once), other parts as they come."""
         bare = request.request if isinstance(request, PackedRequest) else request
         async with self.scheduler.slot(bare.session, patient=bare.live):
             if isinstance(request, PackedRequest):
                 request = await asyncio.to_thread(unpack, request)
             if adapter := serve.get_multiplexed_model_id():
                 await self.adapter(adapter)
-            stream = coalesce(guarded_stream(self.engine, request), self.stream_interval_s)
+            stream = batches(guarded_stream(self.engine, request), self.stream_interval_s)
             try:
                 async with contextlib.aclosing(stream):
-                    async for part in stream:
-                        yield part
+                    async for batch in stream:
+                        yield batch
             finally:
                 self.heap.mark()
 
