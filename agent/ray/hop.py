@@ -100,9 +100,10 @@ async def coalesce(stream: AsyncIterator[Part], interval_s: float,
 
 async def batches(stream: AsyncIterator[Part], interval_s: float,
                   ) -> AsyncGenerator[tuple[Part, ...], None]:
-    """What one Ray streaming item carries: the first part at once, then the text that arrived
-    in each ``interval_s``, joined into one ``TextDelta``; another part goes at once, with the
-    text before it (so the last text and the engine's ``Usage`` share an item).
+    """What one Ray streaming item carries: the first part at once (with whatever is already on
+    its way: a one-token answer and its ``Usage`` are one item), then the text that arrived in
+    each ``interval_s``, joined into one ``TextDelta``; another part goes at once, with the text
+    before it (so the last text and the engine's ``Usage`` share an item).
 
     Closing this closes ``stream`` (a pump task reads it; cancelling the task closes it)."""
     if interval_s <= 0:
@@ -149,8 +150,22 @@ async def batches(stream: AsyncIterator[Part], interval_s: float,
                     raise item
                 return
             assert item is not None and not isinstance(item, BaseException)
-            if first or not isinstance(item, TextDelta):
+            if first:  # at once, with what is already on its way (a short answer's end)
                 first = False
+                ready: list[Part] = [item]
+                await asyncio.sleep(0)
+                while not queue.empty():
+                    done, more = queue.get_nowait()
+                    if done:
+                        yield merged(ready)
+                        if isinstance(more, BaseException):
+                            raise more
+                        return
+                    assert more is not None and not isinstance(more, BaseException)
+                    ready.append(more)
+                yield merged(ready)
+                continue
+            if not isinstance(item, TextDelta):
                 yield (*text(texts), item)
                 continue
             if not texts:
@@ -160,3 +175,14 @@ async def batches(stream: AsyncIterator[Part], interval_s: float,
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def merged(parts: list[Part]) -> tuple[Part, ...]:
+    """``parts`` with each run of text joined into one ``TextDelta``."""
+    out: list[Part] = []
+    for part in parts:
+        if isinstance(part, TextDelta) and out and isinstance(out[-1], TextDelta):
+            out[-1] = TextDelta(out[-1].text + part.text)
+        else:
+            out.append(part)
+    return tuple(out)
