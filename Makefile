@@ -10,8 +10,10 @@ DEB_PACKAGES := ffmpeg flite fonts-dejavu-core chromium chromium-driver
 run: setup  ## set up and start the server on the embedded default
 	$(VENV)/bin/streamagent serve
 
+# Two pytest-xdist workers, each given a whole module (or group of modules) at a time: see
+# tests/conftest.py. A single file or test: .venv/bin/python -m pytest tests/test_x.py
 test: setup example-plugin  ## set up and run the whole test suite
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadscope
 
 bench: setup  ## measure ingest CPU, added latency, session memory and live-session capacity
 	$(PY) -m benchmarks.run

@@ -245,8 +245,7 @@ async def _run(server: Server, duration_s: float) -> dict[str, Any]:
 
     await asyncio.gather(good_client(server, until, figures), sample_rss(),
                          *(abuse_loop(server, kind, until, figures) for kind in ABUSE))
-    await asyncio.sleep(server_settle_s := 8)  # slow-client closes and idle sockets drain
-    after = {"rss_mb": server.rss_mb(), **await server.health()}
+    after, server_settle_s = await settled(server, before)
     lat = sorted(figures.latencies)
     return {
         "duration_s": duration_s, "asked": figures.asked, "right": figures.right,
@@ -262,6 +261,21 @@ async def _run(server: Server, duration_s: float) -> dict[str, Any]:
         "tasks_before": before.get("tasks"), "tasks_after": after.get("tasks"),
         "sessions_after": after["sessions"], "status_after": after["status"],
     }
+
+
+async def settled(server: Server, before: dict[str, Any],
+                  limit_s: float = 8) -> tuple[dict[str, Any], float]:
+    """The server's figures once slow-client closes and idle sockets have drained (no session
+    left, status ok, the task count back within 2 of ``before``), or after ``limit_s``; and
+    the seconds that took."""
+    began = time.monotonic()
+    while True:
+        health = await server.health()
+        waited = time.monotonic() - began
+        if waited >= limit_s or (health["sessions"] == 0 and health["status"] == "ok" and
+                                 health.get("tasks", 0) <= before.get("tasks", 0) + 2):
+            return {"rss_mb": server.rss_mb(), **health}, round(waited, 2)
+        await asyncio.sleep(0.25)
 
 
 def _by_minute(samples: list[tuple[float, float]]) -> list[float]:

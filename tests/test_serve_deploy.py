@@ -92,7 +92,10 @@ async def ask(client: Client) -> str:
 
 def test_serve_deploy_then_a_model_only_redeploy_keeps_sessions(tmp_path: Path) -> None:
     env = {**os.environ, **ray_env(tmp_path), "PYTHONPATH": str(ROOT),
-           "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "agent.ray.proxy:middlewares"}
+           "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "agent.ray.proxy:middlewares",
+           # SIGTERM stops the head at once: by default it first drains for up to 30 s
+           # (meant for a Kubernetes pod that Serve's other nodes route around)
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     gcs, dashboard, port = free_port(), free_port(), free_port()
     config = yaml.safe_load((ROOT / "serve_config.cluster.yaml").read_text())
     config["http_options"].update(host="127.0.0.1", port=port)  # tests stay on loopback
@@ -109,12 +112,12 @@ def test_serve_deploy_then_a_model_only_redeploy_keeps_sessions(tmp_path: Path) 
 async def _deploy_and_redeploy(env: dict[str, str], dashboard: int, port: int,
                                config: dict[str, Any], path: Path) -> None:
     address = f"http://127.0.0.1:{dashboard}"
-    for _ in range(120):  # the dashboard comes up a few seconds after the GCS
+    for _ in range(480):  # the dashboard comes up a few seconds after the GCS
         try:
             await apps(dashboard)
             break
         except (httpx.HTTPError, json.JSONDecodeError):
-            await asyncio.sleep(1)
+            await asyncio.sleep(0.25)
     await serve_cli(env, "deploy", str(path), "--address", address)
     print(f"first deploy: RUNNING after {await until_running(dashboard):.1f} s")
     status = await serve_cli(env, "status", "--address", address)
