@@ -19,8 +19,8 @@ import av
 import numpy as np
 from PIL import Image
 
-from agent.protocols.chat.request import Builder, ChatRequest
 from agent.config import ServerConfig
+from agent.protocols.chat.request import Builder, ChatRequest
 
 
 def rss_mib() -> float:
