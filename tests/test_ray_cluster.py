@@ -207,7 +207,9 @@ def test_worker_node_lost_mid_stream(deployed: tuple[Cluster, str, ClientLoop]) 
     got, heard = pending.result(30)
     heard_s = heard - removed
     print(f"node lost -> response.done at the client: {heard_s:.3f} s")
-    assert heard_s < 2.0, heard_s
+    # told by the node's death, not by the call's 60 s deadline (about 1 s on a quiet machine:
+    # a figure for benchmarks, not a test that must hold on a loaded one)
+    assert heard_s < 10.0, heard_s
     assert [e["error"]["code"] for e in got if e["type"] == "error"] == ["engine_error"]
     assert got[-1]["response"]["status"] == "failed"
     done = loop.run(_until_completed(client))
