@@ -18,6 +18,7 @@ import dataclasses
 import io
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -143,6 +144,17 @@ async def batches(stream: AsyncIterator[Part], interval_s: float,
             except TimeoutError:
                 yield text(texts)
                 continue
+            if first and not done:  # at once, with what is already on its way
+                first = False
+                ready: list[Any] = [item]
+                await asyncio.sleep(0)
+                while not done and not queue.empty():
+                    done, item = queue.get_nowait()
+                    if not done:
+                        ready.append(item)
+                yield merged(ready)
+                if not done:
+                    continue
             if done:
                 if texts:
                     yield text(texts)
@@ -150,21 +162,6 @@ async def batches(stream: AsyncIterator[Part], interval_s: float,
                     raise item
                 return
             assert item is not None and not isinstance(item, BaseException)
-            if first:  # at once, with what is already on its way (a short answer's end)
-                first = False
-                ready: list[Part] = [item]
-                await asyncio.sleep(0)
-                while not queue.empty():
-                    done, more = queue.get_nowait()
-                    if done:
-                        yield merged(ready)
-                        if isinstance(more, BaseException):
-                            raise more
-                        return
-                    assert more is not None and not isinstance(more, BaseException)
-                    ready.append(more)
-                yield merged(ready)
-                continue
             if not isinstance(item, TextDelta):
                 yield (*text(texts), item)
                 continue

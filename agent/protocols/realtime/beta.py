@@ -11,13 +11,12 @@ for ``conversation.item.added`` (``conversation.item.done`` has no beta twin and
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from agent.errors import InvalidRequest
 from agent.protocols.common import check_containers
 
-SendText = Callable[[str], Awaitable[None]]
 SUBPROTOCOL = "openai-beta.realtime-v1"
 BETA_RATE = 24000
 """The beta dialect's ``pcm16``: 24 kHz mono."""
