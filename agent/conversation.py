@@ -256,6 +256,7 @@ class Conversation:
         problem here: the response says nothing and ends ``deferred`` (the window waits)."""
         meta = response_metadata(handler.name, handler.modality, work)
         meta["windows_skipped"] = str(self.media.skipped(handler.name))
+        meta["windows_superseded"] = str(self.media.superseded(handler.name))
         if lost := self.lost.pop(handler.name, 0):
             meta["windows_lost"] = str(lost)
         about = (f"{handler.name}'s live window {meta['window_start_ms']}-"

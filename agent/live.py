@@ -73,7 +73,7 @@ class LiveMedia:
         self.skipped_before: dict[str, int] = {}  # counts of handlers since turned off
         self.deferred = 0
         """Live windows that found their model's queue full and waited to go again."""
-        self.dropped_before = 0
+        self.dropped_before: dict[str, int] = {}
 
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"tick-{self.session_id}")
@@ -101,8 +101,15 @@ class LiveMedia:
 
     @property
     def handlers_dropped(self) -> int:
-        return self.dropped_before + sum(s.mailbox.dropped + s.feed_dropped
-                                         for s in self.slots.values())
+        """Windows that busy handlers let go for a newer one, all handlers together."""
+        return sum(self.superseded(name) for name in {*self.slots, *self.dropped_before})
+
+    def superseded(self, name: str) -> int:
+        """Windows handler ``name`` let go in this session because a newer one came while it
+        was busy (latest wins), or because it fell ``FEED_QUEUE`` windows behind."""
+        slot = self.slots.get(name)
+        now = slot.mailbox.dropped + slot.feed_dropped if slot is not None else 0
+        return self.dropped_before.get(name, 0) + now
 
     def skipped(self, name: str) -> int:
         """Windows handler ``name`` skipped as unchanged in this session (scene-change gating)."""
@@ -150,8 +157,8 @@ class LiveMedia:
     def _forget(self, name: str) -> _Slot:
         """Remove a handler's slot, keeping its counts."""
         self.skipped_before[name] = self.skipped(name)
+        self.dropped_before[name] = self.superseded(name)
         slot = self.slots.pop(name)
-        self.dropped_before += slot.mailbox.dropped + slot.feed_dropped
         return slot
 
     def set_models(self, models: dict[str, str]) -> ProfileConfig:

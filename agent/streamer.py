@@ -32,6 +32,7 @@ class Reply:
     end_ms: int | None
     text: str
     status: str
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def line(self) -> str:
         span = ""
@@ -197,6 +198,6 @@ def _reply(response: dict[str, Any]) -> Reply:
                    for c in item.get("content", []))
     start, end = meta.get("window_start_ms"), meta.get("window_end_ms")
     return Reply(meta.get("handler", "?"), int(start) if start else None,
-                 int(end) if end else None, text, response.get("status", "?"))
+                 int(end) if end else None, text, response.get("status", "?"), dict(meta))
 
 

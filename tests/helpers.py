@@ -113,3 +113,14 @@ async def ask_to_talk(client: Client, audio: bool) -> None:
     else:
         await client.send(image_event(data_url(jpeg_bytes("x")), text="say a lot"))
     await client.send({"type": "response.create"})
+
+
+def assert_windows_told(replies: list[Any], handler: str, spans: list[tuple[int, int]]) -> None:
+    """Every window of ``spans`` was answered by ``handler``, or the client was told it was let
+    go for a newer one (``windows_superseded``; a busy handler answers the newest window). The
+    first and the last window are always answered, in order."""
+    mine = [r for r in replies if r.handler == handler]
+    got = [(r.start_ms, r.end_ms) for r in mine]
+    assert got and got[0] == spans[0] and got[-1] == spans[-1], got
+    assert got == [s for s in spans if s in got], f"answered out of order: {got}"
+    assert int(mine[-1].metadata["windows_superseded"]) == len(spans) - len(got), (got, mine[-1])

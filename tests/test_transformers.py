@@ -25,7 +25,7 @@ from agent.streamer import stream_file
 from agent.testing import ServerThread, data_url, image_event, jpeg_bytes
 from agent.tiny import build
 from agent.uvicorn_server import Address
-from tests.helpers import Client, ask_to_talk, endpoint_from, texts
+from tests.helpers import Client, ask_to_talk, assert_windows_told, endpoint_from, texts
 from tests.media import flite_wav, read_wav, word_video
 
 pytestmark = pytest.mark.slow
@@ -107,8 +107,7 @@ async def test_live_video_gets_a_response_per_window(family: Any, tmp_path: Path
     video = word_video(tmp_path / "v.mp4", ["ONE", "TWO", "THREE"])
     replies, _ = await stream_file(str(video), address.realtime, handlers=["describe"],
                                    send_fps=5, idle_s=2)
-    spans = [(r.start_ms, r.end_ms) for r in replies if r.handler == "describe"]
-    assert spans == [(0, 1000), (1000, 2000), (2000, 3000)]
+    assert_windows_told(replies, "describe", [(0, 1000), (1000, 2000), (2000, 3000)])
     assert all(r.status in ("completed", "incomplete") and r.text for r in replies)
 
 

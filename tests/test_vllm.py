@@ -30,7 +30,7 @@ from agent.streamer import stream_file
 from agent.testing import ServerThread, data_url, image_event, jpeg_bytes
 from agent.tiny import build
 from agent.uvicorn_server import Address
-from tests.helpers import Client, texts
+from tests.helpers import Client, assert_windows_told, texts
 from tests.media import word_video
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,7 @@ async def test_live_video_gets_a_response_per_window(served: Any, tmp_path: Path
     video = word_video(tmp_path / "v.mp4", ["ONE", "TWO", "THREE"])
     replies, _ = await stream_file(str(video), address.realtime, handlers=["describe"],
                                    send_fps=5, idle_s=3)
-    assert [(r.start_ms, r.end_ms) for r in replies] == [(0, 1000), (1000, 2000), (2000, 3000)]
+    assert_windows_told(replies, "describe", [(0, 1000), (1000, 2000), (2000, 3000)])
 
 
 async def test_cancel_aborts_the_request(served: Any) -> None:
