@@ -3,7 +3,15 @@ docs/plugin-hooks.md; tests/test_plugin_api.py holds plugins/ and examples/ to i
 
 from agent import long_audio
 from agent.config import Config, HandlerConfig, ModelConfig, ProfileConfig, ServerConfig
-from agent.engine import Engine, ModelRequest, ThreadedEngine, Turn, iterate_in_thread
+from agent.engine import (
+    Engine,
+    ModelRequest,
+    ThreadedEngine,
+    Tool,
+    ToolCall,
+    Turn,
+    iterate_in_thread,
+)
 from agent.errors import (
     ConfigError,
     EngineError,
@@ -87,6 +95,8 @@ __all__ = [
     "TextDelta",
     "ThreadedEngine",
     "ToolCallDelta",
+    "Tool",
+    "ToolCall",
     "Turn",
     "Usage",
     "Utterance",

@@ -27,9 +27,45 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call: its name, what it does, and a JSON schema of its
+    arguments (an object)."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(
+        default_factory=lambda: {"type": "object", "properties": {}})
+
+    def spec(self) -> dict[str, Any]:
+        """As chat templates and OpenAI's API take it: ``{"type": "function", "function": …}``."""
+        return {"type": "function", "function": {
+            "name": self.name, "description": self.description,
+            "parameters": dict(self.parameters)}}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model made earlier in the conversation (``arguments``: JSON text)."""
+
+    call_id: str
+    name: str
+    arguments: str = "{}"
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
+    """One turn of the conversation. ``role`` is ``user``, ``assistant`` or ``tool``: an
+    assistant turn may carry the ``tool_calls`` it made (and no text); a ``tool`` turn is the
+    output of call ``call_id``."""
+
     role: str
     text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    call_id: str = ""
+
+
+TOOL_CHOICES = ("auto", "none", "required")
+"""``tool_choice`` values besides a function's name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +88,17 @@ class ModelRequest:
     live: bool = False
     """A live window's call: it waits for room in a full model queue instead of being refused
     (each handler has at most one in flight)."""
+    tools: tuple[Tool, ...] = ()
+    """Functions the model may call (rendered by its chat template); its calls come back as
+    ``ToolCallDelta`` parts."""
+    tool_choice: str = "auto"
+    """``auto`` (the model decides), ``none`` (no call), ``required`` (at least one call) or a
+    function's name (that call). The last two are enforced by constrained decoding."""
+    parallel_tool_calls: bool = True
+    """Whether one answer may hold several calls."""
+    output_schema: Mapping[str, Any] | None = None
+    """A JSON schema the output must follow, enforced by the engine's constrained decoding
+    (engines with ``constrains = True``); set by the pool for an enforced ``tool_choice``."""
 
 
 class Engine(abc.ABC):
@@ -63,6 +110,12 @@ class Engine(abc.ABC):
     """True: built as ``cls(name, config, families=...)`` with the registered model families."""
     modalities: frozenset[str] | None = None
     """What the loaded model takes in (``image``, ``video``, ``audio``); ``None``: not known."""
+    constrains: ClassVar[bool] = False
+    """Whether ``stream`` honours ``ModelRequest.output_schema`` (constrained decoding)."""
+    tool_format: str | None = None
+    """How the model writes a tool call in free text (``hermes``, ``llama3_json``,
+    ``mistral``; see ``agent.toolcalls``), learned from its chat template when it loads;
+    ``None``: the model was not trained to call tools (only an enforced choice works)."""
 
     def __init__(self, name: str, config: ModelConfig) -> None:
         self.name = name
