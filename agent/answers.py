@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from agent.handler import Handler, Question
-from agent.parts import Part, TextDelta, Usage, as_part
+from agent.parts import Part, TextDelta, ToolCallDelta, Usage, as_part
 
 NOTHING = "I have nothing to report yet."
 
@@ -28,12 +29,16 @@ async def answers(handlers: list[Handler], question: Question,
     passed on and says nothing."""
     if settled is not None:
         await settled()
-    said = False
+    said, calls = False, 0
     for handler in handlers:
-        first = True
+        first, base = True, calls
         async for item in handler.answer(question):
             part = as_part(item)
-            if not isinstance(part, Usage):
+            if isinstance(part, ToolCallDelta):  # numbered across the handlers' answers
+                part = replace(part, index=base + part.index)
+                calls = max(calls, part.index + 1)
+                said = True
+            elif not isinstance(part, Usage):
                 if first and said:
                     yield TextDelta("\n")
                 first, said = False, True

@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.answers import answers, response_metadata
 from agent.audio import AudioConverter
-from agent.engine import Turn
+from agent.engine import Tool, ToolCall, Turn, check_tools
 from agent.errors import ConversationBusy, NoActiveResponse, Overloaded
 from agent.handler import Handler, Question, SessionOptions
 from agent.ids import new_id
@@ -47,6 +47,10 @@ class Settings:
     models: dict[str, str] | None = None
     lora: str | None = None
     """A LoRA adapter of the conversation's models; ``""``: none."""
+    tools: tuple[Tool, ...] | None = None
+    """The client's functions, offered to every response (``()``: none)."""
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,10 @@ class Ask:
     """The messages this response answers instead of the conversation (the last user turn is
     the question); the conversation's pending text then waits."""
     max_output_tokens: int | None = None
+    tools: tuple[Tool, ...] | None = None
+    """This response's functions instead of the session's."""
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class Conversation:
@@ -136,6 +144,10 @@ class Conversation:
             self.runtime.check_models(change.models, param=f"{where}.streamagent.models")
         if change.lora:
             self.runtime.check_lora(change.lora, handlers, self.profile)
+        tools = check_tools(
+            self.options.response.tools if change.tools is None else change.tools,
+            self.options.response.tool_choice if change.tool_choice is None
+            else change.tool_choice, f"{where}.tool_choice")
         if change.audio_rate is not None:
             self.converter = AudioConverter(change.audio_rate)
             self.audio_rate = change.audio_rate
@@ -144,6 +156,10 @@ class Conversation:
             self.instructions = change.instructions
         if change.max_output_tokens is not UNCHANGED:
             self._set_options(max_new_tokens=change.max_output_tokens)
+        if change.tools is not None or change.tool_choice is not None:
+            self._set_options(tools=tools[0], tool_choice=tools[1])
+        if change.parallel_tool_calls is not None:
+            self._set_options(parallel_tool_calls=change.parallel_tool_calls)
         if change.live is not None:
             self.media.live = change.live
         if change.sample_fps is not None:
@@ -192,6 +208,17 @@ class Conversation:
                 self.add_audio(part.pcm16)
                 self.media.flush()
 
+    def add_call(self, call: ToolCall) -> None:
+        """A function call the model made (a client syncing its context) joins the history."""
+        self.intake.text(call.arguments, 0, param="item.arguments")
+        self.history.append(Turn("assistant", "", tool_calls=(call,)))
+
+    def add_call_output(self, call_id: str, output: str) -> None:
+        """What a client's function returned joins the history; the next response goes on
+        from it."""
+        self.intake.text(output, 0, param="item.output")
+        self.history.append(Turn("tool", output, call_id=call_id))
+
     def add_image(self, image: Image) -> None:
         self.intake.frame()
         ts = self.media.sampler.now() if image.ts is None else image.ts
@@ -208,9 +235,12 @@ class Conversation:
                                  "+".join(sorted({h.modality for h in handlers})),
                                  question.window)
         meta = {**(ask.metadata or {}), **meta}
+        options = question.options
+        # a function call alone has no message item: with tools, the message opens with text
         self.question = self._launch(Response(self.sinks(), meta),
                                      answers(handlers, question, self.media.settled),
-                                     eager=True, remember=ask.remember)
+                                     eager=options is None or not options.tools,
+                                     remember=ask.remember)
         return self.question
 
     def _question(self, ask: Ask) -> Question:
@@ -218,6 +248,20 @@ class Conversation:
         options = replace(self.options.response, live=False)
         if ask.max_output_tokens is not None:
             options = replace(options, max_new_tokens=ask.max_output_tokens)
+        if ask.tools is not None or ask.tool_choice is not None:
+            tools, choice = check_tools(
+                options.tools if ask.tools is None else ask.tools,
+                options.tool_choice if ask.tool_choice is None else ask.tool_choice,
+                "response.tool_choice")
+            options = replace(options, tools=tools, tool_choice=choice)
+        elif (options.forces_call and not self.pending_text and self.history
+              and self.history[-1].role == "tool"):
+            # the session's forced choice starts a tool loop, it does not hold it: going on
+            # from a function's output, the model may answer (as the Agents SDK's
+            # reset_tool_choice does), else it would call again forever
+            options = replace(options, tool_choice="auto")
+        if ask.parallel_tool_calls is not None:
+            options = replace(options, parallel_tool_calls=ask.parallel_tool_calls)
         question = Question(
             text="\n".join(self.pending_text),
             instructions=ask.instructions or self.instructions,
@@ -279,11 +323,13 @@ class Conversation:
                 self.responses.pop(run.id, None)
                 if self.question is run:
                     self.question = None
-            if remember and text:
-                self.history.append(Turn("assistant", text))
+            calls = tuple(ToolCall(c.call_id, c.name, c.text) for c in run.calls.values())
+            if remember and (text or calls):
+                self.history.append(Turn("assistant", text, tool_calls=calls))
             return text
 
         self.responses[run.id] = run
         run.task = asyncio.create_task(go(), name=f"response-{run.id}")
         return run
+
 

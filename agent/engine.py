@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from agent.errors import EngineError
+from agent.errors import EngineError, InvalidRequest
 from agent.media import RGB, Audio
 from agent.parts import Part, as_part
 
@@ -66,6 +66,25 @@ class Turn:
 
 TOOL_CHOICES = ("auto", "none", "required")
 """``tool_choice`` values besides a function's name."""
+
+
+def check_tools(tools: tuple[Tool, ...], choice: str,
+                param: str) -> tuple[tuple[Tool, ...], str]:
+    """Functions with unique names, and a choice that is one of ``TOOL_CHOICES`` or names one
+    of them."""
+    names = [t.name for t in tools]
+    if len(set(names)) < len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise InvalidRequest(f"functions are named twice: {', '.join(dup)}",
+                             param=param.replace("tool_choice", "tools"))
+    if choice not in TOOL_CHOICES and choice not in names:
+        raise InvalidRequest(
+            f"tool_choice {choice!r} is not auto, none, required or a function offered "
+            f"({', '.join(names) or 'none offered'})", param=param)
+    if choice == "required" and not tools:
+        raise InvalidRequest("tool_choice 'required' needs at least one function in tools",
+                             param=param)
+    return tools, choice
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, TypeVar
 
 from agent import metrics
-from agent.engine import ModelRequest, Turn
+from agent.engine import ModelRequest, Tool, Turn
 from agent.media import Frame, Modality, Window
 from agent.parts import Part, text_only
 from agent.pool import Pool
@@ -27,16 +27,29 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class ResponseOptions:
     """What one response asks of every model call made for it: a token cap (the client's
-    ``max_output_tokens``), a LoRA adapter (used by calls that name none), and whether it
-    answers a live window (its calls wait for room in a full model queue)."""
+    ``max_output_tokens``), a LoRA adapter (used by calls that name none), whether it
+    answers a live window (its calls wait for room in a full model queue), and the client's
+    functions with its ``tool_choice`` (calls that bring their own tools keep them)."""
 
     max_new_tokens: int | None = None
     lora: str | None = None
     live: bool = False
+    tools: tuple[Tool, ...] = ()
+    """The client's functions, offered to every model call of the response."""
+    tool_choice: str = "auto"
+    parallel_tool_calls: bool = True
+
+    @property
+    def forces_call(self) -> bool:
+        """Whether the answer must be a function call (``required`` or a function's name)."""
+        return bool(self.tools) and self.tool_choice not in ("auto", "none")
 
     def apply(self, request: ModelRequest) -> ModelRequest:
         if self.live:
             request = replace(request, live=True)
+        if self.tools and not request.tools:
+            request = replace(request, tools=self.tools, tool_choice=self.tool_choice,
+                              parallel_tool_calls=self.parallel_tool_calls)
         if self.max_new_tokens is None and not self.lora:
             return request
         options = dict(request.options)
@@ -96,6 +109,14 @@ class Question:
     history: tuple[Turn, ...] = ()
     options: ResponseOptions | None = None
     """This response's options; ``None``: the session's."""
+
+    def prompt(self, default: str) -> str:
+        """What to ask the model: the question's text, else ``default`` — except when the
+        answer goes on from a function's output (the history ends with it): then nothing, and
+        the model continues from the output."""
+        if self.text:
+            return self.text
+        return "" if self.history and self.history[-1].role == "tool" else default
 
 
 class Handler:

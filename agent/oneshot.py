@@ -30,7 +30,9 @@ async def profile_answer(runtime: Runtime, profile: ProfileConfig,
     parts come with the answer, as a realtime response's do."""
     session_id = new_id("chat")
     cap = request.options.get("max_new_tokens")
-    options = SessionOptions(ResponseOptions(max_new_tokens=None if cap is None else int(cap)))
+    options = SessionOptions(ResponseOptions(
+        max_new_tokens=None if cap is None else int(cap), tools=request.tools,
+        tool_choice=request.tool_choice, parallel_tool_calls=request.parallel_tool_calls))
     handlers = [runtime.make_handler(name, session_id, profile, options)
                 for name in runtime.default_handlers(profile)]
     question = await asyncio.to_thread(feed, handlers, profile, request)

@@ -73,7 +73,7 @@ class DescribeHandler(_LLMHandler):
         if question.frame is None:
             return
         image = await asyncio.to_thread(question.frame.image)
-        req = self.request(question.text or self.prompt, question, images=(image,))
+        req = self.request(question.prompt(self.prompt), question, images=(image,))
         async for part in self.stream(req, question):
             yield part
 
@@ -124,7 +124,7 @@ class VideoHandler(_LLMHandler):
         if not frames:
             return
         video, fps = await self._video(frames)
-        req = self.request(question.text or self.prompt, question, video=video, video_fps=fps)
+        req = self.request(question.prompt(self.prompt), question, video=video, video_fps=fps)
         async for part in self.stream(req, question):
             yield part
 
@@ -195,7 +195,7 @@ class ListenHandler(_LLMHandler):
             audio = np.concatenate(list(self.recent))
         else:
             return
-        req = self.request(question.text or self.prompt, question, audio=audio)
+        req = self.request(question.prompt(self.prompt), question, audio=audio)
         async for part in self.stream(req, question):
             yield part
 

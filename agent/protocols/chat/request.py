@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import media_files
 from agent.config import ServerConfig
-from agent.engine import ModelRequest, Turn
+from agent.engine import ModelRequest, Tool, ToolCall, Turn, check_tools
 from agent.errors import InvalidRequest, LimitExceeded
 from agent.media import RGB, Audio
 
@@ -56,14 +56,52 @@ Part = Annotated[TextPart | ImagePart | VideoPart | AudioPart | AudioUrlPart,
                  Field(discriminator="type")]
 
 
+MAX_TOOLS = 64
+"""Functions in a request, and calls in one message."""
 MAX_PARTS = 128
 """Content parts in one message. Validation holds the event loop (pydantic keeps the GIL): an
 8 MB body of 270 000 empty text parts held it 1.1 s, refused at this bound 0.34 s."""
 
 
+class _Function(_M):
+    name: str = Field(max_length=64)
+    arguments: str = "{}"
+
+
+class ToolCallIn(_M):
+    """A call the model made earlier, as the client sends it back."""
+
+    id: str = Field(max_length=64)
+    type: Literal["function"] = "function"
+    function: _Function
+
+
 class Message(_M):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | Annotated[list[Part], Field(max_length=MAX_PARTS)] | None = None
+    tool_calls: Annotated[list[ToolCallIn], Field(max_length=MAX_TOOLS)] | None = None
+    tool_call_id: str | None = Field(default=None, max_length=64)
+
+
+class FunctionSpec(_M):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = Field(default="", max_length=4096)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ChatTool(_M):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class _Named(_M):
+    name: str
+
+
+class NamedChoice(_M):
+    type: Literal["function"]
+    function: _Named
 
 
 class StreamOptions(_M):
@@ -85,6 +123,16 @@ class ChatRequest(_M):
     """Up to 4 sequences, as in OpenAI's API (each is looked for in every delta)."""
     n: Literal[1] = 1
     stream_options: StreamOptions | None = None
+    tools: Annotated[list[ChatTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedChoice | None = None
+    parallel_tool_calls: bool = True
+
+    def choice(self) -> str:
+        """``tool_choice`` as a name: ``auto`` (the default with tools), ``none``,
+        ``required`` or a function's name."""
+        if isinstance(self.tool_choice, NamedChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice or "auto"
 
 
 
@@ -121,6 +169,9 @@ class Builder:
         if last_user is None:
             raise InvalidRequest("messages need a user message", param="messages")
         self.check(chat)
+        # after the question, the model's calls and their outputs: the answer goes on from
+        # them, the question stays in its place in the history
+        continues = any(m.role in ("assistant", "tool") for m in chat.messages[last_user:])
         instructions, history = [], []
         images: list[RGB] = []
         video: tuple[RGB, ...] = ()
@@ -130,7 +181,13 @@ class Builder:
             text = " ".join(p.text for p in parts if isinstance(p, TextPart))
             if msg.role in ("system", "developer"):
                 instructions.append(text)
-            elif i != last_user and msg.role in ("user", "assistant") and text:
+            elif msg.role == "tool":
+                history.append(Turn("tool", text, call_id=msg.tool_call_id or ""))
+            elif msg.role == "assistant" and msg.tool_calls:
+                history.append(Turn("assistant", text, tool_calls=tuple(
+                    ToolCall(c.id, c.function.name, c.function.arguments)
+                    for c in msg.tool_calls)))
+            elif (i != last_user or continues) and msg.role in ("user", "assistant") and text:
                 history.append(Turn(msg.role, text))
             if msg.role != "user":
                 continue
@@ -145,11 +202,16 @@ class Builder:
                 elif isinstance(part, AudioPart | AudioUrlPart):
                     url = part.input_audio.data if isinstance(part, AudioPart) else part.audio_url
                     audio = media_files.audio(self._load(url, where), where, self.limits)
-        prompt = " ".join(p.text for p in _parts(chat.messages[last_user])
-                          if isinstance(p, TextPart))
+        prompt = "" if continues else " ".join(
+            p.text for p in _parts(chat.messages[last_user]) if isinstance(p, TextPart))
+        tools = tuple(Tool(t.function.name, t.function.description, t.function.parameters)
+                      for t in chat.tools or ())
+        check_tools(tools, chat.choice(), "tool_choice")
         return ModelRequest(prompt=prompt, instructions="\n".join(instructions),
                             images=tuple(images), video=video, video_fps=1.0, audio=audio,
-                            history=tuple(history), options=_options(chat))
+                            history=tuple(history), options=_options(chat), tools=tools,
+                            tool_choice=chat.choice(),
+                            parallel_tool_calls=chat.parallel_tool_calls)
 
     def check(self, chat: ChatRequest) -> None:
         """Count text and media parts against the limits, before any decoding."""

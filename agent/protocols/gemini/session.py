@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agent.audio import check_rate
 from agent.conversation import Ask, Content, Conversation, Image, Settings
+from agent.engine import Tool
 from agent.errors import InvalidMedia, InvalidRequest, StreamAgentError
 from agent.protocols.common import StreamagentSession, check_containers, extension
 from agent.protocols.outbox import Outbox, serve
@@ -71,6 +72,8 @@ class GeminiSession:
         self.registry = registry if registry is not None else set()  # the gateway's sessions
         self.rate = 16000
         self.closing: str | None = None
+        self.pending_calls: set[str] = set()
+        """Function calls sent and not answered yet (cancelled if the user speaks first)."""
         server = runtime.config.server
         self.outbox = Outbox("gemini", server.slow_client_timeout_s, server.max_outbox_bytes)
 
@@ -153,7 +156,7 @@ class GeminiSession:
             if message["type"] == "websocket.disconnect":
                 return
             try:
-                self._apply(conv, parse(message.get("text") or message.get("bytes") or b""))
+                await self._apply(conv, parse(message.get("text") or message.get("bytes") or b""))
             except (KeyError, TypeError, AttributeError) as exc:
                 await self.close_with(f"invalid message: {exc}")
             except InvalidRequest as exc:
@@ -177,35 +180,59 @@ class GeminiSession:
             first = exc.errors(include_url=False)[0]
             where = ".".join(map(str, first["loc"]))
             raise InvalidRequest(f"setup.streamagent.{where}: {first['msg']}") from None
-        return extension(checked, Settings(instructions=instructions, audio_rate=self.rate))
+        tools = gemini_tools(setup.get("tools"))
+        return extension(checked, Settings(
+            instructions=instructions, audio_rate=self.rate, tools=tools,
+            tool_choice=gemini_choice(pick(setup, "toolConfig"), tools)))
 
-    def _apply(self, conv: Conversation, msg: dict[str, Any]) -> None:
+    async def _apply(self, conv: Conversation, msg: dict[str, Any]) -> None:
         realtime, content = pick(msg, "realtimeInput"), pick(msg, "clientContent")
         if realtime is not None:
-            self._realtime(conv, realtime)
+            await self._realtime(conv, realtime)
         elif content is not None:
-            _interrupt(conv)
+            await self._interrupt(conv)
             for turn in content.get("turns") or []:
                 for part in turn.get("parts", []):
                     conv.add_message("user", [self._content(part)])
             if pick(content, "turnComplete"):
                 conv.ask(Ask())
-        elif pick(msg, "toolResponse") is None:
+        elif (response := pick(msg, "toolResponse")) is not None:
+            self._tool_response(conv, response)
+        else:
             raise InvalidRequest(f"unknown message {sorted(msg)}; expected setup, "
-                                 "realtimeInput or clientContent")
+                                 "realtimeInput, clientContent or toolResponse")
 
-    def _realtime(self, conv: Conversation, rt: dict[str, Any]) -> None:
+    async def _interrupt(self, conv: Conversation) -> None:
+        """New user activity cancels what is being answered (a live response too), and the
+        function calls not answered yet (``toolCallCancellation``)."""
+        if conv.responses:
+            conv.cancel()
+        if self.pending_calls:
+            ids, self.pending_calls = sorted(self.pending_calls), set()
+            await self.send({"toolCallCancellation": {"ids": ids}})
+
+    def _tool_response(self, conv: Conversation, response: dict[str, Any]) -> None:
+        """Each function's result joins the conversation; the model goes on from them."""
+        answered = pick(response, "functionResponses") or []
+        for item in answered:
+            call_id = str(item.get("id") or "")
+            self.pending_calls.discard(call_id)
+            conv.add_call_output(call_id, json.dumps(item.get("response", {})))
+        if answered:
+            conv.ask(Ask())
+
+    async def _realtime(self, conv: Conversation, rt: dict[str, Any]) -> None:
         for blob in [*(pick(rt, "mediaChunks") or []), pick(rt, "audio"), pick(rt, "video")]:
             if blob:
                 self._blob(conv, blob)
         if rt.get("text"):
-            _interrupt(conv)
+            await self._interrupt(conv)
             conv.add_message("user", [str(rt["text"])])
             conv.ask(Ask())
         if pick(rt, "activityStart") is not None:
-            _interrupt(conv)
+            await self._interrupt(conv)
         if pick(rt, "activityEnd") is not None or pick(rt, "audioStreamEnd"):
-            _interrupt(conv)
+            await self._interrupt(conv)
             conv.commit_audio()
             conv.ask(Ask())
 
@@ -232,10 +259,48 @@ class GeminiSession:
         return Image(f"data:{mime};base64,{b64(inline['data'])}")
 
 
-def _interrupt(conv: Conversation) -> None:
-    """New user activity cancels what is being answered (a live response too)."""
-    if conv.responses:
-        conv.cancel()
+
+
+def gemini_tools(tools: Any) -> tuple[Tool, ...] | None:
+    """``setup.tools[].functionDeclarations`` as functions (their OpenAPI-style ``parameters``
+    or their ``parametersJsonSchema``)."""
+    if tools is None:
+        return None
+    out = []
+    for entry in tools:
+        for decl in pick(entry, "functionDeclarations") or []:
+            schema = pick(decl, "parametersJsonSchema") or _json_schema(
+                decl.get("parameters") or {"type": "OBJECT", "properties": {}})
+            out.append(Tool(str(decl["name"]), str(decl.get("description", "")), schema))
+        if set(entry) - {"functionDeclarations", "function_declarations"}:
+            raise InvalidRequest(f"only functionDeclarations tools are served here, not "
+                                 f"{sorted(set(entry) - {'functionDeclarations'})}")
+    return tuple(out)
+
+
+def gemini_choice(config: Any, tools: tuple[Tool, ...] | None) -> str | None:
+    """``toolConfig.functionCallingConfig``: ``AUTO``, ``NONE``, ``ANY`` (``required``, or the
+    one function of ``allowedFunctionNames``)."""
+    calling = pick(config, "functionCallingConfig") if isinstance(config, dict) else None
+    if not isinstance(calling, dict):
+        return None
+    mode = str(calling.get("mode", "AUTO")).upper()
+    allowed = pick(calling, "allowedFunctionNames") or []
+    if mode == "ANY" and len(allowed) == 1:
+        return str(allowed[0])
+    return {"AUTO": "auto", "NONE": "none", "ANY": "required", "VALIDATED": "auto"}.get(mode)
+
+
+def _json_schema(schema: Any) -> Any:
+    """Gemini's OpenAPI-style schema (``type: "OBJECT"``) as JSON schema (``"object"``)."""
+    if isinstance(schema, list):
+        return [_json_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _json_schema(v) for k, v in schema.items()}
+    if isinstance(out.get("type"), str):
+        out["type"] = out["type"].lower()
+    return out
 
 
 class GeminiSink(ResponseSink):
@@ -253,9 +318,11 @@ class GeminiSink(ResponseSink):
         await self.session.close_with(error.message)
 
     async def finished(self, response: Response) -> None:
-        for call in response.calls.values():
-            done = {"id": call.call_id, "name": call.name, "args": _args(call.text)}
-            await self.session.send({"toolCall": {"functionCalls": [done]}})
+        calls: list[dict[str, Any]] = [{"id": c.call_id, "name": c.name, "args": _args(c.text)}
+                                       for c in response.calls.values()]
+        if calls and response.status != "cancelled":
+            self.session.pending_calls.update(str(c["id"]) for c in calls)
+            await self.session.send({"toolCall": {"functionCalls": calls}})
         body = ({"interrupted": True} if response.status == "cancelled"
                 else {"turnComplete": True})
         await self.session.send({"serverContent": body})

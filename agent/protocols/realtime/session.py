@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from agent.conversation import UNCHANGED, Ask, Content, Conversation, Image, Settings, Sound
-from agent.engine import Turn
+from agent.engine import TOOL_CHOICES, Tool, ToolCall, Turn
 from agent.errors import HandlerFailed, InvalidMedia, InvalidRequest, StreamAgentError
 from agent.ids import new_id
 from agent.intake import Intake
@@ -109,6 +109,9 @@ class RealtimeSession:
             "instructions": conv.instructions,
             "output_modalities": ["text"],
             "max_output_tokens": conv.options.response.max_new_tokens or "inf",
+            "tools": [{"type": "function", "name": t.name, "description": t.description,
+                       "parameters": dict(t.parameters)} for t in conv.options.response.tools],
+            "tool_choice": choice_object(conv.options.response.tool_choice),
             "audio": {"input": {"format": {"type": "audio/pcm", "rate": conv.audio_rate}}},
             "streamagent": {
                 "live": media.live,
@@ -122,13 +125,21 @@ class RealtimeSession:
         })
 
     async def _add_item(self, event: wire.ItemCreate) -> None:
-        item = event.item
-        self.conversation.add_message(
-            item.role, [c for c in map(content, item.content) if c is not None])
+        item, conv = event.item, self.conversation
         item_id = item.id or new_id("item")
-        out = {"id": item_id, "object": "realtime.item", "type": "message", "role": item.role,
-               "status": "completed",
-               "content": [p.model_dump(exclude_none=True) for p in item.content]}
+        out: dict[str, Any] = {"id": item_id, "object": "realtime.item", "type": item.type,
+                               "status": "completed"}
+        if isinstance(item, wire.FunctionCallOutputItem):
+            conv.add_call_output(item.call_id, item.output)
+            out |= {"call_id": item.call_id, "output": item.output}
+        elif isinstance(item, wire.FunctionCallItem):
+            call = ToolCall(item.call_id or new_id("call"), item.name, item.arguments)
+            conv.add_call(call)
+            out |= {"call_id": call.call_id, "name": call.name, "arguments": call.arguments}
+        else:
+            conv.add_message(item.role, [c for c in map(content, item.content) if c is not None])
+            out |= {"role": item.role,
+                    "content": [p.model_dump(exclude_none=True) for p in item.content]}
         prev = event.previous_item_id
         await self.send(events.event("conversation.item.added", previous_item_id=prev, item=out))
         await self.send(events.event("conversation.item.done", previous_item_id=prev, item=out))
@@ -144,7 +155,37 @@ def settings(params: wire.SessionParams) -> Settings:
            else token_cap(params.max_output_tokens))
     return extension(params.streamagent, Settings(
         instructions=params.instructions, audio_rate=fmt.rate if fmt is not None else None,
-        max_output_tokens=cap))
+        max_output_tokens=cap, tools=tools(params.tools, "session.tools"),
+        tool_choice=tool_choice(params.tool_choice),
+        parallel_tool_calls=params.parallel_tool_calls))
+
+
+def tools(offered: list[wire.FunctionTool | wire.McpTool] | None,
+          param: str) -> tuple[Tool, ...] | None:
+    """The client's functions (``None``: unchanged). MCP servers are refused by name."""
+    if offered is None:
+        return None
+    for i, tool in enumerate(offered):
+        if isinstance(tool, wire.McpTool):
+            raise InvalidRequest(
+                f"MCP tools are not served here (server_label {tool.server_label!r}): offer "
+                "function tools, and run the MCP client on your side", param=f"{param}.{i}")
+    return tuple(Tool(t.name, t.description, t.parameters) for t in offered
+                 if isinstance(t, wire.FunctionTool))
+
+
+def choice_object(choice: str) -> str | dict[str, str]:
+    """A ``tool_choice`` as the GA session object shows it."""
+    return choice if choice in TOOL_CHOICES else {"type": "function", "name": choice}
+
+
+def tool_choice(choice: wire.ToolChoice | None) -> str | None:
+    """``auto``, ``none``, ``required`` or a function's name (``None``: unchanged)."""
+    if choice is None or isinstance(choice, str):
+        return choice
+    if isinstance(choice, wire.McpChoice):
+        raise InvalidRequest("MCP tools are not served here", param="tool_choice")
+    return choice.name
 
 
 def content(part: wire.InputText | wire.InputImage | wire.InputAudio) -> Content | None:
@@ -163,14 +204,26 @@ def ask(params: wire.ResponseParams | None, intake: Intake) -> Ask:
                remember=params.conversation != "none",
                context=None if params.input is None else own_context(params.input, intake),
                max_output_tokens=(token_cap(params.max_output_tokens)
-                                  if params.max_output_tokens else None))
+                                  if params.max_output_tokens else None),
+               tools=tools(params.tools, "response.tools"),
+               tool_choice=tool_choice(params.tool_choice),
+               parallel_tool_calls=params.parallel_tool_calls)
 
 
-def own_context(items: list[wire.Item], intake: Intake) -> tuple[Turn, ...]:
-    """``response.input``: text messages only; the session's media stay what the handlers
-    see."""
+def own_context(items: list[wire.AnyItem], intake: Intake) -> tuple[Turn, ...]:
+    """``response.input``: text messages and function calls with their outputs; the
+    session's media stay what the handlers see."""
     turns: list[Turn] = []
     for item in items:
+        if isinstance(item, wire.FunctionCallOutputItem):
+            intake.text(item.output, 0, param="response.input")
+            turns.append(Turn("tool", item.output, call_id=item.call_id))
+            continue
+        if isinstance(item, wire.FunctionCallItem):
+            intake.text(item.arguments, 0, param="response.input")
+            turns.append(Turn("assistant", "", tool_calls=(
+                ToolCall(item.call_id or new_id("call"), item.name, item.arguments),)))
+            continue
         parts = [p for p in item.content if isinstance(p, wire.InputText)]
         text = "".join(p.text for p in parts)
         if len(parts) < len(item.content):

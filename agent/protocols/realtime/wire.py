@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from agent.errors import InvalidRequest, UnknownEvent
 from agent.protocols.common import MediaExtension, StreamagentSession, check_containers
 
+MAX_TOOLS = 64
+"""Functions a session or a response may offer (each described to the model in its prompt)."""
 TokenCap = Annotated[int, Field(ge=1, le=4096)] | Literal["inf"]
 """``max_output_tokens``: 1-4096, or ``"inf"`` for the model's own limit (as in OpenAI's API)."""
 
@@ -34,6 +36,41 @@ class AudioConfig(_Model):
     input: AudioInput | None = None
 
 
+class FunctionTool(_Model):
+    """A client's function (GA and beta: the flat form)."""
+
+    type: Literal["function"] = "function"
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = Field(default="", max_length=4096)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class McpTool(_Model):
+    type: Literal["mcp"]
+    server_label: str = ""
+
+
+Tool = Annotated[FunctionTool | McpTool, Field(discriminator="type")]
+Tools = Annotated[list[Tool], Field(max_length=MAX_TOOLS)]
+
+
+class FunctionChoice(_Model):
+    type: Literal["function"]
+    name: str
+
+
+class McpChoice(_Model):
+    type: Literal["mcp"]
+    server_label: str = ""
+    name: str | None = None
+
+
+ToolChoice = str | Annotated[FunctionChoice | McpChoice, Field(discriminator="type")]
+"""``auto``, ``none``, ``required``, ``{"type": "function", "name": …}`` (GA), or a function's
+name alone (beta)."""
+
+
 class SessionParams(_Model):
     type: str | None = None
     instructions: str | None = None
@@ -41,6 +78,9 @@ class SessionParams(_Model):
     audio: AudioConfig | None = None
     turn_detection: Any = None
     max_output_tokens: TokenCap | None = None
+    tools: Tools | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     streamagent: StreamagentSession | None = None
 
 
@@ -72,6 +112,29 @@ class Item(_Model):
     content: list[ContentPart] = Field(max_length=32)
 
 
+class FunctionCallItem(_Model):
+    """A call the model made, as a client syncs its context (LiveKit, the Agents SDK)."""
+
+    id: str | None = Field(default=None, max_length=64)
+    type: Literal["function_call"]
+    call_id: str = Field(default="", max_length=64)
+    name: str = Field(max_length=64)
+    arguments: str = "{}"
+
+
+class FunctionCallOutputItem(_Model):
+    """What a client's function returned; the next response continues with it."""
+
+    id: str | None = Field(default=None, max_length=64)
+    type: Literal["function_call_output"]
+    call_id: str = Field(max_length=64)
+    output: str
+
+
+AnyItem = Annotated[Item | FunctionCallItem | FunctionCallOutputItem,
+                    Field(discriminator="type")]
+
+
 class _Event(_Model):
     event_id: str | None = None
 
@@ -97,7 +160,7 @@ class AudioClear(_Event):
 
 class ItemCreate(_Event):
     type: Literal["conversation.item.create"]
-    item: Item
+    item: AnyItem
     previous_item_id: str | None = None
 
 
@@ -112,10 +175,13 @@ class ResponseParams(_Model):
     most 512."""
     conversation: Literal["auto", "none"] | None = None
     """``none``: an out-of-band response, whose answer does not join the conversation."""
-    input: list[Item] | None = Field(default=None, max_length=32)
+    input: list[AnyItem] | None = Field(default=None, max_length=32)
     """The context of this response instead of the conversation (text messages); the
     conversation's pending text waits for the next response."""
     max_output_tokens: TokenCap | None = None
+    tools: Tools | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class ResponseCreate(_Event):
