@@ -131,6 +131,7 @@ class FunctionCallOutputItem(_Model):
     output: str
 
 
+ITEM_TYPES = ("message", "function_call", "function_call_output")
 AnyItem = Annotated[Item | FunctionCallItem | FunctionCallOutputItem,
                     Field(discriminator="type")]
 
@@ -244,5 +245,8 @@ def _explain(exc: ValidationError) -> InvalidRequest:
         return InvalidRequest(f"event must be a JSON object with a 'type': {first['msg']}")
     # Drop the discriminator tag from the path: "session.update.session.x" -> "session.x".
     parts = [str(p) for p in first["loc"][1:]]
+    # and an item's type tag: "item.message.content.0" -> "item.content.0"
+    parts = [p for i, p in enumerate(parts) if not (p in ITEM_TYPES and i > 0 and (
+        parts[i - 1] == "item" or parts[i - 1].isdigit()))]
     param = ".".join(parts) or loc
     return InvalidRequest(f"{param}: {first['msg']}", param=param)
