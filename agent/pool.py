@@ -8,7 +8,9 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Mapping
+from dataclasses import replace
 
+from agent import toolcalls
 from agent.engine import Engine, ModelRequest
 from agent.errors import ConfigError, EngineError, StreamAgentError, UnknownModel
 from agent.parts import Part
@@ -98,10 +100,17 @@ def scheduler_for(engine: Engine) -> Scheduler:
 
 
 async def guarded_stream(engine: Engine, request: ModelRequest) -> AsyncGenerator[Part, None]:
-    """The engine's stream, closed when the consumer stops; its failures as ``EngineError``."""
+    """The engine's stream, closed when the consumer stops; its failures as ``EngineError``.
+    The request's functions: an enforced choice becomes the engine's output schema, and the
+    model's calls become ``ToolCallDelta`` parts; a model that takes no tools (no tool format,
+    no constrained decoding: the embedded models) answers as without them."""
+    if request.tools and engine.tool_format is None and not engine.constrains:
+        request = replace(request, tools=())
+    request = toolcalls.prepare(request, engine.constrains, engine.name)
     try:
-        async with contextlib.aclosing(engine.stream(request)) as agen:
-            async for part in agen:
+        async with contextlib.aclosing(engine.stream(request)) as agen, contextlib.aclosing(
+                toolcalls.tool_parts(agen, request, engine.tool_format)) as parts:
+            async for part in parts:
                 yield part
     except StreamAgentError:
         raise
