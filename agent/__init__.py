@@ -57,6 +57,7 @@ from agent.parts import (
 )
 from agent.plugins import installed_families
 from agent.pool import LocalPool, Pool
+from agent.toolcalls import detect_format
 from agent.vad import Segmenter, Utterance, load_vad
 
 __all__ = [
@@ -103,6 +104,7 @@ __all__ = [
     "Window",
     "as_part",
     "decoding",
+    "detect_format",
     "family_for_type",
     "family_of",
     "fit",

@@ -10,6 +10,7 @@ the ``register_families`` hook, overrides only what differs for one family of ch
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -82,19 +83,45 @@ GENERIC = Family("generic")
 
 
 def messages(request: ModelRequest, content: Messages) -> Messages:
-    """The chat: instructions, few-shot examples, history, then the media parts and question."""
+    """The chat: instructions, few-shot examples, history, then the media parts and question.
+
+    Tool turns take the shape chat templates read (transformers' "Tool use"; Qwen2.5/3-VL,
+    Llama 3.1, Mistral): an assistant's ``tool_calls`` as ``{"id", "type": "function",
+    "function": {"name", "arguments": dict}}`` and a ``tool`` message with ``tool_call_id``,
+    the function's ``name`` and the output. Their contents are plain strings, which every
+    template that renders tools takes (text-only templates concatenate them)."""
     msgs: Messages = []
     if request.instructions:
         msgs.append({"role": "system", "content": [{"type": "text", "text": request.instructions}]})
     for _, answer in request.examples:
         msgs.append({"role": "user", "content": [{"type": "image"}]})
         msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    names: dict[str, str] = {}  # call id -> function name, for the tool messages
     for turn in request.history:
-        if turn.role in ("user", "assistant"):
+        if turn.role == "assistant" and turn.tool_calls:
+            names.update((call.call_id, call.name) for call in turn.tool_calls)
+            msgs.append({"role": "assistant", "content": turn.text, "tool_calls": [
+                {"id": call.call_id, "type": "function",
+                 "function": {"name": call.name, "arguments": _arguments(call.arguments)}}
+                for call in turn.tool_calls]})
+        elif turn.role == "tool":
+            msgs.append({"role": "tool", "tool_call_id": turn.call_id,
+                         "name": names.get(turn.call_id, ""), "content": turn.text})
+        elif turn.role in ("user", "assistant"):
             msgs.append({"role": turn.role, "content": [{"type": "text", "text": turn.text}]})
     prompt = request.prompt or DEFAULT_PROMPT
     msgs.append({"role": "user", "content": [*content, {"type": "text", "text": prompt}]})
     return msgs
+
+
+def _arguments(text: str) -> Any:
+    """A call's arguments as templates want them: the JSON object parsed (Llama 3.1 writes them
+    with ``tojson``); text that is not one stays text (Qwen writes a string as it is)."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text
+    return parsed if isinstance(parsed, dict) else text
 
 
 def learn_modalities(processor: Any) -> frozenset[str]:

@@ -112,6 +112,19 @@ def _as_call(obj: object, names: Collection[str]) -> tuple[str, str] | str:
     return name, json.dumps(args, separators=(",", ":"), ensure_ascii=False)
 
 
+def _whole_items(text: str) -> list[Any]:
+    """The JSON values written whole at the start of an unfinished array's body."""
+    decoder, items, i = json.JSONDecoder(), [], 0
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        try:
+            item, i = decoder.raw_decode(text, i)
+        except ValueError:
+            return items
+        items.append(item)
+
+
 def _loads(text: str) -> tuple[Any, str | None]:
     """Decoded JSON, or ``None`` and why not."""
     try:
@@ -252,8 +265,15 @@ class CallParser:
         """A JSON array of ``{"name", "arguments"}`` objects, to its closing bracket."""
         end = self._brackets.end(self._buf)
         if end is None:
-            if final:
-                self._bad("unfinished JSON array", self._lead + self._buf)
+            if final:  # cut by the token limit: the calls written whole still count
+                whole = _whole_items(self._buf[self._at + 1:])
+                if whole and self.fmt == ENFORCED:
+                    self.problems.append(f"unfinished JSON array: {len(whole)} whole call(s) "
+                                         f"kept, the rest dropped: {_clip(self._buf)}")
+                    for call in whole:
+                        self._call(call, json.dumps(call, ensure_ascii=False))
+                else:
+                    self._bad("unfinished JSON array", self._lead + self._buf)
                 self._end_call(len(self._buf), "plain")
             return final
         calls, problem = _loads(self._buf[self._at:end])

@@ -32,6 +32,7 @@ from agent import (
     TextDelta,
     Usage,
     decoding,
+    detect_format,
     family_for_type,
     family_of,
     fit,
@@ -49,16 +50,22 @@ from agent import (
 log = logging.getLogger(__name__)
 ENGINE_OPTIONS = ("max_model_len", "gpu_memory_utilization", "max_num_seqs",
                   "limit_mm_per_prompt", "tensor_parallel_size", "enable_prefix_caching",
-                  "enforce_eager", "kv_cache_memory_bytes", "max_lora_rank", "dtype", "seed")
+                  "enforce_eager", "kv_cache_memory_bytes", "max_lora_rank", "dtype", "seed",
+                  "structured_outputs_config")
+STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
+"""How vLLM enforces ``output_schema``: xgrammar, as the transformers engine does, with compact
+JSON (free whitespace lets a weak model write spaces up to its token limit). The option
+``structured_outputs_config`` overrides these."""
 
 
 class VllmEngine(Engine):
     """Options: the vLLM engine arguments above, ``lora: {name: path}`` adapters served beside
     the base model (a request picks one with option ``lora``; ``default_lora`` applies to all),
-    ``max_pixels`` (frame budget)."""
+    ``max_pixels`` (frame budget). ``output_schema`` is enforced by vLLM's structured outputs."""
 
     kind = "vllm"
     uses_families = True
+    constrains = True
 
     def __init__(self, name: str, config: ModelConfig,
                  families: Mapping[str, Family] | None = None) -> None:
@@ -103,6 +110,8 @@ class VllmEngine(Engine):
         os.environ.setdefault("DO_NOT_TRACK", "1")
         opts = {k: v for k, v in self.config.options.items() if k in ENGINE_OPTIONS}
         opts.setdefault("enforce_eager", cpu)
+        opts["structured_outputs_config"] = _structured(self.name,
+                                                        opts.get("structured_outputs_config"))
         if self.config.dtype != "auto":
             opts.setdefault("dtype", self.config.dtype)
         if self.loras:
@@ -113,6 +122,9 @@ class VllmEngine(Engine):
             opts.setdefault("mm_processor_kwargs", dict(self.family.processor_kwargs))
         self.processor = AutoProcessor.from_pretrained(source, trust_remote_code=remote)
         self.modalities = self.family.modalities or learn_modalities(self.processor)
+        self.tool_format = detect_format(
+            getattr(self.processor, "chat_template", None)
+            or getattr(getattr(self.processor, "tokenizer", None), "chat_template", None))
         args = AsyncEngineArgs(model=source, disable_log_stats=False, **opts)
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats_logger()])
 
@@ -162,8 +174,10 @@ class VllmEngine(Engine):
             data["audio"] = [(clip, AUDIO_RATE) for clip in clips]
         chat = (self.family.messages or messages)(
             request, media_parts(request, takes, audio_clips=len(clips) or 1))
+        tools = ([t.spec() for t in request.tools]  # the functions the template lists
+                 if request.tools and request.tool_choice != "none" else None)
         prompt = self.processor.apply_chat_template(chat, tokenize=False,
-                                                    add_generation_prompt=True)
+                                                    add_generation_prompt=True, tools=tools)
         return {"prompt": prompt, "multi_modal_data": data} if data else {"prompt": prompt}
 
     def sampling(self, request: ModelRequest) -> Any:
@@ -182,6 +196,11 @@ class VllmEngine(Engine):
             params["temperature"] = 0.0
         if "seed" in request.options:
             params["seed"] = int(request.options["seed"])
+        if request.output_schema is not None:  # no minimum: it would forbid the JSON's end
+            from vllm.sampling_params import StructuredOutputsParams
+
+            params.update(min_tokens=0, structured_outputs=StructuredOutputsParams(
+                json=dict(request.output_schema)))
         return SamplingParams(**params)
 
     def lora(self, request: ModelRequest) -> Any:
@@ -241,6 +260,16 @@ class VllmEngine(Engine):
         if ctx is not None:
             with contextlib.suppress(Exception):
                 ctx.destroy(linger=0)
+
+
+def _structured(name: str, options: Mapping[str, Any] | None) -> Any:
+    """vLLM's structured-outputs config: ours, then what the model's options change."""
+    from vllm.config import StructuredOutputsConfig
+
+    try:
+        return StructuredOutputsConfig(**{**STRUCTURED_OUTPUTS, **dict(options or {})})
+    except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(f"model {name!r}: bad structured_outputs_config: {exc}") from exc
 
 
 def _refused(exc: Exception) -> bool:

@@ -341,3 +341,15 @@ async def test_problems_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     messages = [record.getMessage() for record in caplog.records]
     assert any("s1" in m and "unknown tool 'nosuch'" in m for m in messages)
     assert any("'get_time' has arguments that are not a JSON object" in m for m in messages)
+
+
+def test_an_enforced_array_cut_by_the_token_limit_keeps_its_whole_calls() -> None:
+    parser = CallParser(ENFORCED, ["get_weather"])
+    out = parser.feed('[{"name": "get_weather", "arguments": {"city": "Oslo"}}, '
+                      '{"name": "get_weather", "arguments": {"ci')
+    out += parser.finish()
+    calls = [p for p in out if isinstance(p, ToolCallDelta)]
+    assert [c.name for c in calls if c.name] == ["get_weather"]
+    assert json.loads("".join(c.arguments for c in calls)) == {"city": "Oslo"}
+    assert not [p for p in out if isinstance(p, TextDelta)]
+    assert "1 whole call(s) kept" in parser.problems[0]

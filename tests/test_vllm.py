@@ -43,14 +43,20 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(tiny: Path) -> Iterator[tuple[Address, Runtime]]:
+def server(tiny: Path) -> Iterator[ServerThread]:
     model = ModelConfig(engine="vllm", family="qwen2-vl", source=str(tiny),
                         handlers=["describe", "video"],
                         options={"max_num_seqs": 16, "enable_prefix_caching": True},
                         generation=GenerationConfig(max_new_tokens=TOKENS, min_new_tokens=TOKENS))
-    runtime = Runtime.build(Config(models={"tiny": model}), get_plugin_manager())
-    with ServerThread(runtime) as address:
-        yield address, runtime
+    server = ServerThread(Runtime.build(Config(models={"tiny": model}), get_plugin_manager()))
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def served(server: ServerThread) -> tuple[Address, Runtime]:
+    assert server.address is not None
+    return server.address, server.runtime
 
 
 def engine(runtime: Runtime) -> Any:
@@ -105,6 +111,23 @@ async def test_concurrent_sessions_are_batched(served: Any) -> None:
                                          for _ in range(6)))
     assert all(r.status_code == 200 for r in replies)
     assert eng.max_running >= 3, "vLLM's scheduler never ran requests together"
+
+
+def test_output_schema_is_enforced(server: ServerThread) -> None:
+    """The engine (on the server's loop, where vLLM runs) writes JSON that follows the schema
+    and stops there, though the model's config asks for at least TOKENS tokens."""
+    from tests.test_tool_engines import SCHEMAS, follows
+
+    eng = engine(server.runtime)
+    assert eng.constrains and eng.tool_format is None  # Qwen2-VL's template renders no tools
+
+    async def answer(schema: dict[str, Any]) -> list[Any]:
+        return [p async for p in eng.stream(ModelRequest(prompt="?", output_schema=schema))]
+
+    assert server._loop is not None
+    for schema in SCHEMAS.values():
+        follows(asyncio.run_coroutine_threadsafe(answer(schema), server._loop).result(120),
+                schema, limit=TOKENS)
 
 
 def test_caption_a_folder_resumably(tiny: Path, tmp_path: Path) -> None:

@@ -36,9 +36,11 @@ QWEN2_5_OMNI = _template(
     "{% elif content['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
 )
 
-QWEN3_VL = (
+_QWEN3_VL_STRIPPED = (
     # Qwen3-VL-*-Instruct's chat_template.jinja without its tool-calling branches: a system
-    # turn only when given, the vision placeholders, assistant text.
+    # turn only when given, the vision placeholders, assistant text. (Jinja's ``{%-`` eats the
+    # newline before it, so this renders without the real template's newlines; the tiny
+    # Qwen3-Omni and MiniCPM-V 4.6 templates are built on it.)
     "{%- if messages[0].role == 'system' %}<|im_start|>system\n"
     "{%- if messages[0].content is string %}{{- messages[0].content }}{%- else %}"
     "{%- for content in messages[0].content %}{%- if 'text' in content %}{{- content.text }}"
@@ -61,7 +63,136 @@ QWEN3_VL = (
     "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
 )
 
-QWEN3_OMNI = QWEN3_VL.replace(
+# Qwen3-VL-*-Instruct's chat template as published, tool branches included (``tools`` in
+# the system turn, ``<tool_call>`` in assistant turns, ``<tool_response>`` for tool messages).
+# Taken from two public copies that agree byte for byte (5292 bytes, SHA-256
+# 3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4): a test in
+# zhongkaifu/TensorSharp that pins it as the template of Qwen/Qwen3-VL-8B-Instruct-GGUF, and a
+# training script's copy of Qwen3-VL's chat_template. Without tools it renders what the
+# stripped template above renders, plus the newlines that one loses.
+QWEN3_VL = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {%- if messages[0].content is string %}
+            {{- messages[0].content }}
+        {%- else %}
+            {%- for content in messages[0].content %}
+                {%- if 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '\n\n' }}
+    {%- endif %}
+    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\n' }}
+        {%- if messages[0].content is string %}
+            {{- messages[0].content }}
+        {%- else %}
+            {%- for content in messages[0].content %}
+                {%- if 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set image_count = namespace(value=0) %}
+{%- set video_count = namespace(value=0) %}
+{%- for message in messages %}
+    {%- if message.role == "user" %}
+        {{- '<|im_start|>' + message.role + '\n' }}
+        {%- if message.content is string %}
+            {{- message.content }}
+        {%- else %}
+            {%- for content in message.content %}
+                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}
+                    {%- set image_count.value = image_count.value + 1 %}
+                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}
+                    <|vision_start|><|image_pad|><|vision_end|>
+                {%- elif content.type == 'video' or 'video' in content %}
+                    {%- set video_count.value = video_count.value + 1 %}
+                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}
+                    <|vision_start|><|video_pad|><|vision_end|>
+                {%- elif 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role + '\n' }}
+        {%- if message.content is string %}
+            {{- message.content }}
+        {%- else %}
+            {%- for content_item in message.content %}
+                {%- if 'text' in content_item %}
+                    {{- content_item.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and message.content) or (not loop.first) %}
+                    {{- '\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {%- if message.content is string %}
+            {{- message.content }}
+        {%- else %}
+            {%- for content in message.content %}
+                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}
+                    {%- set image_count.value = image_count.value + 1 %}
+                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}
+                    <|vision_start|><|image_pad|><|vision_end|>
+                {%- elif content.type == 'video' or 'video' in content %}
+                    {%- set video_count.value = video_count.value + 1 %}
+                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}
+                    <|vision_start|><|video_pad|><|vision_end|>
+                {%- elif 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""  # noqa: E501  (the published text, byte for byte)
+
+QWEN3_OMNI = _QWEN3_VL_STRIPPED.replace(
     # Qwen3-Omni-*-Instruct: the Qwen3-VL placeholders plus audio.
     "{%- elif 'text' in content %}",
     "{%- elif content.type == 'audio' or 'audio' in content %}"
@@ -101,7 +232,7 @@ LLAVA_ONEVISION = (
 MINICPM_V4_6 = (
     # MiniCPM-V 4.6 (Qwen3.5 ChatML): each image / video part is one <|image_pad|> /
     # <|video_pad|> that the processor expands into its <image>/<slice> layout.
-    QWEN3_VL.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>")
+    _QWEN3_VL_STRIPPED.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>")
     .replace("<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>")
 )
 

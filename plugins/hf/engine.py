@@ -5,6 +5,7 @@ family changes only what differs (plugins/hf/families.py, agent/families.py)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator, Mapping
@@ -13,12 +14,15 @@ from typing import Any
 from agent import (
     ChatCall,
     ConfigError,
+    EngineError,
     Family,
+    InvalidRequest,
     ModelConfig,
     ModelRequest,
     ThreadedEngine,
     Usage,
     decoding,
+    detect_format,
     family_for_type,
     family_of,
     installed_families,
@@ -33,10 +37,14 @@ TOKEN_TIMEOUT_S = 600.0
 
 class TransformersEngine(ThreadedEngine):
     """Options: ``max_pixels`` (frame budget, default 640*480), ``token_timeout_s`` (longest
-    wait for the next token, default 600)."""
+    wait for the next token, default 600).
+
+    An ``output_schema`` is enforced with xgrammar on the generic path; a family's own
+    ``chat()`` refuses one (and takes no tools: ``tool_format`` stays ``None``)."""
 
     kind = "transformers"
     uses_families = True
+    constrains = True
 
     def __init__(self, name: str, config: ModelConfig,
                  families: Mapping[str, Family] | None = None) -> None:
@@ -50,6 +58,7 @@ class TransformersEngine(ThreadedEngine):
         self.token_timeout_s = float(config.options.get("token_timeout_s", TOKEN_TIMEOUT_S))
         self.tokens_generated = 0
         self.active = 0
+        self._grammars: Any = None  # xgrammar's compiler for this tokenizer, built on first use
 
     def load(self) -> None:
         import torch
@@ -82,7 +91,10 @@ class TransformersEngine(ThreadedEngine):
             self.processor = AutoProcessor.from_pretrained(source, trust_remote_code=remote)
             self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
             self.modalities = self.family.modalities or learn_modalities(self.processor)
-        log.info("%s takes %s", self.name, ", ".join(sorted(self.modalities)) or "text only")
+            self.tool_format = detect_format(getattr(self.processor, "chat_template", None)
+                                             or getattr(self.tokenizer, "chat_template", None))
+        log.info("%s takes %s; tool calls: %s", self.name,
+                 ", ".join(sorted(self.modalities)) or "text only", self.tool_format or "none")
 
     def generate(self, request: ModelRequest,
                  cancelled: threading.Event) -> Iterator[str | Usage]:
@@ -98,6 +110,8 @@ class TransformersEngine(ThreadedEngine):
             torch.manual_seed(int(request.options["seed"]))
         options = decoding(self.config, request.options, self.family)
         options["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
+        if request.output_schema is not None:
+            self._constrain(options, request.output_schema)
         self.active += 1
         try:
             if self.family.chat is not None:
@@ -106,6 +120,44 @@ class TransformersEngine(ThreadedEngine):
                 yield from self._generate(request, options, cancelled)
         finally:
             self.active -= 1
+
+    def _constrain(self, options: dict[str, Any], schema: Mapping[str, Any]) -> None:
+        """Decode under ``schema``: a grammar mask on the logits, one sequence (beams would
+        reorder the grammar's state), and no minimum length (it would forbid the end of a
+        complete JSON value)."""
+        from transformers import LogitsProcessorList
+
+        if self.family.chat is not None:
+            raise InvalidRequest(
+                f"model {self.name!r} ({self.family.name}) answers through its own chat(), "
+                "which cannot enforce an output_schema (constrained decoding)",
+                param="output_schema")
+        compiled = self._compile(schema)
+        options.update(min_new_tokens=0, num_beams=1,
+                       logits_processor=LogitsProcessorList([schema_processor(compiled)]))
+
+    def _compile(self, schema: Mapping[str, Any]) -> Any:
+        """``schema`` compiled by xgrammar for this tokenizer (compact JSON: no free
+        whitespace, which a weak model could repeat up to its token limit)."""
+        try:
+            import xgrammar as xgr
+        except ImportError as exc:
+            raise InvalidRequest(f"model {self.name!r} cannot enforce an output_schema: "
+                                 "xgrammar is not installed (pip install xgrammar)") from exc
+        if self._grammars is None:
+            head = self.model.get_output_embeddings()
+            vocab = int(head.weight.shape[0]) if head is not None else len(self.tokenizer)
+            stop = self.model.generation_config.eos_token_id
+            stop = [stop] if isinstance(stop, int) else stop
+            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab,
+                                                      stop_token_ids=stop or None)
+            self._grammars = xgr.GrammarCompiler(info)
+        try:
+            return self._grammars.compile_json_schema(json.dumps(schema), any_whitespace=False)
+        except (RuntimeError, ValueError, TypeError) as exc:  # "[time] file.cc:line: why"
+            why = str(exc).strip().split(": ", 1)[-1]
+            raise InvalidRequest(f"output_schema cannot be enforced: {why}",
+                                 param="output_schema") from exc
 
     def _chat(self, request: ModelRequest, options: dict[str, Any],
               cancelled: threading.Event) -> Iterator[str | Usage]:
@@ -171,6 +223,35 @@ class TransformersEngine(ThreadedEngine):
 def _usage(prompt: int | None, generated: int, limit: int) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=generated,
                  finish_reason="length" if generated >= limit else "stop")
+
+
+def schema_processor(compiled: Any) -> Any:
+    """A logits processor that lets through only the tokens ``compiled`` (an xgrammar grammar)
+    allows next: the output follows the schema, and an end-of-sequence token is allowed only
+    once the JSON value is complete. One per ``generate()`` call, one sequence."""
+    import xgrammar as xgr
+    from transformers import LogitsProcessor
+
+    class Schema(LogitsProcessor):
+        def __init__(self) -> None:
+            self.matcher = xgr.GrammarMatcher(compiled)
+            self.bitmask = xgr.allocate_token_bitmask(1, compiled.tokenizer_info.vocab_size)
+            self.started = False
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            if self.started:  # the token chosen at the last step
+                token = int(input_ids[0, -1])
+                if not self.matcher.accept_token(token):
+                    raise EngineError(f"token {token} breaks the output schema")
+            self.started = True
+            self.matcher.fill_next_token_bitmask(self.bitmask)
+            on = scores.device.type  # xgrammar's own kernels on CPU and CUDA
+            xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device),
+                                            backend="auto" if on in ("cpu", "cuda")
+                                            else "torch_native")
+            return scores
+
+    return Schema()
 
 
 def counting_streamer(engine: TransformersEngine, tokenizer: Any, timeout_s: float) -> Any:

@@ -62,5 +62,13 @@ def processor_inputs(processor: Any, request: ModelRequest, family: Family,
         kwargs["images"] = images
     shape = family.messages or messages
     chat = shape(request, media_parts(request, modalities, audio_clips=len(clips) or 1))
-    text = processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    text = processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True,
+                                         tools=tool_specs(request))
     return processor(text=[text], return_tensors="pt", **kwargs, **family.processor_kwargs)
+
+
+def tool_specs(request: ModelRequest) -> list[dict[str, Any]] | None:
+    """The functions the chat template lists for the model (none when it may call none)."""
+    if not request.tools or request.tool_choice == "none":
+        return None
+    return [tool.spec() for tool in request.tools]
