@@ -4,6 +4,7 @@ again, and a window no model answered never becomes the scene gate's reference."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -159,3 +160,33 @@ async def test_a_patient_request_waits_past_max_queue_and_questions_keep_their_p
     release.set()
     await asyncio.gather(*tasks)
     assert order == ["busy", "live1", "live2", "question"]
+
+
+async def test_a_busy_live_handler_answers_the_newest_window_and_says_what_it_let_go() -> None:
+    """Latest wins, over the wire: while the handler answers window 0, windows 1-4 close; it
+    answers the newest next (never a backlog), and each response's ``windows_superseded``
+    counts those it let go. A first-in-first-out mailbox answers 1, 2, 3 instead."""
+    config = Config(
+        models={"fake": ModelConfig(engine="fake", options={"delay_s": 2.0})},
+        profiles={"default": ProfileConfig(handlers=["echo"], live=True)},
+        handlers={"echo": HandlerConfig(options={"via_model": True})})
+    runtime = Runtime.build(config, get_plugin_manager([FakePlugin()]))
+    async with running(runtime) as address:
+        client = await Client.connect(f"{address.ws}/v1/realtime?model=default")
+        frame = data_url(jpeg_bytes("x"))
+        await client.send(image_event(frame, timestamp=0.0))
+        await client.send(image_event(frame, timestamp=1.0))  # window 0 closes: busy 2 s
+        for second in (2.0, 3.0, 4.0, 5.0):  # windows 1-4 close while it is busy
+            await client.send(image_event(frame, timestamp=second))
+        answered = []  # (window start, superseded so far), until the session is quiet
+        with contextlib.suppress(TimeoutError):
+            while True:
+                meta = (await client.until("response.done", timeout=3))[-1]["response"][
+                    "metadata"]
+                answered.append((int(meta["window_start_ms"]) // 1000,
+                                 int(meta["windows_superseded"])))
+        # window 0, then the newest closed window (4, or 5 once the clock closed it too); the
+        # count says how many were let go in between; FIFO would answer 0, 1, 2, ...
+        assert answered[0] == (0, 0) and answered[1][0] in (4, 5), answered
+        assert all(superseded == window - i for i, (window, superseded) in enumerate(answered))
+        await client.close()
