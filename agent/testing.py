@@ -7,8 +7,8 @@ import base64
 import io
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any, TypeVar
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -22,6 +22,8 @@ from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
 from agent.uvicorn_server import Address, running
 
+T = TypeVar("T")
+
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 
 
@@ -29,7 +31,8 @@ class FakeEngine(ThreadedEngine):
     """Streams ``tokens`` words ("tok0 tok1 ..."), ``delay_s`` apart, at most ``max_new_tokens``
     of them (a request option), then its ``Usage`` as a real engine does (prompt: one token per
     word); counts what it did. Option ``tool_call`` (a function name): the answer is a call
-    of that function, in two ``ToolCallDelta`` pieces, after the words.
+    of that function, in two ``ToolCallDelta`` pieces, after the words. Option
+    ``load_delay_s``: loading takes that long; ``fail_load`` (a message): loading fails.
 
     ``generated`` counts tokens actually produced, so a test can check that a cancelled
     response really stopped the engine."""
@@ -37,6 +40,7 @@ class FakeEngine(ThreadedEngine):
     kind = "fake"
 
     def load(self) -> None:
+        time.sleep(float(self.config.options.get("load_delay_s", 0.0)))  # a slow model's load
         if self.config.options.get("fail_load"):
             raise RuntimeError(str(self.config.options["fail_load"]))
         self.tokens = int(self.config.options.get("tokens", 5))
@@ -176,6 +180,12 @@ class ServerThread:
             raise self._error
         assert self.address is not None, "server did not start in 120 s"
         return self.address
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = 120) -> T:
+        """Run ``coro`` on the server's event loop (where its engines run) and return its
+        result."""
+        assert self._loop is not None, "the server is not running"
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
 
     def __exit__(self, *exc: object) -> None:
         if self._loop is not None and self._stop is not None:

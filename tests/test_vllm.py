@@ -124,10 +124,25 @@ def test_output_schema_is_enforced(server: ServerThread) -> None:
     async def answer(schema: dict[str, Any]) -> list[Any]:
         return [p async for p in eng.stream(ModelRequest(prompt="?", output_schema=schema))]
 
-    assert server._loop is not None
     for schema in SCHEMAS.values():
-        follows(asyncio.run_coroutine_threadsafe(answer(schema), server._loop).result(120),
-                schema, limit=TOKENS)
+        follows(server.call(answer(schema)), schema, limit=TOKENS)
+
+
+def test_closing_a_stream_aborts_the_request_in_vllm(server: ServerThread) -> None:
+    """A stream closed early leaves no request in vLLM itself (its output processor), not
+    only in our counters: the engine aborts it."""
+    eng = engine(server.runtime)
+    long = ModelRequest(prompt="talk", options={"max_new_tokens": 2000, "min_new_tokens": 2000})
+
+    async def start_then_close() -> tuple[int, int]:
+        stream = eng.stream(long)
+        await anext(stream)
+        running = eng.engine.output_processor.get_num_unfinished_requests()
+        await stream.aclose()
+        await asyncio.sleep(0.5)
+        return running, eng.engine.output_processor.get_num_unfinished_requests()
+
+    assert server.call(start_then_close()) == (1, 0)
 
 
 def test_caption_a_folder_resumably(tiny: Path, tmp_path: Path) -> None:
