@@ -311,6 +311,7 @@ class BrokenPlugin:
                                      "plugins": (BrokenPlugin(),)}], indirect=True)
 async def test_a_handler_that_fails_to_start_is_an_error_and_the_rest_runs(served: Any) -> None:
     address, _ = served
+    before = asyncio.all_tasks()
     client = await Client.connect(url(address))
     error = await client.error()
     assert error["code"] == "handler_failed" and "missing.json" in error["message"]
@@ -319,7 +320,20 @@ async def test_a_handler_that_fails_to_start_is_an_error_and_the_rest_runs(serve
     assert (await client.until("response.done"))[-1]["response"]["status"] == "completed"
     await client.close()
     await until_sessions(address, 0)
-    assert len(asyncio.all_tasks()) < 10  # nothing of the session is left running
+    await nothing_left_of(before)
+
+
+async def nothing_left_of(before: set[asyncio.Task[Any]], within_s: float = 5) -> None:
+    """No task started since ``before`` is still running (the session's reader, writer,
+    workers, ticker and responses all ended with it)."""
+    left: list[asyncio.Task[Any]] = []
+    for _ in range(int(within_s * 20)):
+        left = [t for t in asyncio.all_tasks() - before
+                if t is not asyncio.current_task() and not t.done()]
+        if not left:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still running: {sorted(t.get_name() for t in left)}")
 
 
 async def _closed_by_server(reader: asyncio.StreamReader, within_s: float = 10) -> bytes:
