@@ -35,10 +35,11 @@ async def fake() -> AsyncIterator[Address]:
 
 @pytest.fixture(autouse=True)
 def no_error_logs(caplog: pytest.LogCaptureFixture) -> Any:
-    """Every test here: a client's mistake is never logged at ERROR (no traceback)."""
+    """Every test here: a client's mistake is never logged at ERROR (no traceback), also
+    while its server and sessions close (this fixture is torn down after the server's)."""
     caplog.set_level(logging.INFO)
     yield
-    records = caplog.get_records("setup") + caplog.get_records("call")
+    records = [r for when in ("setup", "call", "teardown") for r in caplog.get_records(when)]
     errors = [r for r in records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
 
