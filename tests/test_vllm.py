@@ -70,7 +70,8 @@ async def test_question_streams_deltas_then_done(served: Any) -> None:
     await client.send(image_event(data_url(jpeg_bytes("hi")), text="What is this?"))
     await client.send({"type": "response.create"})
     got = await client.until("response.done", timeout=120)
-    assert got[-1]["response"]["status"] in ("completed", "incomplete") and texts(got)
+    # min_new_tokens == max_new_tokens: the token limit always stops it
+    assert got[-1]["response"]["status"] == "incomplete" and texts(got)
     assert engine(runtime).tokens_generated - before == 2 * TOKENS  # describe + video
     await client.close()
 
