@@ -22,6 +22,7 @@ bench: setup  ## measure ingest CPU, added latency, session memory and live-sess
 	$(PY) -m benchmarks.engines_bench
 	$(PY) -m benchmarks.loop_lag --sessions 16
 	$(PY) -m benchmarks.burst --sessions 48 64
+	$(PY) -m benchmarks.voice
 
 soak: setup  ## ten minutes of abusive clients beside a well-behaved one (figures: docs/performance.md)
 	$(PY) -m benchmarks.soak --minutes 10

@@ -50,6 +50,7 @@ from agent.parts import (
     Part,
     TextDelta,
     ToolCallDelta,
+    ToolOutput,
     Usage,
     as_part,
     text_only,
@@ -57,8 +58,11 @@ from agent.parts import (
 )
 from agent.plugins import installed_families
 from agent.pool import LocalPool, Pool
+from agent.prompts import Prompt, Prompter
+from agent.server_tools import ServerTool, ToolContext, ToolResult
 from agent.toolcalls import detect_format
 from agent.vad import Segmenter, Utterance, load_vad
+from agent.voice import Voice
 
 __all__ = [
     "AUDIO_RATE",
@@ -84,6 +88,8 @@ __all__ = [
     "ModelConfig",
     "ModelRequest",
     "Part",
+    "Prompt",
+    "Prompter",
     "Pool",
     "ProfileConfig",
     "Question",
@@ -91,16 +97,21 @@ __all__ = [
     "ResponseOptions",
     "Segmenter",
     "ServerConfig",
+    "ServerTool",
     "SessionOptions",
     "StreamAgentError",
     "TextDelta",
     "ThreadedEngine",
     "ToolCallDelta",
+    "ToolContext",
+    "ToolOutput",
+    "ToolResult",
     "Tool",
     "ToolCall",
     "Turn",
     "Usage",
     "Utterance",
+    "Voice",
     "Window",
     "as_part",
     "decoding",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -15,14 +16,69 @@ if TYPE_CHECKING:
     from agent.runtime import Runtime
 
 from agent.config import Config, ModelConfig, load_config
-from agent.errors import ConfigError
+from agent.errors import ConfigError, StreamAgentError
+from agent.logs import FORMATS, configure
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/realtime?model=default"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: "
-                        "%(message)s", datefmt="%H:%M:%S")
+def _logging(level: str, fmt: str = "text") -> None:
+    configure(level, fmt)
+
+
+@functools.cache
+def checkpoint_engines() -> tuple[str, ...]:
+    """The engines installed plugins register that load checkpoints (those that take model
+    families: transformers, vllm, ...)."""
+    from agent.plugins import collect, get_plugin_manager
+
+    engines = collect(get_plugin_manager()).engines
+    return tuple(sorted(name for name, cls in engines.items() if cls.uses_families))
+
+
+class EngineChoice(click.Choice):  # type: ignore[type-arg]
+    """``checkpoint_engines()``, read when first needed (so that commands that run no model
+    do not load the plugins)."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return checkpoint_engines()
+
+    @choices.setter
+    def choices(self, value: object) -> None:
+        pass
+
+
+def model_options(command: F) -> F:
+    """The flags that pick one model: the same on every command that runs one."""
+    options = [
+        click.option("--source", default=None, metavar="PATH|HUB-ID",
+                     help="One multimodal LLM: a checkpoint directory or a hub id. Any "
+                          "architecture transformers (or vLLM) loads; see docs/models.md."),
+        click.option("--family", default=None,
+                     help="With --source: a registered model family (`streamagent plugins` "
+                          "lists them); by default the one that claims the checkpoint, or "
+                          "none (the generic path)."),
+        click.option("--engine", "engine_kind", default=None, show_default="transformers",
+                     type=EngineChoice(), callback=lambda _c, _p, v: v or "transformers",
+                     help="With --source: the engine that runs it (one an installed plugin "
+                          "registers; vllm needs vLLM: docs/gpu.md)."),
+        click.option("--device", default="cpu", show_default=True,
+                     help="With --source: cuda, cuda:N, mps or cpu."),
+        click.option("--dtype", default="auto", show_default=True,
+                     type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+                     help="With --source: the weights' type (auto: the checkpoint's)."),
+        click.option("--trust-remote-code", is_flag=True,
+                     help="With --source: run code shipped with the checkpoint (MiniCPM-V / "
+                          "MiniCPM-o need it). Only for checkpoints you trust."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,8 +91,21 @@ def main() -> None:
     """
 
 
-@main.command()
-@click.option("--host", default=None, help="Interface to listen on [default: 127.0.0.1].")
+@main.command(epilog="""\b
+Examples:
+  streamagent serve                                   # the embedded CPU models, 127.0.0.1:8000
+  streamagent serve --port 0 --log-format json        # a free port, JSON log lines
+  streamagent serve --host 0.0.0.0 --api-key KEY      # on the network: require a key
+  streamagent serve --source Qwen/Qwen3-VL-2B-Instruct --device cuda --dtype bfloat16
+  streamagent serve --source /models/qwen --engine vllm --device cuda \\
+      --served-model-name qwen                        # clients ask for ?model=qwen
+  streamagent serve --config serve.yaml --access-log  # limits, models, profiles from YAML
+
+The port is bound first (a clash fails at once); GET /healthz answers 503 {"status":
+"loading"} until the models are loaded, then 200.""")
+@click.option("--host", default=None, metavar="ADDRESS",
+              help="Interface to listen on [default: 127.0.0.1]; beyond loopback, set "
+                   "--api-key (a warning says so).")
 @click.option("--port", type=int, default=None, help="Port [default: 8000; 0 picks a free one].")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="YAML config: server limits, models, handlers, profiles (docs/config.md).")
@@ -46,45 +115,44 @@ def main() -> None:
               help="PEM certificate: serve https/wss (cameras need a secure origin off localhost).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
               help="PEM private key for --tls-cert.")
-@click.option("--source", default=None,
-              help="Serve one multimodal LLM: its checkpoint, a directory or a hub id. Any "
-                   "architecture transformers (or vLLM) loads; see docs/models.md.")
-@click.option("--family", default=None,
-              help="With --source: a registered model family (`streamagent plugins` lists "
-                   "them); by default, the one that claims the checkpoint, or none.")
-@click.option("--engine", "engine_kind", default="transformers", show_default=True,
-              help="With --source: the engine that runs it (transformers or vllm).")
+@model_options
+@click.option("--served-model-name", default=None, metavar="NAME",
+              help="With --source: the name clients ask for (?model=NAME, /v1/models) "
+                   "[default: the family, or default-model].")
 @click.option("--handlers", "handler_names", default=None,
               help="With --source: comma-separated handlers [default: describe, video and "
                    "listen, as the checkpoint takes image, video and audio].")
-@click.option("--device", default="cpu", show_default=True, help="cuda, cuda:N, mps or cpu.")
-@click.option("--dtype", default="auto", show_default=True,
-              type=click.Choice(["auto", "bfloat16", "float16", "float32"]))
-@click.option("--trust-remote-code", is_flag=True,
-              help="Allow code shipped with the checkpoint (MiniCPM-V / MiniCPM-o).")
 @click.option("--ray-address", default=None,
               help="Join a Ray cluster (e.g. auto) and stream from its Serve model "
                    "applications instead of loading models here. See docs/deploy-ray.md.")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+              type=click.Choice(["debug", "info", "warning", "error"]),
+              help="The least severe log lines shown.")
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(FORMATS),
+              help="text: date, milliseconds, level, logger, message; json: one object per "
+                   "line (time, level, logger, message, exception).")
+@click.option("--access-log", is_flag=True, default=None,
+              help="Log each HTTP request and websocket handshake (server.access_log).")
 def serve(host: str | None, port: int | None, config_path: str | None, api_key: str | None,
           tls_cert: str | None, tls_key: str | None, source: str | None, family: str | None,
-          engine_kind: str, handler_names: str | None, device: str, dtype: str,
-          trust_remote_code: bool, ray_address: str | None, log_level: str) -> None:
-    """Load the models and serve the camera page and the realtime endpoint until
-    SIGINT/SIGTERM. With no config and no --family: the embedded CPU models."""
+          engine_kind: str, device: str, dtype: str, trust_remote_code: bool,
+          served_model_name: str | None, handler_names: str | None, ray_address: str | None,
+          log_level: str, log_format: str, access_log: bool | None) -> None:
+    """Serve the camera page, the realtime, Gemini Live and chat completions endpoints, and
+    the models, until SIGINT/SIGTERM. With no config and no --source: the embedded CPU models
+    (text in view, faces, speech)."""
     from agent.plugins import get_plugin_manager
     from agent.runtime import Runtime
     from agent.uvicorn_server import serve_forever
 
-    _logging(log_level)
+    _logging(log_level, log_format)
     try:
         config = load_config(config_path, host=host, port=port, api_key=api_key,
-                             tls_certfile=tls_cert, tls_keyfile=tls_key)
-        if family is not None or source is not None:
+                             tls_certfile=tls_cert, tls_keyfile=tls_key, access_log=access_log)
+        if family is not None or source is not None or served_model_name is not None:
             model = ModelConfig(engine=engine_kind, family=family, source=source, device=device,
                                 dtype=dtype, trust_remote_code=trust_remote_code)
-            config = with_flag_model(config, model, handler_names)
+            config = with_flag_model(config, model, handler_names, served_model_name)
         if ray_address is not None:
             runtime = ray_runtime(config, ray_address)
         else:
@@ -121,14 +189,17 @@ def ray_runtime(config: Config, address: str) -> Runtime:
     return Runtime(with_model_profiles(config), registry, pool)
 
 
-def with_flag_model(config: Config, model: ModelConfig, handler_names: str | None) -> Config:
-    """``--source S``: one model, the default profile, with the handlers for what it takes in
-    (its family's modalities, or its processor's)."""
+def with_flag_model(config: Config, model: ModelConfig, handler_names: str | None,
+                    served_name: str | None = None) -> Config:
+    """``--source S``: one model (named ``served_name``, else its family, else
+    ``default-model``), the default profile, with the handlers for what it takes in (its
+    family's modalities, or its processor's)."""
     from agent.families import claiming_family, probe_modalities
     from agent.plugins import collect, get_plugin_manager
 
     if not model.source:
-        raise ConfigError("--family, --engine and --handlers go with --source")
+        raise ConfigError("--family, --engine, --handlers and --served-model-name go with "
+                          "--source")
     if handler_names is not None:
         handlers = [h.strip() for h in handler_names.split(",") if h.strip()]
     else:
@@ -139,7 +210,7 @@ def with_flag_model(config: Config, model: ModelConfig, handler_names: str | Non
         if takes is None:
             takes = probe_modalities(model.source, model.trust_remote_code)
         handlers = [h for m, h in LLM_HANDLERS.items() if m in takes]
-    name = model.family or "default-model"
+    name = served_name or model.family or "default-model"
     model = model.model_copy(update={"handlers": handlers})
     return config.model_copy(update={"models": {**config.models, name: model}})
 
@@ -158,7 +229,8 @@ def plugins(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"plugins": found, "engines": sorted(reg.engines),
                                "models": sorted(reg.models), "handlers": sorted(reg.handlers),
-                               "families": sorted(reg.families)}, indent=2))
+                               "families": sorted(reg.families),
+                               "voices": sorted(reg.voices)}, indent=2))
         return
     for p in found:
         version = f" {p['version']}" if p["version"] else ""
@@ -168,6 +240,7 @@ def plugins(as_json: bool) -> None:
     click.echo(f"handlers: {', '.join(sorted(reg.handlers))}")
     click.echo(f"families: {', '.join(sorted(reg.families))} (any other checkpoint: the "
                "generic path)")
+    click.echo(f"voices:   {', '.join(sorted(reg.voices)) or 'none (text only)'}")
 
 
 @main.command()
@@ -214,25 +287,128 @@ def stream(path: str, url: str, api_key: str | None, speed: float, send_fps: flo
 
 
 @main.command()
+@click.argument("source", metavar="URL_OR_FILE")
+@click.option("--text-contains", multiple=True, metavar="TEXT",
+              help="Fire when TEXT comes into view (the server's OCR; case and spacing "
+                   "ignored).")
+@click.option("--face", multiple=True, type=click.Choice(["appears", "leaves"]),
+              help="Fire when a face appears, or when the face in view leaves.")
+@click.option("--speech-contains", multiple=True, metavar="PHRASE",
+              help="Fire when PHRASE is heard (the server's speech recognizer).")
+@click.option("--condition", multiple=True, metavar="SENTENCE",
+              help="Fire when an LLM answers yes to SENTENCE about the frame.")
+@click.option("--model", default=None, metavar="MODEL", help="The server's model that decides each "
+              "--condition [default: the session's LLM].")
+@click.option("--cooldown-s", type=click.FloatRange(0, 86400), default=None,
+              help="Seconds of media time each watch stays quiet after it fires "
+                   "[server's default: 10].")
+@click.option("--confirm-windows", type=click.IntRange(1, 30), default=None,
+              help="Windows in a row a condition must hold before it fires [server's "
+                   "default: 1, or 2 for --condition].")
+@click.option("--server", default=DEFAULT_URL, show_default=True, metavar="URL",
+              help="Realtime endpoint.")
+@click.option("--api-key", envvar="STREAMAGENT_API_KEY", default=None,
+              help="API key [env: STREAMAGENT_API_KEY].")
+@click.option("--speed", type=float, default=1.0, show_default=True,
+              help="Pace of a file: 1 is real time, 2 twice as fast (windows that come "
+                   "faster than the server checks them are skipped).")
+@click.option("--send-fps", type=float, default=10.0, show_default=True,
+              help="Video frames sent per second of media.")
+@click.option("--sample-fps", type=float, default=1.0, show_default=True,
+              help="Windows per second: how often the watches are checked.")
+@click.option("--idle", type=float, default=3.0, show_default=True,
+              help="Seconds without news after the end before quitting.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per firing.")
+def watch(source: str, text_contains: tuple[str, ...], face: tuple[str, ...],
+          speech_contains: tuple[str, ...], condition: tuple[str, ...], model: str | None,
+          cooldown_s: float | None, confirm_windows: int | None, server: str,
+          api_key: str | None, speed: float, send_fps: float, sample_fps: float, idle: float,
+          as_json: bool) -> None:
+    """Watch a video or audio file, or a stream URL (rtsp://, http://, ...), for what the
+    flags name, and print each firing: its window of media time, the watch and what fired.
+
+    \b
+    streamagent watch door.mp4 --text-contains EXIT
+    streamagent watch rtsp://cam/1 --face appears --face leaves --cooldown-s 30
+    streamagent watch call.wav --speech-contains "help me"
+    streamagent watch porch.mp4 --condition "A parcel lies on the doormat." --model qwen
+
+    Repeat the flags to watch for several things at once. Each watch's id is its flag and
+    value (text:EXIT, face:appears, speech:help me, condition:1, ...). A watch fires once per
+    event: when its condition starts to hold (for --confirm-windows windows), then not
+    again until it has stopped holding and its cooldown is over. Exit status 1: the server
+    refused a watch (the message names it) or reported an error.
+    """
+    from dataclasses import asdict
+
+    from agent.streamer import stream_file
+
+    _logging("warning")
+    if "://" not in source and not os.path.isfile(source):
+        raise click.BadParameter(f"no file {source!r} (or give a URL)", param_hint="URL_OR_FILE")
+    if model is not None and not condition:
+        raise click.UsageError("--model goes with --condition")
+    flags = {"text_contains": text_contains, "face": face,
+             "speech_contains": speech_contains, "condition": condition}
+    watches = watch_specs(flags, model, cooldown_s, confirm_windows)
+
+    def show(reply: object) -> None:
+        if "streamagent_watch" in reply.metadata:  # type: ignore[attr-defined]
+            click.echo(json.dumps(asdict(reply)) if as_json else reply.line())  # type: ignore
+
+    try:
+        _, stats = asyncio.run(stream_file(
+            source, server, speed=speed, send_fps=send_fps, sample_fps=sample_fps,
+            handlers=[], api_key=api_key or os.environ.get("OPENAI_API_KEY"), idle_s=idle,
+            on_reply=show, watches=watches))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"sent {stats.frames} frames and {stats.audio_s:.1f} s of audio", err=True)
+    sys.exit(1 if stats.errors else 0)
+
+
+WATCH_IDS = {"text_contains": "text", "face": "face", "speech_contains": "speech",
+             "condition": "condition"}
+
+
+def watch_specs(flags: dict[str, tuple[str, ...]], model: str | None,
+                cooldown_s: float | None, confirm_windows: int | None) -> list[dict[str, Any]]:
+    """``streamagent.watches`` entries for the ``watch`` command's flags (kind to values)."""
+    specs: list[dict[str, Any]] = []
+    for kind, values in flags.items():
+        for n, value in enumerate(values, 1):
+            name = f"{WATCH_IDS[kind]}:{n if kind == 'condition' else value}"[:64]
+            if name in [s["id"] for s in specs]:
+                raise click.UsageError(f"{name} is given twice")
+            spec: dict[str, Any] = {"id": name, kind: value, "cooldown_s": cooldown_s,
+                                    "confirm_windows": confirm_windows,
+                                    "model": model if kind == "condition" else None}
+            specs.append({k: v for k, v in spec.items() if v is not None})
+    if not specs:
+        raise click.UsageError("name something to watch for: --text-contains, --face, "
+                               "--speech-contains or --condition")
+    return specs
+
+
+@main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="captions.json: resumable (images already in it are skipped).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="A config with the model (see --model).")
 @click.option("--model", "model_name", default=None, help="The model's name in --config.")
-@click.option("--source", default=None, help="Or one model: a directory or a hub id.")
-@click.option("--family", default=None, help="With --source: its family, if it needs one.")
-@click.option("--engine", "engine_kind", default="transformers", show_default=True,
-              type=click.Choice(["transformers", "vllm"]))
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--prompt", default="Describe this image in one sentence.", show_default=True)
+@model_options
+@click.option("--prompt", default="Describe this image in one sentence.", show_default=True,
+              help="What each image is asked.")
 @click.option("--concurrency", default=16, show_default=True,
               help="Requests in flight (vLLM batches them).")
-@click.option("--max-tokens", default=64, show_default=True)
+@click.option("--max-tokens", default=64, show_default=True,
+              help="The longest caption, in tokens.")
 def caption(folder: str, output: str, config_path: str | None, model_name: str | None,
-            family: str | None, source: str | None, engine_kind: str, device: str,
-            prompt: str, concurrency: int, max_tokens: int) -> None:
-    """Caption every image in FOLDER (thousands are fine) with any configured model."""
+            source: str | None, family: str | None, engine_kind: str, device: str, dtype: str,
+            trust_remote_code: bool, prompt: str, concurrency: int, max_tokens: int) -> None:
+    """Caption every image in FOLDER (thousands are fine) with one model: --source, or
+    --model NAME from --config."""
     from pathlib import Path
 
     from agent.caption import caption_folder
@@ -245,7 +421,7 @@ def caption(folder: str, output: str, config_path: str | None, model_name: str |
             if not source:
                 raise ConfigError("--family goes with --source")
             model = ModelConfig(engine=engine_kind, family=family, source=source, device=device,
-                                trust_remote_code=(family or "").startswith("minicpm"),
+                                dtype=dtype, trust_remote_code=trust_remote_code,
                                 generation=GenerationConfig(max_new_tokens=max_tokens))
             name = family or "default-model"
         else:
@@ -275,24 +451,93 @@ def caption(folder: str, output: str, config_path: str | None, model_name: str |
         raise click.ClickException(str(exc)) from None
 
 
-@main.command("tiny-model")
+class _TinyHelp(click.Command):
+    """``tiny-model --help`` lists the architectures (read from ``agent.tiny`` when asked)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from agent.tiny import FAMILIES
+
+        with formatter.section("Architectures (ARCH)"):
+            formatter.write_text(", ".join(sorted(FAMILIES)))
+        formatter.write_paragraph()
+        formatter.write_text("Example: streamagent tiny-model qwen2-vl /tmp/tiny-qwen2-vl && "
+                             "streamagent ask --source /tmp/tiny-qwen2-vl photo.jpg 'what "
+                             "is this?'")
+
+
+@main.command("tiny-model", cls=_TinyHelp)
 @click.argument("family", metavar="ARCH")
 @click.argument("directory", type=click.Path(file_okay=False))
 def tiny_model(family: str, directory: str) -> None:
-    """Build a tiny random-weight checkpoint of FAMILY's real architecture in DIRECTORY,
-    offline (see `streamagent tiny-model --help` for the list: Qwen2/2.5/3-VL, Qwen2-Audio,
-    Qwen2.5/3-Omni, Qwen3-ASR, LLaVA-OneVision, MiniCPM-V/o). Its output is gibberish: it is
-    for tests and for plugin authors."""
+    """Build a tiny random-weight checkpoint of ARCH's real architecture in DIRECTORY,
+    offline (the architectures are listed below). Its output is gibberish: it is for tests
+    and for plugin authors. Needs the transformers extra."""
     from agent.tiny import FAMILIES, build
 
     if family not in FAMILIES:
         raise click.BadParameter(f"choose one of {', '.join(sorted(FAMILIES))}",
-                                 param_hint="FAMILY")
+                                 param_hint="ARCH")
     try:
         out = build(family, directory)
     except ImportError as exc:
         raise click.ClickException(f"{exc}: pip install 'streamagent[transformers]'") from None
     click.echo(f"built a tiny {family} checkpoint in {out}")
+
+
+@main.command(epilog="""\b
+Examples:
+  streamagent ask photo.jpg "what is written here?"        # the embedded CPU models
+  streamagent ask talk.wav "what is said?"
+  streamagent ask clip.mp4 "what happens?" --source Qwen/Qwen3-VL-2B-Instruct --device cuda""")
+@click.argument("args", nargs=-1, required=True, metavar="FILE... QUESTION")
+@model_options
+@click.option("--handlers", "handler_names", default=None,
+              help="With --source: comma-separated handlers [default: as for serve].")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="YAML config: its default profile answers (docs/config.md).")
+@click.option("--max-tokens", type=int, default=None,
+              help="The longest answer of each model call, in tokens [default: the model's].")
+def ask(args: tuple[str, ...], source: str | None, family: str | None, engine_kind: str,
+        device: str, dtype: str, trust_remote_code: bool, handler_names: str | None,
+        config_path: str | None, max_tokens: int | None) -> None:
+    """Ask one QUESTION about pictures, a video or a recording (FILE...), without a server:
+    the models load here and the answer streams to stdout, as a chat completions request to
+    the default profile would get it."""
+    from pathlib import Path
+
+    from agent.ask import ask as answer
+    from agent.ask import request_for
+    from agent.media_files import Limits
+    from agent.parts import TextDelta
+    from agent.plugins import get_plugin_manager
+    from agent.runtime import Runtime
+
+    _logging("warning")
+    *names, question = args
+    missing = [n for n in names if not Path(n).is_file()]
+    if missing:
+        raise click.BadParameter(f"no such file: {', '.join(missing)} (the question comes "
+                                 "last)", param_hint="FILE...")
+    try:
+        config = load_config(config_path)
+        if family is not None or source is not None:
+            model = ModelConfig(engine=engine_kind, family=family, source=source, device=device,
+                                dtype=dtype, trust_remote_code=trust_remote_code)
+            config = with_flag_model(config, model, handler_names)
+        request = request_for([Path(n) for n in names], question,
+                              Limits.of(config.server), max_tokens)
+        runtime = Runtime.build(config, get_plugin_manager())
+
+        async def go() -> None:
+            async for part in answer(runtime, request):
+                if isinstance(part, TextDelta):
+                    click.echo(part.text, nl=False)
+            click.echo()
+
+        asyncio.run(go())
+    except StreamAgentError as exc:
+        where = f"{exc.param}: " if exc.param else ""
+        raise click.ClickException(where + exc.message) from None
 
 
 if __name__ == "__main__":

@@ -57,6 +57,9 @@ class ServerConfig(_Config):
     heap_trim_interval_s: float = Field(default=2.0, ge=0)
     """Memory freed by ended sessions and requests goes back to the OS this long after they end
     (glibc's ``malloc_trim``; 0 turns it off)."""
+    access_log: bool = False
+    """Log one line per HTTP request and websocket handshake (logger ``streamagent.access``):
+    client, method, path, status, milliseconds."""
 
     # --- Chat completions and Gemini: limits on one request, checked before decoding ---
     max_request_images: int = Field(default=8, ge=0)
@@ -87,6 +90,10 @@ class ServerConfig(_Config):
     """Addresses or networks (CIDR) a fetch may reach although they are private or local."""
     gemini_setup_timeout_s: float = Field(default=10.0, gt=0)
     """Time a Gemini socket has to send ``setup``; it is then closed with code 1008."""
+    voice: str | None = None
+    """The voice that speaks when a session asks for audio and names none, or names one of
+    OpenAI's or Gemini's own voices (``alloy``, ``Puck``, ...); ``None``: the first registered
+    voice by name (``flite``: flite's kal16)."""
 
 
 class GenerationConfig(_Config):

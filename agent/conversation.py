@@ -15,15 +15,20 @@ from typing import Any
 from agent.answers import answers, response_metadata
 from agent.audio import AudioConverter
 from agent.engine import Tool, ToolCall, Turn, check_tools
-from agent.errors import ConversationBusy, NoActiveResponse, Overloaded
+from agent.errors import ConversationBusy, InvalidRequest, NoActiveResponse, Overloaded
 from agent.handler import Handler, Question, SessionOptions
 from agent.ids import new_id
 from agent.intake import Intake
-from agent.live import LiveMedia
-from agent.media import image_frame
+from agent.live import ANSWERED, LiveMedia
+from agent.media import Frame, image_frame
 from agent.parts import Part
 from agent.response import Response, ResponseSink
 from agent.runtime import Runtime
+from agent.server_tools import ServerTool, ToolContext, answer_with, choose
+from agent.voice import Speech, SpeechChange
+from agent.voice import speak as spoken
+from agent.watch_runner import Watches
+from agent.watches import Firing, Watch, check_calls, resolve
 
 log = logging.getLogger(__name__)
 Sinks = Callable[[], ResponseSink]
@@ -47,10 +52,16 @@ class Settings:
     models: dict[str, str] | None = None
     lora: str | None = None
     """A LoRA adapter of the conversation's models; ``""``: none."""
+    watches: tuple[Watch, ...] | None = None
+    """The conditions to watch for (all of them: they replace the ones before)."""
     tools: tuple[Tool, ...] | None = None
     """The client's functions, offered to every response (``()``: none)."""
     tool_choice: str | None = None
     parallel_tool_calls: bool | None = None
+    speech: SpeechChange | None = None
+    server_tools: list[str] | None = None
+    """Tools the server runs itself, offered to the model in questions (``[]``: none)."""
+    """Whether responses are spoken, and how (voice, speed, rate, encoding)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,8 @@ class Ask:
     """This response's functions instead of the session's."""
     tool_choice: str | None = None
     parallel_tool_calls: bool | None = None
+    speak: bool | None = None
+    """Whether this response is spoken (``None``: as the conversation's speech says)."""
 
 
 class Conversation:
@@ -107,10 +120,16 @@ class Conversation:
         self.media = LiveMedia(runtime, self.id, self._live_response, profile=self.profile,
                                options=self.options)
         self.media.live = self.profile.live
+        self.watches = self.media.watches = Watches(runtime.pool, self.id, self.options,
+                                                    self._fired)
         self.intake = Intake(server)
         self.question: Response | None = None
+        self.server_tools: dict[str, ServerTool] = {}
+        """Tools the server runs for this conversation's questions, by name."""
         self.lost: dict[str, int] = {}
-        """Live windows whose response failed since each handler's last live response."""
+        """Live windows whose response failed since each handler's last answered one."""
+        self.speech = runtime.speech()
+        """How responses are spoken (``None``: no voice is installed)."""
 
     def start(self) -> None:
         """Start the media clock and the profile's handlers (``HandlerFailed``: some did not
@@ -120,6 +139,7 @@ class Conversation:
 
     async def close(self) -> None:
         """Cancel every response and stop the handlers; log what the conversation did."""
+        await self.watches.close()  # no firing starts a response from now on
         tasks = [r.task for r in self.responses.values() if r.task is not None]
         for task in tasks:
             task.cancel()
@@ -144,10 +164,21 @@ class Conversation:
             self.runtime.check_models(change.models, param=f"{where}.streamagent.models")
         if change.lora:
             self.runtime.check_lora(change.lora, handlers, self.profile)
-        tools = check_tools(
-            self.options.response.tools if change.tools is None else change.tools,
+        watches = None if change.watches is None else resolve(
+            change.watches, self.runtime, self.profile.model_copy(
+                update={"models": {**self.profile.models, **(change.models or {})}}))
+        client = self.options.response.tools if change.tools is None else change.tools
+        server_tools = choose(self.runtime.registry.tools, self.server_tools, change.server_tools,
+                              client, f"{where}.streamagent.server_tools")
+        tools = check_tools(  # the choice may name a server tool
+            (*client, *(t.tool() for t in server_tools.values())),
             self.options.response.tool_choice if change.tool_choice is None
             else change.tool_choice, f"{where}.tool_choice")
+        tools = (client, tools[1])
+        check_calls(self.watches.watches if watches is None else watches,
+                    [t.name for t in tools[0]], where)
+        speech = (self.speech if change.speech is None
+                  else change.speech.apply(self.speech, self.runtime.voice))
         if change.audio_rate is not None:
             self.converter = AudioConverter(change.audio_rate)
             self.audio_rate = change.audio_rate
@@ -160,6 +191,8 @@ class Conversation:
             self._set_options(tools=tools[0], tool_choice=tools[1])
         if change.parallel_tool_calls is not None:
             self._set_options(parallel_tool_calls=change.parallel_tool_calls)
+        self.server_tools = server_tools
+        self.speech = speech
         if change.live is not None:
             self.media.live = change.live
         if change.sample_fps is not None:
@@ -170,6 +203,8 @@ class Conversation:
             self.profile = self.media.set_models(change.models)
         if change.lora is not None:
             self._set_options(lora=change.lora or None)
+        if watches is not None:
+            self.watches.set(watches)
         if change.handlers is not None:
             self.media.set_handlers(change.handlers)
 
@@ -229,6 +264,7 @@ class Conversation:
         if self.question is not None:
             raise ConversationBusy.about(self.question.id)
         self.intake.text(ask.instructions or "", 0, param="response.instructions")
+        self._speech(ask.speak)  # checked before the question takes the pending text
         question = self._question(ask)
         handlers = [s.handler for s in self.media.slots.values()]
         meta = response_metadata("+".join(h.name for h in handlers),
@@ -237,11 +273,20 @@ class Conversation:
         meta = {**(ask.metadata or {}), **meta}
         options = question.options
         # a function call alone has no message item: with tools, the message opens with text
-        self.question = self._launch(Response(self.sinks(), meta),
-                                     answers(handlers, question, self.media.settled),
+        parts = answers(handlers, question, self.media.settled)
+        if self.server_tools:
+            ctx = ToolContext(self.runtime.pool, self.id, self._newest_frame)
+            parts = answer_with(lambda q: answers(handlers, q, self.media.settled), question,
+                                self.server_tools, ctx,
+                                self.history.extend if ask.remember else None)
+        self.question = self._launch(Response(self.sinks(), meta), parts,
                                      eager=options is None or not options.tools,
-                                     remember=ask.remember)
+                                     remember=ask.remember, speak=ask.speak)
         return self.question
+
+    def _newest_frame(self) -> Frame | None:
+        frames = self.media.latest_frames()
+        return frames[-1] if frames else None
 
     def _question(self, ask: Ask) -> Question:
         frames = self.media.latest_frames()
@@ -262,6 +307,9 @@ class Conversation:
             options = replace(options, tool_choice="auto")
         if ask.parallel_tool_calls is not None:
             options = replace(options, parallel_tool_calls=ask.parallel_tool_calls)
+        if self.server_tools:  # offered beside the client's, in questions only
+            options = replace(options, tools=(*options.tools,
+                                              *(t.tool() for t in self.server_tools.values())))
         question = Question(
             text="\n".join(self.pending_text),
             instructions=ask.instructions or self.instructions,
@@ -301,7 +349,7 @@ class Conversation:
         meta = response_metadata(handler.name, handler.modality, work)
         meta["windows_skipped"] = str(self.media.skipped(handler.name))
         meta["windows_superseded"] = str(self.media.superseded(handler.name))
-        if lost := self.lost.pop(handler.name, 0):
+        if lost := self.lost.get(handler.name, 0):
             meta["windows_lost"] = str(lost)
         about = (f"{handler.name}'s live window {meta['window_start_ms']}-"
                  f"{meta['window_end_ms']} ms" if "window_start_ms" in meta else
@@ -311,11 +359,33 @@ class Conversation:
         if run.task is not None:
             await run.task  # a cancelled worker cancels its response too
         if run.status == "failed":
-            self.lost[handler.name] = self.lost.get(handler.name, 0) + 1
+            self.lost[handler.name] = lost + 1
+        elif run.status in ANSWERED:  # it told the client of the windows lost before it
+            self.lost.pop(handler.name, None)
         return run.status
 
+    def _fired(self, firing: Firing) -> None:
+        """A watch fired: a response of its own, shown as a live one is. A call of the
+        watch's tool joins the conversation, so the function's output can follow it."""
+        self._launch(Response(self.sinks(), firing.metadata(), about=firing.about),
+                     firing.parts(), eager=False, remember=firing.watch.tool is not None)
+
+    def _speech(self, on: bool | None) -> Speech | None:
+        """How a response is spoken (``None``: not); ``on`` overrides the conversation's."""
+        if self.speech is None:
+            if on:
+                raise InvalidRequest("no voice is installed, so this server answers in text "
+                                     "only", param="response.output_modalities")
+            return None
+        return self.speech if (self.speech.on if on is None else on) else None
+
     def _launch(self, run: Response, parts: AsyncIterator[str | Part], eager: bool,
-                remember: bool = False) -> Response:
+                remember: bool = False, speak: bool | None = None) -> Response:
+        """Run ``run`` on ``parts`` (spoken as well, when the conversation or ``speak`` says
+        so: every handler's answer, live or asked, can be)."""
+        run.speech = self._speech(speak)
+        if run.speech is not None:
+            parts = spoken(parts, run.speech)
         async def go() -> str:
             try:
                 text = await run.run(parts, eager)
@@ -323,7 +393,8 @@ class Conversation:
                 self.responses.pop(run.id, None)
                 if self.question is run:
                     self.question = None
-            calls = tuple(ToolCall(c.call_id, c.name, c.text) for c in run.calls.values())
+            calls = tuple(ToolCall(c.call_id, c.name, c.text) for c in run.calls.values()
+                          if not c.server)  # the server's own joined the history as they ran
             if remember and (text or calls):
                 self.history.append(Turn("assistant", text, tool_calls=calls))
             return text

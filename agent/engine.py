@@ -64,6 +64,21 @@ class Turn:
     call_id: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One piece of an interleaved conversation (a session's timeline, ``agent.timeline``):
+    a text, a picture or a sound, from ``role`` (``user``: what the model was shown or asked;
+    ``assistant``: what it said). Consecutive entries of one role make one message."""
+
+    role: str
+    text: str = ""
+    image: RGB | None = None
+    audio: Audio | None = None
+    key: str = ""
+    """A content hash of the picture or sound, the same for the same content (vLLM's
+    ``multi_modal_uuids``: a picture seen before skips its processor and vision encoder)."""
+
+
 TOOL_CHOICES = ("auto", "none", "required")
 """``tool_choice`` values besides a function's name."""
 
@@ -92,6 +107,12 @@ class ModelRequest:
     """Everything a model may look at for one response."""
 
     prompt: str = ""
+    task: str = ""
+    """What the handler asks for when no one asked a question: ``caption`` (say what is in
+    view), ``ocr`` (read the text in view), or a checkpoint's own task prompt (Florence-2's
+    ``<DETAILED_CAPTION>``); ``""``: a question, ``prompt``. Chat models read ``prompt`` (the
+    same ask in words); prompt-style checkpoints (BLIP-2, Florence-2, PaliGemma) are prompted
+    by task."""
     instructions: str = ""
     images: tuple[RGB, ...] = ()
     video: tuple[RGB, ...] = ()
@@ -100,6 +121,9 @@ class ModelRequest:
     history: tuple[Turn, ...] = ()
     examples: tuple[tuple[RGB, str], ...] = ()
     """Few-shot examples: (image, answer) pairs shown before the question."""
+    sequence: tuple[Entry, ...] = ()
+    """An interleaved conversation after the instructions and examples (a session's timeline),
+    in place of ``history``; the request's own media and ``prompt``, if any, end it."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Per-request decoding overrides (``max_new_tokens``, ``temperature``, ...)."""
     session: str = ""

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent import long_audio, templates
 from agent.engine import ModelRequest
 from agent.errors import ConfigError
 from agent.media import RGB
@@ -77,6 +78,16 @@ class Family:
     ``chat()`` API; yields text pieces."""
     vllm: bool = True
     """Whether the vLLM engine may serve it (vLLM must also support the architecture)."""
+    prompt: Callable[[ModelRequest], str] | None = None
+    """``prompt(request) -> text`` for prompt-style checkpoints (no chat template): the text
+    the processor (or vLLM's) places the image tokens around, from ``request.task`` and the
+    question (BLIP-2's ``Question: … Answer:``); default with no template: the question."""
+    stop: tuple[str, ...] = ()
+    """Text that ends an answer, cut from it (BLIP-2: the newline)."""
+    answer: Callable[[Any, str, ModelRequest], str] | None = None
+    """transformers: ``answer(processor, raw_text, request) -> text``, the processor's
+    post-processing of the whole output decoded with its special tokens (Florence-2); the
+    answer then comes in one piece."""
 
 
 GENERIC = Family("generic")
@@ -89,13 +100,16 @@ def messages(request: ModelRequest, content: Messages) -> Messages:
     Llama 3.1, Mistral): an assistant's ``tool_calls`` as ``{"id", "type": "function",
     "function": {"name", "arguments": dict}}`` and a ``tool`` message with ``tool_call_id``,
     the function's ``name`` and the output. Their contents are plain strings, which every
-    template that renders tools takes (text-only templates concatenate them)."""
+    template that renders tools takes (text-only templates concatenate them). With no prompt
+    after a function's output, the answer goes on from it (no new question)."""
     msgs: Messages = []
     if request.instructions:
         msgs.append({"role": "system", "content": [{"type": "text", "text": request.instructions}]})
     for _, answer in request.examples:
         msgs.append({"role": "user", "content": [{"type": "image"}]})
         msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    if request.sequence:
+        return msgs + sequence_messages(request, content)
     names: dict[str, str] = {}  # call id -> function name, for the tool messages
     for turn in request.history:
         if turn.role == "assistant" and turn.tool_calls:
@@ -109,9 +123,48 @@ def messages(request: ModelRequest, content: Messages) -> Messages:
                          "name": names.get(turn.call_id, ""), "content": turn.text})
         elif turn.role in ("user", "assistant"):
             msgs.append({"role": turn.role, "content": [{"type": "text", "text": turn.text}]})
+    users = [m for m in msgs if m["role"] == "user" and isinstance(m["content"], list)]
+    if not request.prompt and request.history and request.history[-1].role == "tool" and users:
+        # going on from a function's output: the media join the question that led to the
+        # call, and the model answers after the output
+        users[-1]["content"] = [*content, *users[-1]["content"]]
+        return msgs
     prompt = request.prompt or DEFAULT_PROMPT
     msgs.append({"role": "user", "content": [*content, {"type": "text", "text": prompt}]})
     return msgs
+
+
+def sequence_messages(request: ModelRequest, content: Messages) -> Messages:
+    """``request.sequence`` as chat messages: consecutive entries of one role make one message
+    (text, image and audio parts in order); the request's own media and prompt end the last
+    user message, or make one. The same sequence renders the same text, so a sequence that
+    extends another renders a prompt that extends the other's."""
+    msgs: Messages = []
+    for entry in request.sequence:
+        part = ({"type": "image"} if entry.image is not None else
+                {"type": "audio"} if entry.audio is not None else
+                {"type": "text", "text": entry.text})
+        if msgs and msgs[-1]["role"] == entry.role:
+            msgs[-1]["content"].append(part)
+        else:
+            msgs.append({"role": entry.role, "content": [part]})
+    tail = [*content, *([{"type": "text", "text": request.prompt}] if request.prompt else [])]
+    if tail and msgs and msgs[-1]["role"] == "user":
+        msgs[-1]["content"] += tail
+    elif tail:
+        msgs.append({"role": "user", "content": tail})
+    return msgs
+
+
+def sequence_media(request: ModelRequest, window: int | None) -> ModelRequest:
+    """``request`` with each sound of its sequence split into clips the audio encoder takes
+    (``long_audio``: one audio entry per clip, in order)."""
+    if window is None or not any(e.audio is not None and e.audio.size > window
+                                 for e in request.sequence):
+        return request
+    entries = [replace(e, audio=clip) for e in request.sequence
+               for clip in (long_audio.split(e.audio, window) if e.audio is not None else [None])]
+    return replace(request, sequence=tuple(entries))
 
 
 def _arguments(text: str) -> Any:
@@ -126,30 +179,14 @@ def _arguments(text: str) -> Any:
 
 def learn_modalities(processor: Any) -> frozenset[str]:
     """What a checkpoint takes in: a processor component for the modality, and a chat template
-    that renders a placeholder for its content part."""
-    parts = {"image": ("image_processor",), "video": ("video_processor",),
-             "audio": ("feature_extractor", "audio_processor")}
-    found = set()
-    for modality, attrs in parts.items():
-        if any(getattr(processor, a, None) is not None for a in attrs) and _renders(
-                processor, modality):
-            found.add(modality)
-    return frozenset(found)
-
-
-def _renders(processor: Any, modality: str) -> bool:
-    def render(content: Messages) -> str | None:
-        try:
-            return str(processor.apply_chat_template(
-                [{"role": "user", "content": [*content, {"type": "text", "text": "hi"}]}],
-                tokenize=False, add_generation_prompt=True))
-        except Exception:  # a template that rejects the part does not take it
-            return None
-
-    plain, with_part = render([]), render([{"type": modality}])
-    if plain is None or with_part is None:
-        return False
-    return with_part != plain
+    that renders a placeholder for its content part. With no chat template (BLIP-2, Florence-2,
+    PaliGemma) or one of plain-string content (JoyCaption), a component and the placeholder
+    token the processor expands (which a plain-string template must place itself)."""
+    style = templates.template_style(processor)
+    if style != templates.PARTS:
+        return templates.placed_modalities(processor, style)
+    return frozenset(m for m in MODALITIES if templates.has_component(processor, m)
+                     and templates.renders_part(processor, m))
 
 
 def media_parts(request: ModelRequest, modalities: frozenset[str],

@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from agent import metrics
 from agent.errors import StreamAgentError
 from agent.heap import HeapTrimmer
+from agent.logs import access_log
 from agent.looplag import LoopLag
 from agent.protocols.chat.api import ChatAPI
 from agent.protocols.gemini import session as gemini
@@ -59,7 +60,9 @@ _CLIENT_MISTAKES = _ClientMistakeFilter()
 
 
 class Gateway:
-    """Holds the runtime and the open sessions; builds the Starlette app."""
+    """Holds the runtime and the open sessions; builds the Starlette app. It serves before the
+    models are loaded (``load``): until then ``/healthz`` says ``loading`` and every model
+    endpoint answers 503 ``loading``."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -70,9 +73,15 @@ class Gateway:
         # one filter object: adding it again for another gateway changes nothing
         logging.getLogger("uvicorn.error").addFilter(_CLIENT_MISTAKES)
 
+    async def load(self) -> None:
+        """Load the models (``Runtime.start``), then admit clients."""
+        await self.runtime.start()
+        gc.freeze()  # the models: collections walk only what comes after
+        self.ready.set()
+
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        gc.freeze()  # the models and modules: collections walk only what comes after
+        gc.freeze()  # the modules: collections walk only what comes after
         tasks = [asyncio.create_task(self.loop_lag.watch(), name="loop-lag"),
                  asyncio.create_task(self.heap.watch(), name="heap-trim")]
         try:
@@ -96,15 +105,16 @@ class Gateway:
             WebSocketRoute(gemini.PATH, self.gemini),
             Mount("/", StaticFiles(packages=[("agent", "static")], html=True), name="page"),
         ]
-        return collapse_slashes(Starlette(routes=routes, lifespan=self._lifespan))
+        app = collapse_slashes(Starlette(routes=routes, lifespan=self._lifespan))
+        return access_log(app) if self.runtime.config.server.access_log else app
 
     def _http_auth(self, endpoint: Callable[[Request], Awaitable[Response]],
                    ) -> Callable[[Request], Awaitable[Response]]:
         async def checked(request: Request) -> Response:
             if not self._key_ok(_bearer(request.headers.get("authorization", ""))):
-                return JSONResponse({"error": {"message": "missing or invalid API key",
-                                               "type": "invalid_request_error", "param": None,
-                                               "code": "invalid_api_key"}}, status_code=401)
+                return _http_error(401, "invalid_api_key", "missing or invalid API key")
+            if not self.ready.is_set():
+                return _http_error(503, "loading", LOADING)
             try:
                 return await endpoint(request)
             finally:
@@ -121,6 +131,9 @@ class Gateway:
         if not self._key_ok(token):
             await _deny(ws, 401, "invalid_api_key", "missing or invalid API key")
             return False
+        if not self.ready.is_set():
+            await _deny(ws, 503, "loading", LOADING)
+            return False
         if len(self.sessions) >= self.runtime.config.server.max_sessions:
             await _deny(ws, 503, "too_many_sessions", "the server is at its session limit")
             return False
@@ -130,14 +143,18 @@ class Gateway:
         token = ws.headers.get("x-goog-api-key") or ws.query_params.get("key") or \
             _bearer(ws.headers.get("authorization", ""))
         if await self._admit(ws, token):  # the session counts itself before it accepts
+            log.info("gemini session opening (client %s)", _client(ws))
             try:
                 await gemini.GeminiSession(self.runtime, ws, self.sessions).run()
             finally:
                 self.heap.mark()
 
     async def healthz(self, request: Request) -> JSONResponse:
+        if not self.ready.is_set():
+            return JSONResponse({"status": "loading", "profiles": self.runtime.profile_names},
+                                status_code=503)
         models = await self.runtime.pool.health()
-        ok = self.ready.is_set() and all(models.values())
+        ok = all(models.values())
         body = {"status": "ok" if ok else "unavailable", "sessions": len(self.sessions),
                 "tasks": len(asyncio.all_tasks()), "loop_lag_ms": self.loop_lag.summary_ms(),
                 "models": models, "profiles": self.runtime.profile_names}
@@ -176,7 +193,7 @@ class Gateway:
             return
         self.sessions.add(session)
         self._gauges()
-        log.info("session %s opened (model %s)", session.id, model)
+        log.info("session %s opened (model %s, client %s)", session.id, model, _client(ws))
         try:
             await session.run(beta.messages(_messages(ws)) if dialect else _messages(ws))
         except WebSocketDisconnect:
@@ -194,6 +211,19 @@ async def close_quietly(ws: WebSocket, code: int, reason: str, timeout_s: float 
     data, so give up after ``timeout_s`` (the session is already gone either way)."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ws.close(code, reason=reason[:120]), timeout_s)
+
+
+LOADING = "the server is loading its models; try again shortly (GET /healthz says when)"
+
+
+def _http_error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error",
+                                   "param": None, "code": code}}, status_code=status)
+
+
+def _client(ws: WebSocket) -> str:
+    client = ws.client
+    return f"{client.host}:{client.port}" if client else "unknown"
 
 
 def _bearer(header: str) -> str:

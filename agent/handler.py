@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, TypeVar
 
 from agent import metrics
-from agent.engine import ModelRequest, Tool, Turn
+from agent.engine import TOOL_CHOICES, ModelRequest, Tool, Turn
 from agent.media import Frame, Modality, Window
 from agent.parts import Part, text_only
 from agent.pool import Pool
@@ -48,7 +48,12 @@ class ResponseOptions:
         if self.live:
             request = replace(request, live=True)
         if self.tools and not request.tools:
-            request = replace(request, tools=self.tools, tool_choice=self.tool_choice,
+            # a choice naming a tool not offered here (a server tool, offered in questions
+            # only) leaves the model free
+            named = {t.name for t in self.tools}
+            choice = self.tool_choice if self.tool_choice in named or \
+                self.tool_choice in TOOL_CHOICES else "auto"
+            request = replace(request, tools=self.tools, tool_choice=choice,
                               parallel_tool_calls=self.parallel_tool_calls)
         if self.max_new_tokens is None and not self.lora:
             return request

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from agent.engine import Engine
     from agent.families import Family
     from agent.handler import Handler
+    from agent.server_tools import ServerTool
+    from agent.voice import Voice
 
 hookspec = pluggy.HookspecMarker("streamagent")
 hookimpl = pluggy.HookimplMarker("streamagent")
@@ -40,3 +42,17 @@ def register_families(register: Callable[[Family], None]) -> None:
     """Register model families, by their ``name``: ``register(Family("qwen2.5-omni", ...))``.
 
     A family overrides what differs from the generic path for one family of checkpoints."""
+
+
+@hookspec
+def register_voices(register: Callable[[Voice], None]) -> None:
+    """Register voices (speech out), by their ``name``: ``register(FliteVoice("flite", ...))``.
+
+    A session that asks for audio names one (or a preset name, said by the default voice)."""
+
+
+@hookspec
+def register_tools(register: Callable[[ServerTool], None]) -> None:
+    """Register tools the server runs itself, by their ``name``: ``register(ServerTool("look",
+    "Look at the camera now", run))``. A session offers them to its model with
+    ``streamagent.server_tools``; the client sees each call and its result."""

@@ -17,6 +17,7 @@ from agent.handler import Handler, Mailbox, SessionOptions
 from agent.media import AUDIO_RATE, Audio, Frame, Window
 from agent.runtime import Runtime
 from agent.sampler import Sampler
+from agent.watch_runner import Watches
 
 log = logging.getLogger(__name__)
 OnWork = Callable[[Handler, Any], Awaitable[str]]
@@ -74,6 +75,8 @@ class LiveMedia:
         self.deferred = 0
         """Live windows that found their model's queue full and waited to go again."""
         self.dropped_before: dict[str, int] = {}
+        self.watches: Watches | None = None
+        """Fed every window too, live or not (the conversation's watches)."""
 
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"tick-{self.session_id}")
@@ -205,6 +208,8 @@ class LiveMedia:
                 slot.handler.clear_audio()
             else:
                 self._enqueue(slot, CLEAR)
+        if self.watches is not None:
+            self.watches.clear_audio()
 
     def flush(self) -> None:
         self._dispatch(self.sampler.flush(final=True))
@@ -222,6 +227,8 @@ class LiveMedia:
                     self._enqueue(slot, window)
                 else:
                     self._feed(slot, window)
+            if self.watches is not None:
+                self.watches.feed(window)
 
     def _feed(self, slot: _Slot, window: Window) -> None:
         work = feed_safely(slot.handler, window)

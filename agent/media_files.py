@@ -33,7 +33,7 @@ class Limits:
 
     image_pixels: int = 2048 * 2048
     video_frames: int = 64
-    video_pixels: int = 1280 * 720
+    video_pixels: int = 1920 * 1080
     video_s: float = 120.0
     audio_s: float = 120.0
     audio_rate: int = 48000

@@ -5,7 +5,8 @@ Every metric is a module-level object with ``inc``/``set``/``observe``; labels a
     metrics.frames_received.inc()
     metrics.responses.inc(status="completed")
 
-They live in one ``prometheus_client`` registry (``REGISTRY``, served by ``/metrics``). Inside a
+They live in one ``prometheus_client`` registry (``REGISTRY``, served by ``/metrics``), beside the
+process's own figures (``process_*``: CPU, memory, open files; ``python_gc_*``). Inside a
 Ray Serve replica, ``enable_ray()`` mirrors them to ``ray.util.metrics``, so that they reach
 Ray's Prometheus export (and Grafana) with the ``ray_`` prefix. Names: docs/config.md.
 """
@@ -18,9 +19,14 @@ from typing import Any, TypeVar
 
 import prometheus_client as prom
 
+from agent.parts import Usage
+
 T = TypeVar("T")
 REGISTRY = prom.CollectorRegistry(auto_describe=True)
+prom.ProcessCollector(registry=REGISTRY)  # Linux (it reads /proc); nothing elsewhere
+prom.GCCollector(registry=REGISTRY)
 FIRST_DELTA_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+QUEUE_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _ALL: list[_Metric] = []
 
 
@@ -86,11 +92,22 @@ loop_lag = Histogram("streamagent_event_loop_lag_seconds",
                      buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
 queue_depth = Gauge("streamagent_queue_depth",
                     "Events waiting in the sessions' outboxes, all sessions together")
+model_queue_depth = Gauge("streamagent_model_queue_depth",
+                          "Requests waiting for a worker of a model, by model", ("model",))
+model_queue_wait = Histogram("streamagent_model_queue_wait_seconds",
+                             "From a request asking for a model's worker to getting one (0 when "
+                             "one was free), by model", ("model",), buckets=QUEUE_WAIT_BUCKETS)
+prompt_tokens = Counter("streamagent_prompt_tokens",
+                        "Prompt tokens of model calls, as their engines counted them, by model",
+                        ("model",))
+completion_tokens = Counter("streamagent_completion_tokens",
+                            "Tokens models generated, as their engines counted them, by model",
+                            ("model",))
 
 
 async def timed(model: str, stream: AsyncIterator[T]) -> AsyncGenerator[T, None]:
-    """``stream``, observing ``first_delta`` (its first part) for ``model``; closing this
-    closes ``stream``."""
+    """``stream``, observing ``first_delta`` (its first part) for ``model`` and counting the
+    tokens of its ``Usage``; closing this closes ``stream``."""
     began = time.perf_counter()
     first = True
     try:
@@ -98,11 +115,20 @@ async def timed(model: str, stream: AsyncIterator[T]) -> AsyncGenerator[T, None]
             if first:
                 first_delta.observe(time.perf_counter() - began, model=model)
                 first = False
+            if isinstance(part, Usage):
+                count_tokens(model, part)
             yield part
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def count_tokens(model: str, usage: Usage) -> None:
+    if usage.prompt_tokens:
+        prompt_tokens.inc(usage.prompt_tokens, model=model)
+    if usage.completion_tokens:
+        completion_tokens.inc(usage.completion_tokens, model=model)
 
 
 def exposition() -> tuple[bytes, str]:

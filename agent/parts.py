@@ -5,6 +5,7 @@ on what it does not handle, and a response renders each in its protocol's dialec
 
 - ``TextDelta``: a piece of the answer's text.
 - ``ToolCallDelta``: a piece of one function call (its id and name first, then its arguments).
+- ``ToolOutput``: the result of a call the server ran itself.
 - ``AudioChunk``: a piece of spoken answer, 16-bit mono PCM.
 - ``Usage``: what a model call cost, once, at the end of its stream.
 
@@ -31,6 +32,19 @@ class ToolCallDelta:
     call_id: str = ""
     name: str = ""
     arguments: str = ""
+    server: bool = False
+    """A call of a tool the server runs itself (``agent.server_tools``); its result follows
+    as a ``ToolOutput``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutput:
+    """What a server tool returned for the ``index``-th call (``error``: why it has no
+    output)."""
+
+    index: int
+    output: str = ""
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +69,7 @@ class Usage:
     """``length`` when the token limit stopped generation, else ``stop`` (or unset)."""
 
 
-Part = TextDelta | ToolCallDelta | AudioChunk | Usage
+Part = TextDelta | ToolCallDelta | ToolOutput | AudioChunk | Usage
 
 
 def as_part(item: str | Part) -> Part:

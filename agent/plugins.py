@@ -19,6 +19,8 @@ from agent.engine import Engine
 from agent.errors import ConfigError
 from agent.families import Family
 from agent.handler import Handler
+from agent.server_tools import BUILT_IN, ServerTool
+from agent.voice import Voice
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "streamagent"
@@ -57,6 +59,8 @@ class Registry:
     models: dict[str, ModelConfig] = field(default_factory=dict)
     handlers: dict[str, type[Handler]] = field(default_factory=dict)
     families: dict[str, Family] = field(default_factory=dict)
+    voices: dict[str, Voice] = field(default_factory=dict)
+    tools: dict[str, ServerTool] = field(default_factory=dict)
 
 
 def collect(pm: pluggy.PluginManager) -> Registry:
@@ -74,6 +78,10 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     pm.hook.register_models(register=lambda name, cfg: add("model", reg.models, name, cfg))
     pm.hook.register_handlers(register=lambda cls: add("handler", reg.handlers, cls.name, cls))
     pm.hook.register_families(register=lambda fam: add("family", reg.families, fam.name, fam))
+    pm.hook.register_voices(register=lambda voice: add("voice", reg.voices, voice.name, voice))
+    for tool in BUILT_IN:  # the server's own, beside the plugins'
+        add("tool", reg.tools, tool.name, tool)
+    pm.hook.register_tools(register=lambda tool: add("tool", reg.tools, tool.name, tool))
     return reg
 
 

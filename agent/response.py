@@ -10,11 +10,24 @@ import copy
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent import metrics
 from agent.errors import EngineError, StreamAgentError
 from agent.ids import new_id
-from agent.parts import AudioChunk, Part, TextDelta, ToolCallDelta, Usage, as_part, total_usage
+from agent.parts import (
+    AudioChunk,
+    Part,
+    TextDelta,
+    ToolCallDelta,
+    ToolOutput,
+    Usage,
+    as_part,
+    total_usage,
+)
+
+if TYPE_CHECKING:
+    from agent.voice import Speech
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +40,10 @@ class Call:
     call_id: str
     name: str
     arguments: list[str] = field(default_factory=list)
+    server: bool = False
+    """A tool the server runs itself: its result comes as ``output`` or ``error``."""
+    output: str | None = None
+    error: str = ""
 
     @property
     def text(self) -> str:
@@ -48,6 +65,9 @@ class ResponseSink:
 
     async def audio(self, response: Response, chunk: AudioChunk) -> None:
         """A piece of spoken answer."""
+
+    async def tool_output(self, response: Response, call: Call) -> None:
+        """A server tool's call ``call`` has its ``output`` (or ``error``)."""
 
     async def failed(self, response: Response, error: StreamAgentError) -> None:
         """What went wrong, before ``finished`` (status ``failed``)."""
@@ -74,6 +94,10 @@ class Response:
         self.calls: dict[int, Call] = {}
         self.usage: list[Usage] = []
         """The usage of every model call made for this response (its ``Usage`` parts)."""
+        self.speech: Speech | None = None
+        """How it is spoken, set before it runs (``None``: in text only)."""
+        self.spoken: list[str] = []
+        """The transcripts of its ``AudioChunk`` parts: what was said so far."""
         self.status = "in_progress"
         self.reason: str | None = None
         """Why it is ``incomplete`` (``max_output_tokens``) or ``cancelled``
@@ -86,6 +110,10 @@ class Response:
     @property
     def text(self) -> str:
         return "".join(self.texts)
+
+    @property
+    def transcript(self) -> str:
+        return "".join(self.spoken)
 
     def tokens(self) -> tuple[int, int]:
         """(output, input) tokens as the engines counted them; engines that count none (the
@@ -169,8 +197,14 @@ class Response:
             call = self.calls.get(part.index)
             if call is None:
                 call = self.calls[part.index] = Call(
-                    part.index, part.call_id or new_id("call"), part.name)
+                    part.index, part.call_id or new_id("call"), part.name, server=part.server)
             call.arguments.append(part.arguments)
             await self.sink.call(self, call, part)
+        elif isinstance(part, ToolOutput):
+            call = self.calls[part.index]
+            call.output, call.error = part.output, part.error
+            await self.sink.tool_output(self, call)
         else:
+            if part.transcript:
+                self.spoken.append(part.transcript)
             await self.sink.audio(self, part)

@@ -12,6 +12,7 @@ from agent.families import Family, check_modalities
 from agent.handler import Handler, HandlerContext, SessionOptions
 from agent.plugins import Registry, collect
 from agent.pool import LocalPool, Pool
+from agent.voice import Speech, Voice, pick_voice
 
 
 class Runtime:
@@ -31,6 +32,10 @@ class Runtime:
                                                              registry.families)))
 
     def _check(self) -> None:
+        voice = self.config.server.voice
+        if voice is not None and voice not in self.registry.voices:
+            raise ConfigError(f"server.voice is {voice!r}; voices: "
+                              f"{sorted(self.registry.voices) or 'none installed'}")
         for name, profile in self.config.profiles.items():
             for handler in profile.handlers or []:
                 if handler not in self.registry.handlers:
@@ -149,6 +154,15 @@ class Runtime:
         """Handlers a session of this profile may turn on: those with a model."""
         return sorted(h for h in self.registry.handlers
                       if self.model_for(h, profile) in self.pool.names)
+
+    def voice(self, name: str | None) -> Voice:
+        """A voice by the name a session gave (``None``: the default), or ``InvalidRequest``."""
+        return pick_voice(self.registry.voices, name, self.config.server.voice)
+
+    def speech(self) -> Speech | None:
+        """A new conversation's speech (off until it asks for audio); ``None``: no voice is
+        installed."""
+        return Speech(self.voice(None)) if self.registry.voices else None
 
     def make_handler(self, name: str, session_id: str, profile: ProfileConfig | None = None,
                      session: SessionOptions | None = None) -> Handler:

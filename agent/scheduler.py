@@ -17,6 +17,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from agent import metrics
 from agent.errors import Overloaded
 
 
@@ -42,6 +43,7 @@ class Scheduler:
         self._waiting = 0
         self._patient: set[asyncio.Future[None]] = set()  # waiters outside max_queue
         self._busy = 0  # workers held or granted to a waiter that has not resumed yet
+        self._gauge()
 
     @property
     def running(self) -> int:
@@ -75,6 +77,7 @@ class Scheduler:
         if self._busy < self.workers and not self._waiting:
             self._busy += 1
             self.stats.admitted += 1
+            metrics.model_queue_wait.observe(0.0, model=self.name)
             return
         if patient and self._waiting >= self.max_queue:
             self.stats.patient_past_limit += 1
@@ -86,8 +89,10 @@ class Scheduler:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lines.setdefault(key, deque()).append(waiter)
         self._waiting += 1
+        self._gauge()
         if patient:
             self._patient.add(waiter)
+        began = time.monotonic()
         try:
             await waiter
         except asyncio.CancelledError:
@@ -99,12 +104,17 @@ class Scheduler:
                 self.stats.cancelled_waiting += 1
             raise
         self.stats.admitted += 1
+        metrics.model_queue_wait.observe(time.monotonic() - began, model=self.name)
+
+    def _gauge(self) -> None:
+        metrics.model_queue_depth.set(self._waiting, model=self.name)
 
     def _forget(self, key: str, waiter: asyncio.Future[None]) -> None:
         line = self._lines.get(key)
         if line is not None and waiter in line:
             line.remove(waiter)
             self._waiting -= 1
+            self._gauge()
             self._patient.discard(waiter)
             if not line:
                 del self._lines[key]
@@ -115,6 +125,7 @@ class Scheduler:
             key, line = next(iter(self._lines.items()))
             waiter = line.popleft()
             self._waiting -= 1
+            self._gauge()
             self._patient.discard(waiter)
             del self._lines[key]
             if line:  # this session goes to the back of the round

@@ -39,7 +39,9 @@ class Reply:
         if self.start_ms is not None and self.end_ms is not None:
             span = f"[{_clock(self.start_ms)}-{_clock(self.end_ms)}] "
         flag = "" if self.status == "completed" else f" ({self.status})"
-        return f"{span}{self.handler}: {self.text}{flag}"
+        # a watch's firing names the watch itself: 'watch "exit": text "EXIT" in view'
+        label = "" if "streamagent_watch" in self.metadata else f"{self.handler}: "
+        return f"{span}{label}{self.text}{flag}"
 
 
 @dataclass
@@ -144,8 +146,10 @@ async def stream_file(
     api_key: str | None = None,
     idle_s: float = 3.0,
     on_reply: Callable[[Reply], None] = lambda r: None,
+    watches: list[dict[str, Any]] | None = None,
 ) -> tuple[list[Reply], StreamStats]:
-    """Stream ``path`` in live mode; return every response, in the order they finished."""
+    """Stream ``path`` in live mode; return every response, in the order they finished.
+    ``watches``: the session's ``streamagent.watches`` (their firings are responses too)."""
     stats, replies = StreamStats(), []
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
@@ -154,7 +158,9 @@ async def stream_file(
             "streamagent": {"live": True, "sample_fps": sample_fps}}
         if handlers is not None:
             session["streamagent"]["handlers"] = handlers
-        await ws.send(json.dumps({"type": "session.update", "session": session}))
+        if watches is not None:
+            session["streamagent"]["watches"] = watches
+        await _configure(ws, session)
         state = {"open": 0, "last": time.monotonic()}
 
         async def receive() -> None:
@@ -190,6 +196,21 @@ async def stream_file(
             await asyncio.sleep(0.05)
         receiver.cancel()
     return replies, stats
+
+
+async def _configure(ws: websockets.ClientConnection, session: dict[str, Any],
+                     timeout_s: float = 30.0) -> None:
+    """Send ``session.update`` and wait for the server to take it; ``ValueError`` with the
+    server's message when it refuses (a bad handler or watch: nothing to stream for)."""
+    await ws.send(json.dumps({"type": "session.update", "session": session}))
+    async with asyncio.timeout(timeout_s):
+        async for raw in ws:
+            event = json.loads(raw)
+            if event.get("type") == "session.updated":
+                return
+            if event.get("type") == "error":
+                raise ValueError(f"the server refused the session: {event['error']['message']}")
+    raise ValueError("the server closed the connection before taking the session")
 
 
 def _reply(response: dict[str, Any]) -> Reply:

@@ -93,8 +93,9 @@ class EchoHandler(Handler):
     async def respond(self, work: Window) -> AsyncIterator[str | Part]:
         assert work.frame is not None
         if self.ctx.options.get("via_model"):  # option via_model: one call to the model
+            tokens = int(self.ctx.options.get("tokens", 1))  # of the answer (option tokens)
             async for part in self.ctx.stream(ModelRequest(prompt=f"window {work.index}",
-                                                           options={"tokens": 1})):
+                                                           options={"tokens": tokens})):
                 yield part
             return
         if not self.ctx.options.get("decode", True):  # option decode=false: pure overhead

@@ -114,7 +114,7 @@ def _as_call(obj: object, names: Collection[str]) -> tuple[str, str] | str:
 
 def _whole_items(text: str) -> list[Any]:
     """The JSON values written whole at the start of an unfinished array's body."""
-    decoder, items, i = json.JSONDecoder(), [], 0
+    decoder, items, i = json.JSONDecoder(), list[Any](), 0
     while True:
         while i < len(text) and text[i] in " \t\r\n,":
             i += 1

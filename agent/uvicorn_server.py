@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import socket
@@ -122,9 +123,13 @@ def bind(host: str, port: int) -> socket.socket:
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose proto
     # says TCP, and without it Nagle holds small deltas up to 40 ms (measured: 34-44 ms p50).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 
@@ -150,36 +155,82 @@ class Address:
         return f"{self.ws}/v1/realtime?model=default"
 
 
-async def serve_forever(runtime: Runtime, announce: bool = True) -> None:
-    """Load the models, then serve until SIGINT/SIGTERM; close the models on the way out."""
-    cfg = runtime.config.server
-    await runtime.start()
+def exposure_warning(server: ServerConfig) -> str | None:
+    """A warning when the server listens beyond loopback with no API key (``None``: fine)."""
+    if server.api_key:
+        return None
     try:
-        gateway = Gateway(runtime)
-        gateway.ready.set()
-        sock = bind(cfg.host, cfg.port)
-        addr = Address(cfg.host, sock.getsockname()[1], tls=cfg.tls_certfile is not None)
-        server = _Server(uvicorn_config(gateway, cfg), signals=True)
-        if announce:
-            print(f"streamagent is serving on {addr.http}\n"
-                  f"  camera page:       {addr.http}/\n"
-                  f"  realtime endpoint: {addr.realtime}\n"
-                  f"  health:            {addr.http}/healthz", flush=True)
-        await server.serve(sockets=[sock])
-    finally:
-        await runtime.pool.close()
-        log.info("stopped")
+        loopback = ipaddress.ip_address(server.host).is_loopback
+    except ValueError:  # a host name
+        loopback = server.host == "localhost"
+    if loopback:
+        return None
+    return (f"listening on {server.host} without an API key: anyone who can reach this "
+            "address can use the models; set --api-key (or STREAMAGENT_API_KEY), or listen "
+            "on 127.0.0.1")
+
+
+async def serve_forever(runtime: Runtime, announce: bool = True) -> None:
+    """Bind the port (a clash fails at once), serve (``/healthz``: 503 ``loading``), load the
+    models, then serve them until SIGINT/SIGTERM; close the models on the way out."""
+    cfg = runtime.config.server
+    if warning := exposure_warning(cfg):
+        log.warning(warning)
+    async with _serving(runtime, cfg.host, cfg.port, signals=True) as (addr, gateway, task):
+        log.info("listening on %s; loading the models (GET /healthz: 503 until ready)",
+                 addr.http)
+        if await _load(gateway, task):
+            if announce:
+                print(f"streamagent is serving on {addr.http}\n"
+                      f"  camera page:       {addr.http}/\n"
+                      f"  realtime endpoint: {addr.realtime}\n"
+                      f"  health:            {addr.http}/healthz", flush=True)
+            await task
+    log.info("stopped")
 
 
 @contextlib.asynccontextmanager
-async def running(runtime: Runtime, host: str = "127.0.0.1",
-                  port: int = 0) -> AsyncIterator[Address]:
-    """Serve ``runtime`` (on a free port by default) inside the current event loop."""
-    await runtime.start()
-    gateway = Gateway(runtime)
-    gateway.ready.set()
+async def running(runtime: Runtime, host: str = "127.0.0.1", port: int = 0,
+                  wait_ready: bool = True) -> AsyncIterator[Address]:
+    """Serve ``runtime`` (on a free port by default) inside the current event loop, once its
+    models are loaded (``wait_ready=False``: at once, while they load)."""
+    async with _serving(runtime, host, port, signals=False) as (addr, gateway, task):
+        loading = asyncio.create_task(_load(gateway, task))
+        try:
+            if wait_ready:
+                await loading
+            yield addr
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+
+
+async def _load(gateway: Gateway, server: asyncio.Task[None]) -> bool:
+    """Load the models while the server runs: ``True`` once loaded, ``False`` when the server
+    stopped first (SIGINT/SIGTERM while loading); a failed load raises."""
+    load = asyncio.create_task(gateway.load(), name="load-models")
+    try:
+        await asyncio.wait({load, server}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not load.done():
+            load.cancel()
+            await asyncio.wait({load})
+    if not load.cancelled():
+        load.result()
+        return True
+    server.result()  # the server's own error, if it failed
+    return False
+
+
+@contextlib.asynccontextmanager
+async def _serving(runtime: Runtime, host: str, port: int, signals: bool,
+                   ) -> AsyncIterator[tuple[Address, Gateway, asyncio.Task[None]]]:
+    """A started server (the port bound, requests answered) whose models are not loaded yet;
+    on the way out: the server stopped, the models closed."""
     sock = bind(host, port)
-    server = _Server(uvicorn_config(gateway, runtime.config.server), signals=False)
+    gateway = Gateway(runtime)
+    server = _Server(uvicorn_config(gateway, runtime.config.server), signals=signals)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
@@ -187,7 +238,7 @@ async def running(runtime: Runtime, host: str = "127.0.0.1",
                 task.result()
             await asyncio.sleep(0.01)
         tls = runtime.config.server.tls_certfile is not None
-        yield Address(host, sock.getsockname()[1], tls=tls)
+        yield Address(host, sock.getsockname()[1], tls=tls), gateway, task
     finally:
         server.should_exit = True
         await task

@@ -1,4 +1,8 @@
-"""Voice activity with silero-vad's bundled ONNX model, through onnxruntime alone (no torch).
+"""Voice activity with silero-vad's ONNX model, through onnxruntime alone (no torch).
+
+The model ships inside this package (``agent/data/silero_vad.onnx``, MIT, copied unchanged
+from silero-vad 6.2.3's wheel, with its licence beside it): the ``silero-vad`` distribution
+declares torch as a dependency, which would make the embedded default a torch install.
 
 ``Segmenter`` turns a stream of 16 kHz audio into utterances: speech starts when the speech
 probability crosses ``threshold`` and ends after ``min_silence_s`` below it. Part of the plugin
@@ -8,9 +12,8 @@ API: handlers use ``agent.Segmenter``, ``agent.Utterance`` and ``agent.load_vad`
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -25,13 +28,10 @@ CONTEXT = 64
 def _session() -> Any:
     import onnxruntime as ort
 
-    spec = importlib.util.find_spec("silero_vad")  # not imported: its __init__ imports torch
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("voice activity needs silero-vad: pip install --no-deps silero-vad")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
+    model = resources.files("agent").joinpath("data", "silero_vad.onnx").read_bytes()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def load_vad() -> None:

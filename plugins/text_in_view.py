@@ -79,11 +79,15 @@ def _padded(image: Any, ratio: int = 15) -> Any:
     return out
 
 
+READ = "Read the text in the picture, line by line. Write only the text."
+
+
 async def read_text(handler: Handler, frame_image: Any) -> list[str]:
-    lines = []
-    async for line in handler.ctx.text(ModelRequest(images=(frame_image,))):
-        lines.append(line.strip())
-    return lines
+    """The lines its model reads: RapidOCR's, or an LLM's asked to read (a prompt-style one
+    by its task: Florence-2's ``<OCR>``, PaliGemma's ``ocr``)."""
+    request = ModelRequest(prompt=READ, task="ocr", images=(frame_image,))
+    text = "".join([piece async for piece in handler.ctx.text(request)])
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 class TextInViewHandler(Handler):

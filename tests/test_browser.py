@@ -17,7 +17,7 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 from skimage import data as skdata
 
 from agent.testing import FONT, ServerThread, fake_runtime
@@ -120,6 +120,83 @@ def test_page_reads_sees_and_hears(embedded: Address, tmp_path: Path, browser_di
         shot = os.environ.get("STREAMAGENT_SCREENSHOT", str(tmp_path / "page.png"))
         driver.save_screenshot(shot)
         assert driver.find_elements(By.CSS_SELECTOR, "#errors li") == []
+    finally:
+        driver.quit()
+
+
+NOTIFICATION_SPY = """
+window.notified = [];
+const Real = window.Notification;
+window.Notification = class extends Real {
+  constructor(title, options) { window.notified.push(options.body); super(title, options); }
+};"""
+
+
+def watch_for(driver: WebDriver, kind: str, text: str = "") -> None:
+    Select(driver.find_element(By.ID, "watch-kind")).select_by_value(kind)
+    if text:
+        driver.find_element(By.ID, "watch-text").send_keys(text)
+    driver.find_element(By.ID, "watch-add").click()
+
+
+def watch_ids(driver: WebDriver) -> list[str]:
+    return list(driver.execute_script(  # in one go: the list is redrawn on each update
+        'return [...document.querySelectorAll("#watches li")].map((li) => li.dataset.watch)'))
+
+
+FIRINGS = """return [...document.querySelectorAll('#responses li.firing[data-status="completed"]')]
+  .map((li) => [li.dataset.watch, li.querySelector(".text").textContent, li.dataset.alert])"""
+
+
+def firings(driver: WebDriver) -> dict[str, tuple[str, str, int]]:
+    """Each watch's firings on the page: (its text, the alerts it made, how many)."""
+    found: dict[str, tuple[str, str, int]] = {}
+    for watch, text, alert in driver.execute_script(FIRINGS):
+        found[watch] = (text, alert or "", found[watch][2] + 1 if watch in found else 1)
+    return found
+
+
+def test_watch_for_box_registers_watches_and_firings_stand_out(
+        embedded: Address, tmp_path: Path, browser_dir: Path) -> None:
+    driver = chromium(browser_dir, video=camera_y4m(tmp_path / "cam.y4m"))
+    try:
+        driver.get(embedded.http + "/")
+        driver.execute_cdp_cmd("Browser.grantPermissions", {
+            "origin": embedded.http, "permissions": ["notifications"]})
+        driver.execute_script(NOTIFICATION_SPY)
+        driver.find_element(By.ID, "start").click()
+        wait = WebDriverWait(driver, 40, poll_frequency=0.5)
+        wait.until(lambda d: status(d)[0] == "live")
+        driver.find_element(By.ID, "watch-alert").click()
+        watch_for(driver, "text_contains", "camera")
+        wait.until(lambda d: watch_ids(d) == ["text:camera"])
+        watch_for(driver, "face:appears")
+        wait.until(lambda d: watch_ids(d) == ["text:camera", "face:appears"])
+        watch_for(driver, "condition", "A door is open.")  # the embedded models have no LLM
+        wait.until(lambda d: any("no LLM in this session" in e.text
+                                 for e in d.find_elements(By.CSS_SELECTOR, "#errors li")))
+        assert watch_ids(driver) == ["text:camera", "face:appears"]
+
+        wait.until(lambda d: set(firings(d)) == {"text:camera", "face:appears"})
+        wait.until(lambda d: texts_by(d, "faces"))  # an ordinary response beside them
+        said = firings(driver)
+        assert said == {"text:camera": ('watch "text:camera": text "camera" in view',
+                                        "sound notification", 1),
+                        "face:appears": ('watch "face:appears": a face appeared',
+                                         "sound notification", 1)}
+        assert sorted(driver.execute_script("return window.notified")) == sorted(
+            text for text, _, _ in said.values())
+        firing = driver.find_element(By.CSS_SELECTOR,
+                                     '#responses li.firing[data-watch="text:camera"]')
+        ordinary = driver.find_element(By.CSS_SELECTOR, '#responses li[data-handler="faces"]')
+        for prop in ("border-left-color", "font-weight"):
+            assert firing.value_of_css_property(prop) != ordinary.value_of_css_property(prop)
+        assert firing.find_element(By.CSS_SELECTOR, ".label").text.startswith(
+            "WATCH TEXT:CAMERA · ")
+
+        driver.find_element(By.CSS_SELECTOR, '#watches li[data-watch="text:camera"] button'
+                            ).click()
+        wait.until(lambda d: watch_ids(d) == ["face:appears"])
     finally:
         driver.quit()
 

@@ -116,3 +116,98 @@ def test_every_config_field_is_documented(model: type[BaseModel]) -> None:
     text = (ROOT / "docs" / "config.md").read_text() + (ROOT / "docs" / "models.md").read_text()
     missing = [name for name in model.model_fields if not re.search(rf"\b{name}\b", text)]
     assert not missing, f"{model.__name__} fields missing from docs/config.md: {missing}"
+
+
+CONFIG_MD = ROOT / "docs" / "config.md"
+STATED = {  # the parts of docs/config.md's example that state defaults, and what holds them
+    ("server",): config.ServerConfig,
+    ("profiles", "default"): config.ProfileConfig,
+    ("handlers", "text_in_view", "gating"): config.GatingConfig,
+    ("models", "ocr"): config.ModelConfig,
+    ("models", "qwen", "generation"): config.GenerationConfig,
+}
+EXAMPLES = {"engine", "options", "source", "family", "device", "handlers", "generation"}
+"""Fields the example fills in with a value of its own, not the default."""
+
+
+def stated_default_mismatches(text: str) -> list[str]:
+    """Where the example config of docs/config.md states a default the code does not have."""
+    import yaml
+
+    example = yaml.safe_load(text.split("```yaml", 1)[1].split("```", 1)[0])
+    wrong = []
+    for path, model in STATED.items():
+        section = example
+        for key in path:
+            section = section[key]
+        for name, stated in section.items():
+            if name in EXAMPLES and model is not config.ProfileConfig:
+                continue
+            default = model.model_fields[name].get_default(call_default_factory=True)
+            if stated != default:
+                wrong.append(f"{'.'.join(path)}.{name}: docs say {stated!r}, code {default!r}")
+    return wrong
+
+
+def test_the_defaults_docs_config_states_are_the_codes() -> None:
+    assert not stated_default_mismatches(CONFIG_MD.read_text())
+
+
+def test_a_changed_default_is_caught() -> None:
+    text = CONFIG_MD.read_text().replace("max_sessions: 64", "max_sessions: 65", 1)
+    assert stated_default_mismatches(text) == ["server.max_sessions: docs say 65, code 64"]
+
+
+def test_every_server_field_has_its_default_in_docs_config() -> None:
+    import yaml
+
+    example = yaml.safe_load(CONFIG_MD.read_text().split("```yaml", 1)[1].split("```", 1)[0])
+    assert set(example["server"]) == set(config.ServerConfig.model_fields)
+
+
+def test_the_ray_application_args_table_states_the_codes_defaults() -> None:
+    from agent.ray.apps import GatewayAppArgs, ModelAppArgs
+
+    rows = re.findall(r"^\| (`agent\.ray\.apps:\w+`)? *\| `(\w+)` \| ([^|]+) \|",
+                      CONFIG_MD.read_text(), re.M)
+    app, wrong = "", []
+    for name, arg, stated in rows:
+        app = name or app
+        model = GatewayAppArgs if "gateway" in app else ModelAppArgs
+        default = model.model_fields[arg].get_default(call_default_factory=True)
+        if stated.strip() in ("—", "defaults"):
+            continue
+        if yaml_value(stated) != default:
+            wrong.append(f"{app} {arg}: docs say {stated.strip()}, code {default!r}")
+    assert rows and not wrong
+
+
+def yaml_value(text: str) -> object:
+    import yaml
+
+    return yaml.safe_load(text.strip().strip("`"))
+
+
+METRIC_ROW = re.compile(r"^\| `(\w+?)(\*?)` \| *(\w*) *\| *([^|]*)\|", re.M)
+
+
+def test_the_metrics_table_is_the_registry() -> None:
+    from agent import metrics
+
+    documented = {name: (kind, sorted(re.findall(r"`(\w+)`", labels)))
+                  for name, star, kind, labels in METRIC_ROW.findall(CONFIG_MD.read_text())
+                  if not star}
+    prefixes = [name for name, star, _, _ in METRIC_ROW.findall(CONFIG_MD.read_text()) if star]
+    registered = {}
+    for family in metrics.REGISTRY.collect():
+        if family.name.startswith("streamagent_"):
+            name = family.name + ("_total" if family.type == "counter" else "")
+            labels = sorted({k for s in family.samples for k in s.labels if k != "le"})
+            registered[name] = (family.type, labels)
+        else:
+            assert any(family.name.startswith(p) for p in prefixes), family.name
+    for m in metrics._ALL:  # labelled metrics show no samples until first used
+        name = m.name + ("_total" if m.kind == "counter" else "")
+        registered[name] = (m.kind, sorted(m.labels))
+    assert documented == registered
+    assert set(prefixes) == {"process_", "python_gc_"}

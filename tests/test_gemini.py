@@ -237,3 +237,29 @@ async def test_sockets_arriving_together_admit_exactly_the_limit() -> None:
         assert len(opened) == 3 and len(refused) == 7
         for ws in opened:
             await ws.close()
+
+
+@pytest.mark.slow
+async def test_google_genai_sdk_function_declarations_are_taken(
+        embedded_tls: Address, cert: tuple[str, str]) -> None:
+    """The SDK's own serialization of function declarations (Gemini's schema types) sets up a
+    session that answers; models that take no tools (the embedded OCR) answer as without
+    them. The whole call loop on a model that calls: tests/test_tools.py."""
+    ctx = ssl.create_default_context(cafile=cert[0])
+    client = genai.Client(api_key="gemini-key", http_options=types.HttpOptions(
+        base_url=f"https://127.0.0.1:{embedded_tls.port}", async_client_args={"ssl": ctx}))
+    declaration = types.FunctionDeclaration(
+        name="get_weather", description="The forecast", parameters=types.Schema(
+            type=types.Type.OBJECT, properties={"city": types.Schema(type=types.Type.STRING)},
+            required=["city"]))
+    config = types.LiveConnectConfig(response_modalities=[types.Modality.TEXT],
+                                     tools=[types.Tool(function_declarations=[declaration])])
+    text = []
+    async with client.aio.live.connect(model="ocr", config=config) as session:
+        await session.send_realtime_input(video=types.Blob(
+            data=jpeg_bytes("SUNNY", size=(640, 240)), mime_type="image/jpeg"))
+        await session.send_client_content(turns=types.Content(
+            role="user", parts=[types.Part(text="Weather?")]), turn_complete=True)
+        async for message in session.receive():
+            text.append(message.text or "")
+    assert "SUNNY" in "".join(text)

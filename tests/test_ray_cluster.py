@@ -10,10 +10,12 @@ on a thread of their own (``ClientLoop``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import re
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +28,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from agent.engine import ModelRequest
 from agent.hookspecs import hookimpl
-from agent.testing import FakeEngine
+from agent.testing import FakeEngine, data_url, image_event, jpeg_bytes
 from tests.helpers import Client, texts
 from tests.test_ray import collect_ray_garbage, free_port, ray_env
 
@@ -63,7 +65,8 @@ class SickPlugin:
         register(SickEngine)
 
 
-def model(name: str, engine: str, **options: Any) -> dict[str, Any]:
+def model(name: str, engine: str, slot: str = "model_slot", **options: Any) -> dict[str, Any]:
+    """A model application whose replica needs one ``slot`` (a node resource)."""
     return {
         "name": name, "route_prefix": f"/models/{name}",
         "import_path": "agent.ray.apps:model_app",
@@ -71,25 +74,37 @@ def model(name: str, engine: str, **options: Any) -> dict[str, Any]:
                  "plugins": ["agent.testing:FakePlugin", "tests.test_ray_cluster:SickPlugin"]},
         "deployments": [{"name": name, "max_ongoing_requests": 4,
                          "health_check_period_s": 1, "health_check_timeout_s": 5,
-                         "ray_actor_options": {"num_cpus": 0, "resources": {"model_slot": 1}},
+                         "ray_actor_options": {"num_cpus": 0, "resources": {slot: 1}},
                          **FAST_SHUTDOWN}],
     }
 
 
+LIVE_SLOT = {"live_slot": 1}
+"""Only one node has it: the "live" model's replica, once its node is lost, has nowhere to go
+until a test adds another."""
+WINDOW_S = 0.25
+"""Profile "live": a live window every 0.25 s, answered by the "live" model in about 0.8 s."""
+
+
 def serve_config(port: int) -> dict[str, Any]:
     profiles = {"default": {"handlers": ["echo"], "models": {"echo": "fragile"}},
-                "sick": {"handlers": ["echo"], "models": {"echo": "sick"}}}
+                "sick": {"handlers": ["echo"], "models": {"echo": "sick"}},
+                "live": {"handlers": ["echo"], "models": {"echo": "live"}, "live": True,
+                         "sample_fps": 1 / WINDOW_S}}
+    handlers = {"echo": {"options": {"via_model": True, "tokens": 16}}}  # live: ask a model
     return {
         "proxy_location": "HeadOnly",  # one machine: proxies on every node would share a port
         "http_options": {"host": "127.0.0.1", "port": port, "request_timeout_s": None},
         "applications": [
             model("fragile", "fake", tokens=40, delay_s=0.05),
             model("sick", "sick", tokens=3),
+            model("live", "fake", slot=next(iter(LIVE_SLOT)), delay_s=0.05),
             {"name": "gateway", "route_prefix": "/",
              "import_path": "agent.ray.apps:gateway_app",
              "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT), **GATEWAY_ENV}},
-             "args": {"models": ["fragile", "sick"], "plugins": ["agent.testing:FakePlugin"],
-                      "first_delta_timeout_s": 20, "config": {"profiles": profiles}},
+             "args": {"models": ["fragile", "sick", "live"],
+                      "plugins": ["agent.testing:FakePlugin"], "first_delta_timeout_s": 20,
+                      "config": {"profiles": profiles, "handlers": handlers}},
              "deployments": [{"name": "gateway", "num_replicas": 2,
                               "max_ongoing_requests": 100, **FAST_SHUTDOWN,
                               "ray_actor_options": {"num_cpus": 0,
@@ -133,6 +148,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, i
         for _ in range(2):
             cluster.add_node(num_cpus=1, resources={"model_slot": 2},
                              node_ip_address="127.0.0.1")
+        cluster.add_node(num_cpus=1, resources=LIVE_SLOT, node_ip_address="127.0.0.1")
         ray.init(address=cluster.address, log_to_driver=False)
         port = free_port()
         try:
@@ -188,6 +204,8 @@ def test_placement_follows_the_config(deployed: tuple[Cluster, str, ClientLoop])
     workers = {n.node_id for n in cluster.worker_nodes}
     assert where("fragile")["node_id"] in workers
     assert where("sick")["node_id"] in workers
+    assert where("live")["node_id"] in workers - {where("fragile")["node_id"],
+                                                   where("sick")["node_id"]}
     assert {g["node_id"] for g in gateway_replicas().values()} == {head}
 
 
@@ -235,6 +253,131 @@ async def _until_completed(client: Client) -> list[dict[str, Any]]:
     raise AssertionError("no response completed after the node was lost")
 
 
+class LiveFeed:
+    """A camera showing a picture every live window (one frame per window, on the media
+    clock) while ``on`` is set, and the events that come back, each with its arrival time.
+    Both run on the client's loop; the main thread reads them."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.on = threading.Event()
+        self.on.set()
+        self.shown: dict[int, float] = {}
+        """Window start (ms) -> when its picture was sent."""
+        self.got: list[tuple[float, dict[str, Any]]] = []
+
+    async def show(self) -> None:
+        picture = data_url(jpeg_bytes("live", size=(160, 120)))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for k in itertools.count():
+            await asyncio.sleep(max(0.0, start + k * WINDOW_S - loop.time()))
+            if self.on.is_set():
+                await self.client.send(image_event(picture, timestamp=k * WINDOW_S + 0.01))
+                self.shown[round(k * WINDOW_S * 1000)] = time.monotonic()
+
+    async def record(self) -> None:
+        while True:
+            event = await self.client.recv(timeout=600)
+            self.got.append((time.monotonic(), event))
+
+    async def until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not done():
+            if loop.time() > end:
+                raise AssertionError(f"no {what} within {timeout:g} s: {self.got[-5:]}")
+            await asyncio.sleep(0.02)
+
+    def ends(self, since: float = 0.0) -> list[tuple[float, dict[str, Any]]]:
+        """Responses that ended, and errors (a live window that failed before it said
+        anything has no response events), since ``since``."""
+        return [(t, e) for t, e in self.got
+                if t >= since and e["type"] in ("response.done", "error")]
+
+    def answered(self, since: float = 0.0) -> list[tuple[float, dict[str, Any]]]:
+        return [(t, e) for t, e in self.ends(since) if e["type"] == "response.done"
+                and e["response"]["status"] == "completed"]
+
+
+LOST = re.compile(r"echo's live window (\d+)-\d+ ms")
+
+
+def window_of(event: dict[str, Any]) -> int:
+    """The start (ms) of the live window an ending response or an error is about."""
+    if event["type"] == "error":
+        found = LOST.search(event["error"]["message"])
+        assert found, event
+        return int(found.group(1))
+    return int(event["response"]["metadata"]["window_start_ms"])
+
+
+@pytest.mark.parametrize("order", ["during", "between"])
+def test_live_windows_of_a_lost_node_are_answered_or_told(
+        deployed: tuple[Cluster, str, ClientLoop], order: str) -> None:
+    """A live session on the "live" model; the node of its replica is removed during a live
+    answer, or between two (the camera paused), and no other node can host the model until a
+    node is added. Every window shown is answered or told: an ``error`` event naming the
+    model and the window for each lost one (the first within 2 s of the loss on a quiet
+    machine; the call's 20 s deadline is not what tells), ``windows_superseded`` for those a
+    newer window replaced, and the first answer after the model is back counts the lost ones
+    in ``windows_lost``."""
+    cluster, host, loop = deployed
+    client = loop.run(Client.connect(f"ws://{host}/v1/realtime?model=live"))
+    feed = LiveFeed(client)
+    tasks = [asyncio.run_coroutine_threadsafe(c, loop.loop) for c in (feed.show(), feed.record())]
+    lost = where("live")["node_id"]
+    node = next(n for n in cluster.worker_nodes if n.node_id == lost)
+    try:
+        loop.run(feed.until(lambda: len(feed.answered()) >= 2, 60, "live answers"))
+        if order == "between":
+            feed.on.clear()
+            loop.run(feed.until(lambda: window_of(feed.ends()[-1][1]) == max(feed.shown), 10,
+                                "answer to the last window shown"))
+        else:
+            n = len(feed.got)
+            loop.run(feed.until(lambda: any(e["type"] == "response.output_text.delta"
+                                            for _, e in feed.got[n:]), 10, "live delta"))
+        removed = time.monotonic()
+        cluster.remove_node(node, allow_graceful=False)
+        feed.on.set()
+        loop.run(feed.until(lambda: len(feed.ends(removed)) >= 3, 15, "news of the loss"))
+        back = time.monotonic()
+        cluster.add_node(num_cpus=1, resources=LIVE_SLOT, node_ip_address="127.0.0.1")
+        loop.run(feed.until(lambda: bool(feed.answered(back)), 60, "answer after the loss"))
+    finally:
+        for task in tasks:
+            task.cancel()
+        loop.run(client.close())
+    told = feed.ends(removed)
+    first = feed.answered(back)[0]
+    answer = first[1]["response"]
+    errors = [e for _, e in told if e["type"] == "error"]
+    assert errors, told[:3]
+    for error in errors:
+        assert error["error"]["code"] == "engine_error" and \
+            "model 'live'" in error["error"]["message"], error
+    last = window_of(first[1])
+    windows = {window_of(e) for _, e in feed.ends()}
+    assert windows <= set(feed.shown)
+    superseded = int(answer["metadata"]["windows_superseded"])
+    # every window shown up to the answer was answered, failed with an error naming it, or
+    # replaced by a newer one (counted)
+    assert len([w for w in feed.shown if w <= last]) == \
+        len([w for w in windows if w <= last]) + superseded
+    before = max(window_of(e) for t, e in feed.answered() if t < first[0])
+    failed = {window_of(e) for e in errors}
+    assert answer["metadata"]["windows_lost"] == str(len({w for w in failed
+                                                          if before < w < last}))
+    gaps = [b - a for (a, _), (b, _) in zip(told, told[1:], strict=False) if b < back]
+    told_s = told[0][0] - removed
+    print(f"{order}: node lost -> first error {told_s:.3f} s; longest silence until the node "
+          f"came back {max(gaps, default=0):.3f} s; {len(failed)} windows lost, "
+          f"{superseded} superseded in the session; node added -> answered "
+          f"{first[0] - back:.3f} s")
+    assert told_s < 10.0, told_s  # about 1.3 s on a quiet machine (20 s: the call's deadline)
+
+
 def test_unhealthy_engine_is_replaced(deployed: tuple[Cluster, str, ClientLoop]) -> None:
     """check_health raising: /healthz says 503 and names the model; Serve replaces the
     replica; /healthz is 200 again and the model answers."""
@@ -248,7 +391,8 @@ def test_unhealthy_engine_is_replaced(deployed: tuple[Cluster, str, ClientLoop])
             break
         time.sleep(0.5)
     assert where("sick")["replica"] != before, "Serve did not replace the unhealthy replica"
-    assert loop.run(_health_until(host, 200))["models"] == {"fragile": True, "sick": True}
+    assert loop.run(_health_until(host, 200))["models"] == {"fragile": True, "sick": True,
+                                                             "live": True}
     client = loop.run(Client.connect(f"ws://{host}/v1/realtime?model=sick"))
     loop.run(client.send({"type": "response.create"}))
     assert "".join(texts(loop.run(client.until("response.done", timeout=30)))) == \

@@ -118,13 +118,18 @@ class _Call:
     """What a Serve streaming handle call returns: an async iterator with ``cancel()``; this
     one fails as a call to a dead replica does, or streams its parts."""
 
-    def __init__(self, parts: list[Any], error: BaseException | None) -> None:
+    def __init__(self, parts: list[Any], error: BaseException | None,
+                 stalled: bool = False) -> None:
         self.parts, self.error, self.cancelled = iter(parts), error, False
+        self.stalled = stalled
+        """Held as Serve's router holds a call while no replica can take it."""
 
     def __aiter__(self) -> _Call:
         return self
 
     async def __anext__(self) -> Any:
+        if self.stalled:
+            await asyncio.Event().wait()
         if self.error is not None:
             raise self.error
         try:
@@ -137,12 +142,13 @@ class _Call:
 
 
 class _Handle:
-    def __init__(self, errors: list[BaseException | None]) -> None:
+    def __init__(self, errors: list[BaseException | None], stalled: bool = False) -> None:
         self.errors, self.calls = errors, []  # type: ignore[var-annotated]
-        self.generate = self
+        self.generate, self.stalled = self, stalled
 
     def remote(self, request: Any) -> _Call:
-        call = _Call([(TextDelta("hi"),)], self.errors.pop(0) if self.errors else None)
+        call = _Call([(TextDelta("hi"),)], self.errors.pop(0) if self.errors else None,
+                     self.stalled)
         self.calls.append(call)
         return call
 
@@ -172,3 +178,44 @@ async def test_a_replica_lost_before_it_answered_is_tried_once_more() -> None:
     with pytest.raises(EngineError, match="the model broke"):
         _ = [p async for p in _pool(failing).stream("m", ModelRequest())]
     assert len(failing.calls) == 1
+
+
+class _Replicas:
+    """What Serve's controller says of the model's running replicas (``None``: nothing)."""
+
+    def __init__(self, running: int | None, known: int | None = None) -> None:
+        self.value, self.asked, self.last = running, 0, known
+
+    async def running(self, model: str) -> int | None:
+        self.asked += 1
+        return self.value
+
+    def known(self, model: str) -> int | None:
+        return self.last
+
+
+async def test_a_live_call_no_replica_can_take_fails_before_its_deadline() -> None:
+    """A live window's call that Serve's router holds fails once it has waited
+    ``live_wait_s`` when Serve shows no replica of its model running, at once while none is
+    known to run. A question, and a live call while a replica runs (its turn will come) or
+    while the controller says nothing, wait to the call's deadline."""
+    from agent.errors import EngineError
+
+    def stalled_pool(running: int | None, live_wait_s: float = 0.05,
+                     known: int | None = None) -> Any:
+        pool = _pool(_Handle([], stalled=True))
+        pool.first_delta_timeout_s, pool.live_wait_s = 0.3, live_wait_s
+        pool.replicas = _Replicas(running, known)
+        return pool
+
+    # past the 0.3 s deadline, the failure would be "did not answer": these fail before it
+    for pool in (stalled_pool(0), stalled_pool(0, live_wait_s=60, known=0)):
+        with pytest.raises(EngineError, match="model 'm' has no running replica"):
+            _ = [p async for p in pool.stream("m", ModelRequest(live=True))]
+        assert pool.replicas.asked == 1 and pool.handles["m"].calls[0].cancelled
+    for running, live in ((1, True), (None, True), (0, False)):
+        pool = stalled_pool(running)
+        with pytest.raises(EngineError, match="did not answer within 0.3 s"):
+            _ = [p async for p in pool.stream("m", ModelRequest(live=live))]
+        assert (pool.replicas.asked > 0) == live, (running, live)
+        assert [c.cancelled for c in pool.handles["m"].calls] == [True]

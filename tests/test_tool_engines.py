@@ -9,6 +9,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,17 @@ def test_vllm_structured_outputs_are_compact_xgrammar_unless_configured() -> Non
     assert _structured("m", {"backend": "guidance"}).backend == "guidance"
     with pytest.raises(ConfigError, match="model 'm': bad structured_outputs_config"):
         _structured("m", {"backend": "auto"})  # vLLM: no compact JSON under "auto"
+
+
+def test_going_on_from_a_function_output_asks_nothing_new() -> None:
+    """No prompt after a tool turn: the media join the question that led to the call, and the
+    chat ends with the output (the model answers after it)."""
+    call = ToolCall("c1", "get_weather", '{"city": "Oslo"}')
+    request = ModelRequest(prompt="", history=(
+        Turn("user", "Weather?"), Turn("assistant", "", tool_calls=(call,)),
+        Turn("tool", "rain", call_id="c1")))
+    chat = messages(request, [{"type": "image"}])
+    assert [m["role"] for m in chat] == ["user", "assistant", "tool"]
+    assert chat[0]["content"] == [{"type": "image"}, {"type": "text", "text": "Weather?"}]
+    asked = messages(replace(request, prompt="And tomorrow?"), [{"type": "image"}])
+    assert asked[-1]["role"] == "user" and asked[-1]["content"][-1]["text"] == "And tomorrow?"

@@ -24,6 +24,7 @@ from pydantic import Field, TypeAdapter
 from agent.runtime import Runtime
 from agent.testing import data_url, fake_runtime, image_event, jpeg_bytes
 from agent.uvicorn_server import Address, running
+from plugins import flite
 from tests.helpers import Client
 
 GEMINI_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
@@ -86,15 +87,17 @@ def problems(adapter: TypeAdapter[Any], events: list[dict[str, Any]],
     return out
 
 
-def check(events: list[dict[str, Any]], beta: bool) -> None:
+def check(events: list[dict[str, Any]], beta: bool, spoken: bool = False) -> None:
+    """Every event fits; the message parts are text (``spoken``: audio, with a transcript)."""
     found = problems(BETA, events, BETA_TOLERATED) if beta else problems(GA, events)
     assert not found, "\n".join(found)
     parts = [e["part"]["type"] for e in events if e["type"].startswith("response.content_part")]
-    assert set(parts) <= {"text"}
+    assert set(parts) <= {"audio" if spoken else "text"}
     messages = [item for e in events if e["type"] == "response.done"
                 for item in e["response"]["output"] if item["type"] == "message"]
     done = [p["type"] for item in messages for p in item["content"]]
-    assert set(done) <= {"text" if beta else "output_text"} and bool(parts) == bool(messages)
+    kind = ("audio" if beta else "output_audio") if spoken else ("text" if beta else "output_text")
+    assert set(done) <= {kind} and bool(parts) == bool(messages)
 
 
 def test_the_check_finds_wrong_literals_missing_fields_coerced_types_and_unknown_fields(
@@ -196,11 +199,64 @@ async def test_every_event_of_a_question_session_fits_the_sdk(beta: bool) -> Non
     assert types_of(seen) == expected
 
 
+async def spoken_session(address: Address, beta: bool) -> list[dict[str, Any]]:
+    """Speech on (PCM, then G.711), a spoken answer, a cancelled one, a live one."""
+    client = await connect(address, beta)
+    audio = "response.audio.delta" if beta else "response.output_audio.delta"
+    for fmt in ("pcm16", "g711_alaw") if beta else ("audio/pcm", "audio/pcma"):
+        session: dict[str, Any] = (
+            {"modalities": ["text", "audio"], "voice": "alloy", "speed": 1.2,
+             "output_audio_format": fmt} if beta else
+            {"type": "realtime", "output_modalities": ["audio"],
+             "audio": {"output": {"voice": "flite-slt", "format": {"type": fmt}}}})
+        await client.send({"type": "session.update", "session": session})
+        await client.until("session.updated")
+        await client.send({"type": "response.create", "response": {"max_output_tokens": 20}})
+        assert (await client.until("response.done"))[-1]["response"]["status"] == "incomplete"
+    await client.send({"type": "response.create"})  # 400 words: cancelled while it speaks
+    await client.until(audio)
+    await client.send({"type": "response.cancel"})
+    assert (await client.until("response.done"))[-1]["response"]["status"] == "cancelled"
+    await client.send({"type": "session.update", "session": {"streamagent": {"live": True}}})
+    await client.send(image_event(data_url(jpeg_bytes("x")), timestamp=0.01))
+    await client.send(image_event(data_url(jpeg_bytes("y")), timestamp=1.01))
+    assert (await client.until("response.done"))[-1]["response"]["metadata"].get("window_end_ms")
+    await client.close()
+    return client.seen
+
+
+@pytest.mark.parametrize("beta", [False, True], ids=["ga", "beta"])
+async def test_every_event_of_a_spoken_session_fits_the_sdk(beta: bool) -> None:
+    async with running(fake_runtime(tokens=400, delay_s=0.005, plugins=(flite,))) as address:
+        seen = await spoken_session(address, beta)
+    check(seen, beta, spoken=True)
+    audio = ({"response.audio.delta", "response.audio.done", "response.audio_transcript.delta",
+              "response.audio_transcript.done"} if beta else
+             {"response.output_audio.delta", "response.output_audio.done",
+              "response.output_audio_transcript.delta", "response.output_audio_transcript.done"})
+    assert audio <= types_of(seen)
+    assert not {t for t in types_of(seen) if "text" in t}
+
+
 @pytest.mark.parametrize("beta", [False, True], ids=["ga", "beta"])
 async def test_every_event_of_a_live_session_fits_the_sdk(beta: bool) -> None:
     seen = await session_events(fake_runtime(live=True, fail_after=0), beta, live=True)
     check(seen, beta)
     assert {"response.done", "error"} <= types_of(seen)
+
+
+def standard_b64(value: Any) -> Any:
+    """``value`` with every ``inlineData.data`` in standard base64: the SDK writes bytes back in
+    the URL-safe alphabet, Google's server (and we) send the standard one."""
+    if isinstance(value, list):
+        return [standard_b64(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: standard_b64(v) for k, v in value.items()}
+    if isinstance(out.get("inlineData"), dict):
+        data = out["inlineData"]["data"]
+        out["inlineData"] = {**out["inlineData"], "data": data.replace("-", "+").replace("_", "/")}
+    return out
 
 
 def gemini_problems(messages: list[str]) -> list[str]:
@@ -215,7 +271,7 @@ def gemini_problems(messages: list[str]) -> list[str]:
             out += [f"{text[:60]}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
                     for e in exc.errors()]
             continue
-        back = msg.model_dump(mode="json", by_alias=True, exclude_none=True)
+        back = standard_b64(msg.model_dump(mode="json", by_alias=True, exclude_none=True))
         if back != json.loads(text):
             out.append(f"{text[:60]}: comes back as {back}")
     return out
@@ -252,6 +308,28 @@ async def gemini_session(address: Address) -> tuple[list[str], websockets.frames
         while True:
             got.append(str(await asyncio.wait_for(ws.recv(), 10)))
     return got, closed.value.rcvd
+
+
+async def test_every_gemini_audio_message_fits_the_sdk() -> None:
+    got: list[str] = []
+    async with running(fake_runtime(tokens=20, delay_s=0.01, plugins=(flite,))) as address, \
+            websockets.connect(f"{address.ws}{GEMINI_PATH}", max_size=None) as ws:
+        await ws.send(json.dumps({"setup": {
+            "model": "models/default", "outputAudioTranscription": {},
+            "generationConfig": {"responseModalities": ["AUDIO"]}}}))
+        got.append(str(await ws.recv()))
+        await ws.send(json.dumps({"clientContent": {"turns": [
+            {"role": "user", "parts": [{"text": "talk"}]}], "turnComplete": True}}))
+        while "turnComplete" not in got[-1]:
+            got.append(str(await asyncio.wait_for(ws.recv(), 15)))
+    assert not gemini_problems(got), "\n".join(gemini_problems(got))
+    msgs = [genai_types.LiveServerMessage.model_validate_json(m) for m in got]
+    blobs = [p.inline_data for m in msgs if m.server_content and m.server_content.model_turn
+             for p in m.server_content.model_turn.parts or [] if p.inline_data]
+    assert blobs and all(b.mime_type == "audio/pcm;rate=24000" and b.data for b in blobs)
+    said = [m.server_content.output_transcription.text for m in msgs
+            if m.server_content and m.server_content.output_transcription]
+    assert "".join(t or "" for t in said) == "".join(f"tok{i} " for i in range(20))
 
 
 async def test_every_gemini_message_fits_the_sdk() -> None:

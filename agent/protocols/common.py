@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.conversation import Settings
 from agent.errors import InvalidRequest
+from agent.watches import MAX_WATCHES, WatchSpec
 
 
 class _Model(BaseModel):
@@ -34,6 +35,12 @@ class StreamagentSession(_Model):
         | None = Field(default=None, max_length=32)
     lora: str | None = Field(default=None, max_length=128)
     """A LoRA adapter of the session's models (``options.lora`` in their config); ``""``: none."""
+    watches: list[WatchSpec] | None = Field(default=None, max_length=MAX_WATCHES)
+    """Conditions to watch for (``agent.watches``); replaces the session's watches."""
+    server_tools: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None, max_length=32)
+    """Tools the server runs itself (``agent.server_tools``) offered to the session's model;
+    ``[]``: none."""
 
 
 MAX_JSON_CONTAINERS = 65_536
@@ -60,4 +67,6 @@ def extension(ext: StreamagentSession | None, base: Settings) -> Settings:
         return base
     return replace(base, live=ext.live, sample_fps=ext.sample_fps,
                    video_window_s=ext.video_window_s, handlers=ext.handlers, models=ext.models,
-                   lora=ext.lora)
+                   lora=ext.lora, watches=None if ext.watches is None
+                   else tuple(spec.watch() for spec in ext.watches),
+                   server_tools=ext.server_tools)

@@ -46,6 +46,9 @@ class GatewayAppArgs(BaseModel):
     """Extra plugins, as ``module:object``, beside the installed entry points."""
     first_delta_timeout_s: float = Field(default=60.0, gt=0)
     """A model call that yields nothing for this long fails with ``engine_error``."""
+    live_wait_s: float = Field(default=1.0, gt=0)
+    """A live window's call that yields nothing for this long fails with ``engine_error`` as
+    soon as Serve shows no running replica of its model (a node lost, a replica restarting)."""
     jpeg_quality: int = Field(default=90, ge=0, le=100)
     """Pictures cross to model replicas as JPEG of this quality, at the model's pixel
     budget; 0 sends raw pixels."""
@@ -65,7 +68,7 @@ def gateway_app(args: dict[str, Any]) -> Any:
         serve.ingress()(GatewayServer), name="gateway",
         graceful_shutdown_timeout_s=a.config.server.shutdown_timeout_s)
     return deployment.bind(a.config.model_dump(), a.models, a.plugins, a.first_delta_timeout_s,
-                           a.jpeg_quality)
+                           a.jpeg_quality, a.live_wait_s)
 
 
 class GatewayServer:
@@ -73,7 +76,7 @@ class GatewayServer:
 
     def __init__(self, config: dict[str, Any], models: list[str],
                  plugins: list[str] | None = None, first_delta_timeout_s: float = 60.0,
-                 jpeg_quality: int = 90) -> None:
+                 jpeg_quality: int = 90, live_wait_s: float = 1.0) -> None:
         from agent.gateway import Gateway
         from agent.plugins import collect, get_plugin_manager
         from agent.runtime import Runtime, with_model_profiles
@@ -84,7 +87,8 @@ class GatewayServer:
             pm.register(load_plugin(spec))
         cfg = with_model_profiles(Config.model_validate(config))
         runtime = Runtime(cfg, collect(pm), RayPool(models, first_delta_timeout_s,
-                                                     jpeg_quality=jpeg_quality))
+                                                     jpeg_quality=jpeg_quality,
+                                                     live_wait_s=live_wait_s))
         self.gateway = Gateway(runtime)
         self.gateway.ready.set()
 

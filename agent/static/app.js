@@ -8,6 +8,7 @@ const MAX_ERRORS = 20;
 const state = {
   running: false, ws: null, stream: null, audio: null, frameTimer: null, reconnectTimer: null,
   retry: 0, handlers: null, available: [], responses: new Map(),
+  watches: [], pendingWatches: null, beeper: null,
 };
 
 function setStatus(kind, text) {
@@ -147,6 +148,7 @@ function connect() {
     updateSession();
     setStatus("live", "Live");
     $("ask").disabled = false;
+    $("watch-add").disabled = false;
     startFrames();
   };
   ws.onmessage = (msg) => onEvent(JSON.parse(msg.data));
@@ -154,6 +156,7 @@ function connect() {
     if (state.ws !== ws) return;
     stopFrames();
     $("ask").disabled = true;
+    $("watch-add").disabled = true;
     if (!state.running) return;
     if (ev.code === 1008) {
       setStatus("error", `The server refused the session: ${ev.reason || "policy"}`);
@@ -169,6 +172,7 @@ function updateSession() {
   const rate = state.audio ? state.audio.sampleRate : 24000;
   const streamagent = { live: true, sample_fps: 1 };
   if (state.handlers) streamagent.handlers = state.handlers;
+  streamagent.watches = state.pendingWatches || state.watches;
   send({ type: "session.update", session: { type: "realtime", instructions: $("instructions").value,
          audio: { input: { format: { type: "audio/pcm", rate } } }, streamagent } });
 }
@@ -176,8 +180,11 @@ function updateSession() {
 function onEvent(ev) {
   switch (ev.type) {
     case "session.created":
+      showHandlers(ev.session.streamagent);
+      break;
     case "session.updated":
       showHandlers(ev.session.streamagent);
+      watchesTaken(ev.session.streamagent);
       break;
     case "response.created": addResponse(ev.response); break;
     case "response.output_text.delta": {
@@ -188,10 +195,17 @@ function onEvent(ev) {
     case "response.done": {
       const el = state.responses.get(ev.response.id);
       if (el) el.dataset.status = ev.response.status;
+      if (el && el.dataset.watch) alertFiring(el);
       state.responses.delete(ev.response.id);
       break;
     }
-    case "error": addError(ev.error); break;
+    case "error":
+      // a refused session.update changed nothing: a watch being added or removed is not
+      if (state.pendingWatches && (ev.error.param || "").startsWith("session.")) {
+        state.pendingWatches = null;
+      }
+      addError(ev.error);
+      break;
     default: break;
   }
 }
@@ -205,7 +219,12 @@ function addResponse(response) {
   const label = document.createElement("span");
   label.className = "label";
   const span = meta.window_start_ms ? ` · ${clock(meta.window_start_ms)}–${clock(meta.window_end_ms)}` : "";
-  label.textContent = `${meta.handler || "response"}${span} · ${new Date().toLocaleTimeString()}`;
+  const source = meta.streamagent_watch ? `watch ${meta.streamagent_watch}` : meta.handler || "response";
+  label.textContent = `${source}${span} · ${new Date().toLocaleTimeString()}`;
+  if (meta.streamagent_watch) {  // a watch fired: it stands out from what the handlers say
+    li.classList.add("firing");
+    li.dataset.watch = meta.streamagent_watch;
+  }
   const text = document.createElement("span");
   text.className = "text";
   li.append(label, text);
@@ -241,6 +260,84 @@ function showHandlers(ext) {
   }
 }
 
+// ---- watches -------------------------------------------------------------------------------
+
+const PLACEHOLDERS = { text_contains: "EXIT", speech_contains: "help me",
+                       condition: "A parcel lies on the doormat." };
+const ID_PREFIXES = { text_contains: "text", speech_contains: "speech", condition: "condition" };
+
+function watchSpec(kind, text) {
+  if (kind.startsWith("face:")) return { id: kind, face: kind.slice(5) };
+  if (!text) return null;
+  return { id: `${ID_PREFIXES[kind]}:${text}`.slice(0, 64), [kind]: text };
+}
+
+function changeWatches(watches) {
+  // sent with the rest of the session; listed once the server has taken them
+  state.pendingWatches = watches;
+  updateSession();
+}
+
+function watchesTaken(ext) {
+  if (state.pendingWatches) {
+    const ids = new Set(((ext && ext.watches) || []).map((w) => w.id));
+    state.watches = state.pendingWatches.filter((w) => ids.has(w.id));
+    state.pendingWatches = null;
+  }
+  showWatches();
+}
+
+function showWatches() {
+  const list = $("watches");
+  list.replaceChildren();
+  for (const watch of state.watches) {
+    const li = document.createElement("li");
+    li.dataset.watch = watch.id;
+    const remove = Object.assign(document.createElement("button"), {
+      type: "button", textContent: "×", title: `stop watching for ${watch.id}` });
+    remove.onclick = () => changeWatches(state.watches.filter((w) => w.id !== watch.id));
+    li.append(Object.assign(document.createElement("span"), { textContent: watch.id }), remove);
+    list.append(li);
+  }
+}
+
+function alertFiring(li) {
+  // a sound and a notification, when the user asked for them (and the browser allows them)
+  if (!$("watch-alert").checked) return;
+  const done = [];
+  if (state.beeper && state.beeper.state === "running") {
+    const ctx = state.beeper, tone = ctx.createOscillator(), gain = ctx.createGain();
+    tone.frequency.value = 880;
+    gain.gain.setValueAtTime(0.2, ctx.currentTime);
+    gain.gain.exponentialRampToValueAtTime(0.001, ctx.currentTime + 0.4);
+    tone.connect(gain).connect(ctx.destination);
+    tone.start();
+    tone.stop(ctx.currentTime + 0.4);
+    done.push("sound");
+  }
+  if ("Notification" in window && Notification.permission === "granted") {
+    new Notification("streamagent", { body: li.querySelector(".text").textContent,
+                                      tag: li.dataset.watch });
+    done.push("notification");
+  }
+  li.dataset.alert = done.join(" ");
+}
+
+async function alertsWanted() {
+  if (!$("watch-alert").checked) return;
+  state.beeper = state.beeper || new AudioContext();  // made on the click: browsers allow it
+  await state.beeper.resume();
+  if ("Notification" in window && Notification.permission === "default") {
+    await Notification.requestPermission();
+  }
+}
+
+function watchKindChanged() {
+  const kind = $("watch-kind").value;
+  $("watch-text").hidden = kind.startsWith("face:");
+  $("watch-text").placeholder = PLACEHOLDERS[kind] || "";
+}
+
 // ---- controls ------------------------------------------------------------------------------
 
 async function start() {
@@ -271,6 +368,7 @@ function stop() {
   $("start").disabled = false;
   $("stop").disabled = true;
   $("ask").disabled = true;
+  $("watch-add").disabled = true;
   setStatus("idle", "Stopped");
 }
 
@@ -288,5 +386,14 @@ $("ask-form").onsubmit = (e) => {
          content: [{ type: "input_text", text: q || "What do you see and hear?" }] } });
   send({ type: "response.create" });
   $("question").value = "";
+};
+$("watch-kind").onchange = watchKindChanged;
+$("watch-alert").onchange = alertsWanted;
+$("watch-form").onsubmit = (e) => {
+  e.preventDefault();
+  const watch = watchSpec($("watch-kind").value, $("watch-text").value.trim());
+  if (!watch) { $("watch-text").focus(); return; }
+  changeWatches([...state.watches.filter((w) => w.id !== watch.id), watch]);
+  $("watch-text").value = "";
 };
 if (new URLSearchParams(location.search).has("autostart")) start();

@@ -236,6 +236,10 @@ FAMILIES: dict[str, Callable[[Path], None]] = {
     "qwen2.5-omni": qwen2_5_omni,
     "qwen2-vl": qwen2_vl,
     "qwen2.5-vl": qwen2_5_vl,
+    "blip-2": lambda out: _captioners().blip2(out),
+    "florence-2": lambda out: _captioners().florence2(out),
+    "paligemma": lambda out: _captioners().paligemma(out),
+    "joycaption": lambda out: _captioners().joycaption(out),
 }
 
 
@@ -254,3 +258,9 @@ def _current() -> Any:
     from agent.tiny import current
 
     return current
+
+
+def _captioners() -> Any:
+    from agent.tiny import captioners
+
+    return captioners

@@ -245,3 +245,18 @@ MINICPM = (
     "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+JOYCAPTION = (
+    # llama-joycaption-*-hf-llava: Llama 3.1 over plain-string contents (``content.replace``
+    # fails on a list); the template itself puts the image token, between two reserved tokens,
+    # in front of the first user turn, and writes the BOS its tokenizer also adds.
+    "{{ bos_token }}{% set ns = namespace(image=false) %}{% for message in messages %}"
+    "{% set content = message['content'].replace('<image>', '') | trim %}"
+    "{% if message['role'] == 'user' and not ns.image %}"
+    "{% set content = '<|reserved_special_token_70|><|reserved_special_token_69|>"
+    "<|reserved_special_token_71|>' + content %}{% set ns.image = true %}{% endif %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + content"
+    " + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)

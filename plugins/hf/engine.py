@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 from agent import (
@@ -19,6 +19,7 @@ from agent import (
     InvalidRequest,
     ModelConfig,
     ModelRequest,
+    Prompter,
     ThreadedEngine,
     Usage,
     decoding,
@@ -29,6 +30,7 @@ from agent import (
     learn_modalities,
 )
 from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_inputs
+from plugins.hf.streaming import counting_streamer, cut
 
 log = logging.getLogger(__name__)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -91,6 +93,7 @@ class TransformersEngine(ThreadedEngine):
             self.processor = AutoProcessor.from_pretrained(source, trust_remote_code=remote)
             self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
             self.modalities = self.family.modalities or learn_modalities(self.processor)
+            self.prompter = Prompter(self.processor, self.family, self.modalities)
             self.tool_format = detect_format(getattr(self.processor, "chat_template", None)
                                              or getattr(self.tokenizer, "chat_template", None))
         log.info("%s takes %s; tool calls: %s", self.name,
@@ -183,17 +186,33 @@ class TransformersEngine(ThreadedEngine):
     def _generate(self, request: ModelRequest, options: dict[str, Any],
                   cancelled: threading.Event) -> Iterator[str | Usage]:
         inputs = processor_inputs(self.processor, request, self.family,
-                                  self.modalities or frozenset(), self.max_pixels)
+                                  self.modalities or frozenset(), self.max_pixels, self.prompter)
         inputs = inputs.to(self.model.device).to(self.model.dtype)
         before, prompt = self.tokens_generated, int(inputs["input_ids"].shape[1])
+        if self.family.stop:  # generate() stops on the text; the answer is cut before it
+            options.update(stop_strings=list(self.family.stop), tokenizer=self.tokenizer)
+        pieces = self._pieces(inputs, options, cancelled)
+        try:
+            if self.family.answer is not None:  # post-processed whole
+                yield self.family.answer(self.processor, "".join(pieces), request)
+            else:
+                yield from cut(pieces, self.family.stop)
+        finally:
+            pieces.close()
+        yield _usage(prompt, self.tokens_generated - before, options["max_new_tokens"])
+
+    def _pieces(self, inputs: Any, options: dict[str, Any],
+                cancelled: threading.Event) -> Generator[str, None, None]:
+        """The answer's text as generated (special tokens kept for a family that
+        post-processes it); an encoder-decoder's output holds no prompt."""
+        special = self.family.answer is None
         if options.get("num_beams", 1) > 1:  # beam search cannot stream: one delta at the end
             out = self.model.generate(**inputs, **options)
-            new = out[0, inputs["input_ids"].shape[1]:]
-            self.tokens_generated += int(new.numel())
-            yield str(self.tokenizer.decode(new, skip_special_tokens=True))
-            yield _usage(prompt, self.tokens_generated - before, options["max_new_tokens"])
+            start = 1 if self.model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
+            self.tokens_generated += int(out[0, start:].numel())
+            yield str(self.tokenizer.decode(out[0, start:], skip_special_tokens=special))
             return
-        streamer = counting_streamer(self, self.tokenizer, self.token_timeout_s)
+        streamer = counting_streamer(self, self.tokenizer, self.token_timeout_s, special)
         failure: list[BaseException] = []
 
         def run() -> None:
@@ -217,7 +236,6 @@ class TransformersEngine(ThreadedEngine):
             thread.join()
         if failure:
             raise failure[0]
-        yield _usage(prompt, self.tokens_generated - before, options["max_new_tokens"])
 
 
 def _usage(prompt: int | None, generated: int, limit: int) -> Usage:
@@ -252,17 +270,3 @@ def schema_processor(compiled: Any) -> Any:
             return scores
 
     return Schema()
-
-
-def counting_streamer(engine: TransformersEngine, tokenizer: Any, timeout_s: float) -> Any:
-    """A TextIteratorStreamer that also counts the tokens generated (after the prompt)."""
-    from transformers import TextIteratorStreamer
-
-    class CountingStreamer(TextIteratorStreamer):
-        def put(self, value: Any) -> None:
-            if not (self.skip_prompt and self.next_tokens_are_prompt):
-                engine.tokens_generated += int(value.numel())
-            super().put(value)
-
-    return CountingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
-                            timeout=timeout_s)

@@ -8,6 +8,8 @@ nothing: the generic path serves them. These families exist for what it cannot k
 - MiniCPM-V 2.6 / MiniCPM-o 2.6: remote code written for transformers 4.x with its own
   ``chat()`` API; plugins/hf/minicpm.py loads it on 5.x and drives that API.
 - Qwen3-VL: a processor setting the reference implementation uses.
+- BLIP-2, Florence-2, PaliGemma: prompt-style checkpoints with no chat template; their prompts,
+  stop and post-processing are in plugins/hf/captioners.py.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import functools
 from typing import Any
 
 from agent import Family
-from plugins.hf import minicpm
+from plugins.hf import captioners, minicpm
 
 ALL_MEDIA = frozenset({"image", "video", "audio"})
 
@@ -59,4 +61,11 @@ FAMILIES = [
     Family("minicpm-o", model_types=("minicpmo",), modalities=ALL_MEDIA, remote_code=True,
            load=functools.partial(minicpm.load, family="minicpm-o"),
            chat=functools.partial(minicpm.chat, family="minicpm-o"), vllm=False),
+    # Prompt-style checkpoints (no chat template), by their config.json model_type.
+    Family("blip-2", model_types=("blip-2",), prompt=captioners.blip2, stop=("\n",)),
+    # An encoder-decoder: vLLM 0.32 runs it only through an out-of-tree plugin, and our vLLM
+    # path writes no encoder prompts.
+    Family("florence-2", model_types=("florence2",), prompt=captioners.florence2,
+           answer=captioners.florence2_answer, vllm=False),
+    Family("paligemma", model_types=("paligemma",), prompt=captioners.paligemma),
 ]

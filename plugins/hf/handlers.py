@@ -37,15 +37,22 @@ class _LLMHandler(Handler):
         super().__init__(*args, **kwargs)
         opts = self.ctx.options
         self.prompt = str(opts.get("prompt", self.default_prompt()))
+        # a prompt of one's own is a question; with none, the handler's task (a caption)
+        self.task = str(opts.get("task", "" if "prompt" in opts else self.default_task()))
         self.examples = tuple(load_examples(opts.get("few_shot", [])))
 
     def default_prompt(self) -> str:
         return DESCRIBE
 
+    def default_task(self) -> str:
+        """What prompt-style checkpoints are asked when no one asks a question (``task``)."""
+        return ""
+
     def request(self, prompt: str, question: Question | None = None,
                 **media: Any) -> ModelRequest:
         return ModelRequest(
-            prompt=prompt, examples=self.examples,
+            prompt=prompt, task=self.task if prompt == self.prompt else "",
+            examples=self.examples,
             instructions=question.instructions if question else "",
             history=question.history if question else (), **media)
 
@@ -62,6 +69,9 @@ class DescribeHandler(_LLMHandler):
     name = "describe"
     modality = "image"
     gated = True
+
+    def default_task(self) -> str:
+        return "caption"
 
     async def respond(self, work: Window) -> AsyncIterator[Part]:
         assert work.frame is not None

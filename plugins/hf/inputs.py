@@ -11,11 +11,11 @@ from agent import (
     AUDIO_RATE,
     Family,
     ModelRequest,
+    Prompter,
     fit,
     long_audio,
-    media_parts,
-    messages,
     pad_frames,
+    sequence_media,
     subsample,
     video_metadata,
 )
@@ -40,10 +40,15 @@ def auto_load(source: str, config: Any, remote_code: bool, kwargs: dict[str, Any
 
 
 def processor_inputs(processor: Any, request: ModelRequest, family: Family,
-                     modalities: frozenset[str], max_pixels: int) -> Any:
+                     modalities: frozenset[str], max_pixels: int,
+                     prompter: Prompter | None = None) -> Any:
     """Processor outputs (tensors) for ``request``: few-shot and question images, the video as
-    frames with their real fps, the audio at 16 kHz (split into clips the encoder takes)."""
+    frames with their real fps, the audio at 16 kHz (split into clips the encoder takes), and
+    the prompt ``prompter`` renders (one is made when none is given)."""
+    prompter = prompter or Prompter(processor, family, modalities)
+    request = sequence_media(request, long_audio.encoder_window(processor))
     images = [fit(img, max_pixels) for img, _ in request.examples]
+    images += [fit(e.image, max_pixels) for e in request.sequence if e.image is not None]
     images += [fit(img, max_pixels) for img in request.images]
     kwargs: dict[str, Any] = {}
     if request.video and "video" in modalities:
@@ -57,18 +62,12 @@ def processor_inputs(processor: Any, request: ModelRequest, family: Family,
     clips: list[Any] = []
     if request.audio is not None and "audio" in modalities:
         clips = long_audio.split(request.audio, long_audio.encoder_window(processor))
-        kwargs.update(audio=clips, sampling_rate=AUDIO_RATE)
+    heard = [e.audio for e in request.sequence if e.audio is not None]  # the timeline's first
+    if heard or clips:
+        kwargs.update(audio=heard + clips, sampling_rate=AUDIO_RATE)
     if images and "image" in modalities:
         kwargs["images"] = images
-    shape = family.messages or messages
-    chat = shape(request, media_parts(request, modalities, audio_clips=len(clips) or 1))
-    text = processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True,
-                                         tools=tool_specs(request))
-    return processor(text=[text], return_tensors="pt", **kwargs, **family.processor_kwargs)
-
-
-def tool_specs(request: ModelRequest) -> list[dict[str, Any]] | None:
-    """The functions the chat template lists for the model (none when it may call none)."""
-    if not request.tools or request.tool_choice == "none":
-        return None
-    return [tool.spec() for tool in request.tools]
+    prompt = prompter.render(request, audio_clips=len(clips) or 1)
+    if not prompt.special_tokens:  # the template wrote the BOS: no second one
+        kwargs["add_special_tokens"] = False
+    return processor(text=[prompt.text], return_tensors="pt", **kwargs, **family.processor_kwargs)

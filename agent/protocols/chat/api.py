@@ -134,8 +134,8 @@ class ChatAPI:
             async for part in stream:
                 if isinstance(part, Usage):
                     ended.usage.append(part)
-                elif isinstance(part, ToolCallDelta):
-                    yield ended.call(part)
+                elif isinstance(part, ToolCallDelta) and not part.server:
+                    yield ended.call(part)  # the server's own tools run unseen
                 if not isinstance(part, TextDelta):
                     continue
                 pending += part.text

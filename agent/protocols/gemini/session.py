@@ -23,7 +23,9 @@ from agent.audio import check_rate
 from agent.conversation import Ask, Content, Conversation, Image, Settings
 from agent.engine import Tool
 from agent.errors import InvalidMedia, InvalidRequest, StreamAgentError
+from agent.parts import AudioChunk
 from agent.protocols.common import StreamagentSession, check_containers, extension
+from agent.protocols.gemini.speech import audio_messages, speech_change, transcribed
 from agent.protocols.outbox import Outbox, serve
 from agent.response import Response, ResponseSink
 from agent.runtime import Runtime
@@ -74,6 +76,8 @@ class GeminiSession:
         self.closing: str | None = None
         self.pending_calls: set[str] = set()
         """Function calls sent and not answered yet (cancelled if the user speaks first)."""
+        self.transcribe = False
+        """Whether spoken answers come with their words (``outputAudioTranscription``)."""
         server = runtime.config.server
         self.outbox = Outbox("gemini", server.slow_client_timeout_s, server.max_outbox_bytes)
 
@@ -181,9 +185,11 @@ class GeminiSession:
             where = ".".join(map(str, first["loc"]))
             raise InvalidRequest(f"setup.streamagent.{where}: {first['msg']}") from None
         tools = gemini_tools(setup.get("tools"))
+        self.transcribe = transcribed(setup)
         return extension(checked, Settings(
             instructions=instructions, audio_rate=self.rate, tools=tools,
-            tool_choice=gemini_choice(pick(setup, "toolConfig"), tools)))
+            tool_choice=gemini_choice(pick(setup, "toolConfig"), tools),
+            speech=speech_change(setup)))
 
     async def _apply(self, conv: Conversation, msg: dict[str, Any]) -> None:
         realtime, content = pick(msg, "realtimeInput"), pick(msg, "clientContent")
@@ -312,14 +318,21 @@ class GeminiSink(ResponseSink):
         self.session = session
 
     async def text(self, response: Response, delta: str) -> None:
-        await self.session.send({"serverContent": {"modelTurn": {"parts": [{"text": delta}]}}})
+        if response.speech is None:  # spoken: the words go out with their audio, if asked
+            await self.session.send({"serverContent": {"modelTurn": {"parts": [
+                {"text": delta}]}}})
+
+    async def audio(self, response: Response, chunk: AudioChunk) -> None:
+        if response.speech is not None:
+            for message in audio_messages(chunk, self.session.transcribe):
+                await self.session.send(message)
 
     async def failed(self, response: Response, error: StreamAgentError) -> None:
         await self.session.close_with(error.message)
 
     async def finished(self, response: Response) -> None:
         calls: list[dict[str, Any]] = [{"id": c.call_id, "name": c.name, "args": _args(c.text)}
-                                       for c in response.calls.values()]
+                                       for c in response.calls.values() if not c.server]
         if calls and response.status != "cancelled":
             self.session.pending_calls.update(str(c["id"]) for c in calls)
             await self.session.send({"toolCall": {"functionCalls": calls}})

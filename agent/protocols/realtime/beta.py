@@ -6,6 +6,9 @@ with ``input_audio_format`` and no ``type``, and ``text`` parts in items. Server
 ``response.text.delta`` / ``.done`` for ``response.output_text.*``, ``conversation.item.created``
 for ``conversation.item.added`` (``conversation.item.done`` has no beta twin and is not sent),
 ``text`` content parts, ``modalities`` for ``output_modalities`` and the beta session object.
+Speech: ``modalities``, ``output_audio_format``, ``voice`` and ``speed`` in, and
+``response.audio.*`` / ``response.audio_transcript.*`` for ``response.output_audio.*`` /
+``response.output_audio_transcript.*`` out, with ``audio`` content parts.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ _RENAMED = {
     "response.output_text.delta": "response.text.delta",
     "response.output_text.done": "response.text.done",
     "conversation.item.added": "conversation.item.created",
+    "response.output_audio.delta": "response.audio.delta",
+    "response.output_audio.done": "response.audio.done",
+    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
+    "response.output_audio_transcript.done": "response.audio_transcript.done",
 }
+_FORMATS = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
+"""Beta's audio formats as GA's (and back)."""
+_BETA_FORMATS = {ga: beta for beta, ga in _FORMATS.items()}
 _DROPPED = {"conversation.item.done"}
 
 
@@ -46,8 +56,9 @@ def server_event(event: dict[str, Any]) -> dict[str, Any] | None:
     """A GA server event in the beta dialect (``None``: beta has no such event); the session's
     outbox renders every event with it."""
     kind = event.get("type", "")
-    if kind in _DROPPED:
-        return None
+    if kind in _DROPPED or kind.startswith("response.mcp_call") or \
+            event.get("item", {}).get("type") == "mcp_call":
+        return None  # beta has no MCP items: the server's own tools run unseen
     event = {**event, "type": _RENAMED.get(kind, kind)}
     if "session" in event:
         event["session"] = _session(event["session"])
@@ -76,6 +87,10 @@ def client_event(message: str | bytes) -> str | bytes | dict[str, Any]:
         return message
     if event.get("type") == "session.update" and isinstance(event.get("session"), dict):
         event["session"] = _session_update(event["session"])
+    response = event.get("response")
+    if event.get("type") == "response.create" and isinstance(response, dict) \
+            and "modalities" in response:
+        response["output_modalities"] = response.pop("modalities")
     item = event.get("item")
     if event.get("type") == "conversation.item.create" and isinstance(item, dict):
         content = item.get("content")
@@ -87,26 +102,41 @@ def client_event(message: str | bytes) -> str | bytes | dict[str, Any]:
 
 
 def _session_update(session: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in session.items() if k not in ("input_audio_format", "modalities")}
+    moved = ("input_audio_format", "output_audio_format", "modalities", "voice", "speed")
+    out = {k: v for k, v in session.items() if k not in moved}
+    audio: dict[str, Any] = {}
     fmt = session.get("input_audio_format")
     if fmt is not None:  # pcm16 is 24 kHz; g711 is refused by the session as unsupported
         kind = "audio/pcm" if fmt == "pcm16" else str(fmt)
-        out["audio"] = {"input": {"format": {"type": kind, "rate": BETA_RATE}}}
+        audio["input"] = {"format": {"type": kind, "rate": BETA_RATE}}
+    output: dict[str, Any] = {k: session[k] for k in ("voice", "speed") if k in session}
+    if (fmt := session.get("output_audio_format")) is not None:
+        output["format"] = {"type": _FORMATS.get(str(fmt), str(fmt)), "rate": BETA_RATE}
+    if output:
+        audio["output"] = output
+    if audio:
+        out["audio"] = audio
+    if "modalities" in session:
+        out["output_modalities"] = session["modalities"]
     return out
 
 
 def _session(session: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in session.items() if k not in ("type", "audio", "output_modalities")}
-    out["modalities"] = session.get("output_modalities", ["text"])
+    out["modalities"] = _modalities(session)
     out["input_audio_format"] = "pcm16"
+    output = session.get("audio", {}).get("output")
+    if output is not None:
+        out["output_audio_format"] = _BETA_FORMATS[output["format"]["type"]]
+        out["voice"], out["speed"] = output["voice"], output["speed"]
     out["turn_detection"] = None
     return out
 
 
 def _response(response: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in response.items() if k != "output_modalities"}
-    out["modalities"] = response.get("output_modalities", ["text"])
-    out["output"] = [_item(i) for i in response.get("output", [])]
+    out["modalities"] = _modalities(response)
+    out["output"] = [_item(i) for i in response.get("output", []) if i.get("type") != "mcp_call"]
     return out
 
 
@@ -116,5 +146,13 @@ def _item(item: dict[str, Any]) -> dict[str, Any]:
     return {**item, "content": [_part(p) for p in item["content"]]}
 
 
+def _modalities(obj: dict[str, Any]) -> list[str]:
+    """Beta's ``modalities``: speech always comes with its text (``["text", "audio"]``)."""
+    return ["text", "audio"] if "audio" in obj.get("output_modalities", ["text"]) else ["text"]
+
+
 def _part(part: dict[str, Any]) -> dict[str, Any]:
-    return {**part, "type": "text"} if part.get("type") == "output_text" else part
+    kind = part.get("type")
+    if kind == "output_text":
+        return {**part, "type": "text"}
+    return {**part, "type": "audio"} if kind == "output_audio" else part

@@ -32,7 +32,9 @@ def session_object(session_id: str, model: str, config: dict[str, Any]) -> dict[
             **config}
 
 
-def message_item(item_id: str, text: str, status: str, role: str = "assistant") -> dict[str, Any]:
+def message_item(item_id: str, text: str, status: str, role: str = "assistant",
+                 spoken: bool = False) -> dict[str, Any]:
+    """A message; ``spoken``: an assistant's audio, shown by its transcript ``text``."""
     content_type = "output_text" if role == "assistant" else "input_text"
     return {
         "id": item_id,
@@ -40,7 +42,8 @@ def message_item(item_id: str, text: str, status: str, role: str = "assistant") 
         "type": "message",
         "status": status,
         "role": role,
-        "content": [{"type": content_type, "text": text}],
+        "content": [{"type": "output_audio", "transcript": text} if spoken
+                    else {"type": content_type, "text": text}],
     }
 
 
@@ -52,6 +55,7 @@ def response_object(
     status_details: dict[str, Any] | None = None,
     output_tokens: int = 0,
     input_tokens: int = 0,
+    spoken: bool = False,
 ) -> dict[str, Any]:
     return {
         "object": "realtime.response",
@@ -60,7 +64,7 @@ def response_object(
         "status_details": status_details,
         "output": output,
         "metadata": metadata,
-        "output_modalities": ["text"],
+        "output_modalities": ["audio"] if spoken else ["text"],
         "usage": {"total_tokens": input_tokens + output_tokens, "input_tokens": input_tokens,
                   "output_tokens": output_tokens},
     }

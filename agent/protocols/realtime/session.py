@@ -21,6 +21,7 @@ from agent.protocols.common import extension
 from agent.protocols.outbox import Outbox, Render, serve
 from agent.protocols.realtime import events, wire
 from agent.protocols.realtime.responses import RealtimeSink
+from agent.protocols.realtime.speech import modalities, output_object, speech_change, spoken
 from agent.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,13 @@ class RealtimeSession:
         media = conv.media
         return events.session_object(self.id, self.model, {
             "instructions": conv.instructions,
-            "output_modalities": ["text"],
+            "output_modalities": modalities(conv.speech),
             "max_output_tokens": conv.options.response.max_new_tokens or "inf",
             "tools": [{"type": "function", "name": t.name, "description": t.description,
                        "parameters": dict(t.parameters)} for t in conv.options.response.tools],
             "tool_choice": choice_object(conv.options.response.tool_choice),
-            "audio": {"input": {"format": {"type": "audio/pcm", "rate": conv.audio_rate}}},
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": conv.audio_rate}},
+                      **output_object(conv.speech)},
             "streamagent": {
                 "live": media.live,
                 "sample_fps": 1.0 / media.sampler.window_s,
@@ -121,6 +123,9 @@ class RealtimeSession:
                 "available_handlers": runtime.usable_handlers(conv.profile),
                 "models": {h: runtime.model_for(h, conv.profile) for h in media.handler_names},
                 "lora": conv.options.response.lora,
+                "server_tools": list(conv.server_tools),
+                "available_server_tools": sorted(runtime.registry.tools),
+                "watches": [w.as_dict() for w in conv.watches.watches],
             },
         })
 
@@ -157,7 +162,7 @@ def settings(params: wire.SessionParams) -> Settings:
         instructions=params.instructions, audio_rate=fmt.rate if fmt is not None else None,
         max_output_tokens=cap, tools=tools(params.tools, "session.tools"),
         tool_choice=tool_choice(params.tool_choice),
-        parallel_tool_calls=params.parallel_tool_calls))
+        parallel_tool_calls=params.parallel_tool_calls, speech=speech_change(params)))
 
 
 def tools(offered: list[wire.FunctionTool | wire.McpTool] | None,
@@ -207,7 +212,8 @@ def ask(params: wire.ResponseParams | None, intake: Intake) -> Ask:
                                   if params.max_output_tokens else None),
                tools=tools(params.tools, "response.tools"),
                tool_choice=tool_choice(params.tool_choice),
-               parallel_tool_calls=params.parallel_tool_calls)
+               parallel_tool_calls=params.parallel_tool_calls,
+               speak=spoken(params.output_modalities))
 
 
 def own_context(items: list[wire.AnyItem], intake: Intake) -> tuple[Turn, ...]:

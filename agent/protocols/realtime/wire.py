@@ -32,8 +32,21 @@ class AudioInput(_Model):
     format: AudioFormat | None = None
 
 
+class VoiceId(_Model):
+    """A voice named as OpenAI names custom voices: ``{"id": …}``."""
+
+    id: str = Field(max_length=64)
+
+
+class AudioOutput(_Model):
+    format: AudioFormat | None = None
+    voice: Annotated[str, Field(max_length=64)] | VoiceId | None = None
+    speed: float | None = Field(default=None, ge=0.25, le=1.5)
+
+
 class AudioConfig(_Model):
     input: AudioInput | None = None
+    output: AudioOutput | None = None
 
 
 class FunctionTool(_Model):
@@ -66,6 +79,8 @@ class McpChoice(_Model):
     name: str | None = None
 
 
+Modalities = Annotated[list[Literal["text", "audio"]], Field(max_length=2)]
+"""``["text"]``, or ``["audio"]`` (speech and its transcript; ``["text", "audio"]`` too)."""
 ToolChoice = str | Annotated[FunctionChoice | McpChoice, Field(discriminator="type")]
 """``auto``, ``none``, ``required``, ``{"type": "function", "name": …}`` (GA), or a function's
 name alone (beta)."""
@@ -74,7 +89,7 @@ name alone (beta)."""
 class SessionParams(_Model):
     type: str | None = None
     instructions: str | None = None
-    output_modalities: list[str] | None = None
+    output_modalities: Modalities | None = None
     audio: AudioConfig | None = None
     turn_detection: Any = None
     max_output_tokens: TokenCap | None = None
@@ -183,6 +198,8 @@ class ResponseParams(_Model):
     tools: Tools | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    output_modalities: Modalities | None = None
+    """This response in text or spoken, whatever the session's."""
 
 
 class ResponseCreate(_Event):
