@@ -6,6 +6,7 @@ show the responses through a ``ResponseSink`` of their own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,8 @@ from agent.parts import Part
 from agent.response import Response, ResponseSink
 from agent.runtime import Runtime
 from agent.server_tools import ServerTool, ToolContext, answer_with, choose
+from agent.timeline import Memory
+from agent.transcripts import Heard, Listener, Transcriber, Vad
 from agent.voice import Speech, SpeechChange
 from agent.voice import speak as spoken
 from agent.watch_runner import Watches
@@ -58,9 +61,16 @@ class Settings:
     """The client's functions, offered to every response (``()``: none)."""
     tool_choice: str | None = None
     parallel_tool_calls: bool | None = None
+    memory: bool | None = None
+    """Whether LLM handlers and questions render from the session's timeline (``False``:
+    each call is prompted afresh, and the timelines are forgotten)."""
     speech: SpeechChange | None = None
     server_tools: list[str] | None = None
     """Tools the server runs itself, offered to the model in questions (``[]``: none)."""
+    transcription: str | None = None
+    """The model that transcribes what the user says (``""``: none)."""
+    vad: Vad | None = UNCHANGED
+    """Server VAD (``None``: the client commits its turns)."""
     """Whether responses are spoken, and how (voice, speed, rate, encoding)."""
 
 
@@ -103,20 +113,24 @@ class Ask:
 
 
 class Conversation:
-    def __init__(self, runtime: Runtime, model: str, sinks: Sinks) -> None:
+    def __init__(self, runtime: Runtime, model: str, sinks: Sinks,
+                 listener: Listener | None = None) -> None:
+        """``listener``: how the protocol shows what the user said (transcripts)."""
         self.runtime = runtime
+        self.listener = listener if listener is not None else Listener()
+        self.transcriber: Transcriber | None = None
         self.model = model
         self.profile = runtime.profile(model)
         self.id = new_id("sess")
         self.sinks = sinks
-        self.instructions = self.profile.instructions
         self.audio_rate = 24000
         self.converter = AudioConverter(self.audio_rate)
         server = runtime.config.server
         self.history: deque[Turn] = deque(maxlen=server.max_history)
         self.pending_text: list[str] = []
         self.responses: dict[str, Response] = {}
-        self.options = SessionOptions()
+        self.options = SessionOptions(memory=Memory(on=True, budgets=runtime.memory_budgets()))
+        self.instructions = self.profile.instructions
         self.media = LiveMedia(runtime, self.id, self._live_response, profile=self.profile,
                                options=self.options)
         self.media.live = self.profile.live
@@ -131,6 +145,14 @@ class Conversation:
         self.speech = runtime.speech()
         """How responses are spoken (``None``: no voice is installed)."""
 
+    @property
+    def instructions(self) -> str:
+        return self.options.instructions
+
+    @instructions.setter
+    def instructions(self, text: str) -> None:
+        self.options.instructions = text
+
     def start(self) -> None:
         """Start the media clock and the profile's handlers (``HandlerFailed``: some did not
         start; the conversation goes on with the others)."""
@@ -140,6 +162,8 @@ class Conversation:
     async def close(self) -> None:
         """Cancel every response and stop the handlers; log what the conversation did."""
         await self.watches.close()  # no firing starts a response from now on
+        if self.transcriber is not None:
+            await self.transcriber.close()
         tasks = [r.task for r in self.responses.values() if r.task is not None]
         for task in tasks:
             task.cancel()
@@ -192,9 +216,12 @@ class Conversation:
         if change.parallel_tool_calls is not None:
             self._set_options(parallel_tool_calls=change.parallel_tool_calls)
         self.server_tools = server_tools
+        self._hearing(change)
         self.speech = speech
         if change.live is not None:
             self.media.live = change.live
+        if change.memory is not None:
+            self.options.memory.set(change.memory)
         if change.sample_fps is not None:
             self.media.set_fps(change.sample_fps)
         if change.video_window_s is not None:
@@ -216,13 +243,55 @@ class Conversation:
         self.intake.audio_seconds(len(pcm16) * 3 / 4 / 2 / self.audio_rate)
         self.media.add_audio(self.converter(pcm16), ts)
 
-    def commit_audio(self) -> None:
-        """The audio so far ends its window: utterances in it end."""
+    def commit_audio(self) -> str | None:
+        """The audio so far ends its window: utterances in it end. With transcription and no
+        server VAD, it is one utterance: its user item's id."""
         self.media.flush()
+        if self.transcriber is not None and self.transcriber.vad is None:
+            return self.transcriber.commit()
+        return None
 
     def clear_audio(self) -> None:
         self.converter = AudioConverter(self.audio_rate)
         self.media.clear_audio()
+        if self.transcriber is not None:
+            self.transcriber.clear()
+
+    def _hearing(self, change: Settings) -> None:
+        """Start, change or stop the transcriber (checked first: a model of the pool)."""
+        if change.transcription is None and change.vad is UNCHANGED:
+            return
+        old = self.transcriber
+        model = change.transcription if change.transcription is not None else (
+            old.model if old is not None else "")
+        vad = change.vad if change.vad is not UNCHANGED else (old.vad if old else None)
+        if vad is not None and not model:  # a turn is its transcript: the embedded ASR's
+            if "asr" not in self.runtime.pool.names:
+                raise InvalidRequest("server VAD needs a transcription model: set "
+                                     "audio.input.transcription.model",
+                                     param="session.audio.input.turn_detection")
+            model = "asr"
+        if model and model not in self.runtime.pool.names:
+            raise InvalidRequest(f"no model named {model!r} to transcribe; the pool has "
+                                 f"{', '.join(self.runtime.pool.names)}",
+                                 param="session.audio.input.transcription.model")
+        if old is not None:
+            asyncio.get_running_loop().create_task(old.close())
+        self.transcriber = self.media.transcriber = Transcriber(
+            self.runtime.pool, self.id, model, self.listener, self._heard, vad) if model else None
+
+    async def _heard(self, heard: Heard, transcript: str) -> None:
+        """The user's words wait for the next question; with server VAD, they ask it."""
+        if not transcript:
+            return
+        self.pending_text.append(transcript)
+        vad = self.transcriber.vad if self.transcriber is not None else None
+        if vad is None or not vad.create_response:
+            return
+        if self.question is not None and vad.interrupt_response:
+            self.cancel(self.question.id)
+        if self.question is None:
+            self.ask(Ask())
 
     def add_message(self, role: str, content: list[Content]) -> None:
         """A message: a user's text waits for the next question, a system text replaces the
@@ -265,24 +334,37 @@ class Conversation:
             raise ConversationBusy.about(self.question.id)
         self.intake.text(ask.instructions or "", 0, param="response.instructions")
         self._speech(ask.speak)  # checked before the question takes the pending text
-        question = self._question(ask)
+        # words still being transcribed are part of the question: it is asked once they are
+        hearing = self.transcriber is not None and self.transcriber.busy
+        question = None if hearing else self._question(ask)
         handlers = [s.handler for s in self.media.slots.values()]
         meta = response_metadata("+".join(h.name for h in handlers),
                                  "+".join(sorted({h.modality for h in handlers})),
-                                 question.window)
+                                 self.media.last_window)
         meta = {**(ask.metadata or {}), **meta}
-        options = question.options
+        offered = ask.tools if ask.tools is not None else self.options.response.tools
         # a function call alone has no message item: with tools, the message opens with text
+        self.question = self._launch(Response(self.sinks(), meta),
+                                     self._answer(ask, question, handlers),
+                                     eager=not offered and not self.server_tools,
+                                     remember=ask.remember, speak=ask.speak)
+        return self.question
+
+    async def _answer(self, ask: Ask, question: Question | None,
+                      handlers: list[Handler]) -> AsyncIterator[Part]:
+        if question is None:
+            assert self.transcriber is not None
+            await self.transcriber.settled()
+            question = self._question(ask)
         parts = answers(handlers, question, self.media.settled)
         if self.server_tools:
             ctx = ToolContext(self.runtime.pool, self.id, self._newest_frame)
             parts = answer_with(lambda q: answers(handlers, q, self.media.settled), question,
                                 self.server_tools, ctx,
                                 self.history.extend if ask.remember else None)
-        self.question = self._launch(Response(self.sinks(), meta), parts,
-                                     eager=options is None or not options.tools,
-                                     remember=ask.remember, speak=ask.speak)
-        return self.question
+        async with contextlib.aclosing(parts) as stream:  # type: ignore[type-var]
+            async for part in stream:
+                yield part
 
     def _newest_frame(self) -> Frame | None:
         frames = self.media.latest_frames()
@@ -314,7 +396,8 @@ class Conversation:
             text="\n".join(self.pending_text),
             instructions=ask.instructions or self.instructions,
             frame=frames[-1] if frames else None, frames=frames,
-            window=self.media.last_window, history=tuple(self.history), options=options)
+            window=self.media.last_window, history=tuple(self.history), options=options,
+            memory=ask.remember and ask.context is None)
         if ask.context is None:
             self.history.extend(Turn("user", text) for text in self.pending_text)
             self.pending_text.clear()

@@ -17,6 +17,7 @@ from agent.handler import Handler, Mailbox, SessionOptions
 from agent.media import AUDIO_RATE, Audio, Frame, Window
 from agent.runtime import Runtime
 from agent.sampler import Sampler
+from agent.transcripts import Transcriber
 from agent.watch_runner import Watches
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class LiveMedia:
         self.dropped_before: dict[str, int] = {}
         self.watches: Watches | None = None
         """Fed every window too, live or not (the conversation's watches)."""
+        self.transcriber: Transcriber | None = None
+        """Fed every window too (what the user says, transcribed)."""
 
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"tick-{self.session_id}")
@@ -229,6 +232,8 @@ class LiveMedia:
                     self._feed(slot, window)
             if self.watches is not None:
                 self.watches.feed(window)
+            if self.transcriber is not None:
+                self.transcriber.feed(window)
 
     def _feed(self, slot: _Slot, window: Window) -> None:
         work = feed_safely(slot.handler, window)

@@ -37,6 +37,8 @@ class StreamagentSession(_Model):
     """A LoRA adapter of the session's models (``options.lora`` in their config); ``""``: none."""
     watches: list[WatchSpec] | None = Field(default=None, max_length=MAX_WATCHES)
     """Conditions to watch for (``agent.watches``); replaces the session's watches."""
+    memory: bool | None = None
+    """Whether LLM handlers and questions render from the session's timeline (default on)."""
     server_tools: list[Annotated[str, Field(max_length=64)]] | None = Field(
         default=None, max_length=32)
     """Tools the server runs itself (``agent.server_tools``) offered to the session's model;
@@ -69,4 +71,4 @@ def extension(ext: StreamagentSession | None, base: Settings) -> Settings:
                    video_window_s=ext.video_window_s, handlers=ext.handlers, models=ext.models,
                    lora=ext.lora, watches=None if ext.watches is None
                    else tuple(spec.watch() for spec in ext.watches),
-                   server_tools=ext.server_tools)
+                   server_tools=ext.server_tools, memory=ext.memory)

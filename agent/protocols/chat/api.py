@@ -245,13 +245,14 @@ class _Cut:
             return "stop"
         return "tool_calls" if self.calls else total_usage(self.usage).finish_reason or "stop"
 
-    def wire_usage(self) -> dict[str, int]:
+    def wire_usage(self) -> dict[str, Any]:
         """Token counts as the engines reported them (a profile's: summed over its handlers'
         model calls); 0 where an engine counts none (the embedded models)."""
         total = total_usage(self.usage)
         prompt, completion = total.prompt_tokens or 0, total.completion_tokens or 0
         return {"prompt_tokens": prompt, "completion_tokens": completion,
-                "total_tokens": prompt + completion}
+                "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": total.cached_tokens or 0}}
 
 
 def tool_call(part: ToolCallDelta) -> dict[str, Any]:

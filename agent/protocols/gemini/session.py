@@ -29,6 +29,7 @@ from agent.protocols.gemini.speech import audio_messages, speech_change, transcr
 from agent.protocols.outbox import Outbox, serve
 from agent.response import Response, ResponseSink
 from agent.runtime import Runtime
+from agent.transcripts import Heard, Listener
 
 log = logging.getLogger(__name__)
 CLOSE_INVALID = 1007
@@ -119,7 +120,8 @@ class GeminiSession:
     async def _serve(self, setup: dict[str, Any]) -> None:
         model = str(setup.get("model") or "models/default").rsplit("/", 1)[-1]
         try:
-            conv = Conversation(self.runtime, model, lambda: GeminiSink(self))
+            conv = Conversation(self.runtime, model, lambda: GeminiSink(self),
+                                GeminiHeard(self))
         except StreamAgentError as exc:
             await self.ws.close(CLOSE_POLICY, reason=exc.message[:120])
             return
@@ -189,7 +191,8 @@ class GeminiSession:
         return extension(checked, Settings(
             instructions=instructions, audio_rate=self.rate, tools=tools,
             tool_choice=gemini_choice(pick(setup, "toolConfig"), tools),
-            speech=speech_change(setup)))
+            speech=speech_change(setup),
+            transcription="asr" if pick(setup, "inputAudioTranscription") is not None else None))
 
     async def _apply(self, conv: Conversation, msg: dict[str, Any]) -> None:
         realtime, content = pick(msg, "realtimeInput"), pick(msg, "clientContent")
@@ -358,3 +361,18 @@ def _rate(mime: str) -> int:
     if not (value.isascii() and value.isdigit() and len(value) <= 6):
         raise InvalidMedia(f"bad audio rate {value!r} in mimeType {mime!r}")
     return check_rate(int(value))
+
+
+class GeminiHeard(Listener):
+    """What the user said, as ``serverContent.inputTranscription`` pieces, the last one
+    ``finished``."""
+
+    def __init__(self, session: GeminiSession) -> None:
+        self.session = session
+
+    async def delta(self, heard: Heard, text: str) -> None:
+        await self.session.send({"serverContent": {"inputTranscription": {"text": text}}})
+
+    async def transcribed(self, heard: Heard, transcript: str) -> None:
+        await self.session.send({"serverContent": {"inputTranscription": {
+            "text": "", "finished": True}}})

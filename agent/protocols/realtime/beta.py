@@ -102,13 +102,18 @@ def client_event(message: str | bytes) -> str | bytes | dict[str, Any]:
 
 
 def _session_update(session: dict[str, Any]) -> dict[str, Any]:
-    moved = ("input_audio_format", "output_audio_format", "modalities", "voice", "speed")
+    moved = ("input_audio_format", "output_audio_format", "modalities", "voice", "speed",
+             "input_audio_transcription", "turn_detection")
     out = {k: v for k, v in session.items() if k not in moved}
     audio: dict[str, Any] = {}
     fmt = session.get("input_audio_format")
+    heard = {k: session[v] for k, v in (("transcription", "input_audio_transcription"),
+                                        ("turn_detection", "turn_detection")) if v in session}
     if fmt is not None:  # pcm16 is 24 kHz; g711 is refused by the session as unsupported
         kind = "audio/pcm" if fmt == "pcm16" else str(fmt)
-        audio["input"] = {"format": {"type": kind, "rate": BETA_RATE}}
+        heard["format"] = {"type": kind, "rate": BETA_RATE}
+    if heard:
+        audio["input"] = heard
     output: dict[str, Any] = {k: session[k] for k in ("voice", "speed") if k in session}
     if (fmt := session.get("output_audio_format")) is not None:
         output["format"] = {"type": _FORMATS.get(str(fmt), str(fmt)), "rate": BETA_RATE}
@@ -129,7 +134,9 @@ def _session(session: dict[str, Any]) -> dict[str, Any]:
     if output is not None:
         out["output_audio_format"] = _BETA_FORMATS[output["format"]["type"]]
         out["voice"], out["speed"] = output["voice"], output["speed"]
-    out["turn_detection"] = None
+    heard = session.get("audio", {}).get("input", {})
+    out["turn_detection"] = heard.get("turn_detection")
+    out["input_audio_transcription"] = heard.get("transcription")
     return out
 
 

@@ -55,6 +55,7 @@ def response_object(
     status_details: dict[str, Any] | None = None,
     output_tokens: int = 0,
     input_tokens: int = 0,
+    cached_tokens: int = 0,
     spoken: bool = False,
 ) -> dict[str, Any]:
     return {
@@ -66,5 +67,6 @@ def response_object(
         "metadata": metadata,
         "output_modalities": ["audio"] if spoken else ["text"],
         "usage": {"total_tokens": input_tokens + output_tokens, "input_tokens": input_tokens,
-                  "output_tokens": output_tokens},
+                  "output_tokens": output_tokens,
+                  "input_token_details": {"cached_tokens": cached_tokens}},
     }

@@ -23,6 +23,7 @@ from agent.protocols.realtime import events, wire
 from agent.protocols.realtime.responses import RealtimeSink
 from agent.protocols.realtime.speech import modalities, output_object, speech_change, spoken
 from agent.runtime import Runtime
+from agent.transcripts import Heard, Listener, Transcriber, Vad
 
 log = logging.getLogger(__name__)
 SendText = Callable[[str], Awaitable[None]]
@@ -40,7 +41,8 @@ class RealtimeSession:
                  render: Render | None = None) -> None:
         """``render``: a dialect's form of each server event (``None``: not sent)."""
         server = runtime.config.server
-        self.conversation = Conversation(runtime, model, lambda: RealtimeSink(self.send))
+        self.conversation = Conversation(runtime, model, lambda: RealtimeSink(self.send),
+                                         HeardEvents(self.send))
         self.id = self.conversation.id
         self.model = model
         self.runtime = runtime
@@ -90,9 +92,9 @@ class RealtimeSession:
         elif isinstance(event, wire.AudioAppend):
             conv.add_audio(event.audio, event.streamagent.timestamp if event.streamagent else None)
         elif isinstance(event, wire.AudioCommit):
-            conv.commit_audio()
+            item_id = conv.commit_audio() or new_id("item")
             await self.send(events.event("input_audio_buffer.committed",
-                                         item_id=new_id("item"), previous_item_id=None))
+                                         item_id=item_id, previous_item_id=None))
         elif isinstance(event, wire.AudioClear):
             conv.clear_audio()
             await self.send(events.event("input_audio_buffer.cleared"))
@@ -113,7 +115,8 @@ class RealtimeSession:
             "tools": [{"type": "function", "name": t.name, "description": t.description,
                        "parameters": dict(t.parameters)} for t in conv.options.response.tools],
             "tool_choice": choice_object(conv.options.response.tool_choice),
-            "audio": {"input": {"format": {"type": "audio/pcm", "rate": conv.audio_rate}},
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": conv.audio_rate},
+                                **input_object(conv.transcriber)},
                       **output_object(conv.speech)},
             "streamagent": {
                 "live": media.live,
@@ -123,6 +126,7 @@ class RealtimeSession:
                 "available_handlers": runtime.usable_handlers(conv.profile),
                 "models": {h: runtime.model_for(h, conv.profile) for h in media.handler_names},
                 "lora": conv.options.response.lora,
+                "memory": conv.options.memory.on,
                 "server_tools": list(conv.server_tools),
                 "available_server_tools": sorted(runtime.registry.tools),
                 "watches": [w.as_dict() for w in conv.watches.watches],
@@ -162,7 +166,38 @@ def settings(params: wire.SessionParams) -> Settings:
         instructions=params.instructions, audio_rate=fmt.rate if fmt is not None else None,
         max_output_tokens=cap, tools=tools(params.tools, "session.tools"),
         tool_choice=tool_choice(params.tool_choice),
-        parallel_tool_calls=params.parallel_tool_calls, speech=speech_change(params)))
+        parallel_tool_calls=params.parallel_tool_calls, speech=speech_change(params),
+        **hearing(params.audio.input if params.audio else None)))
+
+
+OPENAI_TRANSCRIBERS = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
+                       "gpt-4o-transcribe-diarize", "gpt-realtime")
+"""OpenAI's transcription models, which the clients' defaults name: the embedded ``asr``
+transcribes for them."""
+EAGERNESS_S = {"low": 1.2, "medium": 0.6, "auto": 0.6, "high": 0.3}
+"""``semantic_vad``'s eagerness as the silence that ends a turn (no end-of-turn model ships
+here: it is server VAD with these silences)."""
+
+
+def hearing(audio: wire.AudioInput | None) -> dict[str, Any]:
+    """``audio.input.transcription`` and ``turn_detection`` as settings (left out: kept)."""
+    out: dict[str, Any] = {}
+    if audio is None:
+        return out
+    if "transcription" in audio.model_fields_set:
+        model = audio.transcription.model if audio.transcription is not None else ""
+        out["transcription"] = "asr" if model in OPENAI_TRANSCRIBERS or (
+            audio.transcription is not None and not model) else model
+    if "turn_detection" in audio.model_fields_set:
+        td = audio.turn_detection
+        if td is None:
+            out["vad"] = None
+        else:
+            silence = (EAGERNESS_S[td.eagerness] if td.type == "semantic_vad"
+                       else (td.silence_duration_ms or 500) / 1000)
+            out["vad"] = Vad(td.threshold, silence, td.prefix_padding_ms / 1000,
+                             td.create_response, td.interrupt_response)
+    return out
 
 
 def tools(offered: list[wire.FunctionTool | wire.McpTool] | None,
@@ -240,3 +275,59 @@ def own_context(items: list[wire.AnyItem], intake: Intake) -> tuple[Turn, ...]:
                     param="response.input")
         turns.append(Turn(item.role, text))
     return tuple(turns)
+
+
+class HeardEvents(Listener):
+    """What the user said, as realtime events: with server VAD the buffer's speech and commit
+    events, the user item, then its transcript."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        self.send = send
+
+    async def speech(self, heard: Heard, vad: bool) -> None:
+        if vad:
+            await self.send(events.event("input_audio_buffer.speech_started",
+                                         audio_start_ms=round(heard.start * 1000),
+                                         item_id=heard.item_id))
+            await self.send(events.event("input_audio_buffer.speech_stopped",
+                                         audio_end_ms=round(heard.end * 1000),
+                                         item_id=heard.item_id))
+            await self.send(events.event("input_audio_buffer.committed",
+                                         item_id=heard.item_id, previous_item_id=None))
+        item = {"id": heard.item_id, "object": "realtime.item", "type": "message",
+                "role": "user", "status": "completed",
+                "content": [{"type": "input_audio", "transcript": None}]}
+        await self.send(events.event("conversation.item.added", previous_item_id=None,
+                                     item=item))
+        await self.send(events.event("conversation.item.done", previous_item_id=None,
+                                     item=item))
+
+    async def delta(self, heard: Heard, text: str) -> None:
+        await self.send(events.event("conversation.item.input_audio_transcription.delta",
+                                     item_id=heard.item_id, content_index=0, delta=text))
+
+    async def transcribed(self, heard: Heard, transcript: str) -> None:
+        await self.send(events.event(
+            "conversation.item.input_audio_transcription.completed", item_id=heard.item_id,
+            content_index=0, transcript=transcript,
+            usage={"type": "duration", "seconds": round(heard.end - heard.start, 3)}))
+
+    async def failed(self, heard: Heard, error: StreamAgentError) -> None:
+        await self.send(events.event(
+            "conversation.item.input_audio_transcription.failed", item_id=heard.item_id,
+            content_index=0, error={"type": error.type, "code": error.code,
+                                    "message": error.message, "param": error.param}))
+
+
+def input_object(transcriber: Transcriber | None) -> dict[str, Any]:
+    """``audio.input``'s transcription and turn detection as the session has them."""
+    if transcriber is None:
+        return {"transcription": None, "turn_detection": None}
+    vad = transcriber.vad
+    return {"transcription": {"model": transcriber.model},
+            "turn_detection": None if vad is None else {
+                "type": "server_vad", "threshold": vad.threshold,
+                "prefix_padding_ms": round(vad.prefix_s * 1000),
+                "silence_duration_ms": round(vad.silence_s * 1000),
+                "create_response": vad.create_response,
+                "interrupt_response": vad.interrupt_response}}

@@ -28,8 +28,34 @@ class AudioFormat(_Model):
     rate: int = 24000
 
 
+class Transcription(_Model):
+    """``audio.input.transcription``: the model that writes down what the user says."""
+
+    model: str = Field(default="", max_length=128)
+    language: str | None = Field(default=None, max_length=16)
+    prompt: str | None = Field(default=None, max_length=1024)
+
+
+class TurnDetection(BaseModel):
+    """``audio.input.turn_detection``: every field works or is refused by name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["server_vad", "semantic_vad"] = "server_vad"
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    prefix_padding_ms: int = Field(default=300, ge=0, le=2000)
+    silence_duration_ms: int | None = Field(default=None, ge=100, le=10_000)
+    create_response: bool = True
+    interrupt_response: bool = True
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    idle_timeout_ms: None = None
+    """Not served: a value is refused (``null`` is the same as leaving it out)."""
+
+
 class AudioInput(_Model):
     format: AudioFormat | None = None
+    transcription: Transcription | None = None
+    turn_detection: TurnDetection | None = None
+    noise_reduction: Any = None
 
 
 class VoiceId(_Model):

@@ -1,0 +1,208 @@
+"""What the user said: each committed or voice-detected utterance, transcribed by a pool model.
+
+A session turns it on with a transcription model (realtime ``audio.input.transcription``,
+Gemini ``inputAudioTranscription``). Utterances end two ways:
+
+- **Commits** (no turn detection): the audio since the last ``input_audio_buffer.commit`` is
+  one utterance (at most ``MAX_UTTERANCE_S``; older audio is let go and counted).
+- **Server VAD** (``turn_detection: {"type": "server_vad"}``): silero-vad finds them, as the
+  speech handler does; each is committed on its own.
+
+Each utterance is a user item; its transcript streams to the protocol (``Listener``) and joins
+the conversation as the user's words, so the next answer is to what was said. The VAD and the
+model calls run off the event loop, one utterance at a time, in order; at most ``QUEUE``
+windows wait (more are dropped and counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.engine import ModelRequest
+from agent.errors import StreamAgentError
+from agent.ids import new_id
+from agent.media import AUDIO_RATE, Window
+from agent.parts import text_only
+from agent.pool import Pool
+from agent.vad import Segmenter
+
+log = logging.getLogger(__name__)
+MAX_UTTERANCE_S = 30.0
+"""The longest utterance kept: commit-mode audio beyond it is let go, oldest first."""
+QUEUE = 64
+"""Windows (and commits) waiting for the transcriber."""
+WAIT_S = 10.0
+"""The longest a question waits for the transcripts of utterances committed before it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Vad:
+    """Server VAD settings, as the realtime ``turn_detection`` gives them."""
+
+    threshold: float = 0.5
+    silence_s: float = 0.5
+    prefix_s: float = 0.3
+    create_response: bool = True
+    interrupt_response: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """One utterance: its user item's id and its span in media time (seconds)."""
+
+    item_id: str
+    start: float
+    end: float
+
+
+class Listener:
+    """How a protocol shows what was heard; every method is awaited in order."""
+
+    async def speech(self, heard: Heard, vad: bool) -> None:
+        """An utterance ended (``vad``: found by the server's VAD, not committed by the client):
+        its user item exists now."""
+
+    async def delta(self, heard: Heard, text: str) -> None:
+        """A piece of its transcript."""
+
+    async def transcribed(self, heard: Heard, transcript: str) -> None:
+        """Its whole transcript."""
+
+    async def failed(self, heard: Heard, error: StreamAgentError) -> None:
+        """It could not be transcribed."""
+
+
+class Transcriber:
+    """One session's utterances and their transcripts."""
+
+    def __init__(self, pool: Pool, session_id: str, model: str, listener: Listener,
+                 on_words: Callable[[Heard, str], Awaitable[None]], vad: Vad | None = None,
+                 ) -> None:
+        """``on_words(heard, transcript)``: the conversation takes the user's words."""
+        self.pool, self.session_id, self.model = pool, session_id, model
+        self.listener, self.on_words, self.vad = listener, on_words, vad
+        self.segmenter = Segmenter(threshold=vad.threshold, min_silence_s=vad.silence_s,
+                                   pre_roll_s=vad.prefix_s,
+                                   max_utterance_s=MAX_UTTERANCE_S) if vad else None
+        self._audio: list[np.ndarray] = []
+        self._start: float | None = None
+        self._queue: asyncio.Queue[Window | str] = asyncio.Queue(QUEUE)
+        self._pending: dict[str, asyncio.Event] = {}  # committed items not transcribed yet
+        self.dropped = 0
+        """Windows let go because the transcriber fell ``QUEUE`` behind."""
+        self.cut_s = 0.0
+        """Seconds of commit-mode audio let go past ``MAX_UTTERANCE_S``."""
+        self._task = asyncio.create_task(self._run(), name=f"transcribe-{session_id}")
+
+    @property
+    def busy(self) -> bool:
+        """Whether utterances committed so far are still being transcribed."""
+        return bool(self._pending)
+
+    def feed(self, window: Window) -> None:
+        if window.audio.size or window.final:
+            self._put(window)
+
+    def commit(self) -> str:
+        """End the utterance now (``input_audio_buffer.commit``); its user item's id."""
+        item_id = new_id("item")
+        self._pending[item_id] = asyncio.Event()
+        self._put(item_id)
+        return item_id
+
+    def _put(self, item: Window | str) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if isinstance(item, str):  # a commit is never dropped: it ends as empty
+                self._pending.pop(item).set()
+            log.warning("session %s: the transcriber is %d behind; audio is dropped",
+                        self.session_id, QUEUE)
+
+    def clear(self) -> None:
+        """Forget the audio not yet in an utterance (``input_audio_buffer.clear``)."""
+        self._audio, self._start = [], None
+        if self.segmenter is not None:
+            self.segmenter.reset()
+
+    async def settled(self, timeout_s: float = WAIT_S) -> None:
+        """Wait until every utterance committed so far is transcribed (or ``timeout_s``)."""
+        waits = [e.wait() for e in self._pending.values()]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), timeout_s)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        for done in self._pending.values():
+            done.set()
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, str):
+                await self._utterance(item, self._take(), vad=False)
+            elif self.segmenter is not None:
+                t = item.end - item.audio.size / AUDIO_RATE
+                for utt in await asyncio.to_thread(self.segmenter.feed, item.audio, t,
+                                                   item.final):
+                    await self._utterance(new_id("item"), (utt.start, utt.end, utt.audio),
+                                          vad=True)
+            else:
+                self._keep(item)
+
+    def _keep(self, window: Window) -> None:
+        if not window.audio.size:
+            return
+        if self._start is None:
+            self._start = window.end - window.audio.size / AUDIO_RATE
+        self._audio.append(window.audio)
+        over = sum(a.size for a in self._audio) - int(MAX_UTTERANCE_S * AUDIO_RATE)
+        while over > 0 and self._audio:
+            first = self._audio[0]
+            cut = min(over, first.size)
+            self._audio[0] = first[cut:]
+            if not self._audio[0].size:
+                self._audio.pop(0)
+            self._start += cut / AUDIO_RATE
+            self.cut_s += cut / AUDIO_RATE
+            over -= cut
+
+    def _take(self) -> tuple[float, float, np.ndarray]:
+        audio = np.concatenate(self._audio) if self._audio else np.zeros(0, np.float32)
+        start = self._start or 0.0
+        self._audio, self._start = [], None
+        return start, start + audio.size / AUDIO_RATE, audio
+
+    async def _utterance(self, item_id: str, span: tuple[float, float, np.ndarray],
+                         vad: bool) -> None:
+        start, end, audio = span
+        heard = Heard(item_id, start, end)
+        try:
+            await self.listener.speech(heard, vad)
+            words: list[str] = []
+            if audio.size:
+                request = ModelRequest(audio=audio, session=self.session_id)
+                try:
+                    async for piece in text_only(self.pool.stream(self.model, request)):
+                        words.append(piece)
+                        await self.listener.delta(heard, piece)
+                except StreamAgentError as exc:
+                    await self.listener.failed(heard, exc)
+                    return
+            transcript = "".join(words).strip()
+            await self.listener.transcribed(heard, transcript)
+            await self.on_words(heard, transcript)
+        finally:
+            done = self._pending.pop(item_id, None)
+            if done is not None:
+                done.set()

@@ -1,0 +1,159 @@
+"""What the user said, on the embedded default (silero-vad and pocketsphinx): a committed turn
+and a voice-detected one become user items with their transcripts, in the events and shapes
+the openai SDK knows, and the transcript is what the next answer answers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soxr
+import websockets
+
+from agent.config import Config
+from agent.plugins import get_plugin_manager
+from agent.runtime import Runtime
+from agent.testing import ServerThread
+from agent.uvicorn_server import Address
+from tests.helpers import Client
+from tests.media import flite_wav, read_wav
+from tests.test_wire_schema import GEMINI_PATH, check, gemini_problems
+
+pytestmark = pytest.mark.slow
+RATE = 24000
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Address]:
+    with ServerThread(Runtime.build(Config(), get_plugin_manager())) as address:
+        yield address
+
+
+def speech(tmp_path: Path, text: str, silence_s: float = 1.0) -> str:
+    """``text`` spoken by flite, then silence, as base64 PCM16 at 24 kHz."""
+    audio, rate = read_wav(flite_wav(tmp_path / "said.wav", text))
+    audio = np.concatenate([soxr.resample(audio, rate, RATE), np.zeros(int(silence_s * RATE))])
+    return base64.b64encode((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()).decode()
+
+
+async def configure(client: Client, audio_input: dict[str, Any]) -> dict[str, Any]:
+    await client.send({"type": "session.update", "session": {
+        "type": "realtime", "streamagent": {"handlers": []}, "audio": {"input": audio_input}}})
+    return (await client.until("session.updated"))[-1]["session"]
+
+
+async def test_a_committed_turn_is_a_user_item_with_its_transcript(
+        served: Address, tmp_path: Path) -> None:
+    client = await Client.connect(f"{served.ws}/v1/realtime?model=default")
+    session = await configure(client, {"transcription": {"model": "gpt-4o-mini-transcribe"}})
+    assert session["audio"]["input"]["transcription"] == {"model": "asr"}
+    await client.send({"type": "input_audio_buffer.append",
+                       "audio": speech(tmp_path, "hello world")})
+    await client.send({"type": "input_audio_buffer.commit"})
+    got = await client.until("conversation.item.input_audio_transcription.completed",
+                             timeout=60)
+    committed = next(e for e in got if e["type"] == "input_audio_buffer.committed")
+    item_id = committed["item_id"]
+    added = next(e for e in got if e["type"] == "conversation.item.added")
+    assert added["item"]["id"] == item_id and added["item"]["role"] == "user"
+    assert added["item"]["content"] == [{"type": "input_audio", "transcript": None}]
+    done = got[-1]
+    assert done["item_id"] == item_id and "hello" in done["transcript"].lower()
+    deltas = [e["delta"] for e in got
+              if e["type"] == "conversation.item.input_audio_transcription.delta"]
+    assert "".join(deltas).strip() == done["transcript"]
+    assert 0.5 < done["usage"]["seconds"] < 5
+    check(client.seen, beta=False)
+    await client.close()
+
+
+async def test_server_vad_finds_the_turn_and_answers_it(served: Address, tmp_path: Path) -> None:
+    """With server VAD, speech then silence is a turn: the buffer's speech events, the item,
+    its transcript, then a response, with no commit and no response.create from the client;
+    the answer is to what was said (it joins the conversation as the user's words)."""
+    client = await Client.connect(f"{served.ws}/v1/realtime?model=default")
+    session = await configure(client, {"turn_detection": {
+        "type": "server_vad", "silence_duration_ms": 400}})
+    assert session["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 400
+    await client.send({"type": "input_audio_buffer.append",
+                       "audio": speech(tmp_path, "open the door please", silence_s=1.5)})
+    got = await client.until("response.done", timeout=60)
+    kinds = [e["type"] for e in got]
+    order = ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+             "input_audio_buffer.committed", "conversation.item.added",
+             "conversation.item.input_audio_transcription.completed", "response.created",
+             "response.done"]
+    assert [k for k in kinds if k in order] == order, kinds
+    started = got[kinds.index("input_audio_buffer.speech_started")]
+    stopped = got[kinds.index("input_audio_buffer.speech_stopped")]
+    assert 0 <= started["audio_start_ms"] < stopped["audio_end_ms"] <= 4000
+    transcript = got[kinds.index("conversation.item.input_audio_transcription.completed")]
+    assert "door" in transcript["transcript"].lower()
+    check(client.seen, beta=False)
+    await client.close()
+
+
+async def test_turn_fields_work_or_are_refused_by_name(served: Address) -> None:
+    client = await Client.connect(f"{served.ws}/v1/realtime?model=default")
+    cases = [({"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}},
+              "idle_timeout_ms"),
+             ({"turn_detection": {"type": "server_vad", "vad_mode": "fast"}}, "vad_mode"),
+             ({"turn_detection": {"type": "push_to_talk"}}, "type"),
+             ({"transcription": {"model": "my-whisper"}}, "my-whisper")]
+    for audio_input, named in cases:
+        await client.send({"type": "session.update", "session": {
+            "type": "realtime", "audio": {"input": audio_input}}})
+        error = (await client.until("error"))[-1]["error"]
+        assert named in error["message"] or named in (error["param"] or ""), error
+    session = await configure(client, {"turn_detection": {"type": "semantic_vad",
+                                                          "eagerness": "high"}})
+    assert session["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 300
+    session = await configure(client, {"turn_detection": None, "transcription": None})
+    assert session["audio"]["input"] == {"format": {"type": "audio/pcm", "rate": RATE},
+                                         "transcription": None, "turn_detection": None}
+    await client.close()
+
+
+async def test_the_beta_dialect_hears_too(served: Address, tmp_path: Path) -> None:
+    client = await Client.connect(f"{served.ws}/v1/realtime?model=default",
+                                  additional_headers={"OpenAI-Beta": "realtime=v1"})
+    await client.send({"type": "session.update", "session": {
+        "input_audio_format": "pcm16", "input_audio_transcription": {"model": "whisper-1"},
+        "turn_detection": None, "streamagent": {"handlers": []}}})
+    session = (await client.until("session.updated"))[-1]["session"]
+    assert session["input_audio_transcription"] == {"model": "asr"}
+    await client.send({"type": "input_audio_buffer.append",
+                       "audio": speech(tmp_path, "hello world")})
+    await client.send({"type": "input_audio_buffer.commit"})
+    done = (await client.until("conversation.item.input_audio_transcription.completed",
+                               timeout=60))[-1]
+    assert "hello" in done["transcript"].lower()
+    check(client.seen, beta=True)
+    await client.close()
+
+
+async def test_gemini_live_input_transcription(served: Address, tmp_path: Path) -> None:
+    """``inputAudioTranscription``: the user's words as ``inputTranscription`` pieces, then
+    the turn's answer; every message fits google-genai's own types."""
+    audio, rate = read_wav(flite_wav(tmp_path / "said.wav", "hello world"))
+    pcm = (np.clip(soxr.resample(audio, rate, 16000), -1, 1) * 32767).astype("<i2").tobytes()
+    got: list[str] = []
+    async with websockets.connect(f"{served.ws}{GEMINI_PATH}") as ws:
+        await ws.send(json.dumps({"setup": {"model": "models/default",
+                                            "inputAudioTranscription": {}}}))
+        got.append(str(await ws.recv()))
+        await ws.send(json.dumps({"realtimeInput": {"audio": {
+            "mimeType": "audio/pcm;rate=16000", "data": base64.b64encode(pcm).decode()}}}))
+        await ws.send(json.dumps({"realtimeInput": {"audioStreamEnd": True}}))
+        while "turnComplete" not in got[-1]:
+            got.append(str(await asyncio.wait_for(ws.recv(), 60)))
+    heard = [json.loads(m)["serverContent"]["inputTranscription"] for m in got
+             if "inputTranscription" in m]
+    assert "hello" in "".join(h["text"] for h in heard).lower() and heard[-1]["finished"]
+    assert gemini_problems(got) == []
