@@ -128,6 +128,11 @@ class Conversation:
         server = runtime.config.server
         self.history: deque[Turn] = deque(maxlen=server.max_history)
         self.pending_text: list[str] = []
+        self.pending_ids: list[str] = []
+        """The item id of each pending text."""
+        self.said: dict[str, list[tuple[float, str]]] = {}
+        """What spoken answers said, by item id, with where in their audio (the last
+        ``max_history``): ``truncate`` cuts an answer to what was heard."""
         self.responses: dict[str, Response] = {}
         self.options = SessionOptions(memory=Memory(on=True, budgets=runtime.memory_budgets()))
         self.instructions = self.profile.instructions
@@ -285,6 +290,7 @@ class Conversation:
         if not transcript:
             return
         self.pending_text.append(transcript)
+        self.pending_ids.append(heard.item_id)
         vad = self.transcriber.vad if self.transcriber is not None else None
         if vad is None or not vad.create_response:
             return
@@ -293,7 +299,7 @@ class Conversation:
         if self.question is None:
             self.ask(Ask())
 
-    def add_message(self, role: str, content: list[Content]) -> None:
+    def add_message(self, role: str, content: list[Content], item_id: str = "") -> None:
         """A message: a user's text waits for the next question, a system text replaces the
         instructions, an assistant's joins the history; pictures and sounds go to the media."""
         text = "".join(c for c in content if isinstance(c, str))
@@ -304,24 +310,49 @@ class Conversation:
                     self.instructions = part
                 elif role == "user":
                     self.pending_text.append(part)
+                    self.pending_ids.append(item_id)
                 else:
-                    self.history.append(Turn(role, part))
+                    self.history.append(Turn(role, part, item_id=item_id))
             elif isinstance(part, Image):
                 self.add_image(part)
             else:
                 self.add_audio(part.pcm16)
                 self.media.flush()
 
-    def add_call(self, call: ToolCall) -> None:
+    def add_call(self, call: ToolCall, item_id: str = "") -> None:
         """A function call the model made (a client syncing its context) joins the history."""
         self.intake.text(call.arguments, 0, param="item.arguments")
-        self.history.append(Turn("assistant", "", tool_calls=(call,)))
+        self.history.append(Turn("assistant", "", tool_calls=(call,), item_id=item_id))
 
-    def add_call_output(self, call_id: str, output: str) -> None:
+    def add_call_output(self, call_id: str, output: str, item_id: str = "") -> None:
         """What a client's function returned joins the history; the next response goes on
         from it."""
         self.intake.text(output, 0, param="item.output")
-        self.history.append(Turn("tool", output, call_id=call_id))
+        self.history.append(Turn("tool", output, call_id=call_id, item_id=item_id))
+
+    def forget(self, item_id: str) -> bool:
+        """Delete an item from the conversation (waiting text or history); whether it was
+        there."""
+        if item_id in self.pending_ids:
+            i = self.pending_ids.index(item_id)
+            del self.pending_ids[i], self.pending_text[i]
+            return True
+        kept = [t for t in self.history if t.item_id != item_id]
+        found = len(kept) < len(self.history)
+        if found:
+            self.history = deque(kept, maxlen=self.history.maxlen)
+        return found
+
+    def truncate(self, item_id: str, audio_end_ms: int) -> None:
+        """A spoken answer was heard up to ``audio_end_ms``: its history keeps what was said
+        before that (``InvalidRequest`` for an item that is not a spoken answer here)."""
+        said = self.said.get(item_id)
+        where = next((i for i, t in enumerate(self.history) if t.item_id == item_id), None)
+        if said is None or where is None:
+            raise InvalidRequest(f"no spoken answer {item_id!r} in the conversation to "
+                                 "truncate", param="item_id")
+        heard = "".join(text for start, text in said if start < audio_end_ms).strip()
+        self.history[where] = replace(self.history[where], text=heard)
 
     def add_image(self, image: Image) -> None:
         self.intake.frame()
@@ -399,8 +430,11 @@ class Conversation:
             window=self.media.last_window, history=tuple(self.history), options=options,
             memory=ask.remember and ask.context is None)
         if ask.context is None:
-            self.history.extend(Turn("user", text) for text in self.pending_text)
+            self.history.extend(Turn("user", text, item_id=item_id)
+                                for text, item_id in zip(self.pending_text, self.pending_ids,
+                                                         strict=True))
             self.pending_text.clear()
+            self.pending_ids.clear()
             return question
         turns: list[Turn] = []  # its own context; the conversation waits
         instructions = question.instructions
@@ -479,7 +513,12 @@ class Conversation:
             calls = tuple(ToolCall(c.call_id, c.name, c.text) for c in run.calls.values()
                           if not c.server)  # the server's own joined the history as they ran
             if remember and (text or calls):
-                self.history.append(Turn("assistant", text, tool_calls=calls))
+                self.history.append(Turn("assistant", text, tool_calls=calls,
+                                         item_id=run.item_id))
+                if run.said:
+                    self.said[run.item_id] = run.said
+                    while len(self.said) > (self.history.maxlen or 1):
+                        del self.said[next(iter(self.said))]
             return text
 
         self.responses[run.id] = run

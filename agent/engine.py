@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from agent.errors import EngineError, InvalidRequest
+from agent.options import Options
 from agent.media import RGB, Audio
 from agent.parts import Part, as_part
 
@@ -62,6 +63,8 @@ class Turn:
     text: str
     tool_calls: tuple[ToolCall, ...] = ()
     call_id: str = ""
+    item_id: str = ""
+    """The conversation item it came from (so a client can delete or truncate it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +152,17 @@ class Engine(abc.ABC):
     last, when the engine counts tokens); closing it aborts."""
 
     kind: ClassVar[str] = ""
+    options_model: ClassVar[type[Options] | None] = None
+    """The typed ``options:`` of a model on this engine (unknown keys refused at start-up);
+    ``None``: any keys (agent/options.py)."""
     uses_families: ClassVar[bool] = False
     """True: built as ``cls(name, config, families=...)`` with the registered model families."""
     modalities: frozenset[str] | None = None
     """What the loaded model takes in (``image``, ``video``, ``audio``); ``None``: not known."""
+    converses: bool | None = None
+    """Whether the loaded model reads an interleaved conversation (``ModelRequest.sequence``,
+    a session's timeline): a chat model does, a prompt-style checkpoint or a family's own
+    ``chat()`` does not; ``None``: not known (handlers then send it)."""
     constrains: ClassVar[bool] = False
     """Whether ``stream`` honours ``ModelRequest.output_schema`` (constrained decoding)."""
     tool_format: str | None = None

@@ -98,6 +98,11 @@ class Response:
         """How it is spoken, set before it runs (``None``: in text only)."""
         self.spoken: list[str] = []
         """The transcripts of its ``AudioChunk`` parts: what was said so far."""
+        self.said: list[tuple[float, str]] = []
+        """Each transcript with the millisecond of audio where it starts (for truncation)."""
+        self.audio_ms = 0.0
+        self.item_id = new_id("item")
+        """The id of its message item (the conversation's, and the wire's)."""
         self.status = "in_progress"
         self.reason: str | None = None
         """Why it is ``incomplete`` (``max_output_tokens``) or ``cancelled``
@@ -115,12 +120,13 @@ class Response:
     def transcript(self) -> str:
         return "".join(self.spoken)
 
-    def tokens(self) -> tuple[int, int]:
-        """(output, input) tokens as the engines counted them; engines that count none (the
-        embedded CPU models) are counted by their text deltas."""
+    def tokens(self) -> tuple[int, int, int]:
+        """(output, input, cached input) tokens as the engines counted them; engines that
+        count no output (the embedded CPU models) are counted by their text deltas."""
         total = total_usage(self.usage)
         output = total.completion_tokens
-        return len(self.texts) if output is None else output, total.prompt_tokens or 0
+        return (len(self.texts) if output is None else output, total.prompt_tokens or 0,
+                total.cached_tokens or 0)
 
     def cancel(self) -> None:
         """A task cancelled before it starts never runs, so it would send nothing (no end) and
@@ -207,4 +213,6 @@ class Response:
         else:
             if part.transcript:
                 self.spoken.append(part.transcript)
+                self.said.append((self.audio_ms, part.transcript))
+            self.audio_ms += len(part.pcm16) / 2 / part.rate * 1000
             await self.sink.audio(self, part)

@@ -30,7 +30,8 @@ FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 class FakeEngine(ThreadedEngine):
     """Streams ``tokens`` words ("tok0 tok1 ..."), ``delay_s`` apart, at most ``max_new_tokens``
     of them (a request option), then its ``Usage`` as a real engine does (prompt: one token per
-    word); counts what it did. Option ``tool_call`` (a function name): the answer is a call
+    word and per ``sequence`` entry; cached: the entries a prefix cache would hold, see
+    ``cached``); counts what it did. Option ``tool_call`` (a function name): the answer is a call
     of that function, in two ``ToolCallDelta`` pieces, after the words. Option
     ``load_delay_s``: loading takes that long; ``fail_load`` (a message): loading fails.
 
@@ -63,6 +64,7 @@ class FakeEngine(ThreadedEngine):
         try:
             if len(self.requests) <= self.fail_requests:
                 raise RuntimeError("fake engine failure")
+            said = self.config.options.get("say")  # option say: these pieces, not tokN
             for i in range(min(tokens, limit)):
                 if cancelled.is_set():
                     return
@@ -71,15 +73,28 @@ class FakeEngine(ThreadedEngine):
                 if self.delay_s:
                     time.sleep(self.delay_s)
                 self.generated += 1
-                yield f"tok{i} "
+                yield said[i % len(said)] if said else f"tok{i} "
             if tool := request.options.get("tool_call", self.config.options.get("tool_call")):
                 yield ToolCallDelta(0, f"call_{len(self.requests)}", str(tool), '{"window": ')
                 yield ToolCallDelta(0, arguments=f"{len(self.requests)}}}")
-            yield Usage(prompt_tokens=len(request.prompt.split()),
-                        completion_tokens=min(tokens, limit),
+            yield Usage(prompt_tokens=len(request.prompt.split()) + len(request.sequence),
+                        completion_tokens=min(tokens, limit), cached_tokens=self.cached(request),
                         finish_reason="length" if limit < tokens else "stop")
         finally:
             self.active -= 1
+
+    def cached(self, request: ModelRequest) -> int | None:
+        """As a prefix cache counts: the leading ``sequence`` entries of ``request`` (one
+        token each) that the request before it had too; ``None`` without a sequence."""
+        if not request.sequence:
+            return None
+        at = next(i for i, r in enumerate(self.requests) if r is request)
+        now = [(e.role, e.text, e.key) for e in request.sequence]
+        before = [(e.role, e.text, e.key) for e in self.requests[at - 1].sequence] if at else []
+        same = 0
+        while same < min(len(now), len(before)) and now[same] == before[same]:
+            same += 1
+        return same
 
 
 class EchoHandler(Handler):
@@ -105,7 +120,8 @@ class EchoHandler(Handler):
         yield f"window {work.index}: {image.shape[1]}x{image.shape[0]}"
 
     async def answer(self, question: Question) -> AsyncIterator[str | Part]:
-        async for part in self.ctx.stream(ModelRequest(prompt=question.text), question.options):
+        request = ModelRequest(prompt=question.text, history=question.history)
+        async for part in self.ctx.stream(request, question.options):
             yield part
 
 

@@ -21,6 +21,10 @@ def test_every_event_type_parses() -> None:
         {"type": "conversation.item.create", "item": {"type": "message", "role": "user",
                                                       "content": [{"type": "input_text",
                                                                    "text": "hi"}]}},
+        {"type": "conversation.item.delete", "item_id": "item_1"},
+        {"type": "conversation.item.retrieve", "item_id": "item_1"},
+        {"type": "conversation.item.truncate", "item_id": "item_1", "content_index": 0,
+         "audio_end_ms": 1500},
         {"type": "response.create"},
         {"type": "response.cancel", "response_id": "resp_1"},
     ]

@@ -42,6 +42,7 @@ class RealtimeSink(ResponseSink):
         """Each call's item id and output index, by the call's index."""
 
     async def started(self, response: Response, eager: bool) -> None:
+        self.item_id = response.item_id  # the conversation knows its message by this id
         resp = events.response_object(response.id, "in_progress", response.metadata, [],
                                       spoken=response.speech is not None)
         await self.send(events.event("response.created", response=resp))

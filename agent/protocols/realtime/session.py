@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -49,9 +50,26 @@ class RealtimeSession:
         self.send_text = send_text
         self.outbox = Outbox(self.id, server.slow_client_timeout_s, server.max_outbox_bytes,
                              render)
+        self.items: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     async def send(self, event: dict[str, Any]) -> None:
+        self._remember(event)
         await self.outbox.put(event)
+
+    def _remember(self, event: dict[str, Any]) -> None:
+        """Keep the conversation's items as last sent (``conversation.item.retrieve``): the
+        newest ``max_history``."""
+        kind = event["type"]
+        if kind in ("conversation.item.done", "response.output_item.done"):
+            item = event["item"]
+            self.items[item["id"]] = item
+            self.items.move_to_end(item["id"])
+            while len(self.items) > self.conversation.history.maxlen:  # type: ignore[operator]
+                self.items.popitem(last=False)
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            item = self.items.get(event["item_id"])
+            if item is not None:
+                item["content"] = [{"type": "input_audio", "transcript": event["transcript"]}]
 
     async def run(self, messages: AsyncIterator[Message]) -> None:
         """Serve until the client goes away, the writer dies or the client stops reading."""
@@ -100,6 +118,23 @@ class RealtimeSession:
             await self.send(events.event("input_audio_buffer.cleared"))
         elif isinstance(event, wire.ItemCreate):
             await self._add_item(event)
+        elif isinstance(event, wire.ItemDelete):
+            if not conv.forget(event.item_id) and self.items.pop(event.item_id, None) is None:
+                raise InvalidRequest(f"no item {event.item_id!r} in the conversation",
+                                     param="item_id")
+            self.items.pop(event.item_id, None)
+            await self.send(events.event("conversation.item.deleted", item_id=event.item_id))
+        elif isinstance(event, wire.ItemRetrieve):
+            item = self.items.get(event.item_id)
+            if item is None:
+                raise InvalidRequest(f"no item {event.item_id!r} in the conversation",
+                                     param="item_id")
+            await self.send(events.event("conversation.item.retrieved", item=item))
+        elif isinstance(event, wire.ItemTruncate):
+            conv.truncate(event.item_id, event.audio_end_ms)
+            await self.send(events.event("conversation.item.truncated", item_id=event.item_id,
+                                         content_index=event.content_index,
+                                         audio_end_ms=event.audio_end_ms))
         elif isinstance(event, wire.ResponseCreate):
             conv.ask(ask(event.response, conv.intake))
         elif isinstance(event, wire.ResponseCancel):
@@ -139,14 +174,15 @@ class RealtimeSession:
         out: dict[str, Any] = {"id": item_id, "object": "realtime.item", "type": item.type,
                                "status": "completed"}
         if isinstance(item, wire.FunctionCallOutputItem):
-            conv.add_call_output(item.call_id, item.output)
+            conv.add_call_output(item.call_id, item.output, item_id)
             out |= {"call_id": item.call_id, "output": item.output}
         elif isinstance(item, wire.FunctionCallItem):
             call = ToolCall(item.call_id or new_id("call"), item.name, item.arguments)
-            conv.add_call(call)
+            conv.add_call(call, item_id)
             out |= {"call_id": call.call_id, "name": call.name, "arguments": call.arguments}
         else:
-            conv.add_message(item.role, [c for c in map(content, item.content) if c is not None])
+            conv.add_message(item.role, [c for c in map(content, item.content) if c is not None],
+                             item_id)
             out |= {"role": item.role,
                     "content": [p.model_dump(exclude_none=True) for p in item.content]}
         prev = event.previous_item_id

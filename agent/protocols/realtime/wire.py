@@ -206,6 +206,26 @@ class ItemCreate(_Event):
     previous_item_id: str | None = None
 
 
+ItemId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class ItemDelete(_Event):
+    type: Literal["conversation.item.delete"]
+    item_id: ItemId
+
+
+class ItemRetrieve(_Event):
+    type: Literal["conversation.item.retrieve"]
+    item_id: ItemId
+
+
+class ItemTruncate(_Event):
+    type: Literal["conversation.item.truncate"]
+    item_id: ItemId
+    content_index: int = Field(ge=0)
+    audio_end_ms: int = Field(ge=0)
+
+
 MetadataKey = Annotated[str, Field(max_length=64)]
 MetadataValue = Annotated[str, Field(max_length=512)]
 
@@ -244,6 +264,9 @@ ClientEvent = Annotated[
     | AudioCommit
     | AudioClear
     | ItemCreate
+    | ItemDelete
+    | ItemRetrieve
+    | ItemTruncate
     | ResponseCreate
     | ResponseCancel,
     Field(discriminator="type"),
@@ -254,6 +277,9 @@ EVENT_TYPES = (
     "input_audio_buffer.commit",
     "input_audio_buffer.clear",
     "conversation.item.create",
+    "conversation.item.delete",
+    "conversation.item.retrieve",
+    "conversation.item.truncate",
     "response.create",
     "response.cancel",
 )
