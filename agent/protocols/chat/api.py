@@ -6,12 +6,15 @@ that model directly."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
 import json
 import time
+import wave
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -22,10 +25,11 @@ from agent import oneshot
 from agent.engine import ModelRequest
 from agent.errors import InvalidRequest, StreamAgentError, UnknownModel
 from agent.ids import new_id
-from agent.parts import Part, TextDelta, ToolCallDelta, Usage, total_usage
+from agent.parts import AudioChunk, Part, TextDelta, ToolCallDelta, Usage, total_usage
 from agent.protocols.chat.request import Builder, ChatRequest, explain
 from agent.protocols.common import check_containers
 from agent.runtime import Runtime
+from agent.voice import Speech, speak
 
 
 def error(status: int, message: str, type_: str = "invalid_request_error",
@@ -104,15 +108,39 @@ class ChatAPI:
             return error(404, exc.message, code=exc.code, param="model")
         except StreamAgentError as exc:
             return error(400, exc.message, code=exc.code, param=exc.param)
+        try:
+            speech = self._speech(chat)
+        except StreamAgentError as exc:
+            return error(400, exc.message, code=exc.code, param=exc.param)
         if chat.stream:
-            return _SlotStream(self._sse(chat, req), media_type="text/event-stream",
+            return _SlotStream(self._sse(chat, req, speech), media_type="text/event-stream",
                                headers={"Cache-Control": "no-cache"})
         try:
             cut = _Cut()
-            text = "".join([d async for d in self._deltas(chat, req, cut) if isinstance(d, str)])
+            deltas = [d async for d in self._deltas(chat, req, cut, speech)]
         except StreamAgentError as exc:
             return error(status_of(exc), exc.message, exc.type, exc.code, exc.param)
-        return JSONResponse(_completion(chat.model, text, cut))
+        text = "".join(d for d in deltas if isinstance(d, str))
+        heard = [d for d in deltas if isinstance(d, AudioChunk)]
+        reply = _completion(chat.model, text, cut)
+        if speech is not None and chat.audio is not None:
+            reply["choices"][0]["message"] |= {"content": None, "audio": spoken_audio(
+                heard, chat.audio.format, speech.rate)}
+        return JSONResponse(reply)
+
+    def _speech(self, chat: ChatRequest) -> Speech | None:
+        """``modalities: ["text", "audio"]``: the answer spoken in ``audio.voice``, as WAV or
+        raw PCM16 (a stream: PCM16 only, as OpenAI's)."""
+        if "audio" not in (chat.modalities or []):
+            return None
+        if chat.audio is None:
+            raise InvalidRequest("modalities includes audio: say how in audio "
+                                 "({\"voice\": …, \"format\": …})", param="audio")
+        formats = ("pcm16",) if chat.stream else ("wav", "pcm16")
+        if chat.audio.format not in formats:
+            raise InvalidRequest(f"audio.format {chat.audio.format!r} is not served here; "
+                                 f"use {' or '.join(formats)}", param="audio.format")
+        return Speech(self.runtime.voice(chat.audio.voice_name()), on=True)
 
     def _answer(self, name: str, req: ModelRequest) -> AsyncGenerator[Part, None]:
         """The same rule as every protocol: a profile answers through its handlers, a model
@@ -123,15 +151,21 @@ class ChatAPI:
         return self.runtime.pool.stream(name, req)
 
     async def _deltas(self, chat: ChatRequest, req: ModelRequest, ended: _Cut,
-                      ) -> AsyncIterator[str | ToolCallDelta]:
+                      speech: Speech | None = None,
+                      ) -> AsyncIterator[str | ToolCallDelta | AudioChunk]:
         """The answer's text, cut before the first stop string (which ends generation and
         makes the finish reason ``stop``, whatever the engine reports as it stops). The
         answer's ``Usage`` parts are collected in ``ended``."""
         stops = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or [])
         hold = max((len(s) for s in stops), default=1) - 1
         pending = ""
-        async with contextlib.aclosing(self._answer(chat.model, req)) as stream:
+        answer = self._answer(chat.model, req)
+        if speech is not None:  # speak's stream is an async generator: it closes
+            answer = cast(AsyncGenerator[Part, None], speak(answer, speech))
+        async with contextlib.aclosing(answer) as stream:
             async for part in stream:
+                if isinstance(part, AudioChunk):
+                    yield part
                 if isinstance(part, Usage):
                     ended.usage.append(part)
                 elif isinstance(part, ToolCallDelta) and not part.server:
@@ -151,8 +185,9 @@ class ChatAPI:
         if pending:
             yield pending
 
-    async def _sse(self, chat: ChatRequest, req: ModelRequest) -> AsyncIterator[str]:
-        cid, created = new_id("chatcmpl"), int(time.time())
+    async def _sse(self, chat: ChatRequest, req: ModelRequest,
+                   speech: Speech | None = None) -> AsyncIterator[str]:
+        cid, created, audio_id = new_id("chatcmpl"), int(time.time()), new_id("audio")
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created,
@@ -165,9 +200,17 @@ class ChatAPI:
         try:
             yield chunk(choice({"role": "assistant", "content": ""}))
             cut = _Cut()
-            async for delta in self._deltas(chat, req, cut):
-                yield chunk(choice({"content": delta} if isinstance(delta, str) else
-                                   {"tool_calls": [tool_call(delta)]}))
+            async for delta in self._deltas(chat, req, cut, speech):
+                if isinstance(delta, AudioChunk):  # spoken: the words come as its transcript
+                    yield chunk(choice({"audio": {
+                        "id": audio_id, "data": base64.b64encode(delta.pcm16).decode(),
+                        "transcript": delta.transcript,
+                        "expires_at": created + AUDIO_KEPT_S}}))
+                elif isinstance(delta, str):
+                    if speech is None:
+                        yield chunk(choice({"content": delta}))
+                else:
+                    yield chunk(choice({"tool_calls": [tool_call(delta)]}))
             yield chunk(choice({}, cut.finish_reason()))
             if chat.stream_options is not None and chat.stream_options.include_usage:
                 yield chunk([], usage=cut.wire_usage())
@@ -288,3 +331,24 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
         if len(body) > limit:
             return None
     return bytes(body)
+
+
+AUDIO_KEPT_S = 3600
+"""``audio.expires_at``: an answer's audio id may be referred to this long (OpenAI's: one
+hour); the server keeps nothing, the client sends the transcript back as text."""
+
+
+def spoken_audio(chunks: list[AudioChunk], fmt: str, rate: int) -> dict[str, Any]:
+    """A whole spoken answer as ``message.audio``: WAV (mono 16-bit) or raw PCM16."""
+    pcm = b"".join(c.pcm16 for c in chunks)
+    if fmt == "wav":
+        out = io.BytesIO()
+        with wave.open(out, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(pcm)
+        pcm = out.getvalue()
+    return {"id": new_id("audio"), "data": base64.b64encode(pcm).decode(),
+            "expires_at": int(time.time()) + AUDIO_KEPT_S,
+            "transcript": "".join(c.transcript for c in chunks).strip()}

@@ -90,6 +90,20 @@ class FunctionSpec(_M):
         default_factory=lambda: {"type": "object", "properties": {}})
 
 
+class _VoiceId(_M):
+    id: str = Field(max_length=64)
+
+
+class ChatAudio(_M):
+    """``audio`` with ``modalities: ["text", "audio"]``: the voice and the format."""
+
+    voice: Annotated[str, Field(max_length=64)] | _VoiceId = "alloy"
+    format: Literal["wav", "pcm16", "mp3", "flac", "opus", "aac"] = "wav"
+
+    def voice_name(self) -> str:
+        return self.voice if isinstance(self.voice, str) else self.voice.id
+
+
 class ChatTool(_M):
     type: Literal["function"]
     function: FunctionSpec
@@ -123,6 +137,8 @@ class ChatRequest(_M):
     """Up to 4 sequences, as in OpenAI's API (each is looked for in every delta)."""
     n: Literal[1] = 1
     stream_options: StreamOptions | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: ChatAudio | None = None
     tools: Annotated[list[ChatTool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedChoice | None = None
     parallel_tool_calls: bool = True
