@@ -76,3 +76,13 @@ async def test_truncate_keeps_what_was_heard_of_a_spoken_answer() -> None:
                            "content_index": 0, "audio_end_ms": 100})
         assert (await client.error())["param"] == "item_id"
         await client.close()
+
+
+async def test_a_voice_for_one_response_is_refused_by_name() -> None:
+    async with running(fake_runtime(tokens=2, plugins=(flite,))) as address:
+        client = await Client.connect(f"{address.ws}/v1/realtime?model=default")
+        await client.send({"type": "response.create", "response": {
+            "audio": {"output": {"voice": "ash"}}}})
+        error = await client.error()
+        assert error["param"] == "response.audio" and "session.audio.output" in error["message"]
+        await client.close()

@@ -276,6 +276,9 @@ def ask(params: wire.ResponseParams | None, intake: Intake) -> Ask:
     """A ``response.create`` as a question (``response.input``: its own context)."""
     if params is None:
         return Ask()
+    if params.audio is not None:
+        raise InvalidRequest("a voice or audio format for one response is not served: set "
+                             "them in session.audio.output", param="response.audio")
     return Ask(instructions=params.instructions or None, metadata=params.metadata,
                remember=params.conversation != "none",
                context=None if params.input is None else own_context(params.input, intake),

@@ -246,6 +246,8 @@ class ResponseParams(_Model):
     parallel_tool_calls: bool | None = None
     output_modalities: Modalities | None = None
     """This response in text or spoken, whatever the session's."""
+    audio: Any = None
+    """A voice or format for one response: refused (``session.audio.output`` sets them)."""
 
 
 class ResponseCreate(_Event):
