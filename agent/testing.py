@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from agent.config import Config, ModelConfig, ProfileConfig
 from agent.engine import ModelRequest, ThreadedEngine
+from agent.errors import ConfigError
 from agent.handler import Handler, Question
 from agent.hookspecs import hookimpl
 from agent.media import Window
@@ -58,6 +59,11 @@ class FakeEngine(ThreadedEngine):
     def generate(self, request: ModelRequest,
                  cancelled: threading.Event) -> Iterator[str | Part]:
         self.requests.append(request)
+        adapter = request.options.get("lora")
+        if adapter and adapter not in (self.config.options.get("lora") or {}):
+            # as the vLLM engine: an adapter the model does not have is refused
+            raise ConfigError(f"model {self.name!r} has no LoRA adapter {adapter!r}; adapters: "
+                              f"{sorted(self.config.options.get('lora') or {})}")
         self.active += 1
         tokens = int(request.options.get("tokens", self.tokens))
         limit = int(request.options.get("max_new_tokens", tokens))  # as a real engine stops

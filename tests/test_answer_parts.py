@@ -126,7 +126,8 @@ def test_a_function_call_is_a_chat_tool_call(stream: bool) -> None:
 async def test_response_options_travel_with_the_request_not_in_ambient_state() -> None:
     """A question's cap and adapter reach the model call made for it; another handler's call
     made at the same time, with the session's options, is not affected."""
-    engine = FakeEngine("fake", ModelConfig(engine="fake", options={"tokens": 9}))
+    engine = FakeEngine("fake", ModelConfig(engine="fake", options={
+        "tokens": 9, "lora": {"x": "/adapters/x"}}))
     pool = LocalPool({"fake": engine})
     await pool.start()
     ctx = HandlerContext(pool, "fake")

@@ -340,7 +340,9 @@ async def test_lora_requests_stick_to_the_replica_that_has_the_adapter(cluster: 
     request for one adapter lands on the replica that served it first."""
     app = serve.deployment(ModelServer, name="lora", num_replicas=2,
                            ray_actor_options={"num_cpus": 0}, **FAST_SHUTDOWN)
-    serve.run(app.bind("lora", {"engine": "fake", "options": {"tokens": 1}}, FakeEngine),
+    adapters = {"a": "/adapters/a", "b": "/adapters/b"}
+    serve.run(app.bind("lora", {"engine": "fake", "options": {"tokens": 1, "lora": adapters}},
+                       FakeEngine),
               name="lora", route_prefix="/models/lora")
     pool = RayPool(["lora"])
     for adapter in ("a", "b"):
