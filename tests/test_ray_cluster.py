@@ -137,6 +137,9 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, i
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps every address on 127.0.0.1
            "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "agent.ray.proxy:middlewares",
            "RAY_metrics_report_interval_ms": "1000",  # Ray's export, every second (10 s)
+           # every node, as docs/deploy-ray.md advises: Serve's controller sees a lost node's
+           # replica dead about 0.8 s sooner (it tells live windows there is none running)
+           **GATEWAY_ENV,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                        os.environ.get("PYTHONPATH")]))}
     with pytest.MonkeyPatch.context() as environ:  # restored when the module is done
@@ -318,10 +321,10 @@ def test_live_windows_of_a_lost_node_are_answered_or_told(
     """A live session on the "live" model; the node of its replica is removed during a live
     answer, or between two (the camera paused), and no other node can host the model until a
     node is added. Every window shown is answered or told: an ``error`` event naming the
-    model and the window for each lost one (the first within 2 s of the loss on a quiet
-    machine; the call's 20 s deadline is not what tells), ``windows_superseded`` for those a
-    newer window replaced, and the first answer after the model is back counts the lost ones
-    in ``windows_lost``."""
+    model and the window for each lost one (the first 0.8-2.5 s after the loss here; the
+    call's 20 s deadline is not what tells), ``windows_superseded`` for those a newer window
+    replaced, and the first answer after the model is back counts the lost ones in
+    ``windows_lost``."""
     cluster, host, loop = deployed
     client = loop.run(Client.connect(f"ws://{host}/v1/realtime?model=live"))
     feed = LiveFeed(client)
@@ -375,7 +378,7 @@ def test_live_windows_of_a_lost_node_are_answered_or_told(
           f"came back {max(gaps, default=0):.3f} s; {len(failed)} windows lost, "
           f"{superseded} superseded in the session; node added -> answered "
           f"{first[0] - back:.3f} s")
-    assert told_s < 10.0, told_s  # about 1.3 s on a quiet machine (20 s: the call's deadline)
+    assert told_s < 10.0, told_s  # 0.8-2.5 s measured (20 s: the call's deadline); generous
 
 
 def test_unhealthy_engine_is_replaced(deployed: tuple[Cluster, str, ClientLoop]) -> None:

@@ -219,3 +219,34 @@ async def test_a_live_call_no_replica_can_take_fails_before_its_deadline() -> No
             _ = [p async for p in pool.stream("m", ModelRequest(live=live))]
         assert (pool.replicas.asked > 0) == live, (running, live)
         assert [c.cancelled for c in pool.handles["m"].calls] == [True]
+
+
+async def test_serve_replicas_asks_the_controller_once_for_every_waiting_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Running replicas per model, from ``serve.status()``: one question for many callers; a
+    failed or stale answer is unknown (``None``), never 0."""
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    from agent.ray import pool
+
+    asked: list[int] = []
+
+    def status() -> Any:
+        asked.append(1)
+        if len(asked) > 1:
+            raise RuntimeError("the controller is gone")
+        states = {"m": {"STARTING": 1}, "n": {"RUNNING": 2, "STOPPING": 1}}
+        return SimpleNamespace(applications={
+            name: SimpleNamespace(deployments={name: SimpleNamespace(replica_states=s)})
+            for name, s in states.items()})
+
+    monkeypatch.setattr(serve, "status", status)
+    replicas = pool.ServeReplicas()
+    assert replicas.known("m") is None
+    got = await asyncio.gather(*(replicas.running(m) for m in ("m", "n", "nowhere")))
+    assert got == [0, 2, None] and len(asked) == 1
+    replicas._asked_at = replicas._answered_at = -1e9  # long ago: asked again, and it fails
+    assert await replicas.running("m") is None and len(asked) == 2
+    await replicas.close()

@@ -22,6 +22,7 @@ from agent.config import ModelConfig
 from agent.engine import Engine, ModelRequest
 from agent.errors import ConfigError, EngineError
 from agent.heap import HeapTrimmer
+from agent.options import check_options
 from agent.parts import Part
 from agent.pool import guarded_stream, healthy, scheduler_for
 from agent.ray.hop import PackedRequest, batches, unpack
@@ -50,6 +51,7 @@ class ModelServer:
                 raise ConfigError(f"model {name!r} uses engine {config.engine!r}; engines "
                                   f"installed in this replica: {sorted(kinds)}")
             engine_cls = kinds[config.engine]
+        check_options(engine_cls.options_model, config.options, f"models.{name}.options")
         self.name = name
         self.stream_interval_s = stream_interval_s
         self.adapters: list[str] = []
