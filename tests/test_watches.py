@@ -334,6 +334,27 @@ async def test_a_gemini_client_hears_a_firing_as_a_model_turn() -> None:
         assert text == 'watch "dark": Dark?'
 
 
+async def test_a_gemini_client_gets_a_tool_firing_as_a_tool_call() -> None:
+    async with running(fake_runtime(plugins=(JudgePlugin(),))) as address, \
+            websockets.connect(f"{address.ws}{GEMINI}", max_size=None) as ws:
+        await ws.send(json.dumps({"setup": {
+            "model": "models/judge", "tools": [{"functionDeclarations": [
+                {"name": "lights_on", "description": "Turns the lights on"}]}],
+            "streamagent": {"sample_fps": 10, "watches": [
+                {"id": "dark", "condition": "Dark?", "confirm_windows": 1,
+                 "tool": "lights_on"}]}}}))
+        assert json.loads(await ws.recv()) == {"setupComplete": {}}
+        for i, color in enumerate(["white", "black"]):
+            await ws.send(json.dumps({"realtimeInput": {"mediaChunks": [
+                {"mimeType": "image/jpeg",
+                 "data": base64.b64encode(jpeg_bytes(color=color)).decode()}]}}))
+            await asyncio.sleep(0.2 * (i + 1))
+        message = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        (call,) = message["toolCall"]["functionCalls"]
+        assert call["name"] == "lights_on" and call["id"]
+        assert call["args"]["watch"] == "dark" and call["args"]["what"] == 'watch "dark": Dark?'
+
+
 # --- end to end on the embedded default ---------------------------------------------------
 
 SCREENS = ["", "EXIT", "EXIT", "EXIT", "", "", "EXIT", "EXIT", "EXIT", ""]
