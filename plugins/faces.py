@@ -9,8 +9,25 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from agent import Handler, ModelConfig, ModelRequest, Question, ThreadedEngine, Window, hookimpl
+from agent import (
+    Handler,
+    ModelConfig,
+    ModelRequest,
+    Options,
+    Question,
+    ThreadedEngine,
+    Window,
+    hookimpl,
+)
+
+
+class HaarOptions(Options):
+    """``models.NAME.options`` of a ``haar-faces`` model."""
+
+    min_neighbors: int = Field(default=5, ge=0)
+    """Detections that must overlap to count as a face (more: fewer false faces)."""
 
 
 class HaarFaceEngine(ThreadedEngine):
@@ -20,10 +37,11 @@ class HaarFaceEngine(ThreadedEngine):
     thread gets its own."""
 
     kind = "haar-faces"
+    options_model = HaarOptions
     parallel = True  # one cascade per worker thread, one worker per core
 
     def load(self) -> None:
-        self.min_neighbors = int(self.config.options.get("min_neighbors", 5))
+        self.min_neighbors = HaarOptions.of(self.config.options).min_neighbors
         self.cascade()  # load once now: a missing cascade fails at start-up
 
     def cascade(self) -> Any:
@@ -77,6 +95,7 @@ class FacesHandler(Handler):
     """Live: speaks when a face appears, leaves, or the number of faces changes."""
 
     name = "faces"
+    options_model = Options  # none
     modality = "image"
     default_model = "faces"
     gated = True

@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from agent import (
     AUDIO_RATE,
@@ -19,6 +20,7 @@ from agent import (
     Handler,
     ModelConfig,
     ModelRequest,
+    Options,
     Part,
     Question,
     Segmenter,
@@ -39,6 +41,7 @@ class PocketSphinxEngine(Engine):
     """
 
     kind = "pocketsphinx"
+    options_model = Options  # none
 
     def default_workers(self) -> int:
         return os.cpu_count() or 1
@@ -96,22 +99,31 @@ def _decode(pcm: bytes) -> list[str]:
     return hyp.hypstr.split() if hyp is not None else []
 
 
+class SpeechOptions(Options):
+    """``handlers.speech.options``: how voice activity cuts utterances."""
+
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    """Speech probability (per 32 ms) that counts as speech."""
+    min_silence_s: float = Field(default=0.5, gt=0)
+    """Silence that ends an utterance."""
+    max_utterance_s: float = Field(default=20.0, gt=0)
+    """An utterance this long ends here."""
+
+
 class SpeechHandler(Handler):
     """Live: one response per utterance, with what was said. Asked: what was said last."""
 
     name = "speech"
+    options_model = SpeechOptions
     modality = "audio"
     default_model = "asr"
     feed_off_loop = True  # the VAD runs for every 32 ms of audio
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        opts = self.ctx.options
-        self.segmenter = Segmenter(
-            threshold=float(opts.get("threshold", 0.5)),
-            min_silence_s=float(opts.get("min_silence_s", 0.5)),
-            max_utterance_s=float(opts.get("max_utterance_s", 20.0)),
-        )
+        opts = SpeechOptions.of(self.ctx.options)
+        self.segmenter = Segmenter(threshold=opts.threshold, min_silence_s=opts.min_silence_s,
+                                   max_utterance_s=opts.max_utterance_s)
         self.last_utterance: Utterance | None = None
         self.last_text: str | None = None
 

@@ -5,19 +5,35 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from agent import (
     Handler,
     ModelConfig,
     ModelRequest,
+    Options,
     Question,
     ThreadedEngine,
     Window,
     hookimpl,
 )
+
+
+class RapidOCROptions(Options):
+    """``models.NAME.options`` of a ``rapidocr`` model."""
+
+    min_score: float = Field(default=0.5, ge=0, le=1)
+    """Lines read with less confidence are dropped."""
+    det_limit_side_len: int = Field(default=480, ge=32)
+    """Detection scales the frame's longer side (``max``) or shorter side (``min``) to this."""
+    det_limit_type: Literal["max", "min"] = "max"
+    use_cls: bool = False
+    """The text-direction classifier (only for upside-down text)."""
+    threads: int = Field(default=1, ge=1)
+    """onnxruntime threads per RapidOCR instance (one instance per worker thread)."""
 
 
 class RapidOCREngine(ThreadedEngine):
@@ -33,6 +49,7 @@ class RapidOCREngine(ThreadedEngine):
     """
 
     kind = "rapidocr"
+    options_model = RapidOCROptions
     parallel = True  # one RapidOCR per worker thread, one worker per core
 
     def load(self) -> None:
@@ -40,14 +57,14 @@ class RapidOCREngine(ThreadedEngine):
             from rapidocr import RapidOCR
         except ImportError as exc:  # pragma: no cover - a dependency of streamagent
             raise RuntimeError("the rapidocr engine needs: pip install 'rapidocr>=3'") from exc
-        opts = self.config.options
-        self.min_score = float(opts.get("min_score", 0.5))
+        opts = RapidOCROptions.of(self.config.options)
+        self.min_score = opts.min_score
         self.params = {
             "Global.log_level": "warning",
-            "Global.use_cls": bool(opts.get("use_cls", False)),
-            "Det.limit_side_len": int(opts.get("det_limit_side_len", 480)),
-            "Det.limit_type": str(opts.get("det_limit_type", "max")),
-            "EngineConfig.onnxruntime.intra_op_num_threads": int(opts.get("threads", 1)),
+            "Global.use_cls": opts.use_cls,
+            "Det.limit_side_len": opts.det_limit_side_len,
+            "Det.limit_type": opts.det_limit_type,
+            "EngineConfig.onnxruntime.intra_op_num_threads": opts.threads,
         }
         self._make = RapidOCR
         self.reader()  # load once now: a broken install fails at start-up
@@ -94,6 +111,7 @@ class TextInViewHandler(Handler):
     """Live: says the text in view whenever it changes. Asked: says what text is in view."""
 
     name = "text_in_view"
+    options_model = Options  # none
     modality = "image"
     default_model = "ocr"
     gated = True

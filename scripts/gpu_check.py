@@ -5,7 +5,9 @@
 
 It goes through the same engine classes the server uses. Run it on a machine with a GPU and
 the checkpoints reachable (a local directory, or a hub id with network access); it refuses to
-run without CUDA. `tests/test_gpu.py` runs it for every checkpoint named in
+run without CUDA (``--device cpu`` runs it on a CPU, as tests/test_gpu_check.py does with a tiny
+checkpoint). A family whose checkpoints ship their own code (MiniCPM-V/o) runs it, as
+``--trust-remote-code`` would. `tests/test_gpu.py` runs it for every checkpoint named in
 STREAMAGENT_GPU_MODELS ("family=source,family=source").
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 
 import numpy as np
@@ -22,19 +23,23 @@ from PIL import Image, ImageDraw
 
 from agent.config import GenerationConfig, ModelConfig
 from agent.engine import ModelRequest
+from agent.parts import TextDelta
 from agent.plugins import collect, get_plugin_manager
+from agent.runtime import build_engines
 
 
-async def check(family: str, source: str, engine_kind: str, dtype: str) -> dict[str, object]:
+async def check(family: str, source: str, engine_kind: str, dtype: str,
+                device: str = "cuda") -> dict[str, object]:
     import torch
 
-    if not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: the GPU check needs one")
-    kinds = collect(get_plugin_manager()).engines
-    config = ModelConfig(engine=engine_kind, family=family, source=source, device="cuda",
-                         dtype=dtype, trust_remote_code=family.startswith("minicpm"),
+    registry = collect(get_plugin_manager())
+    known = registry.families.get(family)
+    config = ModelConfig(engine=engine_kind, family=family, source=source, device=device,
+                         dtype=dtype, trust_remote_code=bool(known and known.remote_code),
                          generation=GenerationConfig(max_new_tokens=64))
-    engine = kinds[engine_kind](family, config)
+    engine = build_engines({family: config}, registry.engines, registry.families)[family]
     began = time.perf_counter()
     await engine.start()
     load_s = time.perf_counter() - began
@@ -49,14 +54,16 @@ async def check(family: str, source: str, engine_kind: str, dtype: str) -> dict[
     results = []
     for _ in range(3):  # the first includes warm-up; report each
         t0, first, pieces = time.perf_counter(), None, []
-        async for piece in engine.stream(request):
-            first = first or time.perf_counter() - t0
-            pieces.append(piece)
+        async for part in engine.stream(request):
+            if isinstance(part, TextDelta):
+                first = first or time.perf_counter() - t0
+                pieces.append(part.text)
         results.append({"ttft_s": first, "total_s": time.perf_counter() - t0,
                         "text": "".join(pieces)[:120]})
     await engine.close()
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else device
     return {"family": family, "source": source, "engine": engine_kind, "dtype": dtype,
-            "load_s": load_s, "device": torch.cuda.get_device_name(0), "runs": results}
+            "load_s": load_s, "device": name, "runs": results}
 
 
 def main() -> None:
@@ -65,9 +72,10 @@ def main() -> None:
     parser.add_argument("--source", required=True)
     parser.add_argument("--engine", default="transformers")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="cuda")
     parser.add_argument("--out")
     args = parser.parse_args()
-    result = asyncio.run(check(args.family, args.source, args.engine, args.dtype))
+    result = asyncio.run(check(args.family, args.source, args.engine, args.dtype, args.device))
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
@@ -76,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

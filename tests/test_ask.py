@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.tiny import build
 from agent.testing import jpeg_bytes
+from agent.tiny import build
 from tests.media import flite_wav, read_wav, word_video
 
 CLI = [sys.executable, "-m", "agent.cli", "ask"]

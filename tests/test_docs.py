@@ -110,7 +110,8 @@ def test_the_config_example_names_only_real_fields() -> None:
         assert names <= set(model.model_fields), (section, names - set(model.model_fields))
 
 
-@pytest.mark.parametrize("model", [*SECTIONS.values(), config.GenerationConfig],
+@pytest.mark.parametrize("model", [*SECTIONS.values(), config.GenerationConfig,
+                                   config.MemoryConfig],
                          ids=lambda m: m.__name__)
 def test_every_config_field_is_documented(model: type[BaseModel]) -> None:
     text = (ROOT / "docs" / "config.md").read_text() + (ROOT / "docs" / "models.md").read_text()

@@ -302,3 +302,26 @@ async def test_server_tool_names_are_checked(served: tuple[Address, Runtime]) ->
     error = (await client.until("error"))[-1]["error"]
     assert "same name" in error["message"]
     await client.close()
+
+
+async def test_gemini_user_activity_cancels_calls_not_answered(
+        served: tuple[Address, Runtime]) -> None:
+    """A toolCall the client has not answered is cancelled (``toolCallCancellation``) when the
+    user speaks or types first, as Gemini Live does."""
+    address, _ = served
+    url = f"{address.ws}/ws/google.ai.generativelanguage.v1beta.GenerativeService." \
+          "BidiGenerateContent"
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"setup": {"model": "models/tiny", "tools": [
+            {"functionDeclarations": [{"name": "get_weather", "parametersJsonSchema": WEATHER}]}],
+            "toolConfig": {"functionCallingConfig": {"mode": "ANY"}}}}))
+        await ws.recv()
+        await ws.send(json.dumps({"realtimeInput": {"video": {
+            "mimeType": "image/jpeg", "data": PICTURE.split(",", 1)[1]}}}))
+        await ws.send(json.dumps({"clientContent": {"turns": [
+            {"role": "user", "parts": [{"text": "Weather?"}]}], "turnComplete": True}}))
+        (fn,) = (await gemini_until(ws, "toolCall"))["toolCall"]["functionCalls"]
+        await gemini_until(ws, "serverContent")
+        await ws.send(json.dumps({"realtimeInput": {"text": "never mind"}}))
+        cancelled = await gemini_until(ws, "toolCallCancellation")
+        assert cancelled["toolCallCancellation"]["ids"] == [fn["id"]]
