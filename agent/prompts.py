@@ -52,8 +52,12 @@ def tool_specs(request: ModelRequest) -> list[dict[str, Any]] | None:
 
 
 def pictures(request: ModelRequest, modalities: frozenset[str]) -> int:
-    """How many pictures go to the processor with ``request`` (few-shot ones first)."""
-    return len(request.examples) + len(request.images) if "image" in modalities else 0
+    """How many pictures go to the processor with ``request``: few-shot ones, the
+    conversation's, the question's."""
+    if "image" not in modalities:
+        return 0
+    shown = sum(entry.image is not None for entry in request.sequence)
+    return len(request.examples) + shown + len(request.images)
 
 
 class Prompter:
@@ -74,6 +78,13 @@ class Prompter:
     def untemplated(self) -> bool:
         """Whether the family (or the generic question) writes the prompt, not a template."""
         return self.family.prompt is not None or self.style == templates.UNTEMPLATED
+
+    @property
+    def converses(self) -> bool:
+        """Whether the checkpoint reads a conversation of pictures: only a template of typed
+        parts places each picture where it was shown (a plain-string one places one picture,
+        in the first user turn; a prompt-style checkpoint takes one picture and a question)."""
+        return not self.untemplated and self.style == templates.PARTS
 
     def render(self, request: ModelRequest, audio_clips: int = 1) -> Prompt:
         if self.untemplated:

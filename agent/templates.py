@@ -62,6 +62,7 @@ def placeholder(processor: Any, modality: str) -> str | None:
     """The token the processor expands for ``modality`` (``<image>``), if it names one."""
     for owner in (processor, getattr(processor, "tokenizer", None)):
         token = getattr(owner, TOKENS[modality], None)
+        token = getattr(token, "content", token)  # BLIP-2's is an AddedToken
         if isinstance(token, str) and token:
             return token
     return None

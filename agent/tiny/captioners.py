@@ -22,8 +22,9 @@ SIGLIP = dict(model_type="siglip_vision_model", hidden_size=64, intermediate_siz
 """A SigLIP tower: 56-pixel pictures in 14-pixel patches, 16 image tokens."""
 
 
-def _bpe() -> tuple[dict[str, int], list[tuple[str, ...]]]:
-    """The repository's byte-level BPE (the scheme of OPT's, BART's and Llama 3's)."""
+def _bpe() -> tuple[dict[str, int], Any]:
+    """The repository's byte-level BPE (the scheme of OPT's, BART's and Llama 3's): its vocab
+    and merges (pairs; the tokenizer classes take them though typed as strings)."""
     data = json.loads(TOKENIZER.read_text())
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" "))
               for m in data["model"]["merges"]]
@@ -54,7 +55,8 @@ def blip2(out: Path) -> None:
                         unk_token="</s>", pad_token="<pad>", add_bos_token=True)
     processor = Blip2Processor(image_processor=BlipImageProcessor(
         size={"height": 56, "width": 56}), tokenizer=tok, num_query_tokens=8)
-    newline = tok.convert_tokens_to_ids("Ċ")
+    ids_of: Any = tok.convert_tokens_to_ids
+    newline, image = ids_of("Ċ"), ids_of("<image>")
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=newline,
                pad_token_id=tok.pad_token_id)
     text = dict(model_type="opt", vocab_size=len(tok), hidden_size=128, ffn_dim=256,
@@ -67,7 +69,7 @@ def blip2(out: Path) -> None:
                             num_attention_heads=2, encoder_hidden_size=64,
                             vocab_size=len(tok)),
         text_config=text, num_query_tokens=8,
-        image_token_index=tok.convert_tokens_to_ids("<image>"))
+        image_token_index=image)
     _save(Blip2ForConditionalGeneration(config), processor, out, **ids)
 
 
@@ -111,8 +113,9 @@ def florence2(out: Path) -> None:
                 encoder_ffn_dim=256, decoder_ffn_dim=256, max_position_embeddings=1024, **ids)
     vision = dict(depths=[1, 1, 1, 1], embed_dim=[32, 32, 64, 64], num_heads=[1, 1, 2, 2],
                   num_groups=[1, 1, 2, 2], window_size=2, projection_dim=128)
+    # untied (the real ones tie their embeddings): tied random weights only repeat "<s>"
     config = Florence2Config(text_config=text, vision_config=vision,
-                             image_token_id=tok.image_token_id)
+                             image_token_id=tok.image_token_id, tie_word_embeddings=False)
     _save(Florence2ForConditionalGeneration(config), processor, out, **ids)
 
 
@@ -125,9 +128,9 @@ def _gemma_tokenizer() -> Any:
     vocab.update((f"<0x{b:02X}>", 5 + b) for b in range(256))
     for piece in ["\n", "▁", *string.ascii_letters, *string.digits, *string.punctuation]:
         vocab.setdefault(piece, len(vocab))
-    for word in ["▁en", "en", "ap", "tion", "▁answer", "cap", "ocr"]:
+    for word in ["en", "▁en", "ap", "cap", "oc", "ocr"]:
         vocab.setdefault(word, len(vocab))
-    merges = [("e", "n"), ("▁", "en"), ("a", "p"), ("c", "ap"), ("o", "c"), ("oc", "r")]
+    merges: Any = [("e", "n"), ("▁", "en"), ("a", "p"), ("c", "ap"), ("o", "c"), ("oc", "r")]
     return GemmaTokenizer(vocab=vocab, merges=merges)
 
 
@@ -169,7 +172,7 @@ def _llama3_tokenizer() -> Any:
     raw = Tokenizer.from_file(str(TOKENIZER))
     raw.add_special_tokens(LLAMA3)
     bos = "<|begin_of_text|>"
-    raw.post_processor = processors.TemplateProcessing(  # type: ignore[call-arg]
+    raw.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, raw.token_to_id(bos))])
     return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=bos, eos_token="<|eot_id|>",
                                    pad_token="<|finetune_right_pad_id|>",

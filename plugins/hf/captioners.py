@@ -61,11 +61,9 @@ PALIGEMMA_TASKS = {CAPTION: "caption en", OCR: "ocr"}
 
 def paligemma(request: ModelRequest) -> str:
     """PaliGemma: its prefixes (``caption en``, ``ocr``, ``answer en {question}``, or one named
-    as the task, such as ``describe es`` or ``detect cat``). The one ``<image>`` in front is
-    what its processor wants (it expands it and adds the BOS and the newline; without it, it
-    adds them itself and logs a warning on every call)."""
+    as the task, such as ``describe es`` or ``detect cat``), with no ``<image>``: its processor
+    adds the image tokens, the BOS and the newline (transformers' logs a warning that it does;
+    vLLM's would keep a written ``<image>`` as one more image token)."""
     if request.task:
-        prefix = PALIGEMMA_TASKS.get(request.task, request.task)
-    else:
-        prefix = f"answer en {request.prompt or DEFAULT_QUESTION}"
-    return "<image>" + prefix
+        return PALIGEMMA_TASKS.get(request.task, request.task)
+    return f"answer en {request.prompt or DEFAULT_QUESTION}"
