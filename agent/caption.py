@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class CaptionRun:
     skipped: int = 0
     bad: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    loaded: bool = True
+    """Whether the model was loaded (a run with nothing left to caption loads none)."""
 
     @property
     def images_per_s(self) -> float:
@@ -53,7 +56,21 @@ def save(path: Path, captions: dict[str, str], bad: dict[str, str]) -> None:
 
 
 async def caption_folder(engine: Engine, folder: Path, out: Path, prompt: str,
-                         concurrency: int = 16, progress: bool = True) -> CaptionRun:
+                         concurrency: int = 16, progress: bool = True,
+                         start: Callable[[], Awaitable[None]] | None = None) -> CaptionRun:
+    """Caption the pictures of ``folder`` not yet in ``out``; ``start`` (the engine's load)
+    runs once, when the first readable picture needs the model."""
+    loading = asyncio.Lock()
+    started = start is None
+
+    async def ready() -> None:
+        nonlocal started
+        async with loading:
+            if not started:
+                assert start is not None
+                await start()
+                started = True
+
     captions = await asyncio.to_thread(load, out)
     files = await asyncio.to_thread(
         lambda: sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS))
@@ -72,6 +89,7 @@ async def caption_folder(engine: Engine, folder: Path, out: Path, prompt: str,
                 run.bad[key] = f"not a readable image: {exc}"
                 bar.update(1)
                 return
+            await ready()
             text = "".join([t async for t in text_only(engine.stream(
                 ModelRequest(prompt=prompt, images=(image,))))])
         captions[key] = text.strip()
@@ -83,6 +101,7 @@ async def caption_folder(engine: Engine, folder: Path, out: Path, prompt: str,
     try:
         await asyncio.gather(*(one(p) for p in todo))
     finally:
+        run.loaded = started
         run.seconds = time.perf_counter() - began
         save(out, captions, run.bad)
         bar.close()

@@ -435,16 +435,16 @@ def caption(folder: str, output: str, config_path: str | None, model_name: str |
         engine = kinds[model.engine](name, model)
 
         async def go() -> None:
-            await engine.start()
-            try:
+            try:  # the model loads when a picture first needs it: a finished run loads none
                 run = await caption_folder(engine, Path(folder), Path(output), prompt,
-                                           concurrency)
+                                           concurrency, start=engine.start)
             finally:
                 await engine.close()
             click.echo(f"captioned {run.done} images in {run.seconds:.1f} s "
                        f"({run.images_per_s:.2f} images/s); {run.skipped} already done; "
-                       f"{len(run.bad)} bad" + "".join(f"\n  bad: {k}: {v}"
-                                                      for k, v in sorted(run.bad.items())))
+                       f"{len(run.bad)} bad" + ("" if run.loaded else
+                                                 "; nothing to caption: the model was not loaded")
+                       + "".join(f"\n  bad: {k}: {v}" for k, v in sorted(run.bad.items())))
 
         asyncio.run(go())
     except ConfigError as exc:

@@ -164,6 +164,7 @@ def test_caption_a_folder_resumably(tiny: Path, tmp_path: Path) -> None:
     assert list(data["errors"]) == ["broken.jpg"]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert "captioned 0 images" in again.stdout and "6 already done" in again.stdout
+    assert "the model was not loaded" in again.stdout  # a finished run starts no vLLM
 
 
 def test_unsupported_family_and_options_fail_at_start_up(tiny: Path) -> None:
