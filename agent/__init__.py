@@ -5,6 +5,7 @@ from agent import long_audio
 from agent.config import Config, HandlerConfig, ModelConfig, ProfileConfig, ServerConfig
 from agent.engine import (
     Engine,
+    Entry,
     ModelRequest,
     ThreadedEngine,
     Tool,
@@ -32,6 +33,7 @@ from agent.families import (
     media_parts,
     messages,
     pad_frames,
+    sequence_media,
     subsample,
     video_metadata,
 )
@@ -45,6 +47,7 @@ from agent.handler import (
 )
 from agent.hookspecs import hookimpl, hookspec
 from agent.media import AUDIO_RATE, RGB, Audio, Frame, Modality, Window
+from agent.options import Options
 from agent.parts import (
     AudioChunk,
     Part,
@@ -60,6 +63,7 @@ from agent.plugins import installed_families
 from agent.pool import LocalPool, Pool
 from agent.prompts import Prompt, Prompter
 from agent.server_tools import ServerTool, ToolContext, ToolResult
+from agent.timeline import Timeline, content_key, frame_key
 from agent.toolcalls import detect_format
 from agent.vad import Segmenter, Utterance, load_vad
 from agent.voice import Voice
@@ -73,6 +77,7 @@ __all__ = [
     "ConfigError",
     "Engine",
     "EngineError",
+    "Entry",
     "Family",
     "Frame",
     "GENERIC",
@@ -88,6 +93,7 @@ __all__ = [
     "ModelConfig",
     "ModelRequest",
     "Part",
+    "Options",
     "Prompt",
     "Prompter",
     "Pool",
@@ -102,6 +108,7 @@ __all__ = [
     "StreamAgentError",
     "TextDelta",
     "ThreadedEngine",
+    "Timeline",
     "ToolCallDelta",
     "ToolContext",
     "ToolOutput",
@@ -114,11 +121,13 @@ __all__ = [
     "Voice",
     "Window",
     "as_part",
+    "content_key",
     "decoding",
     "detect_format",
     "family_for_type",
     "family_of",
     "fit",
+    "frame_key",
     "hookimpl",
     "hookspec",
     "installed_families",
@@ -129,6 +138,7 @@ __all__ = [
     "media_parts",
     "messages",
     "pad_frames",
+    "sequence_media",
     "subsample",
     "text_only",
     "total_usage",

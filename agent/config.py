@@ -110,6 +110,20 @@ class GenerationConfig(_Config):
     """Beam search when > 1 (text then arrives when the search ends, not token by token)."""
 
 
+class MemoryConfig(_Config):
+    """A session's timeline for one model (``agent.timeline``): its budget, and what a cut
+    keeps. Past either bound, the oldest part goes in one cut, down to ``retention_ratio`` of
+    both."""
+
+    max_frames: int = Field(default=128, ge=2)
+    """Frames (and sounds) the timeline holds; each is kept decoded (640x480: 0.9 MB)."""
+    max_tokens: int = Field(default=16384, ge=64)
+    """Prompt tokens the timeline may take (approximate: counted by the engine at each call,
+    estimated for what came since); keep it under the model's context length."""
+    retention_ratio: float = Field(default=0.5, gt=0, lt=1)
+    """What a cut keeps of both bounds (the newest part); lower: rarer cuts, less memory."""
+
+
 class ModelConfig(_Config):
     engine: str
     """The engine kind that runs it (``rapidocr``, ``transformers``, ``vllm``, ...)."""
@@ -135,6 +149,9 @@ class ModelConfig(_Config):
     """A request running longer than this makes the model unhealthy (``/healthz`` 503)."""
     handlers: list[str] = []
     """Handlers that use this model; they form a profile named after the model."""
+    memory: MemoryConfig = MemoryConfig()
+    """The budget of each session's timeline of this model (``describe``, ``video``,
+    ``listen`` and questions render from it unless a session turns ``memory`` off)."""
     options: dict[str, Any] = {}
 
 

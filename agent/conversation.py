@@ -27,7 +27,7 @@ from agent.response import Response, ResponseSink
 from agent.runtime import Runtime
 from agent.server_tools import ServerTool, ToolContext, answer_with, choose
 from agent.timeline import Memory
-from agent.transcripts import Heard, Listener, Transcriber, Vad
+from agent.transcripts import DEFAULT_TRANSCRIBER, Heard, Listener, Transcriber, Vad
 from agent.voice import Speech, SpeechChange
 from agent.voice import speak as spoken
 from agent.watch_runner import Watches
@@ -175,6 +175,7 @@ class Conversation:
         counts = self.counts()
         await self.media.close()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.options.memory.timelines.clear()  # their frames go now, not with the collector
         log.info("session %s closed: %d frames, %d dropped before decoding, %d refused, "
                  "%d windows, %d dropped by busy handlers, %d skipped as unchanged, "
                  "%d waited for a full model queue", self.id, *counts)
@@ -270,12 +271,11 @@ class Conversation:
         model = change.transcription if change.transcription is not None else (
             old.model if old is not None else "")
         vad = change.vad if change.vad is not UNCHANGED else (old.vad if old else None)
-        if vad is not None and not model:  # a turn is its transcript: the embedded ASR's
-            if "asr" not in self.runtime.pool.names:
-                raise InvalidRequest("server VAD needs a transcription model: set "
-                                     "audio.input.transcription.model",
-                                     param="session.audio.input.turn_detection")
-            model = "asr"
+        if model == DEFAULT_TRANSCRIBER or (vad is not None and not model):
+            # what clients ask by default (OpenAI's model names, server VAD): the embedded
+            # ASR when the pool has it; else hearing stays off, and session.updated says so
+            model = "asr" if "asr" in self.runtime.pool.names else ""
+            vad = vad if model else None
         if model and model not in self.runtime.pool.names:
             raise InvalidRequest(f"no model named {model!r} to transcribe; the pool has "
                                  f"{', '.join(self.runtime.pool.names)}",

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from agent.errors import EngineError, InvalidRequest
-from agent.options import Options
 from agent.media import RGB, Audio
+from agent.options import Options
 from agent.parts import Part, as_part
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent import long_audio, templates
-from agent.engine import ModelRequest
+from agent.engine import Entry, ModelRequest
 from agent.errors import ConfigError
 from agent.media import RGB
 
@@ -162,8 +162,14 @@ def sequence_media(request: ModelRequest, window: int | None) -> ModelRequest:
     if window is None or not any(e.audio is not None and e.audio.size > window
                                  for e in request.sequence):
         return request
-    entries = [replace(e, audio=clip) for e in request.sequence
-               for clip in (long_audio.split(e.audio, window) if e.audio is not None else [None])]
+    entries: list[Entry] = []
+    for entry in request.sequence:
+        clips = long_audio.split(entry.audio, window) if entry.audio is not None else []
+        if len(clips) < 2:
+            entries.append(entry)
+            continue
+        entries += [replace(entry, audio=clip, key=entry.key and f"{entry.key}/{i}")
+                    for i, clip in enumerate(clips)]
     return replace(request, sequence=tuple(entries))
 
 
@@ -220,8 +226,8 @@ def fit(image: RGB, max_pixels: int) -> RGB:
     from PIL import Image
 
     h, w = image.shape[:2]
-    if h * w <= max_pixels:
-        return np.array(image)  # writable: torch warns on read-only arrays
+    if h * w <= max_pixels:  # writable: torch warns on read-only arrays (a decoded frame's);
+        return image if image.flags.writeable else np.array(image)  # a timeline's are
     scale = (max_pixels / (h * w)) ** 0.5
     size = (max(28, int(w * scale)), max(28, int(h * scale)))
     return np.array(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))

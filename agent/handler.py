@@ -18,8 +18,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 from agent import metrics
 from agent.engine import TOOL_CHOICES, ModelRequest, Tool, Turn
 from agent.media import Frame, Modality, Window
+from agent.options import Options
 from agent.parts import Part, text_only
 from agent.pool import Pool
+from agent.timeline import Memory
 
 T = TypeVar("T")
 
@@ -72,6 +74,12 @@ class SessionOptions:
     use them (a question carries its own, in ``Question.options``)."""
 
     response: ResponseOptions = field(default_factory=lambda: ResponseOptions(live=True))
+    instructions: str = ""
+    """The session's instructions (a live response that renders from a timeline starts with
+    them, as questions do, so that both share one prompt prefix)."""
+    memory: Memory = field(default_factory=Memory)
+    """The session's timelines, one per model (``agent.timeline``); off unless a session
+    turns it on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +122,9 @@ class Question:
     history: tuple[Turn, ...] = ()
     options: ResponseOptions | None = None
     """This response's options; ``None``: the session's."""
+    memory: bool = True
+    """Whether the session's timeline may answer it and keep it (``False``: out of band, or
+    with a context of its own)."""
 
     def prompt(self, default: str) -> str:
         """What to ask the model: the question's text, else ``default`` — except when the
@@ -133,6 +144,9 @@ class Handler:
     """The model used when the config names none."""
     enabled_by_default: ClassVar[bool] = True
     """Whether the default profile turns this handler on."""
+    options_model: ClassVar[type[Options] | None] = None
+    """The typed ``handlers.NAME.options`` (unknown keys refused at start-up); ``None``: any
+    keys (agent/options.py)."""
     feed_off_loop: ClassVar[bool] = False
     """Run ``feed`` on a worker thread (in order) when it does real work, such as a VAD."""
     gated: ClassVar[bool] = False

@@ -47,6 +47,11 @@ class Pool(abc.ABC):
         """What ``model`` takes in, once loaded; ``None`` when this pool cannot tell."""
         return None
 
+    def converses(self, model: str) -> bool | None:
+        """Whether ``model`` reads a session's timeline (``Engine.converses``); ``None`` when
+        this pool cannot tell."""
+        return None
+
 
 class LocalPool(Pool):
     """Every engine in the gateway process: the embedded default, no Ray needed."""
@@ -85,6 +90,10 @@ class LocalPool(Pool):
     def modalities(self, model: str) -> frozenset[str] | None:
         engine = self.engines.get(model)
         return engine.modalities if engine is not None else None
+
+    def converses(self, model: str) -> bool | None:
+        engine = self.engines.get(model)
+        return engine.converses if engine is not None else None
 
     def adapters(self, model: str) -> list[str] | None:
         engine = self.engines.get(model)

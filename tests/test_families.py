@@ -77,7 +77,8 @@ async def test_describe_handler_sends_instructions_examples_history_and_frame(
     runtime = Runtime.build(config, get_plugin_manager([FakePlugin(), hf]))
     async with running(runtime) as address:
         client = await Client.connect(address.realtime)
-        await client.send({"type": "session.update", "session": {"instructions": "Be brief."}})
+        await client.send({"type": "session.update", "session": {  # prompted afresh: the
+            "instructions": "Be brief.", "streamagent": {"memory": False}}})  # history's turns
         for question in ("first?", "second?"):
             await client.send(image_event(data_url(jpeg_bytes("x")), text=question))
             await client.send({"type": "response.create"})

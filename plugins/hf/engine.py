@@ -89,11 +89,13 @@ class TransformersEngine(ThreadedEngine):
         if self.family.chat is not None:
             self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
             self.modalities = self.family.modalities or frozenset()
+            self.converses = False  # its chat() takes pictures and a question, not a timeline
         else:
             self.processor = AutoProcessor.from_pretrained(source, trust_remote_code=remote)
             self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
             self.modalities = self.family.modalities or learn_modalities(self.processor)
             self.prompter = Prompter(self.processor, self.family, self.modalities)
+            self.converses = self.prompter.converses
             self.tool_format = detect_format(getattr(self.processor, "chat_template", None)
                                              or getattr(self.tokenizer, "chat_template", None))
         log.info("%s takes %s; tool calls: %s", self.name,

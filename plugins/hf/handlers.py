@@ -21,8 +21,11 @@ from agent import (
     Part,
     Question,
     Segmenter,
+    Timeline,
     Utterance,
     Window,
+    content_key,
+    frame_key,
 )
 
 DESCRIBE = "Describe what you see in one short sentence."
@@ -62,6 +65,48 @@ class _LLMHandler(Handler):
         async for part in self.ctx.stream(request, question.options if question else None):
             yield part
 
+    def memory(self, question: Question | None = None, takes: str = "image") -> Timeline | None:
+        """The session's timeline of this handler's model, when this call renders from it:
+        memory is on, the model reads a conversation of ``takes`` parts, and a question is in
+        band with no function calls in its history (those are prompted as before)."""
+        if question is not None and (not question.memory or any(
+                t.role == "tool" or t.tool_calls for t in question.history)):
+            return None
+        model, pool = self.ctx.model, self.ctx.pool
+        known = pool.modalities(model) if model is not None else None
+        if model is None or pool.converses(model) is False or (
+                known is not None and takes not in known):
+            return None
+        return self.ctx.session.memory.timeline(model)
+
+    async def remembered(self, timeline: Timeline, prompt: str,
+                         question: Question | None = None) -> AsyncIterator[Part]:
+        """The model's answer to ``prompt`` after the whole timeline, which keeps the
+        exchange; the instructions are the question's, or live, the session's."""
+        render = timeline.render(prompt)
+        request = ModelRequest(
+            instructions=question.instructions if question else self.ctx.session.instructions,
+            examples=self.examples, sequence=render.entries)
+        async for part in timeline.exchange(render, prompt, self.stream(request, question)):
+            yield part
+
+
+async def look(timeline: Timeline, frames: list[Frame]) -> None:
+    """Add the frames newer than the timeline's newest (decoded and hashed off the loop; kept
+    writable, so engines need not copy them at every call)."""
+    new = [f for f in frames if f.ts > timeline.newest("image")]
+    seen = await asyncio.to_thread(
+        lambda: [(f.ts, np.array(f.image()), frame_key(f)) for f in new])
+    for ts, image, key in seen:
+        timeline.see(ts, image, key)
+
+
+async def hear(timeline: Timeline, utterance: Utterance) -> None:
+    """Add an utterance, unless the timeline has it (hashed off the loop)."""
+    if utterance.start > timeline.newest("audio"):
+        key = await asyncio.to_thread(content_key, utterance.audio)
+        timeline.hear(utterance.start, utterance.audio, key)
+
 
 class DescribeHandler(_LLMHandler):
     """Live: describes the newest frame of each window. Asked: answers about the newest frame."""
@@ -75,12 +120,22 @@ class DescribeHandler(_LLMHandler):
 
     async def respond(self, work: Window) -> AsyncIterator[Part]:
         assert work.frame is not None
+        if (timeline := self.memory()) is not None:
+            await look(timeline, [work.frame])
+            async for part in self.remembered(timeline, self.prompt):
+                yield part
+            return
         image = await asyncio.to_thread(work.frame.image)
         async for part in self.stream(self.request(self.prompt, images=(image,))):
             yield part
 
     async def answer(self, question: Question) -> AsyncIterator[Part]:
         if question.frame is None:
+            return
+        if (timeline := self.memory(question)) is not None:
+            await look(timeline, [question.frame])
+            async for part in self.remembered(timeline, question.prompt(self.prompt), question):
+                yield part
             return
         image = await asyncio.to_thread(question.frame.image)
         req = self.request(question.prompt(self.prompt), question, images=(image,))
@@ -125,6 +180,11 @@ class VideoHandler(_LLMHandler):
         return images, fps
 
     async def respond(self, work: Window) -> AsyncIterator[Part]:
+        if (timeline := self.memory()) is not None:  # the frames as pictures, in order
+            await look(timeline, [f for _, f in self.frames])
+            async for part in self.remembered(timeline, self.prompt):
+                yield part
+            return
         video, fps = await self._video([f for _, f in self.frames])
         async for part in self.stream(self.request(self.prompt, video=video, video_fps=fps)):
             yield part
@@ -132,6 +192,11 @@ class VideoHandler(_LLMHandler):
     async def answer(self, question: Question) -> AsyncIterator[Part]:
         frames = list(question.frames) or [f for _, f in self.frames]
         if not frames:
+            return
+        if (timeline := self.memory(question)) is not None:
+            await look(timeline, frames)
+            async for part in self.remembered(timeline, question.prompt(self.prompt), question):
+                yield part
             return
         video, fps = await self._video(frames)
         req = self.request(question.prompt(self.prompt), question, video=video, video_fps=fps)
@@ -195,10 +260,21 @@ class ListenHandler(_LLMHandler):
         return [Utterance(start, start + audio.size / AUDIO_RATE, audio)]
 
     async def respond(self, work: Utterance) -> AsyncIterator[Part]:
+        if (timeline := self.memory(takes="audio")) is not None:
+            await hear(timeline, work)
+            async for part in self.remembered(timeline, self.prompt):
+                yield part
+            return
         async for part in self.stream(self.request(self.prompt, audio=work.audio)):
             yield part
 
     async def answer(self, question: Question) -> AsyncIterator[Part]:
+        timeline = self.memory(question, takes="audio")
+        if timeline is not None and self.last is not None:  # what was heard last, and before
+            await hear(timeline, self.last)
+            async for part in self.remembered(timeline, question.prompt(self.prompt), question):
+                yield part
+            return
         if self.last is not None:
             audio = self.last.audio
         elif self.recent:

@@ -29,7 +29,7 @@ from agent.protocols.gemini.speech import audio_messages, speech_change, transcr
 from agent.protocols.outbox import Outbox, serve
 from agent.response import Response, ResponseSink
 from agent.runtime import Runtime
-from agent.transcripts import Heard, Listener
+from agent.transcripts import DEFAULT_TRANSCRIBER, Heard, Listener
 
 log = logging.getLogger(__name__)
 CLOSE_INVALID = 1007
@@ -192,7 +192,8 @@ class GeminiSession:
             instructions=instructions, audio_rate=self.rate, tools=tools,
             tool_choice=gemini_choice(pick(setup, "toolConfig"), tools),
             speech=speech_change(setup),
-            transcription="asr" if pick(setup, "inputAudioTranscription") is not None else None))
+            transcription=DEFAULT_TRANSCRIBER if pick(setup, "inputAudioTranscription")
+            is not None else None))
 
     async def _apply(self, conv: Conversation, msg: dict[str, Any]) -> None:
         realtime, content = pick(msg, "realtimeInput"), pick(msg, "clientContent")
