@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import statistics
 import tempfile
 import time
@@ -34,7 +33,8 @@ from agent.runtime import Runtime
 from agent.testing import jpeg_bytes
 from agent.tiny import build
 from agent.uvicorn_server import running
-from benchmarks.run import ROOT, machine
+from benchmarks.docs import write_block
+from benchmarks.run import machine
 
 TOKENS = 128
 SECONDS = 10
@@ -160,13 +160,5 @@ nothing about GPUs, which `scripts/gpu_bench.py` measures (no GPU figures are re
 
 if __name__ == "__main__":
     res = asyncio.run(main())
-    path = ROOT / "docs" / "performance.md"
-    text = path.read_text()
     block = section(res)
-    if "<!-- bench:engines -->" in text:
-        text = re.sub(r"<!-- bench:engines -->.*<!-- /bench:engines -->", block, text,
-                      flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    print("written to docs/performance.md")
+    write_block("engines", block)

@@ -40,7 +40,8 @@ from agent.runtime import Runtime
 from agent.testing import jpeg_bytes
 from agent.tiny import build
 from agent.uvicorn_server import running
-from benchmarks.run import ROOT, machine
+from benchmarks.docs import write_block
+from benchmarks.run import machine
 
 FAMILIES = ("qwen2.5-vl", "qwen3-vl")
 TOKENS = 4
@@ -226,16 +227,7 @@ async def main(seconds: int, engines: list[str]) -> str:
 
 
 def write(block: str) -> None:
-    path = ROOT / "docs" / "performance.md"
-    text = path.read_text()
-    if "<!-- bench:memory -->" in text:
-        text = re.sub(r"<!-- bench:memory -->.*<!-- /bench:memory -->", lambda _: block, text,
-                      flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    print("written to docs/performance.md")
-
+    write_block("memory", block)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

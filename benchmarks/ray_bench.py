@@ -29,6 +29,7 @@ from agent.pool import LocalPool, Pool
 from agent.runtime import Runtime, build_engines
 from agent.testing import FakeEngine, FakePlugin
 from agent.uvicorn_server import running
+from benchmarks.docs import write_block
 from benchmarks.run import ROOT, camera_frames, machine, stream
 
 CALLS = 200
@@ -250,12 +251,5 @@ default; the first delta is never held back).
 if __name__ == "__main__":
     res = asyncio.run(main())
     print(res)
-    path = ROOT / "docs" / "performance.md"
-    text = path.read_text()
     block = section(res)
-    if "<!-- bench:ray -->" in text:
-        text = re.sub(r"<!-- bench:ray -->.*<!-- /bench:ray -->", block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    print("written to docs/performance.md")
+    write_block("ray", block)

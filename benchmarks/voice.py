@@ -33,7 +33,8 @@ from agent.runtime import Runtime
 from agent.testing import EchoHandler
 from agent.uvicorn_server import running
 from agent.voice import Speech, render
-from benchmarks.run import ROOT, machine
+from benchmarks.docs import write_block
+from benchmarks.run import machine
 from plugins import flite
 from plugins.speech import _decode
 
@@ -178,15 +179,7 @@ async def main() -> None:
         print(key, {k: round(x, 3) for k, x in r.items()}, flush=True)
     lags = await in_session()
     print("sentence end -> first audio delta (ms):", [round(x) for x in lags], flush=True)
-    path = ROOT / "docs" / "performance.md"
-    text, block = path.read_text(), section(results, lags, load)
-    if "<!-- bench:voice -->" in text:
-        text = re.sub(r"<!-- bench:voice -->.*<!-- /bench:voice -->", lambda _: block, text,
-                      flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    print("written to docs/performance.md")
+    write_block("voice", section(results, lags, load))
 
 
 if __name__ == "__main__":

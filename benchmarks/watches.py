@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import statistics
 import tempfile
 import time
@@ -40,7 +39,8 @@ from agent.testing import FONT
 from agent.tiny import build
 from agent.watch_runner import Watches
 from agent.watches import Watch, resolve
-from benchmarks.run import ROOT, machine
+from benchmarks.docs import write_block
+from benchmarks.run import machine
 from plugins.hf.handlers import DESCRIBE
 
 COUNTS = (1, 4, 16)
@@ -184,14 +184,6 @@ over, not these milliseconds.
 
 if __name__ == "__main__":
     res = asyncio.run(main())
-    path = ROOT / "docs" / "performance.md"
-    text = path.read_text()
     block = section(res)
-    if "<!-- bench:watches -->" in text:
-        text = re.sub(r"<!-- bench:watches -->.*<!-- /bench:watches -->", block, text,
-                      flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    write_block("watches", block)
     print(block)
-    print("written to docs/performance.md")
