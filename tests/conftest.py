@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -25,6 +26,17 @@ def embedded() -> Iterator[Address]:
     runtime = Runtime.build(Config(), get_plugin_manager())
     with ServerThread(runtime) as address:
         yield address
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """For tests that run ``serve``, which sets up logging (the root logger's handlers): put
+    them back after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def need(tool: str) -> str:

@@ -3,9 +3,6 @@ every command that runs a model, engines as a choice, the served model's name.""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 import click
 import pytest
 from click.testing import CliRunner
@@ -67,15 +64,6 @@ def test_served_model_name_names_the_model_and_its_profile() -> None:
     unnamed = with_flag_model(Config(), model, "describe")
     assert list(unnamed.models) == ["default-model"]
 
-
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """``serve`` sets up logging (the root logger's handlers): put them back after."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def test_served_model_name_goes_with_source(root_logging: None) -> None:

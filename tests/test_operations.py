@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -66,14 +65,6 @@ async def test_a_port_clash_fails_at_once_not_after_the_models_load() -> None:
             await asyncio.wait_for(serve_forever(runtime, announce=False), 10)
         assert time.monotonic() - began < 2
 
-
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def test_log_lines_carry_the_date_and_milliseconds_or_are_json(
