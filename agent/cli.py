@@ -305,6 +305,9 @@ def stream(path: str, url: str, api_key: str | None, speed: float, send_fps: flo
 @click.option("--confirm-windows", type=click.IntRange(1, 30), default=None,
               help="Windows in a row a condition must hold before it fires [server's "
                    "default: 1, or 2 for --condition].")
+@click.option("--webhook", default=None, metavar="URL",
+              help="Also POST each firing as JSON to URL (the server must allow webhooks: "
+                   "server.webhooks).")
 @click.option("--server", default=DEFAULT_URL, show_default=True, metavar="URL",
               help="Realtime endpoint.")
 @click.option("--api-key", envvar="STREAMAGENT_API_KEY", default=None,
@@ -321,9 +324,9 @@ def stream(path: str, url: str, api_key: str | None, speed: float, send_fps: flo
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per firing.")
 def watch(source: str, text_contains: tuple[str, ...], face: tuple[str, ...],
           speech_contains: tuple[str, ...], condition: tuple[str, ...], model: str | None,
-          cooldown_s: float | None, confirm_windows: int | None, server: str,
-          api_key: str | None, speed: float, send_fps: float, sample_fps: float, idle: float,
-          as_json: bool) -> None:
+          cooldown_s: float | None, confirm_windows: int | None, webhook: str | None,
+          server: str, api_key: str | None, speed: float, send_fps: float, sample_fps: float,
+          idle: float, as_json: bool) -> None:
     """Watch a video or audio file, or a stream URL (rtsp://, http://, ...), for what the
     flags name, and print each firing: its window of media time, the watch and what fired.
 
@@ -350,7 +353,7 @@ def watch(source: str, text_contains: tuple[str, ...], face: tuple[str, ...],
         raise click.UsageError("--model goes with --condition")
     flags = {"text_contains": text_contains, "face": face,
              "speech_contains": speech_contains, "condition": condition}
-    watches = watch_specs(flags, model, cooldown_s, confirm_windows)
+    watches = watch_specs(flags, model, cooldown_s, confirm_windows, webhook)
 
     def show(reply: object) -> None:
         if "streamagent_watch" in reply.metadata:  # type: ignore[attr-defined]
@@ -372,8 +375,10 @@ WATCH_IDS = {"text_contains": "text", "face": "face", "speech_contains": "speech
 
 
 def watch_specs(flags: dict[str, tuple[str, ...]], model: str | None,
-                cooldown_s: float | None, confirm_windows: int | None) -> list[dict[str, Any]]:
-    """``streamagent.watches`` entries for the ``watch`` command's flags (kind to values)."""
+                cooldown_s: float | None, confirm_windows: int | None,
+                webhook: str | None = None) -> list[dict[str, Any]]:
+    """``streamagent.watches`` entries for the ``watch`` command's flags (kind to values),
+    each POSTed to ``webhook`` too when one is given."""
     specs: list[dict[str, Any]] = []
     for kind, values in flags.items():
         for n, value in enumerate(values, 1):
@@ -382,7 +387,8 @@ def watch_specs(flags: dict[str, tuple[str, ...]], model: str | None,
                 raise click.UsageError(f"{name} is given twice")
             spec: dict[str, Any] = {"id": name, kind: value, "cooldown_s": cooldown_s,
                                     "confirm_windows": confirm_windows,
-                                    "model": model if kind == "condition" else None}
+                                    "model": model if kind == "condition" else None,
+                                    "webhook": webhook}
             specs.append({k: v for k, v in spec.items() if v is not None})
     if not specs:
         raise click.UsageError("name something to watch for: --text-contains, --face, "

@@ -88,6 +88,13 @@ class ServerConfig(_Config):
     """Redirects followed per media URL; each target is checked like the first URL."""
     fetch_allow_hosts: list[str] = []
     """Addresses or networks (CIDR) a fetch may reach although they are private or local."""
+    mcp_servers: list[str] = []
+    """URL prefixes of the MCP servers a realtime session may name in a ``{"type": "mcp"}``
+    tool (none: MCP tools are refused). Each URL is checked like a fetch: a host resolving to
+    a private or local address needs ``fetch_allow_hosts`` too."""
+    webhooks: bool = False
+    """Whether watches may POST their firings to a ``webhook`` URL (public addresses only,
+    unless ``fetch_allow_hosts`` lists one)."""
     gemini_setup_timeout_s: float = Field(default=10.0, gt=0)
     """Time a Gemini socket has to send ``setup``; it is then closed with code 1008."""
     voice: str | None = None

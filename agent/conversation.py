@@ -25,13 +25,14 @@ from agent.media import Frame, image_frame
 from agent.parts import Part
 from agent.response import Response, ResponseSink
 from agent.runtime import Runtime
-from agent.server_tools import ServerTool, ToolContext, answer_with, choose
+from agent.server_tools import ServerTool, ToolContext, answer_with, check_names, choose
 from agent.timeline import Memory
 from agent.transcripts import DEFAULT_TRANSCRIBER, Heard, Listener, Transcriber, Vad
 from agent.voice import Speech, SpeechChange
 from agent.voice import speak as spoken
 from agent.watch_runner import Watches
 from agent.watches import Firing, Watch, check_calls, resolve
+from agent.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 Sinks = Callable[[], ResponseSink]
@@ -67,6 +68,8 @@ class Settings:
     speech: SpeechChange | None = None
     server_tools: list[str] | None = None
     """Tools the server runs itself, offered to the model in questions (``[]``: none)."""
+    mcp_tools: dict[str, ServerTool] | None = None
+    """The tools of the session's MCP servers (``agent.mcp``), connected and listed."""
     transcription: str | None = None
     """The model that transcribes what the user says (``""``: none)."""
     vad: Vad | None = UNCHANGED
@@ -141,14 +144,22 @@ class Conversation:
         self.media.live = self.profile.live
         self.watches = self.media.watches = Watches(runtime.pool, self.id, self.options,
                                                     self._fired)
+        self.webhooks = Webhooks(server, self.id, self.listener.error)
         self.intake = Intake(server)
         self.question: Response | None = None
         self.server_tools: dict[str, ServerTool] = {}
         """Tools the server runs for this conversation's questions, by name."""
+        self.mcp_tools: dict[str, ServerTool] = {}
+        """The session's MCP servers' tools, run like server tools."""
         self.lost: dict[str, int] = {}
         """Live windows whose response failed since each handler's last answered one."""
         self.speech = runtime.speech()
         """How responses are spoken (``None``: no voice is installed)."""
+
+    @property
+    def running(self) -> dict[str, ServerTool]:
+        """Every tool the server runs in this conversation's questions: its own and MCP's."""
+        return {**self.mcp_tools, **self.server_tools}
 
     @property
     def instructions(self) -> str:
@@ -167,6 +178,7 @@ class Conversation:
     async def close(self) -> None:
         """Cancel every response and stop the handlers; log what the conversation did."""
         await self.watches.close()  # no firing starts a response from now on
+        await self.webhooks.close()
         if self.transcriber is not None:
             await self.transcriber.close()
         tasks = [r.task for r in self.responses.values() if r.task is not None]
@@ -200,13 +212,17 @@ class Conversation:
         client = self.options.response.tools if change.tools is None else change.tools
         server_tools = choose(self.runtime.registry.tools, self.server_tools, change.server_tools,
                               client, f"{where}.streamagent.server_tools")
+        mcp_tools = self.mcp_tools if change.mcp_tools is None else change.mcp_tools
+        check_names(mcp_tools, client, f"{where}.tools")
         tools = check_tools(  # the choice may name a server tool
-            (*client, *(t.tool() for t in server_tools.values())),
+            (*client, *(t.tool() for t in {**mcp_tools, **server_tools}.values())),
             self.options.response.tool_choice if change.tool_choice is None
             else change.tool_choice, f"{where}.tool_choice")
         tools = (client, tools[1])
         check_calls(self.watches.watches if watches is None else watches,
                     [t.name for t in tools[0]], where)
+        if watches is not None:
+            self.webhooks.check(watches, where)
         speech = (self.speech if change.speech is None
                   else change.speech.apply(self.speech, self.runtime.voice))
         if change.audio_rate is not None:
@@ -222,6 +238,7 @@ class Conversation:
         if change.parallel_tool_calls is not None:
             self._set_options(parallel_tool_calls=change.parallel_tool_calls)
         self.server_tools = server_tools
+        self.mcp_tools = mcp_tools
         self._hearing(change)
         self.speech = speech
         if change.live is not None:
@@ -377,7 +394,7 @@ class Conversation:
         # a function call alone has no message item: with tools, the message opens with text
         self.question = self._launch(Response(self.sinks(), meta),
                                      self._answer(ask, question, handlers),
-                                     eager=not offered and not self.server_tools,
+                                     eager=not offered and not self.running,
                                      remember=ask.remember, speak=ask.speak)
         return self.question
 
@@ -388,10 +405,10 @@ class Conversation:
             await self.transcriber.settled()
             question = self._question(ask)
         parts = answers(handlers, question, self.media.settled)
-        if self.server_tools:
+        if self.running:
             ctx = ToolContext(self.runtime.pool, self.id, self._newest_frame)
             parts = answer_with(lambda q: answers(handlers, q, self.media.settled), question,
-                                self.server_tools, ctx,
+                                self.running, ctx,
                                 self.history.extend if ask.remember else None)
         async with contextlib.aclosing(parts) as stream:  # type: ignore[type-var]
             async for part in stream:
@@ -420,9 +437,9 @@ class Conversation:
             options = replace(options, tool_choice="auto")
         if ask.parallel_tool_calls is not None:
             options = replace(options, parallel_tool_calls=ask.parallel_tool_calls)
-        if self.server_tools:  # offered beside the client's, in questions only
+        if self.running:  # offered beside the client's, in questions only
             options = replace(options, tools=(*options.tools,
-                                              *(t.tool() for t in self.server_tools.values())))
+                                              *(t.tool() for t in self.running.values())))
         question = Question(
             text="\n".join(self.pending_text),
             instructions=ask.instructions or self.instructions,
@@ -483,7 +500,9 @@ class Conversation:
 
     def _fired(self, firing: Firing) -> None:
         """A watch fired: a response of its own, shown as a live one is. A call of the
-        watch's tool joins the conversation, so the function's output can follow it."""
+        watch's tool joins the conversation, so the function's output can follow it. A
+        watch with a webhook POSTs it there too."""
+        self.webhooks.post(firing)
         self._launch(Response(self.sinks(), firing.metadata(), about=firing.about),
                      firing.parts(), eager=False, remember=firing.watch.tool is not None)
 

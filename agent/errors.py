@@ -92,5 +92,12 @@ class HandlerFailed(StreamAgentError):
     code = "handler_failed"
 
 
+class WebhookFailed(StreamAgentError):
+    """A watch's firing could not be POSTed to its webhook after the last try."""
+
+    code = "webhook_failed"
+    retryable = True
+
+
 class ConfigError(Exception):
     """Bad configuration, found at start-up (never mid-session)."""

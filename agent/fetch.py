@@ -30,6 +30,16 @@ def resolve(host: str, port: int) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A checked URL: ``url`` with the checked address in place of the host name, which goes
+    in the ``Host`` header (``host``) and in TLS's SNI and certificate check (``sni``)."""
+
+    url: str
+    host: str
+    sni: str
+
+
 @dataclass
 class Fetcher:
     max_bytes: int
@@ -50,21 +60,26 @@ class Fetcher:
         raise InvalidMedia(f"more than {self.max_redirects} redirects "
                            "(server.fetch_max_redirects)", param=param)
 
-    def _get(self, client: httpx.Client, url: str, param: str, deadline: float,
-             ) -> bytes | str:
-        """The body, or where a redirect points."""
+    def target(self, url: str, param: str) -> Target:
+        """Where a request for ``url`` connects: its host resolved once and every address
+        checked (``InvalidMedia`` when refused). Blocking: it may ask DNS."""
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidMedia(f"cannot fetch {url[:80]!r}: only http(s) URLs", param=param)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         addr = self._checked_address(parts.hostname, port, param)
         host = f"[{addr}]" if addr.version == 6 else str(addr)
-        target = parts._replace(netloc=f"{host}:{port}").geturl()
-        headers = {"Host": parts.netloc.rpartition("@")[2]}
+        return Target(parts._replace(netloc=f"{host}:{port}").geturl(),
+                      parts.netloc.rpartition("@")[2], parts.hostname)
+
+    def _get(self, client: httpx.Client, url: str, param: str, deadline: float,
+             ) -> bytes | str:
+        """The body, or where a redirect points."""
+        to = self.target(url, param)
         timeout = httpx.Timeout(max(0.01, deadline - time.monotonic()))
         try:
-            with client.stream("GET", target, headers=headers, timeout=timeout,
-                               extensions={"sni_hostname": parts.hostname}) as response:
+            with client.stream("GET", to.url, headers={"Host": to.host}, timeout=timeout,
+                               extensions={"sni_hostname": to.sni}) as response:
                 if response.status_code in REDIRECTS and "location" in response.headers:
                     return urllib.parse.urljoin(url, response.headers["location"])
                 if response.status_code != 200:
@@ -90,6 +105,10 @@ class Fetcher:
                 raise LimitExceeded(f"fetching took longer than {self.timeout_s:g} s "
                                     "(server.fetch_timeout_s)", param=param)
         return bytes(body)
+
+    def check_host(self, host: str, port: int, param: str) -> IPAddress:
+        """``host``'s first address; every one it resolves to must be allowed."""
+        return self._checked_address(host, port, param)
 
     def _checked_address(self, host: str, port: int, param: str) -> IPAddress:
         try:

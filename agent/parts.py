@@ -35,6 +35,8 @@ class ToolCallDelta:
     server: bool = False
     """A call of a tool the server runs itself (``agent.server_tools``); its result follows
     as a ``ToolOutput``."""
+    label: str = ""
+    """A server tool's ``server_label`` (its MCP server's; ``""``: the server's own)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,7 +114,7 @@ async def guarded_stream(engine: Engine, request: ModelRequest) -> AsyncGenerato
     model's calls become ``ToolCallDelta`` parts; a model that takes no tools (no tool format,
     no constrained decoding: the embedded models) answers as without them."""
     if request.tools and engine.tool_format is None and not engine.constrains:
-        request = replace(request, tools=())
+        request = replace(request, tools=(), tool_choice="auto")
     request = toolcalls.prepare(request, engine.constrains, engine.name)
     try:
         async with contextlib.aclosing(engine.stream(request)) as agen, contextlib.aclosing(

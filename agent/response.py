@@ -42,6 +42,8 @@ class Call:
     arguments: list[str] = field(default_factory=list)
     server: bool = False
     """A tool the server runs itself: its result comes as ``output`` or ``error``."""
+    label: str = ""
+    """A server tool's ``server_label`` (``""``: the server's own)."""
     output: str | None = None
     error: str = ""
 
@@ -203,7 +205,8 @@ class Response:
             call = self.calls.get(part.index)
             if call is None:
                 call = self.calls[part.index] = Call(
-                    part.index, part.call_id or new_id("call"), part.name, server=part.server)
+                    part.index, part.call_id or new_id("call"), part.name, server=part.server,
+                    label=part.label)
             call.arguments.append(part.arguments)
             await self.sink.call(self, call, part)
         elif isinstance(part, ToolOutput):

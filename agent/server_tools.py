@@ -64,6 +64,8 @@ class ServerTool:
     run: Callable[[dict[str, Any], ToolContext], Awaitable[ToolResult]]
     parameters: Mapping[str, Any] = field(
         default_factory=lambda: {"type": "object", "properties": {}})
+    label: str = LABEL
+    """The ``server_label`` its calls show on the realtime wire (an MCP server's, or ours)."""
 
     def tool(self) -> Tool:
         return Tool(self.name, self.description, self.parameters)
@@ -118,7 +120,8 @@ async def answer_with(answer: Callable[[Question], AsyncIterator[Part]], questio
                 top = max(top, part.index + 1)
                 if part.index in mine or part.name in tools:
                     mine.setdefault(part.index, [part.call_id, part.name]).append(part.arguments)
-                    part = replace(part, server=True)
+                    label = tools[mine[part.index][1]].label
+                    part = replace(part, server=True, label=label)
             yield part
         if not mine:
             return
@@ -190,9 +193,15 @@ def choose(registered: Mapping[str, ServerTool], current: dict[str, ServerTool],
             raise InvalidRequest(f"no server tool named {', '.join(map(repr, unknown))}; "
                                  f"server tools: {', '.join(sorted(registered))}", param=param)
         chosen = {n: registered[n] for n in names}
+    check_names(chosen, client, param)
+    return chosen
+
+
+def check_names(chosen: Mapping[str, ServerTool], client: tuple[Tool, ...],
+                param: str) -> None:
+    """No server tool of ``chosen`` is named like a client function."""
     clash = sorted(set(chosen) & {t.name for t in client})
     if clash:
         raise InvalidRequest(f"{', '.join(clash)}: a client function and a server tool have "
                              "the same name; rename the function or turn the tool off",
                              param=param)
-    return chosen

@@ -65,7 +65,8 @@ class Heard:
 
 
 class Listener:
-    """How a protocol shows what was heard; every method is awaited in order."""
+    """How a protocol shows what was heard, and problems outside any response; every method
+    is awaited in order."""
 
     async def speech(self, heard: Heard, vad: bool) -> None:
         """An utterance ended (``vad``: found by the server's VAD, not committed by the client):
@@ -79,6 +80,10 @@ class Listener:
 
     async def failed(self, heard: Heard, error: StreamAgentError) -> None:
         """It could not be transcribed."""
+
+    async def error(self, error: StreamAgentError) -> None:
+        """A problem outside any response (a watch's webhook failed); the session goes on.
+        A protocol without error events leaves it to the log."""
 
 
 class Transcriber:

@@ -53,6 +53,8 @@ class WatchSpec(BaseModel):
     """Default: 1 for the embedded models, 2 for an LLM's condition."""
     tool: str | None = Field(default=None, min_length=1, max_length=64)
     """A client function (one of the session's ``tools``) that the firing is a call of."""
+    webhook: str | None = Field(default=None, min_length=1, max_length=2048)
+    """An http(s) URL each firing is POSTed to as JSON (``agent.webhooks``)."""
 
     @model_validator(mode="after")
     def _one_condition(self) -> WatchSpec:
@@ -72,7 +74,7 @@ class WatchSpec(BaseModel):
         kind: Kind = next(k for k in KINDS if getattr(self, k) is not None)
         confirm = self.confirm_windows or (2 if kind == "condition" else 1)
         return Watch(self.id, kind, str(getattr(self, kind)), self.cooldown_s, confirm,
-                     self.model, self.tool)
+                     self.model, self.tool, self.webhook)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,7 @@ class Watch:
     confirm_windows: int = 1
     model: str | None = None
     tool: str | None = None
+    webhook: str | None = None
 
     @property
     def modality(self) -> str:
@@ -105,7 +108,7 @@ class Watch:
         out: dict[str, Any] = {"id": self.id, self.kind: self.target, "model": self.model,
                                "cooldown_s": self.cooldown_s,
                                "confirm_windows": self.confirm_windows}
-        return out | ({"tool": self.tool} if self.tool else {})
+        return out | {k: v for k, v in (("tool", self.tool), ("webhook", self.webhook)) if v}
 
 
 def resolve(watches: tuple[Watch, ...], runtime: Runtime,

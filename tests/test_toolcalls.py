@@ -353,3 +353,19 @@ def test_an_enforced_array_cut_by_the_token_limit_keeps_its_whole_calls() -> Non
     assert json.loads("".join(c.arguments for c in calls)) == {"city": "Oslo"}
     assert not [p for p in out if isinstance(p, TextDelta)]
     assert "1 whole call(s) kept" in parser.problems[0]
+
+
+async def test_a_model_that_takes_no_tools_answers_a_forced_choice_as_without_them() -> None:
+    """The embedded models (no tool format, no constrained decoding) answer as they would
+    without the functions, whatever the choice (a session forcing a call still reads text)."""
+    from agent.config import ModelConfig
+    from agent.pool import LocalPool
+    from agent.testing import FakeEngine
+
+    pool = LocalPool({"fake": FakeEngine("fake", ModelConfig(engine="fake",
+                                                                 options={"tokens": 2}))})
+    await pool.start()
+    request = ModelRequest(prompt="x", tools=(Tool("get_weather"),), tool_choice="get_weather")
+    parts = [p async for p in pool.stream("fake", request)]
+    await pool.close()
+    assert "".join(p.text for p in parts if isinstance(p, TextDelta)) == "tok0 tok1 "

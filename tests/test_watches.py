@@ -183,8 +183,10 @@ TOO_MANY = [{"id": str(i), "face": "appears"} for i in range(33)]
 
 
 @pytest.mark.parametrize(("watches", "expected"), [
-    ([{"id": "a", "text_contains": "x", "webhook": "http://x"}],
-     "session.streamagent.watches.0.webhook: Extra inputs are not permitted"),
+    ([{"id": "a", "text_contains": "x", "hook": "http://x"}],
+     "session.streamagent.watches.0.hook: Extra inputs are not permitted"),
+    ([{"id": "a", "condition": "dark?", "model": "judge", "webhook": "http://x"}],
+     "webhooks are off on this server (server.webhooks)"),
     ([{"id": "a", "text_contains": "x", "face": "appears"}],
      "exactly one condition of condition, text_contains, face, speech_contains; it has "
      "text_contains, face"),

@@ -125,8 +125,8 @@ class RealtimeSink(ResponseSink):
     def _call_item(self, call: Call, status: str, arguments: str) -> dict[str, Any]:
         if call.server:  # as OpenAI shows a tool its server ran: an MCP call
             item: dict[str, Any] = {
-                "id": self.call_items[call.index][0], "object": "realtime.item",
-                "type": "mcp_call", "server_label": LABEL, "name": call.name,
+                "id": self.call_items[call.index][0],  # the GA mcp_call has no object
+                "type": "mcp_call", "server_label": call.label or LABEL, "name": call.name,
                 "arguments": arguments, "output": call.output}
             if call.error:
                 item["error"] = {"type": "tool_execution_error", "message": call.error}

@@ -85,9 +85,20 @@ class FunctionTool(_Model):
         default_factory=lambda: {"type": "object", "properties": {}})
 
 
+class McpToolFilter(_Model):
+    tool_names: list[str] | None = None
+    read_only: bool | None = None
+
+
 class McpTool(_Model):
+    """An MCP server whose tools the server runs (``agent.mcp``); approval is not served."""
+
     type: Literal["mcp"]
-    server_label: str = ""
+    server_label: str = Field(default="", max_length=64)
+    server_url: str | None = Field(default=None, max_length=2048)
+    allowed_tools: list[str] | McpToolFilter | None = None
+    headers: dict[str, str] | None = None
+    require_approval: str | dict[str, McpToolFilter | None] | None = None
 
 
 Tool = Annotated[FunctionTool | McpTool, Field(discriminator="type")]
