@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+    """80 random bits from the OS, as ``uuid4`` draws them (without building a UUID: three of
+    these a frame, 2 us each)."""
+    return f"{prefix}_{os.urandom(10).hex()}"

@@ -42,14 +42,14 @@ def sniff_image(data: bytes) -> str:
     raise InvalidMedia("not a JPEG, PNG or WebP image", param="image_url")
 
 
-def split_data_url(url: str) -> str:
-    """The base64 payload of an image data URL (``data:image/jpeg;base64,...``), not decoded."""
-    head, sep, payload = url.partition(",")
-    if not sep or not head.startswith("data:") or not head.endswith(";base64"):
+def payload_at(url: str) -> int:
+    """Where the base64 payload of an image data URL (``data:image/jpeg;base64,...``) starts."""
+    comma = url.find(",")
+    if comma < 0 or not url.startswith("data:") or not url.endswith(";base64", 0, comma):
         raise InvalidMedia(
             "image_url must be a data URL: data:image/jpeg;base64,...", param="image_url"
         )
-    return payload
+    return comma + 1
 
 
 class Frame:
@@ -59,13 +59,24 @@ class Frame:
     reading the same window decode it once, from whichever thread asks first.
     """
 
-    __slots__ = ("_image", "_lock", "b64", "ts")
+    __slots__ = ("_b64", "_image", "_lock", "ts")
 
-    def __init__(self, b64: str, ts: float) -> None:
-        self.b64 = b64
+    def __init__(self, b64: str, ts: float, at: int = 0) -> None:
+        """``b64[at:]`` is the base64 picture (a data URL and its payload's offset: the payload
+        is copied out only if it is read, once a second rather than 30 times)."""
+        self._b64 = (b64, at)
         self.ts = ts
         self._image: RGB | None = None
         self._lock = threading.Lock()
+
+    @property
+    def b64(self) -> str:
+        """The base64 picture (``""`` for a frame that came decoded)."""
+        text, at = self._b64  # one read: another thread may be replacing it
+        if at:
+            text = text[at:]
+            self._b64 = (text, 0)
+        return text
 
     @classmethod
     def of_image(cls, image: RGB, ts: float) -> Frame:
@@ -90,9 +101,9 @@ class Frame:
 def image_frame(url: str, ts: float) -> Frame:
     """A client's data-URL picture as a frame, after a cheap check of its header (the picture
     is decoded only if a handler looks at it)."""
-    payload = split_data_url(url)
-    sniff_image(b64decode(payload[:16], "image_url"))
-    return Frame(payload, ts)
+    at = payload_at(url)
+    sniff_image(b64decode(url[at:at + 16], "image_url"))
+    return Frame(url, ts, at)
 
 
 def b64decode(data: str, what: str) -> bytes:

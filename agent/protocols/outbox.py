@@ -4,10 +4,11 @@ ends its session."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
+
+from agent.protocols.jsontext import dumps
 
 if TYPE_CHECKING:
     from agent.conversation import Conversation
@@ -49,19 +50,24 @@ class Outbox:
             if rendered is None:
                 return
             event = rendered
-        text = json.dumps(event)
+        text = dumps(event)
+        if not self._room(len(text)) and not await self._wait_for_room(len(text)):
+            return
+        self.queue.put_nowait(text)
+        self.bytes += len(text)
+
+    async def _wait_for_room(self, size: int) -> bool:
+        """Wait until ``size`` fits, at most ``stall_s`` (the outbox stalls then); whether it
+        fits and the outbox is still open."""
         try:
             async with asyncio.timeout(self.stall_s):
-                while not self._room(len(text)):
+                while not self._room(size):
                     self._taken.clear()
                     await self._taken.wait()
         except TimeoutError:
             self._stall(f"client did not read its events for {self.stall_s:g} s")
-            return
-        if self.closed:
-            return
-        self.queue.put_nowait(text)
-        self.bytes += len(text)
+            return False
+        return not self.closed
 
     def _room(self, size: int) -> bool:
         if self.queue.qsize() >= OUTBOX_SIZE:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from agent.conversation import UNCHANGED, Ask, Content, Conversation, Image, Settings, Sound
@@ -18,13 +19,15 @@ from agent.engine import TOOL_CHOICES, Tool, ToolCall, Turn
 from agent.errors import HandlerFailed, InvalidMedia, InvalidRequest, StreamAgentError
 from agent.ids import new_id
 from agent.intake import Intake
+from agent.mcp import McpClients
 from agent.protocols.common import extension
+from agent.protocols.jsontext import echoed, plain
 from agent.protocols.outbox import Outbox, Render, serve
-from agent.protocols.realtime import events, wire
+from agent.protocols.realtime import events, mcp, wire
 from agent.protocols.realtime.responses import RealtimeSink
 from agent.protocols.realtime.speech import modalities, output_object, speech_change, spoken
 from agent.runtime import Runtime
-from agent.transcripts import Heard, Listener, Transcriber, Vad
+from agent.transcripts import DEFAULT_TRANSCRIBER, Heard, Listener, Transcriber, Vad
 
 log = logging.getLogger(__name__)
 SendText = Callable[[str], Awaitable[None]]
@@ -51,6 +54,9 @@ class RealtimeSession:
         self.outbox = Outbox(self.id, server.slow_client_timeout_s, server.max_outbox_bytes,
                              render)
         self.items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.mcp = McpClients(server)
+        self.mcp_entries: list[dict[str, Any]] = []
+        """The session's MCP tools as ``session.updated`` shows them (no headers)."""
 
     async def send(self, event: dict[str, Any]) -> None:
         self._remember(event)
@@ -73,7 +79,10 @@ class RealtimeSession:
 
     async def run(self, messages: AsyncIterator[Message]) -> None:
         """Serve until the client goes away, the writer dies or the client stops reading."""
-        await serve(self.conversation, self.outbox, self.send_text, self._read(messages))
+        try:
+            await serve(self.conversation, self.outbox, self.send_text, self._read(messages))
+        finally:
+            await self.mcp.close()
 
     async def _read(self, messages: AsyncIterator[Message]) -> None:
         failed = None
@@ -95,17 +104,24 @@ class RealtimeSession:
                 raise InvalidRequest("binary messages are not supported: send JSON text")
             event = wire.parse_event(message)
             event_id = event.event_id
-            await self.dispatch(event)
+            await self.dispatch(event, isinstance(message, str) and plain(message))
         except StreamAgentError as exc:
             await self.send(events.error(exc, event_id))
         except Exception as exc:  # a bug: say so, and keep the session
             log.exception("session %s: event %s failed", self.id, event_id)
             await self.send(events.error(StreamAgentError(f"internal error: {exc!r}"), event_id))
 
-    async def dispatch(self, event: wire.ClientEvent) -> None:
+    async def dispatch(self, event: wire.ClientEvent, from_plain: bool = False) -> None:
+        """``from_plain``: the event's strings need no escaping (``jsontext.plain``)."""
         conv = self.conversation
         if isinstance(event, wire.SessionUpdate):
-            conv.configure(settings(event.session))
+            change, offered = settings(event.session), event.session.tools
+            if offered is not None:
+                found = mcp.servers(offered, "session.tools")
+                change = replace(change, mcp_tools=await mcp.offer(
+                    self.mcp, found, self.send, "session.tools"))
+                self.mcp_entries = mcp.entries(offered)
+            conv.configure(change)
             await self.send(events.event("session.updated", session=self._session_object()))
         elif isinstance(event, wire.AudioAppend):
             conv.add_audio(event.audio, event.streamagent.timestamp if event.streamagent else None)
@@ -117,7 +133,7 @@ class RealtimeSession:
             conv.clear_audio()
             await self.send(events.event("input_audio_buffer.cleared"))
         elif isinstance(event, wire.ItemCreate):
-            await self._add_item(event)
+            await self._add_item(event, from_plain)
         elif isinstance(event, wire.ItemDelete):
             if not conv.forget(event.item_id) and self.items.pop(event.item_id, None) is None:
                 raise InvalidRequest(f"no item {event.item_id!r} in the conversation",
@@ -148,7 +164,8 @@ class RealtimeSession:
             "output_modalities": modalities(conv.speech),
             "max_output_tokens": conv.options.response.max_new_tokens or "inf",
             "tools": [{"type": "function", "name": t.name, "description": t.description,
-                       "parameters": dict(t.parameters)} for t in conv.options.response.tools],
+                       "parameters": dict(t.parameters)} for t in conv.options.response.tools]
+            + self.mcp_entries,
             "tool_choice": choice_object(conv.options.response.tool_choice),
             "audio": {"input": {"format": {"type": "audio/pcm", "rate": conv.audio_rate},
                                 **input_object(conv.transcriber)},
@@ -168,7 +185,7 @@ class RealtimeSession:
             },
         })
 
-    async def _add_item(self, event: wire.ItemCreate) -> None:
+    async def _add_item(self, event: wire.ItemCreate, from_plain: bool) -> None:
         item, conv = event.item, self.conversation
         item_id = item.id or new_id("item")
         out: dict[str, Any] = {"id": item_id, "object": "realtime.item", "type": item.type,
@@ -184,7 +201,7 @@ class RealtimeSession:
             conv.add_message(item.role, [c for c in map(content, item.content) if c is not None],
                              item_id)
             out |= {"role": item.role,
-                    "content": [p.model_dump(exclude_none=True) for p in item.content]}
+                    "content": [echo(p, from_plain) for p in item.content]}
         prev = event.previous_item_id
         await self.send(events.event("conversation.item.added", previous_item_id=prev, item=out))
         await self.send(events.event("conversation.item.done", previous_item_id=prev, item=out))
@@ -222,7 +239,7 @@ def hearing(audio: wire.AudioInput | None) -> dict[str, Any]:
         return out
     if "transcription" in audio.model_fields_set:
         model = audio.transcription.model if audio.transcription is not None else ""
-        out["transcription"] = "asr" if model in OPENAI_TRANSCRIBERS or (
+        out["transcription"] = DEFAULT_TRANSCRIBER if model in OPENAI_TRANSCRIBERS or (
             audio.transcription is not None and not model) else model
     if "turn_detection" in audio.model_fields_set:
         td = audio.turn_detection
@@ -238,14 +255,15 @@ def hearing(audio: wire.AudioInput | None) -> dict[str, Any]:
 
 def tools(offered: list[wire.FunctionTool | wire.McpTool] | None,
           param: str) -> tuple[Tool, ...] | None:
-    """The client's functions (``None``: unchanged). MCP servers are refused by name."""
+    """The client's functions (``None``: unchanged). MCP servers (``agent.mcp``) are served
+    in ``session.tools`` only."""
     if offered is None:
         return None
     for i, tool in enumerate(offered):
-        if isinstance(tool, wire.McpTool):
+        if isinstance(tool, wire.McpTool) and param != "session.tools":
             raise InvalidRequest(
-                f"MCP tools are not served here (server_label {tool.server_label!r}): offer "
-                "function tools, and run the MCP client on your side", param=f"{param}.{i}")
+                f"MCP tools are served in session.tools only (server_label "
+                f"{tool.server_label!r})", param=f"{param}.{i}")
     return tuple(Tool(t.name, t.description, t.parameters) for t in offered
                  if isinstance(t, wire.FunctionTool))
 
@@ -260,7 +278,9 @@ def tool_choice(choice: wire.ToolChoice | None) -> str | None:
     if choice is None or isinstance(choice, str):
         return choice
     if isinstance(choice, wire.McpChoice):
-        raise InvalidRequest("MCP tools are not served here", param="tool_choice")
+        if not choice.name:
+            raise InvalidRequest("an MCP tool_choice needs the tool's name",
+                                 param="tool_choice.name")
     return choice.name
 
 
@@ -270,6 +290,17 @@ def content(part: wire.InputText | wire.InputImage | wire.InputAudio) -> Content
     if isinstance(part, wire.InputImage):
         return Image(part.image_url, part.streamagent.timestamp if part.streamagent else None)
     return Sound(part.audio) if part.audio is not None else None  # a transcript alone: kept
+
+
+def echo(part: wire.InputText | wire.InputImage | wire.InputAudio,
+         from_plain: bool) -> dict[str, Any]:
+    """A content part as the item's echo shows it; its data URL or audio, sent back as it
+    came, is not scanned again for JSON escapes."""
+    out = part.model_dump(exclude_none=True)
+    for key in ("image_url", "audio", "text"):
+        if key in out:
+            out[key] = echoed(out[key], from_plain)
+    return out
 
 
 def ask(params: wire.ResponseParams | None, intake: Intake) -> Ask:
@@ -356,6 +387,9 @@ class HeardEvents(Listener):
             "conversation.item.input_audio_transcription.failed", item_id=heard.item_id,
             content_index=0, error={"type": error.type, "code": error.code,
                                     "message": error.message, "param": error.param}))
+
+    async def error(self, error: StreamAgentError) -> None:
+        await self.send(events.error(error))
 
 
 def input_object(transcriber: Transcriber | None) -> dict[str, Any]:
