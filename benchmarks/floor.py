@@ -10,6 +10,10 @@ a Starlette app with a ``WebSocketRoute``. What the gateway spends on top of thi
 the signature check, sampling, decoding one frame a second, sessions, answers) is what
 ``benchmarks.run`` reports as the ratio to the floor.
 
+``python -m benchmarks.floor --echo`` also sends each message back twice, as it came: the bytes
+of the gateway's item echo (``conversation.item.added`` and ``.done``) without its JSON work,
+to tell what the echo itself costs (docs/performance.md, "Ingest: where the time went").
+
 Only the stable part of ``agent`` is used (the uvicorn config and ``bind``); the app is
 handed to ``uvicorn_config`` through a stand-in with an ``app()`` method, as a gateway has.
 """
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 from starlette.applications import Starlette
@@ -39,12 +45,28 @@ async def drop(ws: WebSocket) -> None:
         json.loads(text if text is not None else message.get("bytes") or b"")
 
 
+async def echo(ws: WebSocket) -> None:
+    await ws.accept()
+    await ws.send_text(FIRST_EVENT)
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text") or ""
+        json.loads(text)
+        await ws.send_text(text)
+        await ws.send_text(text)
+
+
 class Bare:
     """Stands where ``uvicorn_config`` expects a gateway: only ``app()`` is read."""
 
+    def __init__(self, route: Callable[[WebSocket], Awaitable[None]] = drop) -> None:
+        self.route = route
+
     def app(self) -> ASGIApp:
-        return Starlette(routes=[WebSocketRoute("/v1/realtime", drop),
-                                 WebSocketRoute("/v1/realtime/", drop)])
+        return Starlette(routes=[WebSocketRoute("/v1/realtime", self.route),
+                                 WebSocketRoute("/v1/realtime/", self.route)])
 
 
 async def main() -> None:
@@ -52,7 +74,8 @@ async def main() -> None:
     from agent.uvicorn_server import bind, uvicorn_config
 
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn_config(Bare(), ServerConfig()))  # type: ignore[arg-type]
+    bare = Bare(echo if "--echo" in sys.argv[1:] else drop)
+    server = uvicorn.Server(uvicorn_config(bare, ServerConfig()))  # type: ignore[arg-type]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
