@@ -34,7 +34,8 @@ from starlette.websockets import WebSocket
 FIRST_EVENT = '{"type":"session.created","session":{}}'
 
 
-async def drop(ws: WebSocket) -> None:
+async def drop(ws: WebSocket, echoes: int = 0) -> None:
+    """Parse every message's JSON; send it back ``echoes`` times as it came."""
     await ws.accept()
     await ws.send_text(FIRST_EVENT)
     while True:
@@ -43,19 +44,13 @@ async def drop(ws: WebSocket) -> None:
             return
         text = message.get("text")
         json.loads(text if text is not None else message.get("bytes") or b"")
+        for _ in range(echoes):
+            await ws.send_text(text or "")
 
 
 async def echo(ws: WebSocket) -> None:
-    await ws.accept()
-    await ws.send_text(FIRST_EVENT)
-    while True:
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        text = message.get("text") or ""
-        json.loads(text)
-        await ws.send_text(text)
-        await ws.send_text(text)
+    """The floor that also echoes each message twice, as the gateway echoes an item."""
+    await drop(ws, echoes=2)
 
 
 class Bare:
