@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import replace
 
-from agent import toolcalls
+from agent import toolstream
 from agent.engine import Engine, ModelRequest
 from agent.errors import ConfigError, EngineError, StreamAgentError, UnknownModel
 from agent.parts import Part
@@ -115,12 +115,17 @@ async def guarded_stream(engine: Engine, request: ModelRequest) -> AsyncGenerato
     no constrained decoding: the embedded models) answers as without them."""
     if request.tools and engine.tool_format is None and not engine.constrains:
         request = replace(request, tools=(), tool_choice="auto")
-    request = toolcalls.prepare(request, engine.constrains, engine.name)
+    request = toolstream.prepare(request, engine.constrains, engine.name)
     try:
-        async with contextlib.aclosing(engine.stream(request)) as agen, contextlib.aclosing(
-                toolcalls.tool_parts(agen, request, engine.tool_format)) as parts:
-            async for part in parts:
-                yield part
+        async with contextlib.aclosing(engine.stream(request)) as agen:
+            if not request.tools:  # every token passes here: no layer it does not need
+                async for part in agen:
+                    yield part
+                return
+            async with contextlib.aclosing(
+                    toolstream.tool_parts(agen, request, engine.tool_format)) as parts:
+                async for part in parts:
+                    yield part
     except StreamAgentError:
         raise
     except Exception as exc:
