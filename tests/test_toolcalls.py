@@ -14,7 +14,8 @@ import pytest
 from agent.engine import ModelRequest, Tool
 from agent.errors import InvalidRequest
 from agent.parts import AudioChunk, Part, TextDelta, ToolCallDelta, Usage
-from agent.toolcalls import ENFORCED, CallParser, forced_schema, prepare, tool_parts
+from agent.toolcalls import ENFORCED, CallParser
+from agent.toolstream import forced_schema, prepare, tool_parts
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"},
                                             "unit": {"enum": ["c", "f"]}},
@@ -332,7 +333,7 @@ async def test_no_tools_or_none_or_no_format_passes_everything_on(request_: Mode
 
 
 async def test_problems_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="agent.toolcalls"):
+    with caplog.at_level(logging.WARNING, logger="agent.toolstream"):
         out = await run(ModelRequest(tools=TOOLS, session="s1"), "hermes",
                         TextDelta('<tool_call>{"name": "nosuch", "arguments": {}}</tool_call>'))
         await run(ModelRequest(tools=TOOLS, tool_choice="get_time"), None, TextDelta('{"zo'))
