@@ -10,12 +10,14 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from agent.answers import answers, response_metadata
 from agent.audio import AudioConverter
-from agent.engine import Tool, ToolCall, Turn, check_tools
+from agent.conversation_build import build_question, hear, set_hearing
+from agent.conversation_types import UNCHANGED, Ask, Content, Image, Settings, Sound
+from agent.engine import ToolCall, Turn, check_tools
 from agent.errors import ConversationBusy, InvalidRequest, NoActiveResponse, Overloaded
 from agent.handler import Handler, Question, SessionOptions
 from agent.ids import new_id
@@ -27,92 +29,17 @@ from agent.response import Response, ResponseSink
 from agent.runtime import Runtime
 from agent.server_tools import ServerTool, ToolContext, answer_with, check_names, choose
 from agent.timeline import Memory
-from agent.transcripts import DEFAULT_TRANSCRIBER, Heard, Listener, Transcriber, Vad
-from agent.voice import Speech, SpeechChange
+from agent.transcripts import Heard, Listener, Transcriber
+from agent.voice import Speech
 from agent.voice import speak as spoken
 from agent.watch_runner import Watches
-from agent.watches import Firing, Watch, check_calls, resolve
+from agent.watches import Firing, check_calls, resolve
 from agent.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 Sinks = Callable[[], ResponseSink]
 """Makes the sink of each new response (the protocol's way of showing it)."""
-UNCHANGED: Any = object()
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """A change of the conversation's settings; what is left out stays as it is. Everything is
-    checked before anything changes."""
-
-    instructions: str | None = None
-    audio_rate: int | None = None
-    max_output_tokens: int | None = UNCHANGED
-    """A cap on every response's tokens; ``None``: the models' own limits."""
-    live: bool | None = None
-    sample_fps: float | None = None
-    video_window_s: float | None = None
-    handlers: list[str] | None = None
-    models: dict[str, str] | None = None
-    lora: str | None = None
-    """A LoRA adapter of the conversation's models; ``""``: none."""
-    watches: tuple[Watch, ...] | None = None
-    """The conditions to watch for (all of them: they replace the ones before)."""
-    tools: tuple[Tool, ...] | None = None
-    """The client's functions, offered to every response (``()``: none)."""
-    tool_choice: str | None = None
-    parallel_tool_calls: bool | None = None
-    memory: bool | None = None
-    """Whether LLM handlers and questions render from the session's timeline (``False``:
-    each call is prompted afresh, and the timelines are forgotten)."""
-    speech: SpeechChange | None = None
-    server_tools: list[str] | None = None
-    """Tools the server runs itself, offered to the model in questions (``[]``: none)."""
-    mcp_tools: dict[str, ServerTool] | None = None
-    """The tools of the session's MCP servers (``agent.mcp``), connected and listed."""
-    transcription: str | None = None
-    """The model that transcribes what the user says (``""``: none)."""
-    vad: Vad | None = UNCHANGED
-    """Server VAD (``None``: the client commits its turns)."""
-    """Whether responses are spoken, and how (voice, speed, rate, encoding)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Image:
-    """A picture as sent: a data URL, at ``ts`` seconds of media time (``None``: now)."""
-
-    url: str
-    ts: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Sound:
-    """Base64 PCM16 at the conversation's audio rate, heard as one utterance."""
-
-    pcm16: str
-
-
-Content = str | Image | Sound
-
-
-@dataclass(frozen=True, slots=True)
-class Ask:
-    """A request for one response (question mode)."""
-
-    instructions: str | None = None
-    metadata: dict[str, str] | None = None
-    remember: bool = True
-    """Whether the answer joins the conversation (``False``: out of band)."""
-    context: tuple[Turn, ...] | None = None
-    """The messages this response answers instead of the conversation (the last user turn is
-    the question); the conversation's pending text then waits."""
-    max_output_tokens: int | None = None
-    tools: tuple[Tool, ...] | None = None
-    """This response's functions instead of the session's."""
-    tool_choice: str | None = None
-    parallel_tool_calls: bool | None = None
-    speak: bool | None = None
-    """Whether this response is spoken (``None``: as the conversation's speech says)."""
+__all__ = ["UNCHANGED", "Ask", "Content", "Conversation", "Image", "Settings", "Sinks", "Sound"]
 
 
 class Conversation:
@@ -239,7 +166,7 @@ class Conversation:
             self._set_options(parallel_tool_calls=change.parallel_tool_calls)
         self.server_tools = server_tools
         self.mcp_tools = mcp_tools
-        self._hearing(change)
+        set_hearing(self, change)
         self.speech = speech
         if change.live is not None:
             self.media.live = change.live
@@ -280,41 +207,9 @@ class Conversation:
         if self.transcriber is not None:
             self.transcriber.clear()
 
-    def _hearing(self, change: Settings) -> None:
-        """Start, change or stop the transcriber (checked first: a model of the pool)."""
-        if change.transcription is None and change.vad is UNCHANGED:
-            return
-        old = self.transcriber
-        model = change.transcription if change.transcription is not None else (
-            old.model if old is not None else "")
-        vad = change.vad if change.vad is not UNCHANGED else (old.vad if old else None)
-        if model == DEFAULT_TRANSCRIBER or (vad is not None and not model):
-            # what clients ask by default (OpenAI's model names, server VAD): the embedded
-            # ASR when the pool has it; else hearing stays off, and session.updated says so
-            model = "asr" if "asr" in self.runtime.pool.names else ""
-            vad = vad if model else None
-        if model and model not in self.runtime.pool.names:
-            raise InvalidRequest(f"no model named {model!r} to transcribe; the pool has "
-                                 f"{', '.join(self.runtime.pool.names)}",
-                                 param="session.audio.input.transcription.model")
-        if old is not None:
-            asyncio.get_running_loop().create_task(old.close())
-        self.transcriber = self.media.transcriber = Transcriber(
-            self.runtime.pool, self.id, model, self.listener, self._heard, vad) if model else None
-
     async def _heard(self, heard: Heard, transcript: str) -> None:
         """The user's words wait for the next question; with server VAD, they ask it."""
-        if not transcript:
-            return
-        self.pending_text.append(transcript)
-        self.pending_ids.append(heard.item_id)
-        vad = self.transcriber.vad if self.transcriber is not None else None
-        if vad is None or not vad.create_response:
-            return
-        if self.question is not None and vad.interrupt_response:
-            self.cancel(self.question.id)
-        if self.question is None:
-            self.ask(Ask())
+        await hear(self, heard, transcript)
 
     def add_message(self, role: str, content: list[Content], item_id: str = "") -> None:
         """A message: a user's text waits for the next question, a system text replaces the
@@ -384,7 +279,7 @@ class Conversation:
         self._speech(ask.speak)  # checked before the question takes the pending text
         # words still being transcribed are part of the question: it is asked once they are
         hearing = self.transcriber is not None and self.transcriber.busy
-        question = None if hearing else self._question(ask)
+        question = None if hearing else build_question(self, ask)
         handlers = [s.handler for s in self.media.slots.values()]
         meta = response_metadata("+".join(h.name for h in handlers),
                                  "+".join(sorted({h.modality for h in handlers})),
@@ -403,7 +298,7 @@ class Conversation:
         if question is None:
             assert self.transcriber is not None
             await self.transcriber.settled()
-            question = self._question(ask)
+            question = build_question(self, ask)
         parts = answers(handlers, question, self.media.settled)
         if self.running:
             ctx = ToolContext(self.runtime.pool, self.id, self._newest_frame)
@@ -417,54 +312,6 @@ class Conversation:
     def _newest_frame(self) -> Frame | None:
         frames = self.media.latest_frames()
         return frames[-1] if frames else None
-
-    def _question(self, ask: Ask) -> Question:
-        frames = self.media.latest_frames()
-        options = replace(self.options.response, live=False)
-        if ask.max_output_tokens is not None:
-            options = replace(options, max_new_tokens=ask.max_output_tokens)
-        if ask.tools is not None or ask.tool_choice is not None:
-            tools, choice = check_tools(
-                options.tools if ask.tools is None else ask.tools,
-                options.tool_choice if ask.tool_choice is None else ask.tool_choice,
-                "response.tool_choice")
-            options = replace(options, tools=tools, tool_choice=choice)
-        elif (options.forces_call and not self.pending_text and self.history
-              and self.history[-1].role == "tool"):
-            # the session's forced choice starts a tool loop, it does not hold it: going on
-            # from a function's output, the model may answer (as the Agents SDK's
-            # reset_tool_choice does), else it would call again forever
-            options = replace(options, tool_choice="auto")
-        if ask.parallel_tool_calls is not None:
-            options = replace(options, parallel_tool_calls=ask.parallel_tool_calls)
-        if self.running:  # offered beside the client's, in questions only
-            options = replace(options, tools=(*options.tools,
-                                              *(t.tool() for t in self.running.values())))
-        question = Question(
-            text="\n".join(self.pending_text),
-            instructions=ask.instructions or self.instructions,
-            frame=frames[-1] if frames else None, frames=frames,
-            window=self.media.last_window, history=tuple(self.history), options=options,
-            memory=ask.remember and ask.context is None)
-        if ask.context is None:
-            self.history.extend(Turn("user", text, item_id=item_id)
-                                for text, item_id in zip(self.pending_text, self.pending_ids,
-                                                         strict=True))
-            self.pending_text.clear()
-            self.pending_ids.clear()
-            return question
-        turns: list[Turn] = []  # its own context; the conversation waits
-        instructions = question.instructions
-        for turn in ask.context:
-            if turn.role == "system":
-                instructions = turn.text
-            else:
-                turns.append(turn)
-        last_user = max((i for i, t in enumerate(turns) if t.role == "user"), default=None)
-        if last_user is None:
-            return replace(question, text="", instructions=instructions, history=tuple(turns))
-        return replace(question, text=turns[last_user].text, instructions=instructions,
-                       history=tuple(turns[:last_user] + turns[last_user + 1:]))
 
     def cancel(self, response_id: str | None = None) -> None:
         runs = [r for r in self.responses.values() if response_id in (None, r.id)]
