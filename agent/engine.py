@@ -169,6 +169,10 @@ class Engine(abc.ABC):
     """How the model writes a tool call in free text (``hermes``, ``llama3_json``,
     ``mistral``; see ``agent.toolcalls``), learned from its chat template when it loads;
     ``None``: the model was not trained to call tools (only an enforced choice works)."""
+    calls_tools: ClassVar[bool] = False
+    """Whether ``stream`` itself yields the model's calls as ``ToolCallDelta`` parts and
+    enforces ``tool_choice`` (an upstream API that parses them: ``engine: openai``); the pool
+    then passes the request's functions as they are."""
 
     def __init__(self, name: str, config: ModelConfig) -> None:
         self.name = name

@@ -113,12 +113,14 @@ async def guarded_stream(engine: Engine, request: ModelRequest) -> AsyncGenerato
     The request's functions: an enforced choice becomes the engine's output schema, and the
     model's calls become ``ToolCallDelta`` parts; a model that takes no tools (no tool format,
     no constrained decoding: the embedded models) answers as without them."""
-    if request.tools and engine.tool_format is None and not engine.constrains:
+    if request.tools and engine.tool_format is None and not (engine.constrains or
+                                                             engine.calls_tools):
         request = replace(request, tools=(), tool_choice="auto")
-    request = toolstream.prepare(request, engine.constrains, engine.name)
+    if not engine.calls_tools:
+        request = toolstream.prepare(request, engine.constrains, engine.name)
     try:
         async with contextlib.aclosing(engine.stream(request)) as agen:
-            if not request.tools:  # every token passes here: no layer it does not need
+            if not request.tools or engine.calls_tools:  # no layer a token does not need
                 async for part in agen:
                     yield part
                 return

@@ -57,12 +57,12 @@ SERIAL = {
     # within 2 s (about 1 s on a quiet machine); that one runs first, beside small modules
     "engines": ["test_ray_cluster", "test_model_matrix", "test_vllm", "test_memory"],
 }
-ORDER = ["engines", None, "test_gpu_bench", "ray", "test_transformers", "test_install",
-         "test_gpu_check", "test_e2e_media", "test_ask", "test_soak", "test_minicpm",
-         "test_browser"]
+ORDER = ["engines", None, "test_gpu_bench", "ray", "test_transformers", "test_upstream",
+         "test_install", "test_gpu_check", "test_e2e_media", "test_ask", "test_soak",
+         "test_minicpm", "test_browser"]
 """The order groups are handed out in: None stands for every group not listed (the small
 modules, in xdist's order: most tests first); then the longer ones, longest first (about 50,
-125, 65, 30-60, 50, 45, 40, 30, 30 and 20 s; "engines" about 400). A worker takes its next
+125, 65, 30-60, 45, 50, 45, 40, 30, 30 and 20 s; "engines" about 400). A worker takes its next
 group when it starts the last test of the one it has, so the run ends on modules of many short
 tests."""
 GROUP_OF = {module: group for group, modules in SERIAL.items() for module in modules}
