@@ -172,6 +172,8 @@ class Conversation:
             self.media.live = change.live
         if change.memory is not None:
             self.options.memory.set(change.memory)
+        if change.window is not None:
+            self.options.memory.narrow(change.window)
         if change.sample_fps is not None:
             self.media.set_fps(change.sample_fps)
         if change.video_window_s is not None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from agent.engine import Tool, Turn
 from agent.server_tools import ServerTool
+from agent.timeline import Window
 from agent.transcripts import Vad
 from agent.voice import SpeechChange
 from agent.watches import Watch
@@ -40,6 +41,8 @@ class Settings:
     memory: bool | None = None
     """Whether LLM handlers and questions render from the session's timeline (``False``:
     each call is prompted afresh, and the timelines are forgotten)."""
+    window: Window | None = None
+    """The client's bound on the timelines (within each model's budget)."""
     speech: SpeechChange | None = None
     server_tools: list[str] | None = None
     """Tools the server runs itself, offered to the model in questions (``[]``: none)."""

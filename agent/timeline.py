@@ -195,6 +195,27 @@ def _text_tokens(chars: int, entries: int) -> float:
     return chars / CHARS_PER_TOKEN + 4 * entries
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A client's own bound on its session's timelines (OpenAI's ``truncation``, Gemini's
+    ``contextWindowCompression``), within each model's configured budget: cut past
+    ``max_tokens``, down to ``keep_tokens`` (or ``retention_ratio`` of ``max_tokens``).
+    ``None`` fields: the model's own."""
+
+    max_tokens: int | None = None
+    keep_tokens: int | None = None
+    retention_ratio: float | None = None
+
+    def within(self, budget: MemoryConfig) -> MemoryConfig:
+        """``budget`` narrowed to this window (never widened: the operator's bound holds)."""
+        top = max(64, min(self.max_tokens or budget.max_tokens, budget.max_tokens))
+        ratio = (self.retention_ratio if self.retention_ratio is not None
+                 else self.keep_tokens / top if self.keep_tokens is not None
+                 else budget.retention_ratio)
+        return budget.model_copy(update={"max_tokens": top,
+                                         "retention_ratio": min(max(ratio, 0.01), 0.99)})
+
+
 @dataclass
 class Memory:
     """A session's timelines, one per model, while ``on``; turning it off forgets them."""
@@ -203,16 +224,27 @@ class Memory:
     budgets: Mapping[str, MemoryConfig] = field(default_factory=dict)
     """Each model's budget (``models.NAME.memory``); a model not listed has the default."""
     timelines: dict[str, Timeline] = field(default_factory=dict)
+    window: Window = Window()
+    """The client's bound within the budgets (the default: none of its own)."""
 
     def set(self, on: bool) -> None:
         self.on = on
         if not on:
             self.timelines.clear()
 
+    def budget(self, model: str) -> MemoryConfig:
+        return self.window.within(self.budgets.get(model, MemoryConfig()))
+
+    def narrow(self, window: Window) -> None:
+        """Bound the timelines by ``window`` from now on (those held: at their next entry)."""
+        self.window = window
+        for model, timeline in self.timelines.items():
+            timeline.budget = self.budget(model)
+
     def timeline(self, model: str | None) -> Timeline | None:
         """``model``'s timeline in this session (``None``: memory is off, or no model)."""
         if not self.on or model is None:
             return None
         if model not in self.timelines:
-            self.timelines[model] = Timeline(self.budgets.get(model, MemoryConfig()))
+            self.timelines[model] = Timeline(self.budget(model))
         return self.timelines[model]

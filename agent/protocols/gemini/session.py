@@ -25,6 +25,7 @@ from agent.engine import Tool
 from agent.errors import InvalidMedia, InvalidRequest, StreamAgentError
 from agent.parts import AudioChunk
 from agent.protocols.common import StreamagentSession, check_containers, extension
+from agent.protocols.context_window import compression
 from agent.protocols.gemini.speech import audio_messages, speech_change, transcribed
 from agent.protocols.outbox import Outbox, serve
 from agent.response import Response, ResponseSink
@@ -192,6 +193,7 @@ class GeminiSession:
             instructions=instructions, audio_rate=self.rate, tools=tools,
             tool_choice=gemini_choice(pick(setup, "toolConfig"), tools),
             speech=speech_change(setup),
+            window=compression(pick(setup, "contextWindowCompression")),
             transcription=DEFAULT_TRANSCRIBER if pick(setup, "inputAudioTranscription")
             is not None else None))
 

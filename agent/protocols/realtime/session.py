@@ -21,6 +21,7 @@ from agent.ids import new_id
 from agent.intake import Intake
 from agent.mcp import McpClients
 from agent.protocols.common import extension
+from agent.protocols.context_window import truncation_object, window
 from agent.protocols.jsontext import echoed, plain
 from agent.protocols.outbox import Outbox, Render, serve
 from agent.protocols.realtime import events, mcp, wire
@@ -168,6 +169,7 @@ class RealtimeSession:
                        "parameters": dict(t.parameters)} for t in conv.options.response.tools]
             + self.mcp_entries,
             "tool_choice": choice_object(conv.options.response.tool_choice),
+            "truncation": truncation_object(conv.options.memory.window),
             "audio": {"input": {"format": {"type": "audio/pcm", "rate": conv.audio_rate},
                                 **input_object(conv.transcriber)},
                       **output_object(conv.speech)},
@@ -221,6 +223,7 @@ def settings(params: wire.SessionParams) -> Settings:
         max_output_tokens=cap, tools=tools(params.tools, "session.tools"),
         tool_choice=tool_choice(params.tool_choice),
         parallel_tool_calls=params.parallel_tool_calls, speech=speech_change(params),
+        window=window(params.truncation),
         **hearing(params.audio.input if params.audio else None)))
 
 

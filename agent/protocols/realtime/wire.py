@@ -133,6 +133,8 @@ class SessionParams(_Model):
     tools: Tools | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    truncation: Any = None
+    """``auto``, or ``{"type": "retention_ratio", ...}`` (``context.window``)."""
     streamagent: StreamagentSession | None = None
 
 
