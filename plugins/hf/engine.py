@@ -30,6 +30,7 @@ from agent import (
     learn_modalities,
 )
 from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_inputs
+from plugins.hf.quantize import load_kwargs
 from plugins.hf.streaming import counting_streamer, cut
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ TOKEN_TIMEOUT_S = 600.0
 class TransformersEngine(ThreadedEngine):
     """Options: ``max_pixels`` (frame budget, default 640*480), ``token_timeout_s`` (longest
     wait for the next token, default 600).
+
+    ``quantization``: ``nf4``, ``fp4`` or ``int8`` (bitsandbytes, plugins/hf/quantize.py).
 
     An ``output_schema`` is enforced with xgrammar on the generic path; a family's own
     ``chat()`` refuses one (and takes no tools: ``tool_format`` stays ``None``)."""
@@ -72,6 +75,8 @@ class TransformersEngine(ThreadedEngine):
         self.family = self.named_family or family_for_type(checkpoint.model_type, self.families)
         kwargs: dict[str, Any] = {"dtype": "auto" if cfg.dtype == "auto" else
                                   getattr(torch, cfg.dtype)}
+        kwargs.update(load_kwargs(self.name, cfg.options.get("quantization"), checkpoint,
+                                  cfg.device, kwargs["dtype"]))
         if cfg.device_map is not None:
             kwargs["device_map"] = cfg.device_map
         log.info("loading %s (%s) from %s", self.name, self.family.name, source)
@@ -84,7 +89,7 @@ class TransformersEngine(ThreadedEngine):
                                   f"text model for model_type {checkpoint.model_type!r} "
                                   f"(tried {', '.join(AUTO_CLASSES)})")
         self.model.eval()
-        if cfg.device_map is None:
+        if "device_map" not in kwargs:  # a quantized model is placed as it loads
             self.model.to(cfg.device)
         if self.family.chat is not None:
             self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
