@@ -38,6 +38,7 @@ bench: setup  ## measure ingest CPU, added latency, session memory and live-sess
 	$(PY) -m benchmarks.burst --sessions 48 64
 	$(PY) -m benchmarks.voice
 	$(PY) -m benchmarks.watches
+	$(PY) -m benchmarks.captions
 
 soak: setup  ## ten minutes of abusive clients beside a well-behaved one (figures: docs/performance.md)
 	$(PY) -m benchmarks.soak --minutes 10

@@ -13,6 +13,7 @@ import click
 if TYPE_CHECKING:
     from agent.runtime import Runtime
 
+from agent import caption_cli
 from agent.cli_media import stream, watch
 from agent.cli_media import watch_specs as watch_specs  # re-exported: agent.cli.watch_specs
 from agent.config import Config, ModelConfig, load_config
@@ -242,30 +243,24 @@ def plugins(as_json: bool) -> None:
     click.echo(f"voices:   {', '.join(sorted(reg.voices)) or 'none (text only)'}")
 
 
-@main.command()
+@main.command(epilog=caption_cli.EPILOG)
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="captions.json: resumable (images already in it are skipped).")
+@caption_cli.output_options
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="A config with the model (see --model).")
 @click.option("--model", "model_name", default=None, help="The model's name in --config.")
 @model_options
-@click.option("--prompt", default="Describe this image in one sentence.", show_default=True,
-              help="What each image is asked.")
-@click.option("--concurrency", default=16, show_default=True,
-              help="Requests in flight (vLLM batches them).")
-@click.option("--max-tokens", default=64, show_default=True,
-              help="The longest caption, in tokens.")
-def caption(folder: str, output: str, config_path: str | None, model_name: str | None,
+@caption_cli.asking_options
+@caption_cli.ray_options
+def caption(folder: str, config_path: str | None, model_name: str | None,
             source: str | None, family: str | None, engine_kind: str, device: str, dtype: str,
-            trust_remote_code: bool, prompt: str, concurrency: int, max_tokens: int) -> None:
-    """Caption every image in FOLDER (thousands are fine) with one model: --source, or
-    --model NAME from --config."""
+            trust_remote_code: bool, **opts: Any) -> None:
+    """Caption every image in FOLDER (millions are fine) with one model: --source, or
+    --model NAME from --config. Writes .txt sidecars, JSON Lines, JSON or Parquet; resumable
+    after any crash; on one machine or, with --ray, a Ray cluster."""
     from pathlib import Path
 
-    from agent.caption import caption_folder
-    from agent.config import GenerationConfig
-    from agent.plugins import collect, get_plugin_manager
+    from agent.caption_journal import CaptionError
 
     _logging("warning")
     try:
@@ -273,33 +268,15 @@ def caption(folder: str, output: str, config_path: str | None, model_name: str |
             if not source:
                 raise ConfigError("--family goes with --source")
             model = ModelConfig(engine=engine_kind, family=family, source=source, device=device,
-                                dtype=dtype, trust_remote_code=trust_remote_code,
-                                generation=GenerationConfig(max_new_tokens=max_tokens))
+                                dtype=dtype, trust_remote_code=trust_remote_code)
             name = family or "default-model"
         else:
             config = load_config(config_path)
             if not model_name or model_name not in config.models:
                 raise ConfigError(f"--model must name one of {sorted(config.models)}")
             model, name = config.models[model_name], model_name
-        kinds = collect(get_plugin_manager()).engines
-        if model.engine not in kinds:
-            raise ConfigError(f"unknown engine {model.engine!r}; known: {sorted(kinds)}")
-        engine = kinds[model.engine](name, model)
-
-        async def go() -> None:
-            try:  # the model loads when a picture first needs it: a finished run loads none
-                run = await caption_folder(engine, Path(folder), Path(output), prompt,
-                                           concurrency, start=engine.start)
-            finally:
-                await engine.close()
-            click.echo(f"captioned {run.done} images in {run.seconds:.1f} s "
-                       f"({run.images_per_s:.2f} images/s); {run.skipped} already done; "
-                       f"{len(run.bad)} bad" + ("" if run.loaded else
-                                                 "; nothing to caption: the model was not loaded")
-                       + "".join(f"\n  bad: {k}: {v}" for k, v in sorted(run.bad.items())))
-
-        asyncio.run(go())
-    except ConfigError as exc:
+        caption_cli.run(Path(folder), model, name, opts)
+    except (ConfigError, CaptionError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

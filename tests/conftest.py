@@ -50,8 +50,8 @@ def need(tool: str) -> str:
 # worker, so its module-scoped fixtures (engines, checkpoints, servers, clusters) are built
 # once. Some modules also share a worker, one after the other, in the order listed:
 SERIAL = {
-    # the two Ray clusters of these never overlap
-    "ray": ["test_ray", "test_serve_deploy"],
+    # the Ray clusters of these never overlap
+    "ray": ["test_ray", "test_serve_deploy", "test_caption_ray"],
     # no vLLM engine starts beside another vLLM engine's live windows (test_vllm: a response
     # per 1 s window), nor beside test_ray_cluster's check that a client hears of a lost node
     # within 2 s (about 1 s on a quiet machine); that one runs first, beside small modules
@@ -62,7 +62,7 @@ ORDER = ["engines", None, "test_gpu_bench", "ray", "test_transformers", "test_up
          "test_minicpm", "test_browser"]
 """The order groups are handed out in: None stands for every group not listed (the small
 modules, in xdist's order: most tests first); then the longer ones, longest first (about 50,
-125, 65, 30-60, 45, 50, 45, 40, 30, 30 and 20 s; "engines" about 400). A worker takes its next
+160, 65, 30-60, 45, 50, 45, 40, 30, 30 and 20 s; "engines" about 400). A worker takes its next
 group when it starts the last test of the one it has, so the run ends on modules of many short
 tests."""
 GROUP_OF = {module: group for group, modules in SERIAL.items() for module in modules}
