@@ -8,6 +8,7 @@ tokens counted), so the checks see what the upstream did, not what our engine be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -46,6 +47,13 @@ class Upstream:
     proc: subprocess.Popen[bytes]
     log: Path
 
+    def kill(self) -> None:
+        """The server and its engine-core process (vLLM's API server runs the engine in a
+        child process): the whole process group, so nothing is left behind."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
     def metric(self, name: str) -> float:
         text = httpx.get(self.url.removesuffix("/v1") + "/metrics", timeout=10).text
         found = re.findall(rf"^{re.escape(name)}{{[^}}]*}} ([0-9.e+]+)$", text, re.M)
@@ -74,7 +82,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
              str(checkpoint), "--served-model-name", "tiny", "--host", "127.0.0.1", "--port",
              str(port), "--enforce-eager", "--max-model-len", "4096",
              "--enable-auto-tool-choice", "--tool-call-parser", "hermes"],
-            stdout=out, stderr=subprocess.STDOUT, env=env)
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     up = Upstream(f"http://127.0.0.1:{port}/v1", proc, log)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -88,8 +96,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     else:
         pytest.fail(f"vllm serve did not start in 180 s: {log.read_text()[-3000:]}")
     yield up
-    proc.kill()
-    proc.wait(30)
+    up.kill()
 
 
 def upstream_model(up: Upstream, tokens: int = TOKENS, **options: object) -> ModelConfig:
@@ -235,7 +242,7 @@ async def test_an_upstream_that_dies_mid_answer_is_an_error_event(
     """Last: it kills the upstream."""
     client = await Client.connect(f"{served.ws}/v1/realtime?model=slow")
     await _first_delta(client)
-    upstream.proc.send_signal(signal.SIGKILL)
+    upstream.kill()
     got = await client.until("response.done", timeout=60)
     errors = [e["error"] for e in got if e["type"] == "error"]
     assert got[-1]["response"]["status"] == "failed", got[-3:]
