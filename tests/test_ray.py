@@ -366,6 +366,40 @@ async def test_lora_requests_stick_to_the_replica_that_has_the_adapter(cluster: 
     serve.delete("lora")
 
 
+async def test_a_session_sticks_to_the_replica_that_holds_its_cache(cluster: int) -> None:
+    """``session_affinity``: with two replicas, each session's calls land on one of them (its
+    prefix cache is there), as Serve's model multiplexing routes them."""
+    app = serve.deployment(ModelServer, name="sticky", num_replicas=2,
+                           ray_actor_options={"num_cpus": 0}, **FAST_SHUTDOWN)
+    serve.run(app.bind("sticky", {"engine": "fake", "session_affinity": True,
+                                  "options": {"tokens": 1}}, FakeEngine),
+              name="sticky", route_prefix="/models/sticky")
+    pool = RayPool(["sticky"])
+    sessions = [f"s{i}" for i in range(4)]
+
+    async def call(session: str) -> None:
+        async for _ in pool.stream("sticky", ModelRequest(session=session)):
+            pass
+
+    for session in sessions:
+        await call(session)
+    await asyncio.sleep(2)  # replicas report their sessions to the routers (long poll)
+    for _ in range(6):
+        for session in sessions:
+            await call(session)
+    handle = serve.get_app_handle("sticky")
+    seen: dict[str, list[str]] = {}
+    for _ in range(60):
+        info = await handle.where.remote()
+        seen[info["replica"]] = info["sessions"]
+        if len(seen) == 2:
+            break
+    holders = {s: [r for r, held in seen.items() if s in held] for s in sessions}
+    assert all(len(h) == 1 for h in holders.values()), seen
+    await pool.close()
+    serve.delete("sticky")
+
+
 async def test_a_model_no_node_can_host_fails_at_the_deadline(cluster: int) -> None:
     """A model whose replica cannot be placed anywhere: the call gets engine_error at the
     first-delta deadline instead of waiting in Serve's router for ever."""

@@ -21,6 +21,7 @@ from agent.errors import EngineError, UnknownModel
 from agent.parts import Part
 from agent.pool import Pool
 from agent.ray.hop import PackedRequest, has_pictures, pack
+from agent.ray.replica import SESSION
 
 log = logging.getLogger(__name__)
 REPLICA_LOST = (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError,
@@ -80,6 +81,9 @@ class RayPool(Pool):
         lora = request.options.get("lora")
         if lora:  # LoRA adapters are multiplexed: Serve routes to a replica that has it
             handle = handle.options(multiplexed_model_id=str(lora))
+        elif request.session and (await self._limits_of(model, request.live)).get("affinity"):
+            # to the replica that holds the session's prefix cache
+            handle = handle.options(multiplexed_model_id=SESSION + request.session)
         gen, first = await self._first(model, handle, await self._shrink(model, request),
                                        request.live)
         if gen is None:
@@ -158,11 +162,17 @@ class RayPool(Pool):
         """Pictures downscaled to the model's budget and JPEG-encoded, off the event loop."""
         if not self.jpeg_quality or not has_pictures(request):
             return request
+        max_pixels = (await self._limits_of(model, request.live)).get("max_pixels")
+        return await asyncio.to_thread(pack, request, max_pixels, self.jpeg_quality)
+
+    async def _limits_of(self, model: str, live: bool) -> dict[str, Any]:
+        """What a replica of ``model`` says of it (its pixel budget, whether sessions stick),
+        asked once."""
         if model not in self._limits:
             deadline = asyncio.get_running_loop().time() + self.first_delta_timeout_s
             try:
                 limits = await self._within(model, self.probes[model].limits.remote(), deadline,
-                                            request.live)
+                                            live)
             except EngineError:
                 raise
             except TimeoutError:
@@ -170,8 +180,7 @@ class RayPool(Pool):
             except Exception as exc:
                 raise EngineError(f"model {model!r} failed: {_reason(exc)}") from exc
             self._limits[model] = dict(limits)
-        max_pixels = self._limits[model].get("max_pixels")
-        return await asyncio.to_thread(pack, request, max_pixels, self.jpeg_quality)
+        return self._limits[model]
 
     async def health(self) -> dict[str, bool]:
         """A model is healthy when its replicas answered a ping within three probe periods.

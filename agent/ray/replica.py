@@ -29,6 +29,10 @@ from agent.ray.hop import PackedRequest, batches, unpack
 
 log = logging.getLogger(__name__)
 ADAPTERS_PER_REPLICA = 8
+SESSIONS_PER_REPLICA = 256
+"""Sessions a replica is known by to Serve's routers (``session_affinity``), least recent out."""
+SESSION = "session:"
+"""The prefix of a multiplexed model id that names a session, not a LoRA adapter."""
 HEAP_TRIM_INTERVAL_S = 2.0
 
 
@@ -56,6 +60,9 @@ class ModelServer:
         self.stream_interval_s = stream_interval_s
         self.adapters: list[str] = []
         """LoRA adapters this replica has been routed (most recent last)."""
+        self.sessions: list[str] = []
+        """Sessions routed here by affinity (most recent last, at most
+        ``SESSIONS_PER_REPLICA``)."""
         self.engine = engine_cls(name, config)
         self.scheduler = scheduler_for(self.engine)  # the replica's fair, bounded queue
         self.heap = HeapTrimmer(HEAP_TRIM_INTERVAL_S)  # unpacked frames: as in the gateway
@@ -85,20 +92,29 @@ class ModelServer:
             finally:
                 self.heap.mark()
 
-    @serve.multiplexed(max_num_models_per_replica=ADAPTERS_PER_REPLICA)  # type: ignore[untyped-decorator]
-    async def adapter(self, adapter_id: str) -> str:
-        """Serve's model multiplexing for LoRA adapters: the gateway sends a request with option
-        ``lora`` as ``multiplexed_model_id``, and Serve routes it to a replica that has served
-        that adapter, so each adapter is loaded (by the engine, on first use) on few replicas
-        instead of all. Serve forgets the least recent past ``ADAPTERS_PER_REPLICA``."""
-        self.adapters = [a for a in self.adapters if a != adapter_id][1 - ADAPTERS_PER_REPLICA:]
-        self.adapters.append(adapter_id)
-        return adapter_id
+    @serve.multiplexed(  # type: ignore[untyped-decorator]
+        max_num_models_per_replica=ADAPTERS_PER_REPLICA + SESSIONS_PER_REPLICA)
+    async def adapter(self, model_id: str) -> str:
+        """Serve's model multiplexing, for two kinds of stickiness. A LoRA adapter: the gateway
+        sends a request with option ``lora`` as ``multiplexed_model_id``, and Serve routes it
+        to a replica that has served that adapter, so each adapter is loaded (by the engine, on
+        first use) on few replicas instead of all. A session (``session:ID``, for a model with
+        ``session_affinity``): its calls go to the replica that holds its prefix cache, and to
+        another (computing the prompt afresh) when that one is gone or full."""
+        if model_id.startswith(SESSION):
+            kept = [s for s in self.sessions if s != model_id][1 - SESSIONS_PER_REPLICA:]
+            self.sessions = [*kept, model_id]
+        else:
+            kept = [a for a in self.adapters if a != model_id][1 - ADAPTERS_PER_REPLICA:]
+            self.adapters = [*kept, model_id]
+        return model_id
 
     async def limits(self) -> dict[str, Any]:
-        """What the gateway needs to shrink requests: the engine's pixel budget, if any."""
+        """What the gateway needs to know of the model: the engine's pixel budget (to shrink
+        pictures), if any, and whether a session's calls stick to one replica."""
         max_pixels = getattr(self.engine, "max_pixels", None)
-        return {"max_pixels": int(max_pixels) if isinstance(max_pixels, int) else None}
+        return {"max_pixels": int(max_pixels) if isinstance(max_pixels, int) else None,
+                "affinity": self.engine.config.sticky()}
 
     async def stats(self) -> dict[str, Any]:
         """Engine counters, for tests and operators (``generated``, ``active`` if kept)."""
@@ -111,7 +127,8 @@ class ModelServer:
 
         return {"node_id": ray.get_runtime_context().get_node_id(),
                 "replica": serve.get_replica_context().replica_id.unique_id,
-                "adapters": list(self.adapters)}
+                "adapters": list(self.adapters),
+                "sessions": [s.removeprefix(SESSION) for s in self.sessions]}
 
     async def ping(self) -> bool:
         await self.engine.check_health()
