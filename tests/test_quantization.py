@@ -43,6 +43,15 @@ async def answer(engine: TransformersEngine) -> list[Any]:
     return parts
 
 
+def save(engine: TransformersEngine, source: Path, to: Path) -> Path:
+    """The quantized weights, with the processor's files of ``source`` beside them."""
+    engine.model.save_pretrained(to)
+    for extra in source.iterdir():
+        if not (to / extra.name).exists():
+            shutil.copy(extra, to / extra.name)
+    return to
+
+
 async def footprint(engine: TransformersEngine) -> int:
     return int(engine.model.get_memory_footprint())
 
@@ -65,11 +74,7 @@ async def test_quantized_while_loading_serves_in_less_memory(source: Path, full:
     await answer(engine)
     assert await footprint(engine) < full
     # saved quantized, it serves again as its config says, with no option
-    saved = tmp_path / "saved"
-    engine.model.save_pretrained(saved)
-    for extra in source.iterdir():  # the processor's files beside the weights
-        if not (saved / extra.name).exists():
-            shutil.copy(extra, saved / extra.name)
+    saved = save(engine, source, tmp_path / "saved")
     again = TransformersEngine("again", model(saved))
     await again.start()
     assert again.model.hf_quantizer is not None
