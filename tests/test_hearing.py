@@ -95,7 +95,7 @@ async def test_server_vad_finds_the_turn_and_answers_it(served: Address, tmp_pat
     assert 0 <= started["audio_start_ms"] < stopped["audio_end_ms"] <= 4000
     transcript = got[kinds.index("conversation.item.input_audio_transcription.completed")]
     assert "door" in transcript["transcript"].lower()
-    check(client.seen, beta=False)
+    check(client.seen, beta=False, spoken=True)  # turn detection on, no modalities: spoken
     await client.close()
 
 

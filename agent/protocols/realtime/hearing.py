@@ -10,7 +10,7 @@ from agent.protocols.realtime import events, wire
 from agent.transcripts import DEFAULT_TRANSCRIBER, Heard, Listener, Transcriber, Vad
 
 OPENAI_TRANSCRIBERS = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
-                       "gpt-4o-transcribe-diarize", "gpt-realtime")
+                       "gpt-4o-transcribe-diarize", "gpt-realtime", "gpt-realtime-whisper")
 """OpenAI's transcription models, which the clients' defaults name: the embedded ``asr``
 transcribes for them."""
 EAGERNESS_S = {"low": 1.2, "medium": 0.6, "auto": 0.6, "high": 0.3}

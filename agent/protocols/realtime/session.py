@@ -27,7 +27,13 @@ from agent.protocols.outbox import Outbox, Render, serve
 from agent.protocols.realtime import events, mcp, wire
 from agent.protocols.realtime.hearing import HeardEvents, hearing, input_object
 from agent.protocols.realtime.responses import RealtimeSink
-from agent.protocols.realtime.speech import modalities, output_object, speech_change, spoken
+from agent.protocols.realtime.speech import (
+    listening_speaks,
+    modalities,
+    output_object,
+    speech_change,
+    spoken,
+)
 from agent.protocols.realtime.tools import choice_object, tool_choice, tools
 from agent.runtime import Runtime
 
@@ -59,6 +65,8 @@ class RealtimeSession:
         self.mcp = McpClients(server)
         self.mcp_entries: list[dict[str, Any]] = []
         """The session's MCP tools as ``session.updated`` shows them (no headers)."""
+        self.chose_modalities = False
+        """The client has set ``output_modalities`` (then turn detection leaves them be)."""
 
     async def send(self, event: dict[str, Any]) -> None:
         self._remember(event)
@@ -118,6 +126,10 @@ class RealtimeSession:
         conv = self.conversation
         if isinstance(event, wire.SessionUpdate):
             change, offered = settings(event.session), event.session.tools
+            self.chose_modalities |= event.session.output_modalities is not None
+            if not self.chose_modalities:
+                change = replace(change, speech=listening_speaks(
+                    event.session, change.speech, conv.speech is not None))
             if offered is not None:
                 found = mcp.servers(offered, "session.tools")
                 change = replace(change, mcp_tools=await mcp.offer(

@@ -5,6 +5,7 @@ speed) as the conversation's speech, the session object's view of it, and G.711 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import av
@@ -47,6 +48,22 @@ def speech_change(params: wire.SessionParams, where: str = "session") -> SpeechC
     voice = out.voice.id if isinstance(out.voice, wire.VoiceId) else out.voice
     return SpeechChange(on=on, voice=voice, speed=out.speed, rate=rate, encoding=encoding,
                         param=f"{where}.audio.output.voice")
+
+
+def listening_speaks(params: wire.SessionParams, change: SpeechChange | None,
+                     voiced: bool) -> SpeechChange | None:
+    """Speech for a session that sets turn detection (server VAD, or ``null`` / ``false``: its
+    own) without ever choosing ``output_modalities``: it talks with someone, so its answers
+    are spoken, as OpenAI's default (``["audio"]``) speaks them. Pipecat asks for audio only in
+    some of its ``response.create``: without this, server VAD's responses, and those it asks
+    for after its own turn detection, reach it as text and its user hears nothing.
+    ``voiced``: a voice is installed (else text, as before)."""
+    audio_in = params.audio.input if params.audio else None
+    if not voiced or audio_in is None or "turn_detection" not in audio_in.model_fields_set:
+        return change
+    if change is None:
+        return SpeechChange(on=True, param="session.audio.input.turn_detection")
+    return change if change.on is not None else replace(change, on=True)
 
 
 def modalities(speech: Speech | None) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from agent.errors import InvalidRequest, UnknownEvent
 from agent.protocols.common import MediaExtension, StreamagentSession, check_containers
@@ -56,6 +56,13 @@ class AudioInput(_Model):
     transcription: Transcription | None = None
     turn_detection: TurnDetection | None = None
     noise_reduction: Any = None
+
+    @field_validator("turn_detection", mode="before")
+    @classmethod
+    def _false_is_off(cls, value: Any) -> Any:
+        """``false`` (Pipecat's way to use its own turn detection) is ``null``: no server
+        VAD, the client commits."""
+        return None if value is False else value
 
 
 class VoiceId(_Model):
