@@ -26,7 +26,12 @@ from agent.errors import InvalidMedia, InvalidRequest, StreamAgentError
 from agent.parts import AudioChunk
 from agent.protocols.common import StreamagentSession, check_containers, extension
 from agent.protocols.context_window import compression
-from agent.protocols.gemini.speech import audio_messages, speech_change, transcribed
+from agent.protocols.gemini.speech import (
+    activity_detection,
+    audio_messages,
+    speech_change,
+    transcribed,
+)
 from agent.protocols.outbox import Outbox, serve
 from agent.response import Response, ResponseSink
 from agent.runtime import Runtime
@@ -79,6 +84,8 @@ class GeminiSession:
         self.pending_calls: set[str] = set()
         """Function calls sent and not answered yet (cancelled if the user speaks first)."""
         self.transcribe = False
+        self.hear_words = False
+        """Whether the client asked for its own words (``inputAudioTranscription``)."""
         """Whether spoken answers come with their words (``outputAudioTranscription``)."""
         server = runtime.config.server
         self.outbox = Outbox("gemini", server.slow_client_timeout_s, server.max_outbox_bytes)
@@ -189,13 +196,14 @@ class GeminiSession:
             raise InvalidRequest(f"setup.streamagent.{where}: {first['msg']}") from None
         tools = gemini_tools(setup.get("tools"))
         self.transcribe = transcribed(setup)
+        self.hear_words = pick(setup, "inputAudioTranscription") is not None
         return extension(checked, Settings(
             instructions=instructions, audio_rate=self.rate, tools=tools,
             tool_choice=gemini_choice(pick(setup, "toolConfig"), tools),
             speech=speech_change(setup),
             window=compression(pick(setup, "contextWindowCompression")),
             transcription=DEFAULT_TRANSCRIBER if pick(setup, "inputAudioTranscription")
-            is not None else None))
+            is not None else None, vad=activity_detection(setup)))
 
     async def _apply(self, conv: Conversation, msg: dict[str, Any]) -> None:
         realtime, content = pick(msg, "realtimeInput"), pick(msg, "clientContent")
@@ -244,6 +252,9 @@ class GeminiSession:
         if pick(rt, "activityStart") is not None:
             await self._interrupt(conv)
         if pick(rt, "activityEnd") is not None or pick(rt, "audioStreamEnd"):
+            if conv.transcriber is not None and conv.transcriber.vad is not None:
+                conv.commit_audio()  # the server's VAD ends turns: this ends the speech held
+                return
             await self._interrupt(conv)
             conv.commit_audio()
             conv.ask(Ask())
@@ -368,14 +379,16 @@ def _rate(mime: str) -> int:
 
 class GeminiHeard(Listener):
     """What the user said, as ``serverContent.inputTranscription`` pieces, the last one
-    ``finished``."""
+    ``finished``, when the client asked for them (the server's VAD hears it either way)."""
 
     def __init__(self, session: GeminiSession) -> None:
         self.session = session
 
     async def delta(self, heard: Heard, text: str) -> None:
-        await self.session.send({"serverContent": {"inputTranscription": {"text": text}}})
+        if self.session.hear_words:
+            await self.session.send({"serverContent": {"inputTranscription": {"text": text}}})
 
     async def transcribed(self, heard: Heard, transcript: str) -> None:
-        await self.session.send({"serverContent": {"inputTranscription": {
-            "text": "", "finished": True}}})
+        if self.session.hear_words:
+            await self.session.send({"serverContent": {"inputTranscription": {
+                "text": "", "finished": True}}})

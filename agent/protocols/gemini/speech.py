@@ -9,6 +9,7 @@ from typing import Any
 
 from agent.errors import InvalidRequest
 from agent.parts import AudioChunk
+from agent.transcripts import Vad
 from agent.voice import SpeechChange
 
 MODALITIES = ("TEXT", "AUDIO")
@@ -56,3 +57,37 @@ def audio_messages(chunk: AudioChunk, transcribe: bool) -> list[dict[str, Any]]:
     if transcribe and chunk.transcript:
         out.append({"serverContent": {"outputTranscription": {"text": chunk.transcript}}})
     return out
+
+
+START_THRESHOLD = {"START_SENSITIVITY_HIGH": 0.3, "START_SENSITIVITY_LOW": 0.7}
+END_SILENCE_S = {"END_SENSITIVITY_HIGH": 0.4, "END_SENSITIVITY_LOW": 1.2}
+DEFAULT_SILENCE_S = 0.8
+"""The silence that ends a turn when the client names no sensitivity (Gemini documents none)."""
+
+
+def activity_detection(setup: dict[str, Any]) -> Vad | None:
+    """``realtimeInputConfig``: Gemini Live's automatic activity detection (on unless
+    ``automaticActivityDetection.disabled``) as server VAD: the end of the user's speech asks
+    the question; ``activityHandling: NO_INTERRUPTION`` lets an answer finish under new
+    speech. ``None``: the client marks its turns (``activityStart`` / ``activityEnd``)."""
+    config = _pick(setup, "realtimeInputConfig") or {}
+    detection = _pick(config, "automaticActivityDetection") or {}
+    if not isinstance(config, dict) or not isinstance(detection, dict):
+        raise InvalidRequest("realtimeInputConfig and its automaticActivityDetection are "
+                             "objects", param="setup.realtimeInputConfig")
+    if _pick(detection, "disabled"):
+        return None
+    silence_ms = _pick(detection, "silenceDurationMs")
+    prefix_ms = _pick(detection, "prefixPaddingMs")
+    handling = _pick(config, "activityHandling") or "START_OF_ACTIVITY_INTERRUPTS"
+    if handling not in ("START_OF_ACTIVITY_INTERRUPTS", "NO_INTERRUPTION",
+                        "ACTIVITY_HANDLING_UNSPECIFIED"):
+        raise InvalidRequest(f"unknown activityHandling {handling!r}",
+                             param="setup.realtimeInputConfig.activityHandling")
+    return Vad(threshold=START_THRESHOLD.get(str(_pick(detection, "startOfSpeechSensitivity")),
+                                             0.5),
+               silence_s=(int(silence_ms) / 1000 if silence_ms is not None else
+                          END_SILENCE_S.get(str(_pick(detection, "endOfSpeechSensitivity")),
+                                            DEFAULT_SILENCE_S)),
+               prefix_s=int(prefix_ms) / 1000 if prefix_ms is not None else 0.3,
+               interrupt_response=handling != "NO_INTERRUPTION")
