@@ -2,6 +2,7 @@
 docs/plugin-hooks.md; tests/test_plugin_api.py holds plugins/ and examples/ to it)."""
 
 from agent import long_audio
+from agent.adapters import AdapterGate
 from agent.config import Config, HandlerConfig, ModelConfig, ProfileConfig, ServerConfig
 from agent.engine import (
     Engine,
@@ -69,6 +70,7 @@ from agent.vad import Segmenter, Utterance, load_vad
 from agent.voice import Voice
 
 __all__ = [
+    "AdapterGate",
     "AUDIO_RATE",
     "Audio",
     "AudioChunk",

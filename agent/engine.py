@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -252,10 +252,13 @@ class ThreadedEngine(Engine):
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[Part, None]:
         cancelled = threading.Event()
-        async for item in iterate_in_thread(
+        # closed with this stream, not later by the loop's finalizer: the thread has stopped
+        # by the time the stream is closed
+        async with contextlib.aclosing(iterate_in_thread(
             lambda: self.generate(request, cancelled), self._executor, cancelled
-        ):
-            yield as_part(item)
+        )) as items:
+            async for item in items:
+                yield as_part(item)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -270,7 +273,7 @@ async def iterate_in_thread(
     executor: ThreadPoolExecutor | None,
     cancelled: threading.Event,
     max_pending: int = 64,
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """Run a blocking iterator on ``executor`` and yield its items on the event loop.
 
     At most ``max_pending`` items wait in between (the thread blocks, it never drops). When the

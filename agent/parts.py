@@ -68,7 +68,8 @@ class Usage:
     cached_tokens: int | None = None
     """Prompt tokens served from the engine's cache."""
     finish_reason: str | None = None
-    """``length`` when the token limit stopped generation, else ``stop`` (or unset)."""
+    """``length`` when the token limit stopped generation, ``abort`` when it was cancelled,
+    else ``stop`` (the model's end or a stop string; or unset)."""
 
 
 Part = TextDelta | ToolCallDelta | ToolOutput | AudioChunk | Usage

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from PIL import Image, ImageDraw, ImageFont
 
-from agent.config import Config, ModelConfig, ProfileConfig
-from agent.engine import ModelRequest, ThreadedEngine
+from agent.config import Config, GenerationConfig, ModelConfig, ProfileConfig
+from agent.engine import Entry, ModelRequest, ThreadedEngine
 from agent.errors import ConfigError
+from agent.families import decoding
 from agent.handler import Handler, Question
 from agent.hookspecs import hookimpl
 from agent.media import Window
@@ -28,16 +32,51 @@ T = TypeVar("T")
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 
 
-class FakeEngine(ThreadedEngine):
-    """Streams ``tokens`` words ("tok0 tok1 ..."), ``delay_s`` apart, at most ``max_new_tokens``
-    of them (a request option), then its ``Usage`` as a real engine does (prompt: one token per
-    word and per ``sequence`` entry; cached: the entries a prefix cache would hold, see
-    ``cached``); counts what it did. Option ``tool_call`` (a function name): the answer is a call
-    of that function, in two ``ToolCallDelta`` pieces, after the words. Option
-    ``load_delay_s``: loading takes that long; ``fail_load`` (a message): loading fails.
+@functools.cache
+def tiny_tokenizer() -> Any:
+    """The byte-level BPE of the tiny checkpoints (``agent/tiny/tokenizer.json``): the fake
+    engine counts tokens with it, so its counts agree with the tiny real models'."""
+    from tokenizers import Tokenizer
 
-    ``generated`` counts tokens actually produced, so a test can check that a cancelled
-    response really stopped the engine."""
+    return Tokenizer.from_file(str(Path(__file__).with_name("tiny") / "tokenizer.json"))
+
+
+def count_tokens(text: str) -> int:
+    """Tokens of ``text`` in the tiny checkpoints' tokenizer (no special tokens)."""
+    return len(tiny_tokenizer().encode(text, add_special_tokens=False).ids) if text else 0
+
+
+def fake_model(**options: Any) -> ModelConfig:
+    """A fake model's config whose token limit (``generation.max_new_tokens``, 128 by default,
+    which the fake honours as real engines do) lets its whole answer (``tokens``) through."""
+    tokens = int(options.get("tokens", 5))
+    return ModelConfig(engine="fake", options=options,
+                       generation=GenerationConfig(max_new_tokens=max(128, tokens)))
+
+
+class FakeEngine(ThreadedEngine):
+    """Streams ``tokens`` words ("tok0 tok1 ..."), ``delay_s`` apart, then its ``Usage``, and
+    keeps the contracts of the real engines (tests/test_engine_contract.py runs the same cases
+    on it, on transformers and on vLLM):
+
+    - the generation config (the model's, then the request's options): the answer is ``tokens``
+      long, at least ``min_new_tokens``, at most ``max_new_tokens`` (``finish_reason``
+      ``length`` when the limit cut it); ``do_sample`` draws the words at random, the same
+      ones for the same ``seed``; ``num_beams`` > 1 sends the answer in one piece at the end;
+    - option ``stop`` (strings): the answer ends before the first one (``finish_reason``
+      ``stop``);
+    - option ``lora`` (or the model's ``default_lora``): an adapter of ``options.lora``
+      changes the words; any other is refused (``ConfigError``, as the real engines);
+    - cancelled mid-answer, it stops and says so (``finish_reason`` ``abort``);
+    - tokens are counted with the tiny checkpoints' tokenizer: the prompt's texts (the
+      instructions, examples, history, timeline and question), one token per picture, video
+      frame and sound; cached, the leading timeline entries the request before had too.
+
+    Option ``tool_call`` (a function name): the answer is a call of that function, in two
+    ``ToolCallDelta`` pieces, after the words. Option ``say`` (pieces): said instead of
+    ``tokN``. Option ``load_delay_s``: loading takes that long; ``fail_load`` (a message):
+    loading fails. ``generated`` counts tokens actually produced, so a test can check that a
+    cancelled response really stopped the engine."""
 
     kind = "fake"
 
@@ -52,46 +91,79 @@ class FakeEngine(ThreadedEngine):
         """Option ``fail_requests``: the first N requests fail before a token."""
         if "modalities" in self.config.options:  # what it says it takes in, as loaded models do
             self.modalities = frozenset(self.config.options["modalities"])
+        self.loras: dict[str, str] = dict(self.config.options.get("lora") or {})
         self.generated = 0
         self.requests: list[ModelRequest] = []
         self.active = 0
+        tiny_tokenizer()  # loaded with the model, not in its first answer
 
     def generate(self, request: ModelRequest,
                  cancelled: threading.Event) -> Iterator[str | Part]:
         self.requests.append(request)
-        adapter = request.options.get("lora")
-        if adapter and adapter not in (self.config.options.get("lora") or {}):
-            # as the vLLM engine: an adapter the model does not have is refused
-            raise ConfigError(f"model {self.name!r} has no LoRA adapter {adapter!r}; adapters: "
-                              f"{sorted(self.config.options.get('lora') or {})}")
+        opts = decoding(self.config, request.options)  # as the real engines read them
+        adapter = self.adapter(request)
+        natural = int(request.options.get("tokens", self.tokens))
+        limit = opts["max_new_tokens"]
+        count = min(max(natural, opts["min_new_tokens"]), limit)
+        finish = "length" if count == limit and count != natural else "stop"
+        pieces = self.words(count, opts, request.options.get("seed"), adapter)
+        stop_at, count = stopped(pieces, list(request.options.get("stop") or ()), count)
+        if stop_at is not None:
+            finish = "stop"
         self.active += 1
-        tokens = int(request.options.get("tokens", self.tokens))
-        limit = int(request.options.get("max_new_tokens", tokens))  # as a real engine stops
         try:
             if len(self.requests) <= self.fail_requests:
                 raise RuntimeError("fake engine failure")
-            said = self.config.options.get("say")  # option say: these pieces, not tokN
-            for i in range(min(tokens, limit)):
+            text, shown, made = "", "", 0
+            for i, piece in enumerate(pieces[:count]):
                 if cancelled.is_set():
-                    return
+                    finish = "abort"
+                    break
                 if self.fail_after is not None and i >= int(self.fail_after):
                     raise RuntimeError("fake engine failure")
                 if self.delay_s:
                     time.sleep(self.delay_s)
                 self.generated += 1
-                yield said[i % len(said)] if said else f"tok{i} "
-            if tool := request.options.get("tool_call", self.config.options.get("tool_call")):
+                made += 1
+                text += piece
+                delta, shown = text[len(shown):stop_at], text[:stop_at]
+                if delta and opts["num_beams"] == 1:
+                    yield delta
+            if opts["num_beams"] > 1 and shown and finish != "abort":
+                yield shown  # beam search: the whole answer at the end
+            tool = request.options.get("tool_call", self.config.options.get("tool_call"))
+            if tool and finish != "abort":
                 yield ToolCallDelta(0, f"call_{len(self.requests)}", str(tool), '{"window": ')
                 yield ToolCallDelta(0, arguments=f"{len(self.requests)}}}")
-            yield Usage(prompt_tokens=len(request.prompt.split()) + len(request.sequence),
-                        completion_tokens=min(tokens, limit), cached_tokens=self.cached(request),
-                        finish_reason="length" if limit < tokens else "stop")
+            yield Usage(prompt_tokens=prompt_tokens(request), completion_tokens=made,
+                        cached_tokens=self.cached(request), finish_reason=finish)
         finally:
             self.active -= 1
 
+    def adapter(self, request: ModelRequest) -> str | None:
+        """The request's LoRA adapter (or the model's default), refused if it has none such."""
+        name = request.options.get("lora", self.config.options.get("default_lora"))
+        if name and name not in self.loras:  # as the real engines
+            raise ConfigError(f"model {self.name!r} has no LoRA adapter {name!r}; "
+                              f"adapters: {sorted(self.loras)}")
+        return str(name) if name else None
+
+    def words(self, count: int, opts: dict[str, Any], seed: Any,
+              adapter: str | None) -> list[str]:
+        """The answer's pieces: ``tokN`` (or option ``say``'s), drawn at random when
+        sampling (the same for the same seed), marked by a LoRA adapter."""
+        said = self.config.options.get("say")
+        if opts["do_sample"]:
+            rng = random.Random(seed)
+            pieces = [rng.choice(said) if said else f"tok{rng.randrange(10**6)} "
+                      for _ in range(count)]
+        else:
+            pieces = [said[i % len(said)] if said else f"tok{i} " for i in range(count)]
+        return [f"{adapter}:{p}" for p in pieces] if adapter else pieces
+
     def cached(self, request: ModelRequest) -> int | None:
-        """As a prefix cache counts: the leading ``sequence`` entries of ``request`` (one
-        token each) that the request before it had too; ``None`` without a sequence."""
+        """As a prefix cache counts: the tokens of the leading ``sequence`` entries of
+        ``request`` that the request before it had too; ``None`` without a sequence."""
         if not request.sequence:
             return None
         at = next(i for i, r in enumerate(self.requests) if r is request)
@@ -100,7 +172,32 @@ class FakeEngine(ThreadedEngine):
         same = 0
         while same < min(len(now), len(before)) and now[same] == before[same]:
             same += 1
-        return same
+        return sum(entry_tokens(e) for e in request.sequence[:same])
+
+
+def stopped(pieces: list[str], stops: list[str], count: int) -> tuple[int | None, int]:
+    """Where the first stop string begins in the answer, and the pieces it took to write it
+    (``None`` and ``count``: none is written)."""
+    text = ""
+    for made, piece in enumerate(pieces[:count], 1):
+        text += piece
+        found = [i for s in stops if (i := text.find(s)) >= 0]
+        if found:
+            return min(found), made
+    return None, count
+
+
+def entry_tokens(entry: Entry) -> int:
+    return count_tokens(entry.text) + (entry.image is not None) + (entry.audio is not None)
+
+
+def prompt_tokens(request: ModelRequest) -> int:
+    """The fake's prompt: the texts it reads, one token per picture, frame and sound."""
+    texts = [request.instructions, *(answer for _, answer in request.examples),
+             *(turn.text for turn in request.history), request.prompt]
+    return (sum(count_tokens(t) for t in texts) + sum(map(entry_tokens, request.sequence))
+            + len(request.examples) + len(request.images) + len(request.video)
+            + (request.audio is not None))
 
 
 class EchoHandler(Handler):
@@ -143,7 +240,7 @@ class FakePlugin:
 
     @hookimpl
     def register_models(self, register: Any) -> None:
-        register("fake", ModelConfig(engine="fake", options=self.engine_options))
+        register("fake", fake_model(**self.engine_options))
 
     @hookimpl
     def register_handlers(self, register: Any) -> None:

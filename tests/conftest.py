@@ -55,7 +55,8 @@ SERIAL = {
     # no vLLM engine starts beside another vLLM engine's live windows (test_vllm: a response
     # per 1 s window), nor beside test_ray_cluster's check that a client hears of a lost node
     # within 2 s (about 1 s on a quiet machine); that one runs first, beside small modules
-    "engines": ["test_ray_cluster", "test_model_matrix", "test_vllm", "test_memory"],
+    "engines": ["test_ray_cluster", "test_model_matrix", "test_vllm", "test_memory",
+                "test_engine_contract"],
 }
 ORDER = ["engines", None, "test_gpu_bench", "ray", "test_transformers", "test_upstream",
          "test_install", "test_gpu_check", "test_e2e_media", "test_ask", "test_soak",

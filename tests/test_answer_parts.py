@@ -137,7 +137,7 @@ async def test_response_options_travel_with_the_request_not_in_ambient_state() -
                                                                     lora="x"))),
         _text(ctx.stream(ModelRequest(prompt="b"))))
     await pool.close()
-    assert (capped, free.count("tok")) == ("tok0 tok1 ", 9)
+    assert (capped, free.count("tok")) == ("x:tok0 x:tok1 ", 9)  # the adapter's words
     by_prompt = {r.prompt: r.options for r in engine.requests}
     assert by_prompt == {"a": {"max_new_tokens": 2, "lora": "x"}, "b": {}}
 

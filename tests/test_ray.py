@@ -30,7 +30,7 @@ from agent.plugins import collect, get_plugin_manager
 from agent.ray.pool import RayPool
 from agent.ray.replica import ModelServer
 from agent.runtime import Runtime
-from agent.testing import FakeEngine, FakePlugin, data_url, image_event, jpeg_bytes
+from agent.testing import FakeEngine, FakePlugin, data_url, fake_model, image_event, jpeg_bytes
 from agent.uvicorn_server import Address, running
 from tests.helpers import Client, endpoint_from, texts
 
@@ -89,7 +89,7 @@ FAST_SHUTDOWN = {"graceful_shutdown_timeout_s": 1, "graceful_shutdown_wait_loop_
 def deploy_fake(name: str, **options: Any) -> None:
     app = serve.deployment(ModelServer, name=name, ray_actor_options={"num_cpus": 0},
                            health_check_period_s=1, health_check_timeout_s=5, **FAST_SHUTDOWN)
-    serve.run(app.bind(name, {"engine": "fake", "options": options}, FakeEngine), name=name,
+    serve.run(app.bind(name, fake_model(**options).model_dump(), FakeEngine), name=name,
               route_prefix=f"/models/{name}")
 
 
@@ -280,7 +280,7 @@ async def test_pictures_cross_packed_and_text_coalesced(fake_models: list[str]) 
     shrunk = await pool._shrink("fake", ModelRequest(images=(frame,), video=(frame,) * 8))
     assert isinstance(shrunk, PackedRequest) and shrunk.nbytes < frame.nbytes
     got = [t async for t in text_only(pool.stream("fake", ModelRequest(
-        images=(frame,), options={"tokens": 400})))]
+        images=(frame,), options={"tokens": 400, "max_new_tokens": 400})))]
     assert "".join(got) == "".join(f"tok{i} " for i in range(400)) and len(got) < 400
     await pool.close()
 

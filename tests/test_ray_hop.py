@@ -17,7 +17,7 @@ from agent.families import fit as engine_fit
 from agent.media import RGB, decode_image
 from agent.parts import TextDelta, ToolCallDelta, Usage, text_only
 from agent.ray.hop import PackedRequest, batches, coalesce, fit, pack, unpack
-from agent.testing import FakeEngine, jpeg_bytes
+from agent.testing import FakeEngine, fake_model, jpeg_bytes
 
 
 def camera(text: str, size: tuple[int, int] = (1280, 720)) -> RGB:
@@ -52,8 +52,7 @@ def test_no_budget_keeps_the_size() -> None:
 
 
 def engine(tokens: int, delay_s: float = 0.0) -> FakeEngine:
-    return FakeEngine("fake", ModelConfig(engine="fake",
-                                          options={"tokens": tokens, "delay_s": delay_s}))
+    return FakeEngine("fake", fake_model(tokens=tokens, delay_s=delay_s))
 
 
 async def test_coalesced_text_is_the_same_text_in_fewer_items() -> None:

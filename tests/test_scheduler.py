@@ -9,11 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.config import ModelConfig
 from agent.errors import Overloaded
 from agent.pool import LocalPool
 from agent.scheduler import Scheduler
-from agent.testing import FakeEngine, fake_runtime
+from agent.testing import FakeEngine, fake_model, fake_runtime
 from agent.uvicorn_server import running
 from tests.helpers import Client
 
@@ -85,7 +84,7 @@ async def test_a_cancelled_waiter_leaves_without_waiting_for_work_ahead() -> Non
 
 def fake_pool(**options: Any) -> tuple[LocalPool, FakeEngine]:
     workers = options.pop("workers", None)
-    config = ModelConfig(engine="fake", workers=workers, options=options)
+    config = fake_model(**options).model_copy(update={"workers": workers})
     engine = FakeEngine("fake", config)
     return LocalPool({"fake": engine}), engine
 

@@ -5,6 +5,7 @@ family changes only what differs (plugins/hf/families.py, agent/families.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -40,7 +41,10 @@ TOKEN_TIMEOUT_S = 600.0
 
 class TransformersEngine(ThreadedEngine):
     """Options: ``max_pixels`` (frame budget, default 640*480), ``token_timeout_s`` (longest
-    wait for the next token, default 600).
+    wait for the next token, default 600), ``lora: {name: path}`` PEFT adapters loaded beside
+    the base model (with peft installed; a request picks one with option ``lora``,
+    ``default_lora`` applies to all), as the vLLM engine takes them. Requests run under their
+    adapter one at a time (the model holds one active adapter).
 
     ``quantization``: ``nf4``, ``fp4`` or ``int8`` (bitsandbytes, plugins/hf/quantize.py).
 
@@ -61,6 +65,8 @@ class TransformersEngine(ThreadedEngine):
             raise ConfigError(f"model {name!r}: dtype {config.dtype!r} is not one of {DTYPES}")
         self.max_pixels = int(config.options.get("max_pixels", 640 * 480))
         self.token_timeout_s = float(config.options.get("token_timeout_s", TOKEN_TIMEOUT_S))
+        self.loras: dict[str, str] = dict(config.options.get("lora") or {})
+        self._adapter_lock = threading.Lock()
         self.tokens_generated = 0
         self.active = 0
         self._grammars: Any = None  # xgrammar's compiler for this tokenizer, built on first use
@@ -91,6 +97,7 @@ class TransformersEngine(ThreadedEngine):
         self.model.eval()
         if "device_map" not in kwargs:  # a quantized model is placed as it loads
             self.model.to(cfg.device)
+        self._load_adapters()
         if self.family.chat is not None:
             self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
             self.modalities = self.family.modalities or frozenset()
@@ -105,6 +112,44 @@ class TransformersEngine(ThreadedEngine):
                                              or getattr(self.tokenizer, "chat_template", None))
         log.info("%s takes %s; tool calls: %s", self.name,
                  ", ".join(sorted(self.modalities)) or "text only", self.tool_format or "none")
+
+    def _load_adapters(self) -> None:
+        """The ``lora`` adapters beside the base weights, none active until a request asks."""
+        if not self.loras:
+            return
+        try:
+            import peft  # noqa: F401  (transformers' load_adapter needs it)
+        except ImportError as exc:
+            raise ConfigError(f"model {self.name!r}: options.lora needs peft "
+                              "(pip install peft)") from exc
+        for name, path in sorted(self.loras.items()):
+            self.model.load_adapter(path, adapter_name=name)
+        self.model.disable_adapters()
+
+    def adapter(self, request: ModelRequest) -> str | None:
+        """The request's LoRA adapter (or the model's ``default_lora``); an unknown one is
+        refused as the vLLM engine refuses it."""
+        name = request.options.get("lora", self.config.options.get("default_lora"))
+        if not name:
+            return None
+        if name not in self.loras:
+            raise ConfigError(f"model {self.name!r} has no LoRA adapter {name!r}; "
+                              f"adapters: {sorted(self.loras)}")
+        return str(name)
+
+    @contextlib.contextmanager
+    def _using(self, adapter: str | None) -> Iterator[None]:
+        """The model with ``adapter`` active (none: the base), held for one request."""
+        if not self.loras:
+            yield
+            return
+        with self._adapter_lock:
+            if adapter is None:
+                self.model.disable_adapters()
+            else:
+                self.model.enable_adapters()
+                self.model.set_adapter(adapter)
+            yield
 
     def generate(self, request: ModelRequest,
                  cancelled: threading.Event) -> Iterator[str | Usage]:
@@ -122,12 +167,14 @@ class TransformersEngine(ThreadedEngine):
         options["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
         if request.output_schema is not None:
             self._constrain(options, request.output_schema)
+        adapter = self.adapter(request)
         self.active += 1
         try:
-            if self.family.chat is not None:
-                yield from self._chat(request, options, cancelled)
-            else:
-                yield from self._generate(request, options, cancelled)
+            with self._using(adapter):
+                if self.family.chat is not None:
+                    yield from self._chat(request, options, cancelled)
+                else:
+                    yield from self._generate(request, options, cancelled)
         finally:
             self.active -= 1
 
@@ -173,7 +220,8 @@ class TransformersEngine(ThreadedEngine):
               cancelled: threading.Event) -> Iterator[str | Usage]:
         """A family's own ``chat``; it counts tokens through ``counted`` (else each text piece
         counts as one)."""
-        assert self.family.chat is not None
+        chat = self.family.chat
+        assert chat is not None
         before, pieces = self.tokens_generated, 0
 
         def counted(tokens: int) -> None:
@@ -181,14 +229,29 @@ class TransformersEngine(ThreadedEngine):
 
         call = ChatCall(self.model, self.tokenizer, request, options, self.max_pixels,
                         self.modalities or frozenset(), cancelled, counted, self.token_timeout_s)
-        try:
-            for text in self.family.chat(call):
+
+        aborted = False
+
+        def texts() -> Generator[str, None, None]:
+            nonlocal pieces, aborted
+            for text in chat(call):
                 pieces += 1
                 yield text
+                # set while chat() waits at its piece: by our caller (chat() sets it at its
+                # end too, so it is read here, not after)
+                aborted = aborted or cancelled.is_set()
+
+        stream = texts()
+        try:
+            stopped = yield from cut(stream, tuple(request.options.get("stop") or ()))
+            if stopped:  # a request's stop string: the rest is not generated
+                cancelled.set()
         finally:
+            stream.close()
             if self.tokens_generated == before:
                 self.tokens_generated += pieces
-        yield _usage(None, self.tokens_generated - before, options["max_new_tokens"])
+        yield _usage(None, self.tokens_generated - before, options["max_new_tokens"],
+                     "stop" if stopped else "abort" if aborted else None)
 
     def _generate(self, request: ModelRequest, options: dict[str, Any],
                   cancelled: threading.Event) -> Iterator[str | Usage]:
@@ -196,17 +259,20 @@ class TransformersEngine(ThreadedEngine):
                                   self.modalities or frozenset(), self.max_pixels, self.prompter)
         inputs = inputs.to(self.model.device).to(self.model.dtype)
         before, prompt = self.tokens_generated, int(inputs["input_ids"].shape[1])
-        if self.family.stop:  # generate() stops on the text; the answer is cut before it
-            options.update(stop_strings=list(self.family.stop), tokenizer=self.tokenizer)
+        stops = (*self.family.stop, *(request.options.get("stop") or ()))  # a family's, a
+        if stops:  # request's: generate() stops on the text; the answer is cut before it
+            options.update(stop_strings=list(stops), tokenizer=self.tokenizer)
         pieces = self._pieces(inputs, options, cancelled)
+        stopped = False
         try:
             if self.family.answer is not None:  # post-processed whole
                 yield self.family.answer(self.processor, "".join(pieces), request)
             else:
-                yield from cut(pieces, self.family.stop)
+                stopped = yield from cut(pieces, stops)
         finally:
             pieces.close()
-        yield _usage(prompt, self.tokens_generated - before, options["max_new_tokens"])
+        yield _usage(prompt, self.tokens_generated - before, options["max_new_tokens"],
+                     "stop" if stopped else "abort" if cancelled.is_set() else None)
 
     def _pieces(self, inputs: Any, options: dict[str, Any],
                 cancelled: threading.Event) -> Generator[str, None, None]:
@@ -245,9 +311,11 @@ class TransformersEngine(ThreadedEngine):
             raise failure[0]
 
 
-def _usage(prompt: int | None, generated: int, limit: int) -> Usage:
+def _usage(prompt: int | None, generated: int, limit: int, ended: str | None) -> Usage:
+    """``ended``: ``stop`` (a stop string), ``abort`` (cancelled), or ``None`` (the limit or
+    the model's end, told apart by the count)."""
     return Usage(prompt_tokens=prompt, completion_tokens=generated,
-                 finish_reason="length" if generated >= limit else "stop")
+                 finish_reason=ended or ("length" if generated >= limit else "stop"))
 
 
 def schema_processor(compiled: Any) -> Any:

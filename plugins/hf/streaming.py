@@ -3,7 +3,7 @@ cut at a family's stop text."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 
@@ -22,9 +22,9 @@ def counting_streamer(engine: Any, tokenizer: Any, timeout_s: float,
                             timeout=timeout_s)
 
 
-def cut(pieces: Iterator[str], stops: tuple[str, ...]) -> Iterator[str]:
+def cut(pieces: Iterator[str], stops: tuple[str, ...]) -> Generator[str, None, bool]:
     """The text up to the first of ``stops``, which is not shown (text that could begin one
-    waits for the next piece)."""
+    waits for the next piece); returns whether one was found."""
     held, keep = "", max((len(s) for s in stops), default=1) - 1
     for piece in pieces:
         held += piece
@@ -32,9 +32,10 @@ def cut(pieces: Iterator[str], stops: tuple[str, ...]) -> Iterator[str]:
         if at >= 0:
             if at:
                 yield held[:at]
-            return
+            return True
         if len(held) > keep:
             yield held[:len(held) - keep]
             held = held[len(held) - keep:]
     if held:
         yield held
+    return False

@@ -271,6 +271,8 @@ def _options(chat: ChatRequest) -> dict[str, Any]:
         opts["min_new_tokens"] = 0
     if chat.seed is not None:
         opts["seed"] = chat.seed
+    if chat.stop:  # the engine stops there and counts the tokens (the answer is cut here too)
+        opts["stop"] = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop)
     return opts
 
 
