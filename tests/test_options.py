@@ -3,6 +3,7 @@ and the nearest valid one; the documented options are accepted and reach the plu
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,18 @@ def test_a_plugin_without_an_options_model_takes_any_keys() -> None:
 
     check_options(Two, {"a": 2}, "models.x.options")
     assert Two.of({}).a == 1
+
+
+@pytest.mark.parametrize(("engine", "options", "words"), [
+    ("transformers", {"max_pixel": 1000}, "unknown option 'max_pixel'; did you mean 'max_pixels'"),
+    ("transformers", {"quantization": "q3"}, "models.m.options.quantization"),
+    ("vllm", {"gpu_memory_utilisation": 0.8},
+     "unknown option 'gpu_memory_utilisation'; did you mean 'gpu_memory_utilization'"),
+    ("vllm", {"max_model_len": "long"}, "models.m.options.max_model_len"),
+])
+def test_the_llm_engines_options_are_typed(engine: str, options: dict[str, object],
+                                           words: str, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")  # a checkpoint directory, never loaded
+    model = ModelConfig(engine=engine, source=str(tmp_path), options=options)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        Runtime.build(Config(models={"m": model}), get_plugin_manager())

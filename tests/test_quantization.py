@@ -87,6 +87,6 @@ async def test_quantized_while_loading_serves_in_less_memory(source: Path, full:
 
 
 async def test_an_unknown_method_is_named(source: Path) -> None:
-    with pytest.raises(ConfigError, match="'q3' is not one of nf4, fp4, int8"):
-        await TransformersEngine("q", model(source, quantization="q3")).start()
+    with pytest.raises(ConfigError, match="models.q.options.quantization: Input should be"):
+        TransformersEngine("q", model(source, quantization="q3"))
     assert quantization_refusal(AutoConfig.from_pretrained(source)) is None

@@ -10,7 +10,9 @@ import json
 import logging
 import threading
 from collections.abc import Generator, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from agent import (
     ChatCall,
@@ -20,9 +22,11 @@ from agent import (
     InvalidRequest,
     ModelConfig,
     ModelRequest,
+    Options,
     Prompter,
     ThreadedEngine,
     Usage,
+    check_options,
     decoding,
     detect_format,
     family_for_type,
@@ -39,6 +43,16 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 TOKEN_TIMEOUT_S = 600.0
 
 
+class TransformersOptions(Options):
+    """``options:`` of a model on the transformers engine (see the class below)."""
+
+    max_pixels: int = Field(default=640 * 480, ge=28 * 28)
+    token_timeout_s: float = Field(default=TOKEN_TIMEOUT_S, gt=0)
+    lora: dict[str, str] = Field(default_factory=dict)
+    default_lora: str | None = None
+    quantization: Literal["nf4", "fp4", "int8"] | None = None
+
+
 class TransformersEngine(ThreadedEngine):
     """Options: ``max_pixels`` (frame budget, default 640*480), ``token_timeout_s`` (longest
     wait for the next token, default 600), ``lora: {name: path}`` PEFT adapters loaded beside
@@ -52,6 +66,7 @@ class TransformersEngine(ThreadedEngine):
     ``chat()`` refuses one (and takes no tools: ``tool_format`` stays ``None``)."""
 
     kind = "transformers"
+    options_model = TransformersOptions
     uses_families = True
     constrains = True
 
@@ -63,9 +78,11 @@ class TransformersEngine(ThreadedEngine):
         self.family = self.named_family or Family("generic")
         if config.dtype not in DTYPES:
             raise ConfigError(f"model {name!r}: dtype {config.dtype!r} is not one of {DTYPES}")
-        self.max_pixels = int(config.options.get("max_pixels", 640 * 480))
-        self.token_timeout_s = float(config.options.get("token_timeout_s", TOKEN_TIMEOUT_S))
-        self.loras: dict[str, str] = dict(config.options.get("lora") or {})
+        check_options(TransformersOptions, config.options, f"models.{name}.options")
+        opts = TransformersOptions.of(config.options)
+        self.max_pixels = opts.max_pixels
+        self.token_timeout_s = opts.token_timeout_s
+        self.loras: dict[str, str] = dict(opts.lora)
         self._adapter_lock = threading.Lock()
         self.tokens_generated = 0
         self.active = 0
