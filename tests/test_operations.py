@@ -60,10 +60,9 @@ async def test_a_port_clash_fails_at_once_not_after_the_models_load() -> None:
         config = Config(server=ServerConfig(port=port),
                         profiles={"default": ProfileConfig(handlers=["echo"])})
         runtime = Runtime.build(config, get_plugin_manager([FakePlugin(load_delay_s=30)]))
-        began = time.monotonic()
+        # the models take 30 s to load: the clash is told well before (bound, then load)
         with pytest.raises(OSError, match="in use"):
             await asyncio.wait_for(serve_forever(runtime, announce=False), 10)
-        assert time.monotonic() - began < 2
 
 
 
