@@ -6,7 +6,9 @@ Gemini ``inputAudioTranscription``). Utterances end two ways:
 - **Commits** (no turn detection): the audio since the last ``input_audio_buffer.commit`` is
   one utterance (at most ``MAX_UTTERANCE_S``; older audio is let go and counted).
 - **Server VAD** (``turn_detection: {"type": "server_vad"}``): silero-vad finds them, as the
-  speech handler does; each is committed on its own.
+  speech handler does, from the same pass over the session's audio (``Segmenter(stream=...)``:
+  one VAD run per 32 ms however many segmenters listen); each is committed on its own, and
+  transcribed without the silence that ended it (``Utterance.voiced``).
 
 Each utterance is a user item; its transcript streams to the protocol (``Listener``) and joins
 the conversation as the user's words, so the next answer is to what was said. The VAD and the
@@ -96,8 +98,8 @@ class Transcriber:
         self.pool, self.session_id, self.model = pool, session_id, model
         self.listener, self.on_words, self.vad = listener, on_words, vad
         self.segmenter = Segmenter(threshold=vad.threshold, min_silence_s=vad.silence_s,
-                                   pre_roll_s=vad.prefix_s,
-                                   max_utterance_s=MAX_UTTERANCE_S) if vad else None
+                                   pre_roll_s=vad.prefix_s, max_utterance_s=MAX_UTTERANCE_S,
+                                   stream=session_id) if vad else None
         self._audio: list[np.ndarray] = []
         self._start: float | None = None
         self._queue: asyncio.Queue[Window | str] = asyncio.Queue(QUEUE)
@@ -163,7 +165,7 @@ class Transcriber:
                 t = item.end - item.audio.size / AUDIO_RATE
                 for utt in await asyncio.to_thread(self.segmenter.feed, item.audio, t,
                                                    item.final):
-                    await self._utterance(new_id("item"), (utt.start, utt.end, utt.audio),
+                    await self._utterance(new_id("item"), (utt.start, utt.end, utt.voiced),
                                           vad=True)
             else:
                 self._keep(item)

@@ -86,14 +86,34 @@ def speech_chunks() -> list[str]:
 
 
 class Server(run.Server):
-    """The embedded default in its own process (CPU and memory read from /proc)."""
+    """The embedded default in its own process (CPU and memory read from /proc); ``cwd``: the
+    tree whose code it runs."""
 
-    def __init__(self, config: dict[str, Any] | None) -> None:
+    def __init__(self, config: dict[str, Any] | None, cwd: Path = ROOT) -> None:
         self.tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
         yaml.safe_dump(config or {}, self.tmp)
         self.tmp.close()
-        super().__init__("--embedded", self.tmp.name)
+        super().__init__("--embedded", self.tmp.name, cwd=cwd)
         Path(self.tmp.name).unlink()
+
+    def cpu_s(self) -> float:
+        """The server's CPU seconds with its worker processes' (the recognizer's)."""
+        return sum(_cpu_s(pid) for pid in _tree(self.proc.pid))
+
+
+def _tree(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        kids += [int(k) for k in task.read_text().split()]
+    return [pid, *(p for k in kids for p in _tree(k))]
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone meanwhile
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 SETTLE_S = 2
@@ -106,6 +126,8 @@ class Run:
 
     shown: dict[int, str]
     read: dict[int, float] = field(default_factory=dict)
+    heard: int = 0
+    """Utterances the speech handler transcribed (responses with text)."""
 
     @property
     def fraction(self) -> float:
@@ -123,6 +145,7 @@ async def session(url: str, script: list[str], frames: dict[str, str],
     run = Run(dict(enumerate(script)))
     window_of: dict[str, int] = {}
     text: dict[str, str] = {}
+    speech: set[str] = set()
     async with websockets.connect(url, max_size=None, open_timeout=30) as ws:
         await ws.recv()
         await ws.send(json.dumps({"type": "session.update", "session": {
@@ -135,8 +158,13 @@ async def session(url: str, script: list[str], frames: dict[str, str],
                     meta = ev["response"]["metadata"]
                     if meta.get("handler") == "text_in_view":
                         window_of[ev["response"]["id"]] = int(meta["window_start_ms"]) // 1000
+                    elif meta.get("handler") == "speech":
+                        speech.add(ev["response"]["id"])
                 elif ev["type"] == "response.output_text.delta":
                     rid = ev["response_id"]
+                    if rid in speech:
+                        speech.discard(rid)
+                        run.heard += 1
                     k = window_of.get(rid)
                     if k is None:
                         continue
@@ -170,6 +198,7 @@ def summary(runs: list[Run], cpu_cores: float) -> dict[str, Any]:
         "lag_p50_s": statistics.median(lags) if lags else float("nan"),
         "lag_p95_s": lags[min(len(lags) - 1, int(0.95 * len(lags)))] if lags else float("nan"),
         "server_cores": cpu_cores,
+        "heard": sum(r.heard for r in runs),
     }
 
 

@@ -1,4 +1,11 @@
-"""Speech: utterances found by silero-vad, transcribed by pocketsphinx's bundled en-us model."""
+"""Speech: utterances found by silero-vad, transcribed by pocketsphinx's bundled en-us model.
+
+The recognizer hears each finished utterance once, without most of the silence that ended it
+(``Utterance.voiced``: 0.3 s of it kept), with pocketsphinx's own settings: 14% less
+recognizer CPU at the same word accuracy on the benchmark's voices and the Debian test
+recordings (benchmarks/listening.py, docs/performance.md). Keeping 0.15 s saved a little more
+and lost words; capping the search (``maxhmmpf`` 3000) saved a third and lost more words.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +37,9 @@ from agent import (
     hookimpl,
     load_vad,
 )
+
+DECODER: dict[str, Any] = {}
+"""pocketsphinx settings other than its defaults (measured: benchmarks/listening.py)."""
 
 
 class PocketSphinxEngine(Engine):
@@ -89,7 +99,7 @@ def _decode(pcm: bytes) -> list[str]:
     if _decoder is None:
         from pocketsphinx import Decoder
 
-        _decoder = Decoder(samprate=AUDIO_RATE, loglevel="FATAL")
+        _decoder = Decoder(samprate=AUDIO_RATE, loglevel="FATAL", **DECODER)
     if not pcm:
         return []
     _decoder.start_utt()
@@ -123,7 +133,8 @@ class SpeechHandler(Handler):
         super().__init__(*args, **kwargs)
         opts = SpeechOptions.of(self.ctx.options)
         self.segmenter = Segmenter(threshold=opts.threshold, min_silence_s=opts.min_silence_s,
-                                   max_utterance_s=opts.max_utterance_s)
+                                   max_utterance_s=opts.max_utterance_s,
+                                   stream=self.ctx.session_id)
         self.last_utterance: Utterance | None = None
         self.last_text: str | None = None
 
@@ -136,13 +147,14 @@ class SpeechHandler(Handler):
         if not done:
             return None
         utt = done[0] if len(done) == 1 else Utterance(
-            done[0].start, done[-1].end, np.concatenate([u.audio for u in done]))
+            done[0].start, done[-1].end, np.concatenate([u.audio for u in done]),
+            done[-1].silence)
         self.last_utterance, self.last_text = utt, None
         return utt
 
     async def transcribe(self, utt: Utterance) -> AsyncIterator[str]:
         words = []
-        async for word in self.ctx.text(ModelRequest(audio=utt.audio)):
+        async for word in self.ctx.text(ModelRequest(audio=utt.voiced)):
             words.append(word)
             yield word
         if utt is self.last_utterance:
