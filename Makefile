@@ -26,7 +26,7 @@ $(RUN_STAMP): pyproject.toml
 # Two pytest-xdist workers, each given a whole module (or group of modules) at a time: see
 # tests/conftest.py. A single file or test: .venv/bin/python -m pytest tests/test_x.py
 test: setup example-plugin  ## set up and run the whole test suite
-	$(PY) -m pytest -q -n 2 --dist loadscope
+	$(PY) -m pytest -q -n 2 --dist loadscope --durations=25
 
 bench: setup  ## measure ingest CPU, added latency, session memory and live-session capacity
 	$(PY) -m benchmarks.run

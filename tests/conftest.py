@@ -52,20 +52,20 @@ def need(tool: str) -> str:
 SERIAL = {
     # the Ray clusters of these never overlap
     "ray": ["test_ray", "test_serve_deploy", "test_caption_ray"],
-    # no vLLM engine starts beside another vLLM engine's live windows (test_vllm: a response
-    # per 1 s window), nor beside test_ray_cluster's check that a client hears of a lost node
-    # within 2 s (about 1 s on a quiet machine); that one runs first, beside small modules
-    "engines": ["test_ray_cluster", "test_model_matrix", "test_vllm", "test_memory",
-                "test_engine_contract"],
+    # the longest chain of vLLM engines, one after the other (test_vllm's live windows and
+    # test_ray_cluster's lost node run beside no engine of theirs; another module's vLLM start
+    # on the other worker may overlap them: their checks hold under load, a superseded window
+    # is told); test_ray_cluster runs first, beside small modules
+    "engines": ["test_ray_cluster", "test_model_matrix", "test_vllm", "test_memory"],
 }
-ORDER = ["engines", None, "test_gpu_bench", "ray", "test_transformers", "test_upstream",
-         "test_install", "test_gpu_check", "test_e2e_media", "test_ask", "test_soak",
-         "test_minicpm", "test_browser"]
+ORDER = ["engines", None, "test_gpu_bench", "test_engine_contract", "ray", "test_transformers",
+         "test_upstream", "test_install", "test_gpu_check", "test_e2e_media", "test_ask",
+         "test_soak", "test_minicpm", "test_browser"]
 """The order groups are handed out in: None stands for every group not listed (the small
-modules, in xdist's order: most tests first); then the longer ones, longest first (about 50,
-160, 65, 30-60, 45, 50, 45, 40, 30, 30 and 20 s; "engines" about 400). A worker takes its next
-group when it starts the last test of the one it has, so the run ends on modules of many short
-tests."""
+modules, in xdist's order: most tests first); then the longer ones, longest first (about 30,
+30, 160, 60, 45, 20, 10, 45, 10, 20, 10 and 15 s on a quiet machine; "engines" about 330).
+A worker takes its next group when it starts the last test of the one it has, so the run
+ends on modules of many short tests. `make test` prints the 25 slowest (--durations)."""
 GROUP_OF = {module: group for group, modules in SERIAL.items() for module in modules}
 
 

@@ -8,8 +8,6 @@ import asyncio
 import base64
 import io
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,25 +144,30 @@ def test_closing_a_stream_aborts_the_request_in_vllm(server: ServerThread) -> No
     assert server.call(start_then_close()) == (1, 0)
 
 
-def test_caption_a_folder_resumably(tiny: Path, tmp_path: Path) -> None:
+def test_caption_a_folder_resumably(server: ServerThread, tmp_path: Path) -> None:
+    """The vLLM engine captions a folder (its requests batched), a bad file is listed, and a
+    rerun finds every image done and starts no model. (The ``caption`` command's own flags,
+    formats and kill -9 resume: tests/test_caption_batch.py.)"""
+    from agent.caption import caption_folder
+
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(6):
         Image.new("RGB", (96, 64), (i * 40, 80, 160)).save(folder / f"img{i}.png")
     (folder / "broken.jpg").write_bytes(b"not an image")
-    out = tmp_path / "captions.json"
-    cmd = [sys.executable, "-m", "agent.cli", "caption", str(folder), "-o", str(out),
-           "--family", "qwen2-vl", "--source", str(tiny), "--engine", "vllm",
-           "--max-tokens", "8"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "captioned 6 images" in first.stdout and "1 bad" in first.stdout
-    data = json.loads(out.read_text())
-    assert sorted(data["captions"]) == [f"img{i}.png" for i in range(6)]
-    assert list(data["errors"]) == ["broken.jpg"]
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert "captioned 0 images" in again.stdout and "6 already done" in again.stdout
-    assert "the model was not loaded" in again.stdout  # a finished run starts no vLLM
+    out, eng = tmp_path / "captions.jsonl", engine(server.runtime)
+    first = server.call(caption_folder(eng, folder, out, progress=False))
+    assert (first.done, first.errors) == (6, 1), first
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["file_name"] for r in rows) == [f"img{i}.png" for i in range(6)]
+    assert all(r["text"] for r in rows)
+    started: list[bool] = []
+
+    async def start() -> None:
+        started.append(True)
+
+    again = server.call(caption_folder(eng, folder, out, progress=False, start=start))
+    assert (again.done, again.skipped) == (0, 6) and not again.loaded and not started
 
 
 def test_unsupported_family_and_options_fail_at_start_up(tiny: Path) -> None:
