@@ -2,7 +2,8 @@
 docs/plugin-hooks.md; tests/test_plugin_api.py holds plugins/ and examples/ to it)."""
 
 from agent import long_audio
-from agent.adapters import AdapterGate
+from agent.adapters import AdapterGate, requested_adapter
+from agent.audio import wav_bytes
 from agent.config import Config, HandlerConfig, ModelConfig, ProfileConfig, ServerConfig
 from agent.engine import (
     Engine,
@@ -97,6 +98,8 @@ __all__ = [
     "Part",
     "Options",
     "check_options",
+    "requested_adapter",
+    "wav_bytes",
     "Prompt",
     "Prompter",
     "Pool",

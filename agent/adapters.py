@@ -10,7 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from agent.errors import ConfigError
+
+
+def requested_adapter(model: str, options: Mapping[str, Any], default: str | None,
+                      adapters: Mapping[str, str]) -> str | None:
+    """The LoRA adapter a request's ``options`` name (else the model's ``default_lora``;
+    ``None``: the base model); one the model does not have is refused, the same on every
+    engine."""
+    name = options.get("lora", default)
+    if not name:
+        return None
+    if name not in adapters:
+        raise ConfigError(f"model {model!r} has no LoRA adapter {name!r}; "
+                          f"adapters: {sorted(adapters)}")
+    return str(name)
 
 
 class AdapterGate:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import wave
+
 import numpy as np
 import soxr
 
@@ -48,3 +51,14 @@ class AudioConverter:
             return samples
         out: Audio = self._stream.resample_chunk(samples)
         return out
+
+
+def wav_bytes(pcm16: bytes, rate: int) -> bytes:
+    """Mono 16-bit PCM as a WAV file."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm16)
+    return out.getvalue()

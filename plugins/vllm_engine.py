@@ -48,6 +48,7 @@ from agent import (
     learn_modalities,
     long_audio,
     pad_frames,
+    requested_adapter,
     sequence_media,
     subsample,
     video_metadata,
@@ -275,12 +276,10 @@ class VllmEngine(Engine):
         return SamplingParams(**params)
 
     def lora(self, request: ModelRequest) -> Any:
-        name = request.options.get("lora", self.config.options.get("default_lora"))
-        if not name:
+        name = requested_adapter(self.name, request.options,
+                                 self.config.options.get("default_lora"), self.loras)
+        if name is None:
             return None
-        if name not in self.loras:
-            raise ConfigError(f"model {self.name!r} has no LoRA adapter {name!r}; "
-                              f"adapters: {sorted(self.loras)}")
         from vllm.lora.request import LoRARequest
 
         return LoRARequest(name, sorted(self.loras).index(name) + 1, self.loras[name])

@@ -33,6 +33,7 @@ from agent import (
     family_of,
     installed_families,
     learn_modalities,
+    requested_adapter,
 )
 from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_inputs
 from plugins.hf.quantize import load_kwargs
@@ -146,13 +147,8 @@ class TransformersEngine(ThreadedEngine):
     def adapter(self, request: ModelRequest) -> str | None:
         """The request's LoRA adapter (or the model's ``default_lora``); an unknown one is
         refused as the vLLM engine refuses it."""
-        name = request.options.get("lora", self.config.options.get("default_lora"))
-        if not name:
-            return None
-        if name not in self.loras:
-            raise ConfigError(f"model {self.name!r} has no LoRA adapter {name!r}; "
-                              f"adapters: {sorted(self.loras)}")
-        return str(name)
+        return requested_adapter(self.name, request.options,
+                                 self.config.options.get("default_lora"), self.loras)
 
     @contextlib.contextmanager
     def _using(self, adapter: str | None) -> Iterator[None]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import wave
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agent import AUDIO_RATE, RGB, Audio, ModelRequest, fit, messages, subsample
+from agent import AUDIO_RATE, RGB, Audio, ModelRequest, fit, messages, subsample, wav_bytes
 
 Messages = list[dict[str, Any]]
 
@@ -37,14 +36,9 @@ def image_part(image: RGB, max_pixels: int) -> dict[str, Any]:
 def audio_part(audio: Audio) -> dict[str, Any]:
     """16 kHz mono float samples as a 16-bit WAV ``input_audio`` part."""
     pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(AUDIO_RATE)
-        w.writeframes(pcm)
+    wav = wav_bytes(pcm, AUDIO_RATE)
     return {"type": "input_audio",
-            "input_audio": {"data": base64.b64encode(out.getvalue()).decode(), "format": "wav"}}
+            "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}}
 
 
 def video_url(frames: list[RGB], fps: float, max_pixels: int) -> dict[str, Any]:

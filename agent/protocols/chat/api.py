@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import json
 import time
-import wave
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -22,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from agent import oneshot
+from agent.audio import wav_bytes
 from agent.engine import ModelRequest
 from agent.errors import InvalidRequest, StreamAgentError, UnknownModel
 from agent.ids import new_id
@@ -342,13 +341,7 @@ def spoken_audio(chunks: list[AudioChunk], fmt: str, rate: int) -> dict[str, Any
     """A whole spoken answer as ``message.audio``: WAV (mono 16-bit) or raw PCM16."""
     pcm = b"".join(c.pcm16 for c in chunks)
     if fmt == "wav":
-        out = io.BytesIO()
-        with wave.open(out, "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(rate)
-            w.writeframes(pcm)
-        pcm = out.getvalue()
+        pcm = wav_bytes(pcm, rate)
     return {"id": new_id("audio"), "data": base64.b64encode(pcm).decode(),
             "expires_at": int(time.time()) + AUDIO_KEPT_S,
             "transcript": "".join(c.transcript for c in chunks).strip()}
