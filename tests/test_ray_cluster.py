@@ -474,6 +474,9 @@ def test_healthz_while_the_serve_controller_is_down(
     _, host, loop = deployed
     from ray.serve.context import _get_global_client
 
+    # the gateway replica may be new (test_gateway_replica_killed): its handles learn their
+    # replicas from the controller, so let its probes reach every model once first
+    loop.run(_health_until(host, 200))
     ray.kill(_get_global_client()._controller, no_restart=True)
     time.sleep(1)
     for _ in range(5):
