@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import struct
-import wave
 import zlib
 from collections.abc import AsyncIterator
 from fractions import Fraction
@@ -20,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
+from agent.audio import wav_bytes
 from agent.testing import FakeEngine, data_url, fake_runtime, jpeg_bytes
 from agent.uvicorn_server import running
 
@@ -37,14 +36,8 @@ def video_bytes(path: Path, size: tuple[int, int], seconds: int, fps: int = 1) -
     return path.read_bytes()
 
 
-def wav_bytes(seconds: float, rate: int) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(np.zeros(int(seconds * rate), np.int16).tobytes())
-    return buf.getvalue()
+def silent_wav(seconds: float, rate: int) -> bytes:
+    return wav_bytes(np.zeros(int(seconds * rate), np.int16).tobytes(), rate)
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -111,8 +104,8 @@ async def test_each_limit_refuses_before_decoding(media: dict[str, bytes], case:
         "long video": ask(video(media["long"])),
         "wide video": ask(video(media["wide"])),
         "two audios": ask(audio(b"junk"), audio(b"junk")),
-        "long audio": ask(audio(wav_bytes(6.0, 16000))),
-        "fast audio": ask(audio(wav_bytes(0.5, 48000))),
+        "long audio": ask(audio(silent_wav(6.0, 16000))),
+        "fast audio": ask(audio(silent_wav(0.5, 48000))),
         "much text": ask(text="x" * 1001),
     }[case]
     runtime = fake_runtime()
@@ -129,7 +122,7 @@ async def test_within_limits_is_served_and_video_thinned(media: dict[str, bytes]
     runtime = fake_runtime()
     for key, value in LIMITS.items():
         setattr(runtime.config.server, key, value)
-    body = ask(image(jpeg_bytes("a")), video(media["ten"]), audio(wav_bytes(2.0, 24000)))
+    body = ask(image(jpeg_bytes("a")), video(media["ten"]), audio(silent_wav(2.0, 24000)))
     async with running(runtime) as address, httpx.AsyncClient(base_url=address.http) as http:
         r = await http.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text

@@ -7,24 +7,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
 import websockets
 
-import plugins.hf as hf
 from agent.config import MemoryConfig
 from agent.errors import InvalidRequest
-from agent.plugins import get_plugin_manager
 from agent.protocols.context_window import compression, window
-from agent.runtime import Runtime
-from agent.testing import FakePlugin, jpeg_bytes
+from agent.testing import jpeg_bytes
 from agent.timeline import Memory, Window
-from agent.uvicorn_server import Address, running
+from agent.uvicorn_server import Address
 from tests.helpers import Client
-from tests.test_memory import fake_config, live_seconds
+from tests.test_memory import fake, live_seconds  # noqa: F401 (fake: test_memory's fixture)
 
 FORGOTTEN = "(What came before"
 GEMINI = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
@@ -70,14 +66,8 @@ def test_what_clients_send_is_read_or_refused_by_name() -> None:
             compression(bad)
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[tuple[Address, Any]]:
-    runtime = Runtime.build(fake_config(), get_plugin_manager([FakePlugin(), hf]))
-    async with running(runtime) as address:
-        yield address, runtime.pool.engines["fake"]  # type: ignore[attr-defined]
-
-
-async def test_realtime_truncation_cuts_the_timeline_sooner(fake: tuple[Address, Any]) -> None:
+async def test_realtime_truncation_cuts_the_timeline_sooner(
+        fake: tuple[Address, Any]) -> None:  # noqa: F811 (the fixture imported above)
     address, engine = fake
     client = await Client.connect(address.realtime)
     truncation = {"type": "retention_ratio", "retention_ratio": 0.5,
@@ -112,7 +102,7 @@ async def _gemini_rounds(address: Address, setup: dict[str, Any], words: list[st
 
 
 async def test_gemini_context_window_compression_cuts_the_timeline_sooner(
-        fake: tuple[Address, Any]) -> None:
+        fake: tuple[Address, Any]) -> None:  # noqa: F811 (the fixture imported above)
     address, engine = fake
     words = ["ONE", "TWO", "THREE", "FOUR"]
     await _gemini_rounds(address, {}, words)
