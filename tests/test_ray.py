@@ -335,69 +335,51 @@ def test_streamagent_serve_with_ray_address(cluster: int, tmp_path: Path) -> Non
     serve.delete("ocr")
 
 
+async def holders_after_rounds(name: str, model: dict[str, Any],
+                               requests: dict[str, ModelRequest], report: str,
+                               rounds: int) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """Two replicas of ``model``: each request once, a pause while the replicas report what
+    they were routed (Serve's long poll), ``rounds`` more of each; then which replicas report
+    (in ``where()[report]``) each request's key."""
+    app = serve.deployment(ModelServer, name=name, num_replicas=2,
+                           ray_actor_options={"num_cpus": 0}, **FAST_SHUTDOWN)
+    serve.run(app.bind(name, model, FakeEngine), name=name, route_prefix=f"/models/{name}")
+    pool = RayPool([name])
+    for i in range(1 + rounds):
+        for request in requests.values():
+            async for _ in pool.stream(name, request):
+                pass
+        if i == 0:
+            await asyncio.sleep(2)
+    handle = serve.get_app_handle(name)
+    seen: dict[str, Any] = {}
+    for _ in range(60):
+        info = await handle.where.remote()
+        seen[info["replica"]] = info[report]
+        if len(seen) == 2:
+            break
+    await pool.close()
+    serve.delete(name)
+    return {key: [r for r, held in seen.items() if key in held] for key in requests}, seen
+
+
 async def test_lora_requests_stick_to_the_replica_that_has_the_adapter(cluster: int) -> None:
     """Option ``lora`` travels as Serve's multiplexed model id: with two replicas, every
     request for one adapter lands on the replica that served it first."""
-    app = serve.deployment(ModelServer, name="lora", num_replicas=2,
-                           ray_actor_options={"num_cpus": 0}, **FAST_SHUTDOWN)
     adapters = {"a": "/adapters/a", "b": "/adapters/b"}
-    serve.run(app.bind("lora", {"engine": "fake", "options": {"tokens": 1, "lora": adapters}},
-                       FakeEngine),
-              name="lora", route_prefix="/models/lora")
-    pool = RayPool(["lora"])
-    for adapter in ("a", "b"):
-        async for _ in pool.stream("lora", ModelRequest(options={"lora": adapter})):
-            pass
-    await asyncio.sleep(2)  # replicas report their adapters to the routers (long poll)
-    for _ in range(8):
-        for adapter in ("a", "b"):
-            async for _ in pool.stream("lora", ModelRequest(options={"lora": adapter})):
-                pass
-    handle = serve.get_app_handle("lora")
-    seen: dict[str, list[str]] = {}
-    for _ in range(60):
-        info = await handle.where.remote()
-        seen[info["replica"]] = info["adapters"]
-        if len(seen) == 2:
-            break
-    holders = {a: [r for r, adapters in seen.items() if a in adapters] for a in ("a", "b")}
+    holders, seen = await holders_after_rounds(
+        "lora", {"engine": "fake", "options": {"tokens": 1, "lora": adapters}},
+        {a: ModelRequest(options={"lora": a}) for a in adapters}, "adapters", rounds=8)
     assert all(len(h) == 1 for h in holders.values()), seen
-    await pool.close()
-    serve.delete("lora")
 
 
 async def test_a_session_sticks_to_the_replica_that_holds_its_cache(cluster: int) -> None:
     """``session_affinity``: with two replicas, each session's calls land on one of them (its
     prefix cache is there), as Serve's model multiplexing routes them."""
-    app = serve.deployment(ModelServer, name="sticky", num_replicas=2,
-                           ray_actor_options={"num_cpus": 0}, **FAST_SHUTDOWN)
-    serve.run(app.bind("sticky", {"engine": "fake", "session_affinity": True,
-                                  "options": {"tokens": 1}}, FakeEngine),
-              name="sticky", route_prefix="/models/sticky")
-    pool = RayPool(["sticky"])
-    sessions = [f"s{i}" for i in range(4)]
-
-    async def call(session: str) -> None:
-        async for _ in pool.stream("sticky", ModelRequest(session=session)):
-            pass
-
-    for session in sessions:
-        await call(session)
-    await asyncio.sleep(2)  # replicas report their sessions to the routers (long poll)
-    for _ in range(6):
-        for session in sessions:
-            await call(session)
-    handle = serve.get_app_handle("sticky")
-    seen: dict[str, list[str]] = {}
-    for _ in range(60):
-        info = await handle.where.remote()
-        seen[info["replica"]] = info["sessions"]
-        if len(seen) == 2:
-            break
-    holders = {s: [r for r, held in seen.items() if s in held] for s in sessions}
+    holders, seen = await holders_after_rounds(
+        "sticky", {"engine": "fake", "session_affinity": True, "options": {"tokens": 1}},
+        {s: ModelRequest(session=s) for s in ("s0", "s1", "s2", "s3")}, "sessions", rounds=6)
     assert all(len(h) == 1 for h in holders.values()), seen
-    await pool.close()
-    serve.delete("sticky")
 
 
 async def test_a_model_no_node_can_host_fails_at_the_deadline(cluster: int) -> None:
