@@ -196,9 +196,9 @@ alone, as before. Media time runs faster than the clock (the next frame goes whe
 before it is answered), so {seconds} s of stream stand for the issue's 5 minutes: figures are
 medians over the {SAMPLE} windows around second {early} (→) and the last {SAMPLE}, when the
 prompt is {growth:.1f}x longer. "Computed": prompt tokens minus those the engine served from its prefix cache
-(vLLM's automatic prefix caching, blocks of 128 tokens on CPU; transformers has no cache
-between calls yet, so it computes the whole prompt). Latency: from the window's close to its
-first text delta.
+(vLLM's automatic prefix caching, blocks of 128 tokens on CPU; transformers: the session's KV
+cache kept from its call before, plugins/hf/kv_reuse.py, matched token by token). Latency:
+from the window's close to its first text delta.
 
 | engine | checkpoint | memory | prompt tokens | computed tokens | cache hits | first delta (ms) | late / early: computed, latency |
 |---|---|---|---|---|---|---|---|

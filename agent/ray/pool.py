@@ -31,7 +31,7 @@ HEALTH_TIMEOUT_S = 5.0
 """A health ping that takes longer counts as a failure."""
 HEALTH_WAIT_S = 0.2
 """``/healthz`` waits at most this long for a probe in flight, then answers what it knows."""
-READY_POLL_S = 0.5
+READY_POLL_S = 0.25
 """A live call waiting past ``live_wait_s`` asks again this often whether its model has a
 running replica (one question to Serve's controller at a time, shared by every call)."""
 STATUS_WAIT_S = 1.0
@@ -53,7 +53,7 @@ class RayPool(Pool):
 
     def __init__(self, names: list[str], first_delta_timeout_s: float = 60.0,
                  health_period_s: float = 2.0, jpeg_quality: int = 90,
-                 live_wait_s: float = 1.0) -> None:
+                 live_wait_s: float = 0.5) -> None:
         self._names = sorted(names)
         apps = {name: serve.get_app_handle(name) for name in names}
         self.handles = {name: h.options(stream=True) for name, h in apps.items()}
@@ -133,7 +133,7 @@ class RayPool(Pool):
         """What ``call`` (to ``model``) gives, by ``deadline`` (``TimeoutError`` past it). A
         live call that has waited ``live_wait_s`` (nothing, while Serve is known to run no
         replica of ``model``) fails (``EngineError``) once Serve shows none running; asked
-        again every ``READY_POLL_S``, an unknown answer waits on."""
+        again every ````ServeReplicas.poll_s``, an unknown answer waits on."""
         loop = asyncio.get_running_loop()
         first = asyncio.ensure_future(call)
         try:
@@ -150,7 +150,7 @@ class RayPool(Pool):
                 if await self.replicas.running(model) == 0:
                     raise EngineError(f"model {model!r} has no running replica: its node was "
                                       "lost, or it is restarting")
-                wake = loop.time() + READY_POLL_S
+                wake = loop.time() + self.replicas.poll_s
         finally:
             _discard(first)
 
@@ -223,9 +223,10 @@ class RayPool(Pool):
 class ServeReplicas:
     """How many replicas of each model Serve's controller shows running (``serve.status()``,
     a public API; the router that holds a call keeps its own view private). Asked in the
-    background, at most once per ``READY_POLL_S``, one question at a time."""
+    background, at most once per ``poll_s``, one question at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, poll_s: float = READY_POLL_S) -> None:
+        self.poll_s = poll_s
         self._running: dict[str, int] = {}
         self._answered_at = -1e9
         self._asked_at = -1e9
@@ -237,7 +238,7 @@ class ServeReplicas:
         (waiting at most that long for it); ``None``: unknown (no app of that name, or the
         controller is slow or gone)."""
         if (self._asking is None or self._asking.done()) and \
-                time.monotonic() - self._asked_at >= READY_POLL_S:
+                time.monotonic() - self._asked_at >= self.poll_s:
             self._asked_at = time.monotonic()
             self._asking = asyncio.create_task(self._ask(), name="serve-status")
         if self._asking is not None and not self._asking.done():
@@ -246,7 +247,7 @@ class ServeReplicas:
 
     def known(self, model: str) -> int | None:
         """What ``running`` last learnt, if it is recent; asks nothing."""
-        if time.monotonic() - self._answered_at > STATUS_WAIT_S + READY_POLL_S:
+        if time.monotonic() - self._answered_at > STATUS_WAIT_S + self.poll_s:
             return None
         return self._running.get(model)
 
@@ -273,11 +274,18 @@ class ServeReplicas:
 
 
 def _discard(task: asyncio.Future[Any]) -> None:
-    """Cancel ``task`` if it runs; if it ended, mark its outcome seen (it was raised, or it
-    lost the race to a failure of the caller's own)."""
-    if not task.done():
+    """Cancel ``task`` if it runs; mark its outcome seen (it was raised, or it lost the race to
+    a failure of the caller's own), now or when it ends: a cancelled Serve call ends with
+    Serve's own ``RequestCancelledError``, which asyncio would log as never retrieved."""
+    if task.done():
+        _seen(task)
+    else:
         task.cancel()
-    elif not task.cancelled():
+        task.add_done_callback(_seen)
+
+
+def _seen(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
         task.exception()
 
 

@@ -36,6 +36,7 @@ from agent import (
     requested_adapter,
 )
 from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_inputs
+from plugins.hf.kv_reuse import Reuse, SessionCaches
 from plugins.hf.quantize import load_kwargs
 from plugins.hf.streaming import counting_streamer, cut
 
@@ -52,6 +53,7 @@ class TransformersOptions(Options):
     lora: dict[str, str] = Field(default_factory=dict)
     default_lora: str | None = None
     quantization: Literal["nf4", "fp4", "int8"] | None = None
+    session_cache_mb: int = Field(default=512, ge=0)
 
 
 class TransformersEngine(ThreadedEngine):
@@ -62,6 +64,10 @@ class TransformersEngine(ThreadedEngine):
     adapter one at a time (the model holds one active adapter).
 
     ``quantization``: ``nf4``, ``fp4`` or ``int8`` (bitsandbytes, plugins/hf/quantize.py).
+
+    ``session_cache_mb``: a session's KV cache is kept between its calls, and a prompt that
+    extends the last one computes only what is new (plugins/hf/kv_reuse.py), within this many
+    MB for all sessions of the model (default 512; 0: off).
 
     An ``output_schema`` is enforced with xgrammar on the generic path; a family's own
     ``chat()`` refuses one (and takes no tools: ``tool_format`` stays ``None``)."""
@@ -88,6 +94,7 @@ class TransformersEngine(ThreadedEngine):
         self.tokens_generated = 0
         self.active = 0
         self._grammars: Any = None  # xgrammar's compiler for this tokenizer, built on first use
+        self.caches = SessionCaches(opts.session_cache_mb * 2**20)
 
     def load(self) -> None:
         import torch
@@ -275,7 +282,8 @@ class TransformersEngine(ThreadedEngine):
         stops = (*self.family.stop, *(request.options.get("stop") or ()))  # a family's, a
         if stops:  # request's: generate() stops on the text; the answer is cut before it
             options.update(stop_strings=list(stops), tokenizer=self.tokenizer)
-        pieces = self._pieces(inputs, options, cancelled)
+        reuse = self.caches.prepare(self.model, request, inputs, self.adapter(request), options)
+        pieces = self._pieces(inputs, options, cancelled, reuse)
         stopped = False
         try:
             if self.family.answer is not None:  # post-processed whole
@@ -285,12 +293,14 @@ class TransformersEngine(ThreadedEngine):
         finally:
             pieces.close()
         yield _usage(prompt, self.tokens_generated - before, options["max_new_tokens"],
-                     "stop" if stopped else "abort" if cancelled.is_set() else None)
+                     "stop" if stopped else "abort" if cancelled.is_set() else None,
+                     None if reuse is None else reuse.cached)
 
-    def _pieces(self, inputs: Any, options: dict[str, Any],
-                cancelled: threading.Event) -> Generator[str, None, None]:
+    def _pieces(self, inputs: Any, options: dict[str, Any], cancelled: threading.Event,
+                reuse: Reuse | None = None) -> Generator[str, None, None]:
         """The answer's text as generated (special tokens kept for a family that
-        post-processes it); an encoder-decoder's output holds no prompt."""
+        post-processes it); an encoder-decoder's output holds no prompt. With ``reuse``: from
+        the session's cache, which is kept once generate() has run."""
         special = self.family.answer is None
         if options.get("num_beams", 1) > 1:  # beam search cannot stream: one delta at the end
             out = self.model.generate(**inputs, **options)
@@ -303,7 +313,10 @@ class TransformersEngine(ThreadedEngine):
 
         def run() -> None:
             try:
-                self.model.generate(**inputs, **options, streamer=streamer)
+                if reuse is None:
+                    self.model.generate(**inputs, **options, streamer=streamer)
+                else:
+                    reuse.keep(self.model.generate(**reuse.inputs, **options, streamer=streamer))
             except BaseException as exc:
                 failure.append(exc)
                 streamer.end()
@@ -324,10 +337,12 @@ class TransformersEngine(ThreadedEngine):
             raise failure[0]
 
 
-def _usage(prompt: int | None, generated: int, limit: int, ended: str | None) -> Usage:
+def _usage(prompt: int | None, generated: int, limit: int, ended: str | None,
+           cached: int | None = None) -> Usage:
     """``ended``: ``stop`` (a stop string), ``abort`` (cancelled), or ``None`` (the limit or
-    the model's end, told apart by the count)."""
-    return Usage(prompt_tokens=prompt, completion_tokens=generated,
+    the model's end, told apart by the count); ``cached``: prompt tokens from the session's
+    cache (``None``: no cache for this call)."""
+    return Usage(prompt_tokens=prompt, completion_tokens=generated, cached_tokens=cached,
                  finish_reason=ended or ("length" if generated >= limit else "stop"))
 
 
