@@ -108,8 +108,8 @@ class Prompter:
     def check(self, prompt: Prompt, images: int) -> None:
         """One BOS once tokenized, and the image token once per picture: a plain-string
         template places both itself, and a second BOS silently spoils the output."""
-        if self.bos is not None:
-            count = prompt.text.count(self.bos) + int(self.adds_bos and prompt.special_tokens)
+        if self.bos is not None:  # at the start only: a ChatML BOS (<|im_start|>) opens turns
+            count = _leading(prompt.text, self.bos) + int(self.adds_bos and prompt.special_tokens)
             if count != 1:
                 raise EngineError(f"the chat template's prompt would hold {count} BOS tokens "
                                   f"({self.bos}), not one: the checkpoint's template and "
@@ -122,6 +122,15 @@ class Prompter:
                     f"but the request has {images} picture(s): it takes plain-string content "
                     "and puts the picture in the first user turn itself, so send exactly "
                     f"{placed} picture(s) and no few-shot examples")
+
+
+def _leading(text: str, bos: str) -> int:
+    """How many times ``text`` starts with ``bos``, one after the other."""
+    stripped = text.lstrip()
+    count = 0
+    while stripped.startswith(bos):
+        stripped, count = stripped[len(bos):], count + 1
+    return count
 
 
 def _adds_bos(tokenizer: Any) -> bool:

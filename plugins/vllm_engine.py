@@ -147,6 +147,8 @@ class VllmEngine(Engine):
         os.environ.setdefault("DO_NOT_TRACK", "1")
         opts = {k: v for k, v in self.config.options.items() if k in ENGINE_OPTIONS}
         opts.setdefault("enforce_eager", cpu)
+        if cpu:  # its engine process imports this: what CPU torch lacks (plugins/vllm_cpu.py)
+            opts.setdefault("worker_extension_cls", "plugins.vllm_cpu.CpuWorkerExtension")
         opts.setdefault("enable_prefix_caching", True)  # sessions' timelines extend a prompt
         opts["structured_outputs_config"] = _structured(self.name,
                                                         opts.get("structured_outputs_config"))

@@ -93,8 +93,8 @@ def test_minicpm_o_asserts_tts_packages_unless_init_tts_is_off(tiny: dict[str, s
 def loaded(tiny: dict[str, str]) -> dict[str, tuple[Any, Any]]:
     from transformers import AutoTokenizer
 
-    return {f: (minicpm.load(p, family=f), AutoTokenizer.from_pretrained(p))
-            for f, p in tiny.items()}
+    return {f: (minicpm.load(p, family=f),
+                AutoTokenizer.from_pretrained(p, trust_remote_code=True)) for f, p in tiny.items()}
 
 
 def user(text: str = "hi") -> dict[str, Any]:
@@ -249,9 +249,10 @@ async def test_minicpm_o_hears_an_utterance_from_listen(server: Any, tmp_path: P
 
 
 def record_audio_frames(m: Any) -> list[int]:
-    """Frames of each call of the stand-in's audio encoder (25 a second)."""
+    """Tokens from each 30 s part the stand-in's audio encoder took (25 a second)."""
     frames: list[int] = []
-    m.apm_in.register_forward_hook(lambda mod, args, out: frames.append(args[0].shape[1]))
+    m.audio_avg_pooler.register_forward_hook(
+        lambda mod, args, out: frames.append(out.shape[-1]))
     return frames
 
 

@@ -54,8 +54,10 @@ ARCHS = {
     "qwen3-asr": Arch(frozenset({AUDIO}), (TRF,)),
     "llava-onevision": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
     "minicpm-v4.6": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
-    "minicpm-v": Arch(frozenset({IMAGE, VIDEO}), (TRF,), remote_code=True),
-    "minicpm-o": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF,), remote_code=True),
+    # MiniCPM-V / MiniCPM-o 2.6: one remote-code checkpoint for both engines, as the real ones
+    # (transformers: its chat(); vLLM: its native MiniCPMV / MiniCPMO)
+    "minicpm-v": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM), remote_code=True),
+    "minicpm-o": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF, VLLM), remote_code=True),
 }
 CASES = [(a, e) for a, arch in ARCHS.items() for e in arch.engines]
 TOKENS = {TRF: 6, VLLM: 48}
@@ -111,9 +113,8 @@ def served(request: pytest.FixtureRequest, checkpoints: dict[str, Path],
     handlers = [HANDLERS[m] for m in (IMAGE, VIDEO, AUDIO) if m in spec.takes]
     tokens = TOKENS[kind]
     options = {"kv_cache_memory_bytes": 64 << 20} if kind == VLLM else {}
-    family = arch if spec.remote_code else None  # the stand-in's model_type is its own
-    models = {"tiny": ModelConfig(
-        engine=kind, source=source, family=family, handlers=handlers,
+    models = {"tiny": ModelConfig(  # no family: each is found from the model_type
+        engine=kind, source=source, handlers=handlers,
         trust_remote_code=spec.remote_code, options=options,
         generation=GenerationConfig(max_new_tokens=tokens, min_new_tokens=tokens))}
     if kind == TRF:  # a model that talks for long, to cancel

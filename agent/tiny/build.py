@@ -175,53 +175,12 @@ def qwen2_5_omni(out: Path) -> None:
     _save(Qwen2_5OmniThinkerForConditionalGeneration(config), processor, tok, out)
 
 
-MINICPM_CODE = ["configuration_tinyminicpm.py", "tinyminicpm_common.py"]
-
-
-def minicpm(out: Path, audio: bool) -> None:
-    """A checkpoint laid out like the real ones: config.json with an ``auto_map``, the remote
-    code beside the weights, a tokenizer with a ChatML template. Loading it takes
-    ``trust_remote_code`` and whatever the real code needs (see ``plugins/hf/minicpm.py``)."""
-    import shutil
-
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
-    tok = tokenizer()
-    tok.chat_template = templates.MINICPM
-    kind = "o" if audio else "v"
-    code = Path(__file__).with_name("minicpm")
-    files = [*MINICPM_CODE, f"modeling_tinyminicpm{kind}.py"]
-    for name in files:
-        shutil.copy(code / name, out / name)
-    config: dict[str, Any] = dict(
-        _text(tok, mrope=False), model_type=f"tiny_minicpm{kind}",
-        architectures=[f"TinyMiniCPM{kind.upper()}"],
-        auto_map={"AutoConfig": f"configuration_tinyminicpm.TinyMiniCPM{kind.upper()}Config",
-                  "AutoModel": f"modeling_tinyminicpm{kind}.TinyMiniCPM{kind.upper()}"})
-    if audio:  # MiniCPM-o: a Whisper-style audio encoder; init_tts stays at its default, true
-        config["audio_config"] = dict(AUDIO, _attn_implementation="sdpa")
-    (out / "config.json").write_text(json.dumps(config))
-    # MiniCPM-o's code imports names transformers 5.x lacks: the same shim the engine uses
-    from plugins.hf.minicpm import install_transformers_4_names
-
-    install_transformers_4_names()
-    config_cls: Any = get_class_from_dynamic_module(config["auto_map"]["AutoConfig"], out)
-    model_cls: Any = get_class_from_dynamic_module(config["auto_map"]["AutoModel"], out)
-    model = model_cls(config_cls.from_pretrained(out, init_tts=False))
-    model.post_init()  # the remote classes never call it; save_pretrained needs it
-    model.save_pretrained(out)
-    (out / "config.json").write_text(json.dumps(config))  # keep init_tts at its default
-    tok.save_pretrained(out)
-    for name in files:  # save_pretrained may have rewritten them: keep ours
-        shutil.copy(code / name, out / name)
-
-
 def minicpm_v(out: Path) -> None:
-    minicpm(out, audio=False)
+    _minicpm26().minicpm(out, audio=False)
 
 
 def minicpm_o(out: Path) -> None:
-    minicpm(out, audio=True)
+    _minicpm26().minicpm(out, audio=True)
 
 
 FAMILIES: dict[str, Callable[[Path], None]] = {
@@ -258,6 +217,12 @@ def _current() -> Any:
     from agent.tiny import current
 
     return current
+
+
+def _minicpm26() -> Any:
+    from agent.tiny import minicpm26
+
+    return minicpm26
 
 
 def _captioners() -> Any:

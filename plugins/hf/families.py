@@ -6,7 +6,8 @@ nothing: the generic path serves them. These families exist for what it cannot k
 - Qwen2.5-Omni / Qwen3-Omni: a full checkpoint also holds a speech generator (the talker); text
   output needs only the thinker, so load that alone.
 - MiniCPM-V 2.6 / MiniCPM-o 2.6: remote code written for transformers 4.x with its own
-  ``chat()`` API; plugins/hf/minicpm.py loads it on 5.x and drives that API.
+  ``chat()`` API; plugins/hf/minicpm.py loads it on 5.x and drives that API. On vLLM, their
+  placeholders in the prompt (plugins/hf/minicpm_prompts.py).
 - Qwen3-VL: a processor setting the reference implementation uses.
 - BLIP-2, Florence-2, PaliGemma: prompt-style checkpoints with no chat template; their prompts,
   stop and post-processing are in plugins/hf/captioners.py.
@@ -18,7 +19,7 @@ import functools
 from typing import Any
 
 from agent import Family
-from plugins.hf import captioners, minicpm
+from plugins.hf import captioners, minicpm, minicpm_prompts
 
 ALL_MEDIA = frozenset({"image", "video", "audio"})
 
@@ -54,13 +55,17 @@ FAMILIES = [
     Family("qwen3-omni", model_types=("qwen3_omni_moe",),
            load=_thinker("qwen3_omni_moe", "Qwen3OmniMoeForConditionalGeneration",
                          "Qwen3OmniMoeThinkerForConditionalGeneration")),
-    # model_type of the published MiniCPM-V 2.6 / MiniCPM-o 2.6 config.json files.
+    # model_type of the published MiniCPM-V 2.6 / MiniCPM-o 2.6 config.json files. vLLM
+    # serves them natively (its MiniCPMV / MiniCPMO, with the checkpoint's remote image
+    # processor and tokenizer) from the placeholders `messages` writes.
     Family("minicpm-v", model_types=("minicpmv",), modalities=frozenset({"image", "video"}),
            remote_code=True, load=functools.partial(minicpm.load, family="minicpm-v"),
-           chat=functools.partial(minicpm.chat, family="minicpm-v"), vllm=False),
+           chat=functools.partial(minicpm.chat, family="minicpm-v"),
+           messages=minicpm_prompts.messages),
     Family("minicpm-o", model_types=("minicpmo",), modalities=ALL_MEDIA, remote_code=True,
            load=functools.partial(minicpm.load, family="minicpm-o"),
-           chat=functools.partial(minicpm.chat, family="minicpm-o"), vllm=False),
+           chat=functools.partial(minicpm.chat, family="minicpm-o"),
+           messages=minicpm_prompts.messages),
     # Prompt-style checkpoints (no chat template), by their config.json model_type.
     Family("blip-2", model_types=("blip-2",), prompt=captioners.blip2, stop=("\n",)),
     # An encoder-decoder: vLLM 0.32 runs it only through an out-of-tree plugin, and our vLLM

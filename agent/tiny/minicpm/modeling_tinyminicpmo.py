@@ -5,8 +5,11 @@ What it copies from the real code, beyond what MiniCPM-V shares:
   ``WHISPER_ATTENTION_CLASSES`` (the last two are gone from transformers 5.x);
 - ``vocos`` / ``vector_quantize_pytorch`` are optional at import, but ``init_tts`` (true by
   default in the config) asserts them;
-- the audio encoder's layers build their attention through ``WHISPER_ATTENTION_CLASSES`` and
-  call it the transformers 4.x way (``layer_head_mask=``, ``past_key_value=``, three results);
+- the audio encoder (``apm``) is Whisper's, its layers built through
+  ``WHISPER_ATTENTION_CLASSES`` and called the transformers 4.x way (``layer_head_mask=``,
+  ``past_key_value=``, three results); each frame attends up to the end of its 1 s chunk; its
+  output goes through ``audio_projection_layer`` then ``audio_avg_pooler`` (25 tokens a
+  second), one 30 s part of the audio at a time;
 - ``chat()`` has no ``system_prompt`` argument (it would land, unused, in ``**kwargs``): a
   ``{"role": "system"}`` message in ``msgs`` is how a system prompt is given, and the first
   message must be the user's or the system's;
@@ -21,8 +24,10 @@ import soundfile as sf  # noqa: F401  (imported at the top, as the real code doe
 import torch
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 from transformers import LogitsWarper  # noqa: F401  (gone from transformers 5.x)
-from transformers.models.whisper.modeling_whisper import WHISPER_ATTENTION_CLASSES
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.whisper.modeling_whisper import WHISPER_ATTENTION_CLASSES, WhisperEncoder
 
 try:
     from vector_quantize_pytorch import GroupedResidualFSQ  # noqa: F401
@@ -33,7 +38,14 @@ except ImportError:
     _tts_deps = False
 
 from .configuration_tinyminicpm import TinyMiniCPMOConfig
-from .tinyminicpm_common import AUDIO_HOP, AUDIO_TAG, IMAGE_TAG, TinyMiniCPMBase
+from .tinyminicpm_common import (
+    AUDIO_TAG,
+    IMAGE_TAG,
+    TinyMiniCPMBase,
+    chunk_mask,
+    fill,
+    pooled_length,
+)
 
 TTS_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -56,6 +68,9 @@ class TinyWhisperEncoderLayer(nn.Module):
             layer_idx=layer_idx,
         )
         self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.fc1 = nn.Linear(config.d_model, config.encoder_ffn_dim)
+        self.fc2 = nn.Linear(config.encoder_ffn_dim, config.d_model)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
 
     def forward(self, hidden_states, attention_mask=None, layer_head_mask=None,
                 output_attentions=False, past_key_values=None):
@@ -68,7 +83,38 @@ class TinyWhisperEncoderLayer(nn.Module):
             output_attentions=output_attentions,
             past_key_value=past_key_values,
         )
-        return residual + hidden_states
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.fc2(F.gelu(self.fc1(self.final_layer_norm(hidden_states))))
+        return (residual + hidden_states,)
+
+
+class TinyWhisperEncoder(WhisperEncoder):
+    """Whisper's encoder with the layers above and no fixed 30 s input length."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.layers = nn.ModuleList(
+            [TinyWhisperEncoderLayer(config, layer_idx=i) for i in range(config.encoder_layers)])
+
+    def forward(self, input_features, attention_mask=None):
+        x = input_features.to(self.conv1.weight.dtype)
+        x = F.gelu(self.conv2(F.gelu(self.conv1(x)))).permute(0, 2, 1)
+        x = x + self.embed_positions.weight[: x.shape[1]]
+        for layer in self.layers:
+            x = layer(x, attention_mask)[0]
+        return BaseModelOutput(last_hidden_state=self.layer_norm(x))
+
+
+class MultiModalProjector(nn.Module):
+    def __init__(self, in_dim, out_dim):
+        super().__init__()
+        self.linear1 = nn.Linear(in_dim, out_dim)
+        self.relu = nn.ReLU()
+        self.linear2 = nn.Linear(out_dim, out_dim)
+
+    def forward(self, x):
+        return self.linear2(self.relu(self.linear1(x)))
 
 
 class TinyMiniCPMO(TinyMiniCPMBase):
@@ -78,20 +124,39 @@ class TinyMiniCPMO(TinyMiniCPMBase):
         super().__init__(config)
         self._init_llm_and_vision(config)
         if self.config.init_audio:
-            d_model = config.audio_config.d_model
-            self.apm_in = nn.Linear(AUDIO_HOP, d_model)
-            self.apm = TinyWhisperEncoderLayer(config.audio_config)
-            self.audio_projection_layer = nn.Linear(d_model, config.hidden_size)
+            audio = config.audio_config
+            self.apm = TinyWhisperEncoder(audio)
+            self.audio_avg_pooler = nn.AvgPool1d(config.audio_pool_step,
+                                                 stride=config.audio_pool_step)
+            self.audio_projection_layer = MultiModalProjector(audio.encoder_ffn_dim // 4,
+                                                              self.embed_dim)
         if self.config.init_tts:
             assert _tts_deps, "please make sure vector_quantize_pytorch and vocos are installed."
             self.tts = nn.Linear(config.hidden_size, 8)
 
-    def embed_audio(self, audio):
-        """One part of at most 30 s: the feature extractor drops anything beyond."""
-        frames = np.asarray(audio, dtype=np.float32)[: 30 * 16000]
-        frames = np.pad(frames, (0, (-frames.size) % AUDIO_HOP)).reshape(1, -1, AUDIO_HOP)
-        hidden = self.apm_in(torch.from_numpy(frames).to(self.device, self.dtype))
-        return self.audio_projection_layer(self.apm(hidden))[0]
+    def embed_audio_part(self, features):
+        """One part's mel features (mel bins x frames) -> its language-model embeddings."""
+        frames = features.shape[-1]
+        length = (frames - 1) // 2 + 1
+        visible = chunk_mask(length, int(self.config.audio_chunk_length * 50), self.device)
+        mask = torch.zeros((1, 1, length, length), dtype=self.dtype, device=self.device)
+        mask = mask.masked_fill(~visible, float("-inf"))
+        hidden = self.apm(features.unsqueeze(0).to(self.device, self.dtype),
+                          attention_mask=mask).last_hidden_state
+        pooled = self.audio_avg_pooler(self.audio_projection_layer(hidden).transpose(1, 2))
+        return pooled.transpose(1, 2)[0, : pooled_length(frames, self.config.audio_pool_step)]
+
+    def get_vllm_embedding(self, inputs):
+        embeds = super().get_vllm_embedding(inputs)
+        features, part = inputs.get("audio_features"), 0
+        for b, counts in enumerate(inputs.get("audio_feature_lens") or []):
+            parts = []
+            for frames in (counts.tolist() if torch.is_tensor(counts) else counts):
+                parts.append(self.embed_audio_part(features[part][:, :frames]))
+                part += 1
+            if parts:
+                fill(embeds[b], inputs["audio_bounds"][b], torch.cat(parts))
+        return embeds
 
     def chat(self, image=None, msgs=None, tokenizer=None, processor=None,
              vision_hidden_states=None, max_new_tokens=2048, min_new_tokens=0, sampling=True,
@@ -136,5 +201,9 @@ class TinyMiniCPMO(TinyMiniCPMBase):
         prompt = tokenizer.apply_chat_template(
             copy_msgs, tokenize=False, add_generation_prompt=True,
             chat_template=TTS_CHAT_TEMPLATE if use_tts_template else None)
-        return self._answer(tokenizer, prompt, images, audios, stream, sampling, max_new_tokens,
-                            min_new_tokens, kwargs)
+        inputs = self._processor(processor)(
+            [prompt], [images], [audios], max_slice_nums=max_slice_nums,
+            use_image_id=use_image_id, chunk_input=chunk_input, return_tensors="pt",
+            max_length=max_inp_length)
+        return self._answer(tokenizer, inputs, stream, sampling, max_new_tokens, min_new_tokens,
+                            kwargs)

@@ -2,7 +2,9 @@
 - ``assert sampling or not stream``;
 - every message is the user's or the assistant's, and the first is the user's;
 - the system prompt is the ``system_prompt`` argument, prepended as a system turn;
-- contents hold text and PIL images; anything else (audio) is dropped.
+- contents hold text and PIL images; anything else (audio) is dropped;
+- ``max_slice_nums`` and ``use_image_id`` go to the processor (video frames: fewer slices,
+  no image ids).
 """
 
 import json
@@ -60,5 +62,8 @@ class TinyMiniCPMV(TinyMiniCPMBase):
 
         prompt = tokenizer.apply_chat_template(copy_msgs, tokenize=False,
                                                add_generation_prompt=True)
-        return self._answer(tokenizer, prompt, images, [], stream, sampling, max_new_tokens,
-                            min_new_tokens, kwargs)
+        inputs = self._processor(processor)(
+            [prompt], [images], max_slice_nums=max_slice_nums, use_image_id=use_image_id,
+            return_tensors="pt", max_length=max_inp_length)
+        return self._answer(tokenizer, inputs, stream, sampling, max_new_tokens, min_new_tokens,
+                            kwargs)
