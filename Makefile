@@ -32,6 +32,7 @@ bench: setup  ## measure ingest CPU, added latency, session memory and live-sess
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.capacity
 	$(PY) -m benchmarks.ray_bench
+	$(PY) -m benchmarks.node_loss
 	$(PY) -m benchmarks.engines_bench
 	$(PY) -m benchmarks.memory
 	$(PY) -m benchmarks.loop_lag --sessions 16

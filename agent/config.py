@@ -162,12 +162,15 @@ class ModelConfig(_Config):
     session_affinity: bool | None = None
     """On Ray Serve: a session's calls go to the replica that served it before (its prefix
     cache is there), and elsewhere only when that one is gone or full. ``None``: on for the
-    vLLM engine with prefix caching (its default), off for the others."""
+    vLLM engine with prefix caching and the transformers engine with its session cache (both
+    by default), off for the others."""
 
     def sticky(self) -> bool:
         """Whether a session's calls should stick to one replica (``session_affinity``)."""
         if self.session_affinity is not None:
             return self.session_affinity
+        if self.engine == "transformers":
+            return bool(self.options.get("session_cache_mb", 1))
         return self.engine == "vllm" and bool(self.options.get("enable_prefix_caching", True))
     options: dict[str, Any] = {}
 

@@ -47,7 +47,8 @@ from benchmarks.run import machine
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW_S = 0.25
 SLOT = {"live_slot": 1}
-SETTINGS = {"before (1 s wait, 0.5 s poll)": (1.0, 0.5), "now (0.5 s wait, 0.25 s poll)": (0.5, 0.25)}
+SETTINGS = {"`live_wait_s` 1 s, poll 0.5 s (the default)": (1.0, 0.5),
+            "`live_wait_s` 0.5 s, poll 0.25 s": (0.5, 0.25)}
 """``live_wait_s`` and ``ServeReplicas.poll_s`` of each gateway measured."""
 ENV = {"RAY_timeout_ms_task_wait_for_death_info": "200",  # as docs/deploy-ray.md advises
        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",

@@ -31,6 +31,7 @@ from agent.runtime import Runtime, build_engines
 from agent.testing import FakeEngine, FakePlugin
 from agent.uvicorn_server import running
 from benchmarks.docs import write_block
+from benchmarks.ray_affinity import hit_rates, rows
 from benchmarks.ray_faults import replica_killed, row
 from benchmarks.run import ROOT, camera_frames, machine, stream
 
@@ -191,6 +192,7 @@ async def main() -> dict[str, Any]:
         results["held"] = await sessions_held(local(), 500)
         results["hop"] = await hop(registry)
         results["killed"] = await replica_killed()
+        results["affinity"] = await hit_rates()
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -257,8 +259,17 @@ default; the first delta is never held back).
 
 Serve's router learns of the dead actor at once; the gateway's call fails with `engine_error`
 and the session stays open (tests/test_ray.py checks only that it is told, within 10 s). A lost
-node (tests/test_ray_cluster.py, which prints its figure: about 1 s on a quiet machine, 2 s
-beside vLLM starts) is not measured here: it needs a multi-node cluster.
+node needs a multi-node cluster: `benchmarks/node_loss.py` measures it ("A lost node" below).
+
+### Session affinity and the model's caches
+
+Each live session's prompt extends its last one (its timeline), so the replica that served a
+session holds its cache. Four sessions, 12 live windows each, at once, a new picture every
+window (`benchmarks/ray_affinity.py`):
+
+| figure | measured | |
+|---|---|---|
+{rows(r["affinity"])}
 <!-- /bench:ray -->"""
 
 

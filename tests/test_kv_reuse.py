@@ -212,3 +212,15 @@ def test_a_session_cache_is_taken_while_its_call_runs(qwen: TransformersEngine) 
     small = SessionCaches(1)
     *_, reuse = run(qwen, small, timeline(FRAMES[:1]))
     assert small.sessions() == []
+
+
+def test_on_ray_a_session_sticks_to_the_replica_holding_its_cache() -> None:
+    """``session_affinity`` by default: on where a replica keeps a session's cache."""
+    from agent.config import ModelConfig
+
+    assert ModelConfig(engine="transformers").sticky()
+    assert not ModelConfig(engine="transformers", options={"session_cache_mb": 0}).sticky()
+    assert ModelConfig(engine="vllm").sticky()
+    assert not ModelConfig(engine="vllm", options={"enable_prefix_caching": False}).sticky()
+    assert not ModelConfig(engine="rapidocr").sticky()
+    assert not ModelConfig(engine="transformers", session_affinity=False).sticky()

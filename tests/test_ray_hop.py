@@ -182,7 +182,7 @@ async def test_a_replica_lost_before_it_answered_is_tried_once_more() -> None:
 class _Replicas:
     """What Serve's controller says of the model's running replicas (``None``: nothing)."""
 
-    poll_s = 0.25
+    poll_s = 0.5
 
     def __init__(self, running: int | None, known: int | None = None) -> None:
         self.value, self.asked, self.last = running, 0, known

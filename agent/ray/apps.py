@@ -46,7 +46,7 @@ class GatewayAppArgs(BaseModel):
     """Extra plugins, as ``module:object``, beside the installed entry points."""
     first_delta_timeout_s: float = Field(default=60.0, gt=0)
     """A model call that yields nothing for this long fails with ``engine_error``."""
-    live_wait_s: float = Field(default=0.5, gt=0)
+    live_wait_s: float = Field(default=1.0, gt=0)
     """A live window's call that yields nothing for this long fails with ``engine_error`` as
     soon as Serve shows no running replica of its model (a node lost, a replica restarting)."""
     jpeg_quality: int = Field(default=90, ge=0, le=100)
@@ -76,7 +76,7 @@ class GatewayServer:
 
     def __init__(self, config: dict[str, Any], models: list[str],
                  plugins: list[str] | None = None, first_delta_timeout_s: float = 60.0,
-                 jpeg_quality: int = 90, live_wait_s: float = 0.5) -> None:
+                 jpeg_quality: int = 90, live_wait_s: float = 1.0) -> None:
         from agent.gateway import Gateway
         from agent.plugins import collect, get_plugin_manager
         from agent.runtime import Runtime, with_model_profiles

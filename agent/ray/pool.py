@@ -31,7 +31,7 @@ HEALTH_TIMEOUT_S = 5.0
 """A health ping that takes longer counts as a failure."""
 HEALTH_WAIT_S = 0.2
 """``/healthz`` waits at most this long for a probe in flight, then answers what it knows."""
-READY_POLL_S = 0.25
+READY_POLL_S = 0.5
 """A live call waiting past ``live_wait_s`` asks again this often whether its model has a
 running replica (one question to Serve's controller at a time, shared by every call)."""
 STATUS_WAIT_S = 1.0
@@ -53,7 +53,7 @@ class RayPool(Pool):
 
     def __init__(self, names: list[str], first_delta_timeout_s: float = 60.0,
                  health_period_s: float = 2.0, jpeg_quality: int = 90,
-                 live_wait_s: float = 0.5) -> None:
+                 live_wait_s: float = 1.0) -> None:
         self._names = sorted(names)
         apps = {name: serve.get_app_handle(name) for name in names}
         self.handles = {name: h.options(stream=True) for name, h in apps.items()}
