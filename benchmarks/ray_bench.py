@@ -270,6 +270,10 @@ window (`benchmarks/ray_affinity.py`):
 | figure | measured | |
 |---|---|---|
 {rows(r["affinity"])}
+
+Without affinity a call lands on either replica, and the other one holds an older cache of the
+session (a shorter prefix) or none; the second window of a session can reuse about half its
+prompt at best, so the rate over 11 windows stays under 100% either way.
 <!-- /bench:ray -->"""
 
 

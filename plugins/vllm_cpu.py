@@ -6,9 +6,17 @@ CPU-only torch that raises ``RuntimeError: Tried to instantiate dummy base class
 _cuda_isCurrentStreamCapturing``. Nothing captures a CUDA stream on a CPU, so the answer is
 ``False``. The vLLM engine names :class:`CpuWorkerExtension` as vLLM's ``worker_extension_cls``
 on CPU: vLLM imports it in its engine process (started with ``spawn``), which installs this.
+
+Also there: the engine process's exit skips the interpreter's last cyclic garbage collection
+over everything vLLM, torch and the model left (2.7 s of a 2.8 s engine close measured here,
+every close), by freezing the heap at exit, as vLLM 0.32 itself does on ROCm after a clean
+shutdown; the process's memory goes back to the system either way.
 """
 
 from __future__ import annotations
+
+import atexit
+import gc
 
 from typing import Any
 
@@ -34,3 +42,4 @@ class CpuWorkerExtension:
 
 
 install()
+atexit.register(gc.freeze)
