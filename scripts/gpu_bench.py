@@ -99,7 +99,7 @@ def table(rows: list[dict[str, Any]], header: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU test of every step)")
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where checkpoints are written (default: a temporary directory)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.device.startswith("cuda"):
         import torch
 

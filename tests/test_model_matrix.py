@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from openai import AsyncOpenAI
 from PIL import Image
@@ -27,6 +28,7 @@ from agent.tiny import build
 from agent.uvicorn_server import Address
 from tests.helpers import Client, ask_to_talk, texts
 from tests.media import flite_wav
+from tests.test_vllm import wav_base64
 
 pytestmark = pytest.mark.slow
 TRF, VLLM = "transformers", "vllm"
@@ -234,6 +236,25 @@ async def test_realtime_cancel_stops_the_engine(served: Served) -> None:
     await asyncio.sleep(0.5)
     assert engine.tokens_generated == stopped and engine.active == 0
     await client.close()
+
+
+async def test_chat_long_speech_within_the_requests_limit(served: Served, tmp_path: Path,
+                                                         ) -> None:
+    """45 s of speech in one chat request (over the audio encoder's 30 s window: the engine
+    hands it over in clips) through the profile's `listen` handler; the request's
+    max_tokens, below the model's, holds."""
+    needs(served, AUDIO)
+    wav = flite_wav(tmp_path / "s.wav", "hello world. this is a test of speech recognition")
+    async with httpx.AsyncClient(base_url=served.address.http, timeout=120) as http:
+        r = await http.post("/v1/chat/completions", json={
+            "model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": [
+                {"type": "input_audio",
+                 "input_audio": {"data": wav_base64(wav, 45), "format": "wav"}},
+                {"type": "text", "text": "what is said?"}]}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["usage"]["completion_tokens"] == 4, body
+    assert body["choices"][0]["finish_reason"] == "length"
 
 
 def _wav_part(tmp_path: Path) -> dict[str, Any]:

