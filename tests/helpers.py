@@ -98,9 +98,11 @@ async def sdk_answer(address: Any, model: str, image: bytes, question: str,
     raise AssertionError("no response.done")
 
 
-async def ask_to_talk(client: Client, audio: bool) -> None:
+async def ask_to_talk(client: Client, audio: bool, max_output_tokens: int | None = None,
+                      ) -> None:
     """Ask a model for a long answer (to cancel it mid-way): after a second of buzz in which no
-    utterance is found, so the question goes to the model anyway, or with a picture."""
+    utterance is found, so the question goes to the model anyway, or with a picture; up to
+    ``max_output_tokens`` (the model's own limit when ``None``)."""
     from agent.testing import data_url, image_event, jpeg_bytes
 
     if audio:
@@ -112,7 +114,10 @@ async def ask_to_talk(client: Client, audio: bool) -> None:
             "content": [{"type": "input_text", "text": "say a lot"}]}})
     else:
         await client.send(image_event(data_url(jpeg_bytes("x")), text="say a lot"))
-    await client.send({"type": "response.create"})
+    create: dict[str, Any] = {"type": "response.create"}
+    if max_output_tokens is not None:
+        create["response"] = {"max_output_tokens": max_output_tokens}
+    await client.send(create)
 
 
 def assert_windows_told(replies: list[Any], handler: str, spans: list[tuple[int, int]]) -> None:

@@ -313,7 +313,8 @@ async def test_vllm_serves_what_transformers_does(checkpoints: dict[str, Path],
 
     config = source_config(checkpoints[arch], engine="vllm").models["default-model"]
     engine = VllmEngine("m", config.model_copy(update={
-        "options": {"kv_cache_memory_bytes": 64 << 20}}))
+        "options": {"kv_cache_memory_bytes": 64 << 20},
+        "generation": GenerationConfig(max_new_tokens=TOKENS)}))
     await engine.start()
     try:
         assert engine.modalities == frozenset({"image"})

@@ -32,7 +32,10 @@ from tests.helpers import Client, assert_windows_told, texts
 from tests.media import word_video
 
 pytestmark = pytest.mark.slow
-TOKENS = 64
+TOKENS = 16
+"""Each answer's length (the model's min and max)."""
+ROOM = 64
+"""What a JSON answer under a schema may take: it must end by itself before."""
 
 
 @pytest.fixture(scope="module")
@@ -119,17 +122,19 @@ async def test_concurrent_sessions_are_batched(served: Any) -> None:
 
 def test_output_schema_is_enforced(server: ServerThread) -> None:
     """The engine (on the server's loop, where vLLM runs) writes JSON that follows the schema
-    and stops there, though the model's config asks for at least TOKENS tokens."""
+    and stops there, though the request asks for at least ROOM tokens."""
     from tests.test_tool_engines import SCHEMAS, follows
 
     eng = engine(server.runtime)
     assert eng.constrains and eng.tool_format is None  # Qwen2-VL's template renders no tools
 
     async def answer(schema: dict[str, Any]) -> list[Any]:
-        return [p async for p in eng.stream(ModelRequest(prompt="?", output_schema=schema))]
+        return [p async for p in eng.stream(ModelRequest(
+            prompt="?", output_schema=schema,
+            options={"max_new_tokens": ROOM, "min_new_tokens": ROOM}))]
 
     for schema in SCHEMAS.values():
-        follows(server.call(answer(schema)), schema, limit=TOKENS)
+        follows(server.call(answer(schema)), schema, limit=ROOM)
 
 
 def test_closing_a_stream_aborts_the_request_in_vllm(server: ServerThread) -> None:
