@@ -77,16 +77,27 @@ def cell(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def memory_cells(res: dict[str, Any]) -> str:
+    """The memory step's figures: a live session's timeline, early and late in the stream."""
+    on, off = res.get("memory_on"), res.get("memory_off")
+    if not on or not off:
+        return "- | -"
+    return (f"{on['computed_early']:.0f} -> {on['computed_late']:.0f} "
+            f"({on['prompt_late']:.0f}) | {on['ttft_early_ms']:.0f} -> "
+            f"{on['ttft_late_ms']:.0f} ({off['ttft_late_ms']:.0f})")
+
+
 def table(rows: list[dict[str, Any]], header: str) -> str:
     out = [header, "",
            "| model | engine | load s | TTFT p50 / p95 ms | tokens/s, 1 stream | sessions, gating "
-           "off | sessions, gating on | tokens/s at most sessions |",
-           "|---|---|---|---|---|---|---|---|"]
+           "off | sessions, gating on | tokens/s at most sessions | memory: computed tokens "
+           "early -> late (prompt late) | memory: TTFT ms early -> late (memory off) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         res = r["result"]
         if "skipped" in res or "failed" in res:
             note = res.get("skipped") or "failed: " + res["failed"]
-            out.append(f"| {r['model']} | {r['engine']} | {note} | | | | | |")
+            out.append(f"| {r['model']} | {r['engine']} | {note} | | | | | | | |")
             continue
         off, on = res.get("capacity_off", {}), res.get("capacity_on", {})
         out.append(
@@ -95,7 +106,8 @@ def table(rows: list[dict[str, Any]], header: str) -> str:
             f"{cell(res.get('tokens_per_s'), '.0f')} | {off.get('sessions', '-')}"
             f"{'+' if off.get('capped') else ''} | {on.get('sessions', '-')}"
             f"{'+' if on.get('capped') else ''} | "
-            f"{cell(max(off.get('tokens_per_s', 0), on.get('tokens_per_s', 0)) or None, '.0f')} |")
+            f"{cell(max(off.get('tokens_per_s', 0), on.get('tokens_per_s', 0)) or None, '.0f')} | "
+            f"{memory_cells(res)} |")
     return "\n".join(out) + "\n"
 
 

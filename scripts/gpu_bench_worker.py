@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from agent.config import GatingConfig, GenerationConfig, ModelConfig
+from agent import TextDelta, Timeline, Usage, content_key
+from agent.config import GatingConfig, GenerationConfig, MemoryConfig, ModelConfig
 from agent.engine import Engine, ModelRequest
 from agent.gating import SceneGate, Thumbnails
 from agent.handler import Mailbox
@@ -78,6 +79,41 @@ async def ttft(engine: Engine, n: int) -> dict[str, float]:
     return {"ttft_p50_ms": 1000 * statistics.median(firsts),
             "ttft_p95_ms": 1000 * firsts[min(len(firsts) - 1, int(0.95 * len(firsts)))],
             "tokens_per_s": statistics.median(rates) if rates else float("nan")}
+
+
+async def remembered(engine: Engine, windows: int, memory: bool) -> dict[str, float]:
+    """One live session, a new picture every window (issue 23's measurement at full size):
+    with ``memory`` each prompt is the session's timeline (every frame so far with its time,
+    the answers), as the server renders it; without, the newest frame alone. The prompt
+    tokens, those computed (not served from a cache) and the time to the first delta, as
+    medians over windows 1-5 (early) and the last 5 (late)."""
+    timeline = Timeline(MemoryConfig(max_frames=windows + 1, max_tokens=10**7))
+    rng = np.random.default_rng(7)
+    rows: list[tuple[int, int, float]] = []
+    for k in range(windows):
+        image = np.array(await asyncio.to_thread(jpeg(scene(5000 + k), rng).image))
+        if memory:
+            timeline.see(float(k), image, content_key(image))
+            render = timeline.render(PROMPT)
+            request = ModelRequest(sequence=render.entries, session="remembered")
+            parts = timeline.exchange(render, PROMPT, engine.stream(request))
+        else:
+            parts = engine.stream(ModelRequest(PROMPT, images=(image,), session="fresh"))
+        t0, first, usage = time.monotonic(), float("nan"), Usage()
+        async with contextlib.aclosing(parts) as stream:
+            async for part in stream:
+                if isinstance(part, TextDelta) and first != first:
+                    first = time.monotonic() - t0
+                elif isinstance(part, Usage):
+                    usage = part
+        prompt = usage.prompt_tokens or 0
+        rows.append((prompt, prompt - (usage.cached_tokens or 0), first))
+    out: dict[str, float] = {}
+    for name, part in (("early", rows[1:6]), ("late", rows[-5:])):
+        out[f"prompt_{name}"] = statistics.median(r[0] for r in part)
+        out[f"computed_{name}"] = statistics.median(r[1] for r in part)
+        out[f"ttft_{name}_ms"] = 1000 * statistics.median(r[2] for r in part)
+    return out
 
 
 @dataclass
@@ -180,7 +216,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     until = time.monotonic() + args.deadline_s
     cuda = args.device.startswith("cuda")
     tokens = 8 if args.small else 32
-    options: dict[str, Any] = {"max_model_len": 4096}
+    windows = 8 if args.small else 60  # the memory step's live windows
+    # the memory step's last prompt: every frame (448x448) with its answer
+    options: dict[str, Any] = {"max_model_len": 4096 if args.small else 32768}
     if args.engine == "vllm":
         options.update(max_num_seqs=16 if args.small else 256, enable_prefix_caching=True)
     cfg = ModelConfig(engine=args.engine, family=REAL[args.model]["family"], source=args.source,
@@ -193,6 +231,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"load_s": time.monotonic() - t0, "tokens_per_response": tokens}
     try:
         result.update(await ttft(engine, 2 if args.small else 20))
+        for memory in (True, False):
+            result[f"memory_{'on' if memory else 'off'}"] = await remembered(engine, windows,
+                                                                            memory)
         # tiny sizes check every step in seconds: 2 windows, one session, scene change every 2 s
         seconds, max_n, spread = (2, 1, 0.2) if args.small else (6, 1024, 1.0)
         first = 1 if args.small or args.engine != "vllm" else 16

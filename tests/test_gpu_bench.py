@@ -29,6 +29,10 @@ def test_gpu_bench_small_on_cpu_writes_its_table(tmp_path: Path) -> None:
         assert "failed" not in res and "skipped" not in res, row
         assert 0 < res["ttft_p50_ms"] <= res["ttft_p95_ms"]
         assert res["tokens_per_s"] > 0
+        on, off = res["memory_on"], res["memory_off"]  # the timeline grows; one frame does not
+        assert on["prompt_late"] > on["prompt_early"] and off["prompt_late"] == \
+            off["prompt_early"]
+        assert on["computed_late"] < on["prompt_late"]  # the engine's cache served the rest
         for gating in ("capacity_off", "capacity_on"):
             steps = res[gating]["steps"]
             assert steps and all(s["work"] > 0 for s in steps), (gating, steps)
@@ -36,4 +40,5 @@ def test_gpu_bench_small_on_cpu_writes_its_table(tmp_path: Path) -> None:
         assert all(s["skipped"] > 0 for s in on)  # a static scene costs no model call
     table = out.read_text().splitlines()
     assert table[2].startswith("| model | engine | load s | TTFT p50 / p95 ms")
+    assert table[2].rstrip().endswith("TTFT ms early -> late (memory off) |")
     assert len([line for line in table if line.startswith("| qwen")]) == 2
