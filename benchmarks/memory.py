@@ -90,6 +90,27 @@ def model(engine: str, source: Path) -> ModelConfig:
                                                    min_new_tokens=TOKENS))
 
 
+async def receive(ws: Any, done: dict[int, asyncio.Future[dict[str, Any]]],
+                  first: dict[int, float]) -> None:
+    """Each live window's ``response.done`` into ``done`` and the time of its first text delta
+    into ``first``, both by the window's start second."""
+    loop = asyncio.get_running_loop()
+    window_of: dict[str, int] = {}
+    async for raw in ws:
+        ev = json.loads(raw)
+        if ev["type"] == "response.created":
+            start = ev["response"]["metadata"].get("window_start_ms")
+            if start is not None:
+                window_of[ev["response"]["id"]] = int(start) // 1000
+        elif ev["type"] == "response.output_text.delta":
+            k = window_of.get(ev["response_id"])
+            if k is not None:
+                first.setdefault(k, time.perf_counter())
+        elif ev["type"] == "response.done":
+            k = window_of.get(ev["response"]["id"], -1)
+            done.setdefault(k, loop.create_future()).set_result(ev["response"])
+
+
 async def stream(url: str, seconds: int, memory: bool) -> Run:
     """``seconds`` windows, each a new picture; every window's usage and first delta."""
     frames = ["data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(f"W{i}")).decode()
@@ -97,29 +118,12 @@ async def stream(url: str, seconds: int, memory: bool) -> Run:
     sent: dict[int, float] = {}
     first: dict[int, float] = {}
     done: dict[int, asyncio.Future[dict[str, Any]]] = {}
-    window_of: dict[str, int] = {}
     loop = asyncio.get_running_loop()
     async with websockets.connect(url, max_size=None) as ws:
         await ws.recv()
         await ws.send(json.dumps({"type": "session.update", "session": {
             "streamagent": {"live": True, "memory": memory}}}))
-
-        async def receive() -> None:
-            async for raw in ws:
-                ev = json.loads(raw)
-                if ev["type"] == "response.created":
-                    start = ev["response"]["metadata"].get("window_start_ms")
-                    if start is not None:
-                        window_of[ev["response"]["id"]] = int(start) // 1000
-                elif ev["type"] == "response.output_text.delta":
-                    k = window_of.get(ev["response_id"])
-                    if k is not None:
-                        first.setdefault(k, time.perf_counter())
-                elif ev["type"] == "response.done":
-                    k = window_of.get(ev["response"]["id"], -1)
-                    done.setdefault(k, loop.create_future()).set_result(ev["response"])
-
-        task = asyncio.create_task(receive())
+        task = asyncio.create_task(receive(ws, done, first))
         began = time.perf_counter()
         run = Run()
         for i in range(seconds + 1):

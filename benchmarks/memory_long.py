@@ -1,6 +1,6 @@
 """A long live stream at a bounded cost: memory per session over 30 minutes of media.
 
-One live session at 1 fps (a new 640x480 picture each second) with a live `describe` every
+One live session at 1 fps (a new 320x240 picture each second) with a live `describe` every
 second and the session's timeline on, through the realtime endpoint, on a tiny Qwen2.5-VL
 (transformers, its session KV cache on) with the default budget (``models.NAME.memory``:
 128 frames, 16384 tokens, a cut keeps half). Media time runs faster than the clock (the next
@@ -8,8 +8,8 @@ frame goes when the window before it is answered), so 30 minutes of stream take 
 
 Every 5 minutes of media: the process's resident memory, what the session's timeline holds
 (frames, approximate tokens, cuts so far), the bytes of the model's session caches, and the
-last window's prompt and cached tokens. The bound: the timeline's frames (each kept decoded,
-0.9 MB at 640x480) and the session cache's `session_cache_mb`.
+last window's prompt and cached tokens. The bound: the timeline's frames (each kept decoded)
+and the session cache's `session_cache_mb`.
 
     PYTHONPATH=. .venv/bin/python -m benchmarks.memory_long [--minutes 30]
 """
@@ -36,10 +36,10 @@ from agent.testing import jpeg_bytes
 from agent.timeline import Timeline
 from agent.uvicorn_server import running
 from benchmarks.docs import write_block
-from benchmarks.memory import checkpoint, model
+from benchmarks.memory import checkpoint, model, receive
 from benchmarks.run import machine
 
-SIZE = (640, 480)
+SIZE = (320, 240)
 EVERY_S = 300
 """A row every this many seconds of media."""
 
@@ -61,25 +61,12 @@ async def stream(url: str, seconds: int, runtime: Runtime) -> list[dict[str, Any
     engine: Any = runtime.pool.engines["m"]  # type: ignore[attr-defined]
     rows: list[dict[str, Any]] = []
     done: dict[int, asyncio.Future[dict[str, Any]]] = {}
-    window_of: dict[str, int] = {}
     loop = asyncio.get_running_loop()
     async with websockets.connect(url, max_size=None) as ws:
         await ws.recv()
         await ws.send(json.dumps({"type": "session.update", "session": {
             "streamagent": {"live": True, "memory": True}}}))
-
-        async def receive() -> None:
-            async for raw in ws:
-                ev = json.loads(raw)
-                if ev["type"] == "response.created":
-                    start = ev["response"]["metadata"].get("window_start_ms")
-                    if start is not None:
-                        window_of[ev["response"]["id"]] = int(start) // 1000
-                elif ev["type"] == "response.done":
-                    k = window_of.get(ev["response"]["id"], -1)
-                    done.setdefault(k, loop.create_future()).set_result(ev["response"])
-
-        task = asyncio.create_task(receive())
+        task = asyncio.create_task(receive(ws, done, {}))
         began = time.perf_counter()
         for i in range(seconds + 1):
             # 97 pictures in turn, each with its own text: no two neighbours alike (the gate
