@@ -1,7 +1,7 @@
 """Speech: utterances found by silero-vad, transcribed by pocketsphinx's bundled en-us model.
 
 The recognizer hears each finished utterance once, without most of the silence that ended it
-(``Utterance.voiced``: 0.3 s of it kept), with pocketsphinx's own settings: 14% less
+(``Utterance.voiced``: 0.3 s of it kept), with the search settings in ``DECODER``: less
 recognizer CPU at the same word accuracy on the benchmark's voices and the Debian test
 recordings (benchmarks/listening.py, docs/performance.md). Keeping 0.15 s saved a little more
 and lost words; capping the search (``maxhmmpf`` 3000) saved a third and lost more words.
@@ -38,8 +38,16 @@ from agent import (
     load_vad,
 )
 
-DECODER: dict[str, Any] = {}
-"""pocketsphinx settings other than its defaults (measured: benchmarks/listening.py)."""
+DECODER: dict[str, Any] = {"maxwpf": 10, "pbeam": 1e-44}
+"""pocketsphinx settings other than its defaults (measured: benchmarks/listening.py).
+
+At most 10 word exits per frame, and a phone-transition beam of 1e-44 (1e-48 by default):
+14-27% less recognizer CPU (in several runs), with the very same words heard on every clip of the
+benchmark and on 60 more flite clips. Cheaper settings lost words there: ``wbeam`` 1e-20 (35%
+less; flite ``kal16`` 89.7% -> 85.3% on the other clips), ``maxhmmpf`` 5000 with it (50% less;
+``kal`` 69.8% -> 62.9%), ``topn`` 2 or ``ds`` 2 (under 10% less; ``kal`` -7 to -10 points),
+``fwdflat`` or ``bestpath`` off (20% less; ``kal`` -7 to -8 points), a tighter ``beam``.
+"""
 
 
 class PocketSphinxEngine(Engine):
