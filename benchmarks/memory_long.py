@@ -122,6 +122,14 @@ the session caches by `session_cache_mb` (512 MB for all sessions of the model).
 | media | wall | RSS (MB) | frames held | tokens held (approx.) | cuts | session caches (MB) | last window: prompt / cached tokens |
 |---|---|---|---|---|---|---|---|
 {table}
+
+The process grows while the first prompts reach the budget (the processor's and the model's
+working memory for a prompt of {budget.max_frames} pictures, beside the decoded frames), then
+levels off: {rows[2]['rss_mb'] - rows[1]['rss_mb']:+.0f} MB from minute {rows[1]['media_s'] // 60}
+to minute {rows[2]['media_s'] // 60}, {rows[-1]['rss_mb'] - rows[2]['rss_mb']:+.0f} MB from
+there to minute {rows[-1]['media_s'] // 60}. The timeline is cut about every
+{rows[-1]['media_s'] / max(1, rows[-1]['cuts']):.0f} s of media and never holds more than its
+{budget.max_frames} frames.
 <!-- /bench:memory-long -->"""
 
 
