@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-
 from typing import Any
 
 
