@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,10 +92,25 @@ def model(engine: str, source: Path) -> ModelConfig:
                                                    min_new_tokens=TOKENS))
 
 
-async def receive(ws: Any, done: dict[int, asyncio.Future[dict[str, Any]]],
-                  first: dict[int, float]) -> None:
-    """Each live window's ``response.done`` into ``done`` and the time of its first text delta
-    into ``first``, both by the window's start second."""
+@contextlib.asynccontextmanager
+async def live(url: str, memory: bool, done: dict[int, asyncio.Future[dict[str, Any]]],
+               first: dict[int, float]) -> AsyncIterator[Any]:
+    """A live realtime session (its timeline ``memory`` on or off) whose live windows'
+    ``response.done`` go into ``done`` and the times of their first text deltas into
+    ``first``, both by the window's start second."""
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "streamagent": {"live": True, "memory": memory}}}))
+        task = asyncio.create_task(_receive(ws, done, first))
+        try:
+            yield ws
+        finally:
+            task.cancel()
+
+
+async def _receive(ws: Any, done: dict[int, asyncio.Future[dict[str, Any]]],
+                   first: dict[int, float]) -> None:
     loop = asyncio.get_running_loop()
     window_of: dict[str, int] = {}
     async for raw in ws:
@@ -119,11 +136,7 @@ async def stream(url: str, seconds: int, memory: bool) -> Run:
     first: dict[int, float] = {}
     done: dict[int, asyncio.Future[dict[str, Any]]] = {}
     loop = asyncio.get_running_loop()
-    async with websockets.connect(url, max_size=None) as ws:
-        await ws.recv()
-        await ws.send(json.dumps({"type": "session.update", "session": {
-            "streamagent": {"live": True, "memory": memory}}}))
-        task = asyncio.create_task(receive(ws, done, first))
+    async with live(url, memory, done, first) as ws:
         began = time.perf_counter()
         run = Run()
         for i in range(seconds + 1):
@@ -141,7 +154,6 @@ async def stream(url: str, seconds: int, memory: bool) -> Run:
                                           usage["input_token_details"]["cached_tokens"],
                                           first.get(i - 1, float("nan")) - closed))
         run.wall_s = time.perf_counter() - began
-        task.cancel()
     return run
 
 

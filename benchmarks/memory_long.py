@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import websockets
-
 from agent.config import Config, GatingConfig, HandlerConfig, MemoryConfig
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
@@ -36,7 +34,7 @@ from agent.testing import jpeg_bytes
 from agent.timeline import Timeline
 from agent.uvicorn_server import running
 from benchmarks.docs import write_block
-from benchmarks.memory import checkpoint, model, receive
+from benchmarks.memory import checkpoint, live, model
 from benchmarks.run import machine
 
 SIZE = (320, 240)
@@ -62,11 +60,7 @@ async def stream(url: str, seconds: int, runtime: Runtime) -> list[dict[str, Any
     rows: list[dict[str, Any]] = []
     done: dict[int, asyncio.Future[dict[str, Any]]] = {}
     loop = asyncio.get_running_loop()
-    async with websockets.connect(url, max_size=None) as ws:
-        await ws.recv()
-        await ws.send(json.dumps({"type": "session.update", "session": {
-            "streamagent": {"live": True, "memory": True}}}))
-        task = asyncio.create_task(receive(ws, done, {}))
+    async with live(url, True, done, {}) as ws:
         began = time.perf_counter()
         for i in range(seconds + 1):
             # 97 pictures in turn, each with its own text: no two neighbours alike (the gate
@@ -85,7 +79,6 @@ async def stream(url: str, seconds: int, runtime: Runtime) -> list[dict[str, Any
                        "cached": usage["input_token_details"]["cached_tokens"], **held()}
                 rows.append(row)
                 print(row, flush=True)
-        task.cancel()
     return rows
 
 

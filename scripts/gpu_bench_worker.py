@@ -99,15 +99,16 @@ async def remembered(engine: Engine, windows: int, memory: bool) -> dict[str, fl
             parts = timeline.exchange(render, PROMPT, engine.stream(request))
         else:
             parts = engine.stream(ModelRequest(PROMPT, images=(image,), session="fresh"))
-        t0, first, usage = time.monotonic(), float("nan"), Usage()
+        t0, first, usage = time.monotonic(), None, Usage()
         async with contextlib.aclosing(parts) as stream:
             async for part in stream:
-                if isinstance(part, TextDelta) and first != first:
+                if isinstance(part, TextDelta) and first is None:
                     first = time.monotonic() - t0
                 elif isinstance(part, Usage):
                     usage = part
         prompt = usage.prompt_tokens or 0
-        rows.append((prompt, prompt - (usage.cached_tokens or 0), first))
+        rows.append((prompt, prompt - (usage.cached_tokens or 0),
+                     float("nan") if first is None else first))
     out: dict[str, float] = {}
     for name, part in (("early", rows[1:6]), ("late", rows[-5:])):
         out[f"prompt_{name}"] = statistics.median(r[0] for r in part)

@@ -133,7 +133,7 @@ class RayPool(Pool):
         """What ``call`` (to ``model``) gives, by ``deadline`` (``TimeoutError`` past it). A
         live call that has waited ``live_wait_s`` (nothing, while Serve is known to run no
         replica of ``model``) fails (``EngineError``) once Serve shows none running; asked
-        again every ````ServeReplicas.poll_s``, an unknown answer waits on."""
+        again every ``ServeReplicas.poll_s``, an unknown answer waits on."""
         loop = asyncio.get_running_loop()
         first = asyncio.ensure_future(call)
         try:
