@@ -23,8 +23,9 @@ from agent.parts import Usage
 from agent.timeline import stamp
 from agent.tiny import build
 from plugins.hf.engine import TransformersEngine
-from plugins.hf.inputs import processor_inputs
+from plugins.hf.inputs import processor_args, processor_inputs
 from plugins.hf.kv_reuse import Reuse, SessionCaches
+from plugins.hf.partial_inputs import partial_inputs
 
 pytestmark = pytest.mark.slow
 FAMILIES = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
@@ -71,7 +72,11 @@ def run(engine: TransformersEngine, caches: SessionCaches,
                               engine.prompter)
     fresh = engine.model.generate(**inputs, **GREEDY, output_scores=True,
                                   return_dict_in_generate=True)
-    reuse = caches.prepare(engine.model, request, inputs, None, GREEDY)
+    engine.caches, kept = caches, engine.caches
+    try:
+        _, reuse = engine.prepared(request, GREEDY)
+    finally:
+        engine.caches = kept
     assert reuse is not None
     out = engine.model.generate(**reuse.inputs, **GREEDY, output_scores=True,
                                 return_dict_in_generate=True)
@@ -103,6 +108,33 @@ def test_a_growing_timeline_answers_as_computed_afresh(engine: TransformersEngin
     assert all(before <= hit < prompt for (_, before), (hit, prompt)
                in zip(cached, cached[1:], strict=False)), cached
     assert reuse.cached > cached[-1][1] - 20  # all but the question
+    assert "pixel_values" not in reuse.inputs  # every picture came from the cache
+
+
+def test_only_the_pictures_past_the_cache_are_prepared(engine: TransformersEngine) -> None:
+    """The processor's own inputs, less the pixels of the pictures the cache holds: the
+    same ids, token types and grids, and the same pixels of the others."""
+    request = timeline(FRAMES)
+    text, kwargs = processor_args(engine.processor, request, engine.family,
+                                  engine.modalities or frozenset(), engine.max_pixels,
+                                  engine.prompter)
+    full = engine.processor(text=[text], return_tensors="pt", **kwargs)
+    grid = full["image_grid_thw"]
+    for known in (1, len(FRAMES) - 1, len(FRAMES)):
+        part = partial_inputs(engine.processor, text, kwargs, {}, grid[:known])
+        assert set(part) | {"pixel_values"} == set(full)
+        for name in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw"):
+            assert torch.equal(part[name], full[name]), name
+        rows = int(grid[:known].prod(-1).sum())
+        if known < len(FRAMES):
+            assert torch.equal(part["pixel_values"], full["pixel_values"][rows:])
+        else:
+            assert "pixel_values" not in part
+    caches = SessionCaches(1 << 30)
+    run(engine, caches, timeline(FRAMES[:3]))
+    _, _, reuse = run(engine, caches, timeline(FRAMES[:4]))
+    assert torch.equal(reuse.inputs["image_grid_thw"], grid[3:4])  # the fourth frame alone
+    assert reuse.inputs["pixel_values"].shape[0] == int(grid[3].prod())
 
 
 def test_a_frame_that_differs_is_computed_again(engine: TransformersEngine) -> None:
@@ -119,6 +151,7 @@ def test_a_frame_that_differs_is_computed_again(engine: TransformersEngine) -> N
     fresh, reused, reuse = run(engine, caches, request)
     assert_same(fresh, reused)
     assert 0 < reuse.cached <= second_frame
+    assert reuse.inputs["image_grid_thw"].shape[0] == 2  # prepared again from the second on
 
 
 def test_the_engine_reports_cached_tokens_and_answers_the_same(

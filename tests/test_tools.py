@@ -163,9 +163,12 @@ async def test_the_agents_sdk_runs_a_whole_tool_loop(served: tuple[Address, Runt
                 if event.type == "error" or (event.type == "raw_model_event" and
                                              event.data.type in ("error", "exception")):
                     errors.append(event)
-                if event.type == "agent_end" and ("tool_end" in kinds
-                                                  or kinds.count("agent_end") > 1):
-                    return
+                answered = any(getattr(item, "role", "") == "assistant"
+                               for item in session._history)
+                if event.type == "agent_end" and answered and ("tool_end" in kinds
+                                                               or kinds.count("agent_end") > 1):
+                    return  # the answer after the tool's output: its agent_end can come
+                    # after the tool call's own, which follows tool_end
 
         await asyncio.wait_for(until_answered(), 180)
         history = list(session._history)

@@ -35,8 +35,9 @@ from agent import (
     learn_modalities,
     requested_adapter,
 )
-from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_inputs
+from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_args
 from plugins.hf.kv_reuse import Reuse, SessionCaches
+from plugins.hf.partial_inputs import partial_inputs
 from plugins.hf.quantize import load_kwargs
 from plugins.hf.streaming import counting_streamer, cut
 
@@ -275,14 +276,11 @@ class TransformersEngine(ThreadedEngine):
 
     def _generate(self, request: ModelRequest, options: dict[str, Any],
                   cancelled: threading.Event) -> Iterator[str | Usage]:
-        inputs = processor_inputs(self.processor, request, self.family,
-                                  self.modalities or frozenset(), self.max_pixels, self.prompter)
-        inputs = inputs.to(self.model.device).to(self.model.dtype)
-        before, prompt = self.tokens_generated, int(inputs["input_ids"].shape[1])
         stops = (*self.family.stop, *(request.options.get("stop") or ()))  # a family's, a
         if stops:  # request's: generate() stops on the text; the answer is cut before it
             options.update(stop_strings=list(stops), tokenizer=self.tokenizer)
-        reuse = self.caches.prepare(self.model, request, inputs, self.adapter(request), options)
+        inputs, reuse = self.prepared(request, options)
+        before, prompt = self.tokens_generated, int(inputs["input_ids"].shape[1])
         pieces = self._pieces(inputs, options, cancelled, reuse)
         stopped = False
         try:
@@ -295,6 +293,29 @@ class TransformersEngine(ThreadedEngine):
         yield _usage(prompt, self.tokens_generated - before, options["max_new_tokens"],
                      "stop" if stopped else "abort" if cancelled.is_set() else None,
                      None if reuse is None else reuse.cached)
+
+    def prepared(self, request: ModelRequest, options: Mapping[str, Any]
+                 ) -> tuple[Any, Reuse | None]:
+        """``request``'s processor inputs on the model's device, and how its call reuses its
+        session's cache (``None``: computed afresh, from ``inputs``). The pictures that cache
+        holds are not prepared again (plugins/hf/partial_inputs.py)."""
+        text, kwargs = processor_args(self.processor, request, self.family,
+                                      self.modalities or frozenset(), self.max_pixels,
+                                      self.prompter)
+
+        def full() -> Any:
+            out = self.processor(text=[text], return_tensors="pt", **kwargs,
+                                 **self.family.processor_kwargs)
+            return out.to(self.model.device).to(self.model.dtype)
+
+        grids = self.caches.known(self.model, request, kwargs)
+        inputs = None if grids is None else partial_inputs(
+            self.processor, text, kwargs, self.family.processor_kwargs, grids)
+        known = 0 if inputs is None else len(grids)
+        inputs = full() if inputs is None else inputs.to(self.model.device).to(self.model.dtype)
+        reuse = self.caches.prepare(self.model, request, inputs, self.adapter(request), options,
+                                    known, full)
+        return (full() if reuse is None and known else inputs), reuse
 
     def _pieces(self, inputs: Any, options: dict[str, Any], cancelled: threading.Event,
                 reuse: Reuse | None = None) -> Generator[str, None, None]:

@@ -45,6 +45,15 @@ def processor_inputs(processor: Any, request: ModelRequest, family: Family,
     """Processor outputs (tensors) for ``request``: few-shot and question images, the video as
     frames with their real fps, the audio at 16 kHz (split into clips the encoder takes), and
     the prompt ``prompter`` renders (one is made when none is given)."""
+    text, kwargs = processor_args(processor, request, family, modalities, max_pixels, prompter)
+    return processor(text=[text], return_tensors="pt", **kwargs, **family.processor_kwargs)
+
+
+def processor_args(processor: Any, request: ModelRequest, family: Family,
+                   modalities: frozenset[str], max_pixels: int,
+                   prompter: Prompter | None = None) -> tuple[str, dict[str, Any]]:
+    """What ``processor_inputs`` gives the processor: the prompt's text, and its media and
+    tokenizer arguments (the family's own arguments not included)."""
     prompter = prompter or Prompter(processor, family, modalities)
     request = sequence_media(request, long_audio.encoder_window(processor))
     images = [fit(img, max_pixels) for img, _ in request.examples]
@@ -70,4 +79,4 @@ def processor_inputs(processor: Any, request: ModelRequest, family: Family,
     prompt = prompter.render(request, audio_clips=len(clips) or 1)
     if not prompt.special_tokens:  # the template wrote the BOS: no second one
         kwargs["add_special_tokens"] = False
-    return processor(text=[prompt.text], return_tensors="pt", **kwargs, **family.processor_kwargs)
+    return prompt.text, kwargs

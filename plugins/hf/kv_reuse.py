@@ -26,6 +26,11 @@ calls this), a checkpoint whose generation config names a cache implementation, 
 with sliding-window or linear-attention layers (they cannot be cropped back). A LoRA adapter's
 cache serves only calls with the same adapter.
 
+The pictures a session's cache holds are not prepared again: ``known`` gives their grids,
+kept with the cache, and the engine has the processor prepare only the others
+(plugins/hf/partial_inputs.py); ``prepare`` asks for every picture's pixels (``full``) when
+the cache turns out not to hold them all.
+
 Bounded: ``SessionCaches`` keeps one cache per session, the least recently used goes first,
 within ``max_bytes`` together. A session's cache is taken out while its call runs, so a second
 call of the same session at once computes afresh. Thread-safe.
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +58,13 @@ INPUTS = frozenset({"input_ids", "attention_mask", "mm_token_type_ids", "pixel_v
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """A picture's tokens in a prompt, ``[start, end)``, and its content key."""
+    """A picture's tokens in a prompt, ``[start, end)``, its content key and its grid (its
+    row of ``image_grid_thw``)."""
 
     start: int
     end: int
     key: str
+    grid: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,27 +140,55 @@ class SessionCaches:
             while sum(h.size for h in self._held.values()) > self.max_bytes:
                 self._held.popitem(last=False)
 
+    def known(self, model: Any, request: ModelRequest, kwargs: Mapping[str, Any]) -> Any:
+        """The grids of the leading pictures of ``request`` (in the processor's arguments
+        ``kwargs``) that its session's cache holds, as kept with it: the pictures whose
+        pixels a call that reuses the cache does not need (plugins/hf/partial_inputs.py);
+        ``None`` when there are none."""
+        if not self.max_bytes or not request.session or "images" not in kwargs:
+            return None
+        if getattr(model.config, "model_type", "") not in MROPE:
+            return None
+        with self._lock:
+            held = self._held.get(request.session)
+        grids = []
+        for span, key in zip(held.spans if held else (), image_keys(request), strict=False):
+            if span.key != key or not span.grid:
+                break
+            grids.append(span.grid)
+        if not grids:
+            return None
+        import torch
+
+        return torch.tensor(grids)
+
     def prepare(self, model: Any, request: ModelRequest, inputs: Mapping[str, Any],
-                adapter: str | None, options: Mapping[str, Any]) -> Reuse | None:
+                adapter: str | None, options: Mapping[str, Any], known: int = 0,
+                full: Callable[[], Any] | None = None) -> Reuse | None:
         """``generate()``'s inputs for ``request`` from its session's cache, or a fresh cache
-        that will be kept; ``None``: the full path (see the module's docstring)."""
+        that will be kept; ``None``: the full path (see the module's docstring). ``inputs``
+        may lack the pixels of its first ``known`` pictures (``known``); ``full()`` gives
+        every picture's, and is called when the cache does not hold those pictures."""
         if not self.max_bytes or not request.session or not reusable(model, inputs, options):
             return None
         cache = fresh_cache(model)
         if cache is None:
             return None
-        keys = image_keys(request) if "pixel_values" in inputs else []
+        keys = image_keys(request) if "image_grid_thw" in inputs else []
         spans = image_spans(model, inputs, keys)
         if spans is None:
             return None
         held = self.take(request.session)
         ids = inputs["input_ids"][0].detach().to("cpu")
         reused = common_prefix(held, ids, spans) if held and held.adapter == adapter else 0
+        if known and reused < spans[known - 1].end:  # the cache does not hold them all
+            assert full is not None
+            inputs, known = full(), 0
         args = dict(inputs)
         if held is not None and reused:
             cache = held.cache
             cache.crop(reused - cache.get_seq_length())
-            args = suffix_inputs(model, inputs, spans, reused)
+            args = suffix_inputs(model, inputs, spans, reused, known)
         args["past_key_values"] = cache
         return Reuse(self, request.session, args, reused, spans, adapter)
 
@@ -170,7 +205,7 @@ def reusable(model: Any, inputs: Mapping[str, Any], options: Mapping[str, Any]) 
         return False
     if not set(inputs) <= INPUTS or inputs["input_ids"].shape[0] != 1:
         return False
-    return "pixel_values" not in inputs or kind in MROPE
+    return "image_grid_thw" not in inputs or kind in MROPE
 
 
 def fresh_cache(model: Any) -> Any:
@@ -212,7 +247,8 @@ def image_spans(model: Any, inputs: Mapping[str, Any],
         return None
     if any(end - start != size for start, end, size in zip(starts, ends, sizes, strict=True)):
         return None
-    return tuple(Span(s, e, k) for s, e, k in zip(starts, ends, keys, strict=True))
+    grids = [tuple(row) for row in inputs["image_grid_thw"].tolist()]
+    return tuple(Span(s, e, k, g) for s, e, k, g in zip(starts, ends, keys, grids, strict=True))
 
 
 def common_prefix(held: Held, ids: Any, spans: tuple[Span, ...]) -> int:
@@ -234,9 +270,10 @@ def common_prefix(held: Held, ids: Any, spans: tuple[Span, ...]) -> int:
 
 
 def suffix_inputs(model: Any, inputs: Mapping[str, Any], spans: tuple[Span, ...],
-                  reused: int) -> dict[str, Any]:
+                  reused: int, known: int = 0) -> dict[str, Any]:
     """The inputs of a call that starts at token ``reused``: the whole sequence's position ids,
-    and the pixels and grids of the pictures past the cache only (none: no pixel inputs)."""
+    and the pixels and grids of the pictures past the cache only (none: no pixel inputs).
+    ``inputs`` holds no pixels of its first ``known`` pictures, all in the cache."""
     context = {k: inputs[k] for k in ("attention_mask", "mm_token_type_ids", "image_grid_thw")
                if k in inputs}
     out = {k: v for k, v in inputs.items() if k not in ("pixel_values", "image_grid_thw")}
@@ -244,7 +281,7 @@ def suffix_inputs(model: Any, inputs: Mapping[str, Any], spans: tuple[Span, ...]
     first = next((i for i, span in enumerate(spans) if span.start >= reused), len(spans))
     if first < len(spans):
         grid = inputs["image_grid_thw"]
-        rows = int(grid[:first].prod(-1).sum())
+        rows = int(grid[known:first].prod(-1).sum())
         out.update(pixel_values=inputs["pixel_values"][rows:], image_grid_thw=grid[first:])
     return out
 
