@@ -85,14 +85,20 @@ class Server:
 
 
 async def stream(url: str, frames: list[str], seconds: float, speed: float = 1.0,
-                 audio: bool = False, on_tick: object = None) -> list[float]:
-    """Stream ``seconds`` of 30 fps media; return window-close -> first-delta latencies (s)."""
+                 audio: bool = False, on_tick: object = None, echo: bool = True) -> list[float]:
+    """Stream ``seconds`` of 30 fps media; return window-close -> first-delta latencies (s).
+    ``echo`` off: the session asks for item echoes without their data (``echo_media``)."""
     closing_sent: dict[int, float] = {}
     latencies: list[float] = []
     window_of: dict[str, int] = {}
     chunk = base64.b64encode(np.zeros(2400, "<i2").tobytes()).decode()  # 100 ms at 24 kHz
     async with websockets.connect(url, max_size=None) as ws:
         await ws.recv()
+        if not echo:
+            await ws.send('{"type":"session.update","session":{"streamagent":'
+                          '{"echo_media":false}}}')
+            while json.loads(await ws.recv())["type"] != "session.updated":
+                pass
 
         async def receive() -> None:
             async for raw in ws:
@@ -129,13 +135,15 @@ async def stream(url: str, frames: list[str], seconds: float, speed: float = 1.0
 
 
 async def ingest(frames: list[str], sessions: int, seconds: float,
-                 module: str = "benchmarks.server", cwd: Path = ROOT) -> dict[str, float]:
+                 module: str = "benchmarks.server", cwd: Path = ROOT,
+                 echo: bool = True) -> dict[str, float]:
     """Server CPU per session while ``sessions`` clients stream; the same for the floor."""
     server = Server(module=module, cwd=cwd)
     try:
-        await stream(server.url, frames, 2)  # warm up
+        await stream(server.url, frames, 2, echo=echo)  # warm up
         before = server.cpu_s()
-        await asyncio.gather(*(stream(server.url, frames, seconds) for _ in range(sessions)))
+        await asyncio.gather(*(stream(server.url, frames, seconds, echo=echo)
+                               for _ in range(sessions)))
         used = server.cpu_s() - before
     finally:
         server.stop()
@@ -222,6 +230,7 @@ are another process on loopback.
 | figure | result | target |
 |---|---|---|
 | ingest: server CPU per session, 30 fps 640x480 JPEG (~{ing['jpeg_kb']:.0f} KB) sampled at 1 fps, {ing['sessions']} sessions x {ing['seconds']:.0f} s{rounds} | {ingest_row(ing, floor)} | <= 1.3x the floor |
+| same, the session's item echoes without their frames (`streamagent.echo_media: false`) | {ingest_row(results['echo_off'], floor)} | <= 1.3x the floor |
 | the floor: a bare websocket server on the same stack, same clients and frames, `json.loads` and drop | {floor['core_pct_per_session']:.2f} % of a core | |
 | added latency, window close -> first delta at the client, handler does no work, 1 session | **p50 {lat1['p50_ms']:.1f} ms, p99 {lat1['p99_ms']:.1f} ms** ({lat1['samples']} windows) | p50 <= 10 ms |
 | same, {lat4['sessions']} concurrent sessions at 30 fps | p50 {lat4['p50_ms']:.1f} ms, p99 {lat4['p99_ms']:.1f} ms ({lat4['samples']} windows) | |
@@ -253,11 +262,13 @@ async def ingest_rounds(frames: list[str], trees: dict[str, Path], rounds: int, 
                         seconds: float) -> dict[str, dict]:
     """Ingest for each tree in order (the baseline first), then the floor, ``rounds`` times over
     (interleaved, so a busy machine's drift falls on all of them); medians per server."""
-    runs: dict[str, list[float]] = {name: [] for name in [*trees, "floor"]}
+    runs: dict[str, list[float]] = {name: [] for name in [*trees, "echo_off", "floor"]}
     for r in range(rounds):
         for name in runs:
             if name == "floor":
                 res = await ingest(frames, sessions, seconds, module="benchmarks.floor")
+            elif name == "echo_off":
+                res = await ingest(frames, sessions, seconds, echo=False)
             else:
                 res = await ingest(frames, sessions, seconds, cwd=trees[name])
             runs[name].append(res["core_pct_per_session"])
@@ -271,6 +282,9 @@ async def ingest_rounds(frames: list[str], trees: dict[str, Path], rounds: int, 
 def summary(results: dict[str, dict]) -> str:
     floor = results["floor"]["core_pct_per_session"]
     lines = [f"  {'floor (bare websocket server, same stack)':<48} {floor:6.2f} % of a core"]
+    off = results["echo_off"]["core_pct_per_session"]
+    lines.append(f"  {'this tree, echo_media off':<48} {off:6.2f} % of a core  "
+                 f"{off / floor:5.2f}x floor")
     for entry in ([results["base"]] if "base" in results else []) + [results]:
         pct = entry["ingest"]["core_pct_per_session"]
         lat1, lat4 = entry["latency1"], entry["latency4"]
@@ -312,7 +326,8 @@ async def main(argv: list[str] | None = None) -> None:
         entry["latency4"] = await latency(frames, sessions=4, seconds=args.seconds, cwd=tree)
         print(f"latency, 4 sessions, {name}:", entry["latency4"], flush=True)
         entries[name] = entry
-    results: dict = entries["this"] | {"floor": ingests["floor"], "load": load}
+    results: dict = entries["this"] | {"floor": ingests["floor"], "load": load,
+                                       "echo_off": ingests["echo_off"]}
     if "base" in entries:
         results["base"] = entries["base"]
     print(f"ingest per session ({args.rounds} round(s) of 4 sessions x {args.seconds:.0f} s; "

@@ -138,6 +138,37 @@ async def test_item_added_echoes_every_part_images_included() -> None:
     assert event["item"]["content"] == content
 
 
+async def test_with_echo_media_off_items_come_back_without_their_data() -> None:
+    """``streamagent.echo_media: false``: the echoes (GA and beta) carry the parts, not the
+    picture or the sound; the model still sees the picture."""
+    audio = base64.b64encode(bytes(3200)).decode()
+    content = [{"type": "input_image", "image_url": data_url(jpeg_bytes("x"))},
+               {"type": "input_audio", "audio": audio},
+               {"type": "input_text", "text": "and this?"}]
+    runtime = fake_runtime()
+    async with running(runtime) as address:
+        for headers, kinds in (({}, ("conversation.item.added", "conversation.item.done")),
+                               ({"OpenAI-Beta": "realtime=v1"}, ("conversation.item.created",))):
+            async with websockets.connect(f"{address.ws}/v1/realtime?model=fake",
+                                          additional_headers=headers) as ws:
+                await ws.send(json.dumps({"type": "session.update", "session": {
+                    "streamagent": {"echo_media": False}}}))
+                while (event := json.loads(await ws.recv()))["type"] != "session.updated":
+                    pass
+                assert event["session"]["streamagent"]["echo_media"] is False
+                await ws.send(json.dumps({"type": "conversation.item.create", "item": {
+                    "type": "message", "role": "user", "content": content}}))
+                await ws.send(json.dumps({"type": "response.create"}))
+                echoes = []
+                while (event := json.loads(await ws.recv()))["type"] != "response.done":
+                    if event["type"] in kinds:
+                        echoes.append(event["item"]["content"])
+                assert echoes == [[{"type": "input_image"}, {"type": "input_audio"},
+                                   content[2]]] * len(kinds)
+    engine: Any = runtime.pool.engines["fake"]  # type: ignore[attr-defined]
+    assert [len(r.images) for r in engine.requests] == [1, 1]
+
+
 async def test_models_endpoint_without_sdk() -> None:
     async with running(fake_runtime()) as address:
         async with httpx.AsyncClient(base_url=address.http) as http:

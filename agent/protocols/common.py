@@ -43,6 +43,12 @@ class StreamagentSession(_Model):
         default=None, max_length=32)
     """Tools the server runs itself (``agent.server_tools``) offered to the session's model;
     ``[]``: none."""
+    echo_media: bool | None = None
+    """Realtime only: whether ``conversation.item.added`` / ``.done`` (beta:
+    ``conversation.item.created``) show a picture's ``image_url`` and a sound's ``audio`` as
+    the client sent them (default on, as OpenAI's events show an item's content). Off: the
+    content parts come back without their data, as OpenAI already sends audio; a camera
+    client then downloads none of its own frames again."""
 
 
 MAX_JSON_CONTAINERS = 65_536

@@ -67,6 +67,8 @@ class RealtimeSession:
         """The session's MCP tools as ``session.updated`` shows them (no headers)."""
         self.chose_modalities = False
         """The client has set ``output_modalities`` (then turn detection leaves them be)."""
+        self.echo_media = True
+        """Item echoes show media data as sent (``streamagent.echo_media``)."""
 
     async def send(self, event: dict[str, Any]) -> None:
         self._remember(event)
@@ -127,6 +129,9 @@ class RealtimeSession:
         if isinstance(event, wire.SessionUpdate):
             change, offered = settings(event.session), event.session.tools
             self.chose_modalities |= event.session.output_modalities is not None
+            ext = event.session.streamagent
+            if ext is not None and ext.echo_media is not None:
+                self.echo_media = ext.echo_media
             if not self.chose_modalities:
                 change = replace(change, speech=listening_speaks(
                     event.session, change.speech, conv.speech is not None))
@@ -197,6 +202,7 @@ class RealtimeSession:
                 "server_tools": list(conv.server_tools),
                 "available_server_tools": sorted(runtime.registry.tools),
                 "watches": [w.as_dict() for w in conv.watches.watches],
+                "echo_media": self.echo_media,
             },
         })
 
@@ -216,7 +222,7 @@ class RealtimeSession:
             conv.add_message(item.role, [c for c in map(content, item.content) if c is not None],
                              item_id)
             out |= {"role": item.role,
-                    "content": [echo(p, from_plain) for p in item.content]}
+                    "content": [echo(p, from_plain, self.echo_media) for p in item.content]}
         prev = event.previous_item_id
         await self.send(events.event("conversation.item.added", previous_item_id=prev, item=out))
         await self.send(events.event("conversation.item.done", previous_item_id=prev, item=out))
@@ -248,10 +254,10 @@ def content(part: wire.InputText | wire.InputImage | wire.InputAudio) -> Content
 
 
 def echo(part: wire.InputText | wire.InputImage | wire.InputAudio,
-         from_plain: bool) -> dict[str, Any]:
+         from_plain: bool, media: bool = True) -> dict[str, Any]:
     """A content part as the item's echo shows it; its data URL or audio, sent back as it
-    came, is not scanned again for JSON escapes."""
-    out = part.model_dump(exclude_none=True)
+    came, is not scanned again for JSON escapes. ``media`` off: without them."""
+    out = part.model_dump(exclude_none=True, exclude=None if media else {"image_url", "audio"})
     for key in ("image_url", "audio", "text"):
         if key in out:
             out[key] = echoed(out[key], from_plain)
