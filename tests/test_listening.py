@@ -4,6 +4,7 @@ real pocketsphinx, real flite speech)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from agent.config import ModelConfig
 from agent.engine import ModelRequest
 from agent.handler import HandlerContext
 from agent.media import AUDIO_RATE, Window
-from agent.parts import Part
+from agent.parts import Part, TextDelta
 from agent.pool import LocalPool
 from agent.vad import CHUNK, TAIL_S, Segmenter, voice_track
 from plugins.speech import PocketSphinxEngine, SpeechHandler
@@ -117,3 +118,27 @@ def test_a_window_the_others_let_go_is_still_heard(said: np.ndarray) -> None:
     want = [u for w in ws[:5] for u in solo.feed(w.audio, w.start)]
     assert len(got) == len(want) == 1  # heard on its own (a fresh VAD): the same speech
     assert abs(got[0].start - want[0].start) < 0.1 and abs(got[0].end - want[0].end) < 0.1
+
+
+async def test_the_fast_search_narrows_the_word_beam_and_still_hears(said: np.ndarray) -> None:
+    """``options.search: fast`` reaches the worker process's decoder (a word beam of 1e-20
+    instead of pocketsphinx's 7e-29): the sentence is still heard; a search it does not have
+    is a config error naming the two."""
+    import plugins.speech as speech
+    from agent.errors import ConfigError
+    from agent.options import check_options
+
+    engine = PocketSphinxEngine("asr", ModelConfig(engine="pocketsphinx", workers=1,
+                                                   options={"search": "fast"}))
+    await engine.start()
+    try:
+        beam = await asyncio.get_running_loop().run_in_executor(
+            engine._pool, speech._decoder_setting, "wbeam")
+        text = "".join([p.text async for p in engine.stream(ModelRequest(audio=said[:80000]))
+                        if isinstance(p, TextDelta)])
+    finally:
+        await engine.close()
+    assert beam == pytest.approx(1e-20)
+    assert {"hello", "world", "test"} & set(text.lower().split())
+    with pytest.raises(ConfigError, match="'accurate' or 'fast'"):
+        check_options(speech.PocketSphinxOptions, {"search": "fastest"}, "models.asr.options")
