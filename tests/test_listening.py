@@ -122,11 +122,8 @@ def test_a_window_the_others_let_go_is_still_heard(said: np.ndarray) -> None:
 
 async def test_the_fast_search_narrows_the_word_beam_and_still_hears(said: np.ndarray) -> None:
     """``options.search: fast`` reaches the worker process's decoder (a word beam of 1e-20
-    instead of pocketsphinx's 7e-29): the sentence is still heard; a search it does not have
-    is a config error naming the two."""
+    instead of pocketsphinx's 7e-29), and the sentence is still heard."""
     import plugins.speech as speech
-    from agent.errors import ConfigError
-    from agent.options import check_options
 
     engine = PocketSphinxEngine("asr", ModelConfig(engine="pocketsphinx", workers=1,
                                                    options={"search": "fast"}))
@@ -140,5 +137,3 @@ async def test_the_fast_search_narrows_the_word_beam_and_still_hears(said: np.nd
         await engine.close()
     assert beam == pytest.approx(1e-20)
     assert {"hello", "world", "test"} & set(text.lower().split())
-    with pytest.raises(ConfigError, match="'accurate' or 'fast'"):
-        check_options(speech.PocketSphinxOptions, {"search": "fastest"}, "models.asr.options")

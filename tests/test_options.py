@@ -50,9 +50,19 @@ def test_a_wrong_value_names_the_field(options: dict[str, object], message: str)
     assert str(info.value).startswith(message), info.value
 
 
-def test_an_engine_that_takes_no_options_refuses_any() -> None:
-    config = Config(models={"asr": ModelConfig(engine="pocketsphinx", options={"beam": 3})})
+def test_a_handler_that_takes_no_options_refuses_any() -> None:
+    config = Config.model_validate({"handlers": {"faces": {"options": {"beam": 3}}}})
     with pytest.raises(ConfigError, match="unknown option 'beam'; options: none"):
+        build(config)
+
+
+def test_an_engine_option_out_of_its_choices_is_refused() -> None:
+    config = Config(models={"asr": ModelConfig(engine="pocketsphinx", options={"beam": 3})})
+    with pytest.raises(ConfigError, match="unknown option 'beam'; options: search"):
+        build(config)
+    config = Config(models={"asr": ModelConfig(engine="pocketsphinx",
+                                               options={"search": "quick"})})
+    with pytest.raises(ConfigError, match="models.asr.options.search: .*'accurate' or 'fast'"):
         build(config)
 
 
