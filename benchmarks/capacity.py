@@ -13,6 +13,9 @@ Reports the server's CPU over the static part and whether, and how fast, the cha
 Each workload runs against the server as configured today and against the pre-tuning settings
 (``BASELINE``: no scene-change gating, RapidOCR's stock detection size, classifier and threads),
 in one run, so the ratio compares like with like on a machine that may be busy.
+
+``--speech-search [N ...]``: workload 1 at N sessions (8 and 12 by default) with the
+recognizer's ``accurate`` search and its ``fast`` one (``models.asr.options.search``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from agent.testing import FONT
 from benchmarks import capacity_report, run
+from benchmarks.docs import write_block
 from benchmarks.run import ROOT, machine
 
 FPS = 10
@@ -292,7 +296,40 @@ def gate_us(n: int = 500) -> tuple[float, float]:
     return 1e6 * (t1 - t0) / n, 1e6 * (time.perf_counter() - t1) / n
 
 
+async def speech_search(sessions: list[int], seconds: int = 20) -> None:
+    """Workload 1 with speech, the recognizer's ``accurate`` search (the default) against
+    ``fast``, one server each, in one run: does the cheaper search buy talking sessions?"""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for search in ("accurate", "fast"):
+        server = Server({"models": {"asr": {"engine": "pocketsphinx",
+                                            "options": {"search": search}}}})
+        try:
+            await session(server.url, WORDS[:2], {w: jpeg_url(w) for w in WORDS[:2]}, None)
+            rows[search] = await words(server, sessions, seconds)
+        finally:
+            server.stop()
+    lines = [f"| {search} | {r['sessions']} | {r['words_min']:.0%} | {r['lag_p95_s']:.2f} s | "
+             f"{r['heard']} | {r['server_cores']:.2f} | "
+             f"{'yes' if r['words_min'] >= 0.95 and r['lag_p95_s'] <= 1.5 else 'no'} |"
+             for search, found in rows.items() for r in found]
+    write_block("capacity-search", f"""<!-- bench:capacity-search -->
+### Talking sessions: the recognizer's `search`
+
+Measured by `python -m benchmarks.capacity --speech-search` on {time.strftime('%Y-%m-%d')},
+{machine()}: workload 1 (a new word a second and looping speech, every default handler), the
+embedded default with `models.asr.options.search` `accurate` (the default) or `fast`, one
+server each, {seconds} s per row. A row passes when every session reads >= 95% of its words
+with lag p95 <= 1.5 s. Heard: utterances transcribed, all sessions together.
+
+| search | sessions | words read (worst session) | lag p95 | heard | server cores | passes |
+|---|---|---|---|---|---|---|
+""" + "\n".join(lines) + "\n<!-- /bench:capacity-search -->")
+
+
 async def main() -> None:
+    if sys.argv[1:2] == ["--speech-search"]:
+        await speech_search([int(n) for n in sys.argv[2:]] or [8, 12])
+        return
     saved = ROOT / "benchmarks" / "capacity.json"
     if sys.argv[1:] == ["--from-json"]:  # re-render the table of the last run
         results: dict[str, Any] = json.loads(saved.read_text())
