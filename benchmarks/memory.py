@@ -222,11 +222,13 @@ from the window's close to its first text delta.
 
 Latency on this shared 2-core machine varies by up to 2x between runs of the same work
 (compare the memory-off rows, whose work is constant): the computed tokens are the stable
-measure. Where the memory-off rows hold flat, the growth of the memory-on latency is real, and
-it is work outside the model, which a tiny model makes most of the latency: the transformers
-processor prepares every frame of the timeline at each call (about 12 ms a call at 20 frames,
-53 ms at 100), and vLLM's input path renders the chat template, tokenizes the whole prompt
-and places each picture's tokens at each call. Wall time per stream: {", ".join(walls)}.
+measure. Where the memory-off rows hold flat, the growth of the memory-on latency is real. On
+a tiny model it is work that grows with the prompt's length, not its computed tokens: on
+transformers, rendering the template, tokenizing the whole prompt and numbering its 3D positions
+(the processor prepares only the new pictures' pixels, plugins/hf/partial_inputs.py), and
+`generate()` over a longer cache; on vLLM, its input path tokenizes the whole prompt and places
+each picture's tokens at each call (a profile at 100 frames: tokenizing about a quarter of it,
+placing pictures an eighth). Wall time per stream: {", ".join(walls)}.
 <!-- /bench:memory -->"""
 
 
