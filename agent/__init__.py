@@ -4,7 +4,14 @@ docs/plugin-hooks.md; tests/test_plugin_api.py holds plugins/ and examples/ to i
 from agent import long_audio
 from agent.adapters import AdapterGate, requested_adapter
 from agent.audio import wav_bytes
-from agent.config import Config, HandlerConfig, ModelConfig, ProfileConfig, ServerConfig
+from agent.config import (
+    Config,
+    HandlerConfig,
+    ModelConfig,
+    ProfileConfig,
+    ServerConfig,
+    VoiceConfig,
+)
 from agent.engine import (
     Engine,
     Entry,
@@ -125,6 +132,7 @@ __all__ = [
     "Usage",
     "Utterance",
     "Voice",
+    "VoiceConfig",
     "Window",
     "as_part",
     "content_key",

@@ -192,6 +192,18 @@ class HandlerConfig(_Config):
     gating: GatingConfig = GatingConfig()
 
 
+class VoiceConfig(_Config):
+    """A voice from a file (``voices.NAME``): a voice engine a plugin registers reads it."""
+
+    engine: str
+    """The voice engine: ``piper`` (``pip install 'streamagent[piper]'``)."""
+    model: str
+    """The voice file (piper: a ``.onnx`` voice with its ``.onnx.json`` beside it)."""
+    description: str = ""
+    options: dict[str, Any] = {}
+    """The engine's own (piper: ``speaker``, ``length_scale``, ``noise_scale``, ...)."""
+
+
 class ProfileConfig(_Config):
     """What ``?model=NAME`` selects: which handlers run and the session defaults."""
 
@@ -210,6 +222,8 @@ class Config(_Config):
     models: dict[str, ModelConfig] = {}
     handlers: dict[str, HandlerConfig] = {}
     profiles: dict[str, ProfileConfig] = {"default": ProfileConfig()}
+    voices: dict[str, VoiceConfig] = {}
+    """Voices read from files, beside those the plugins register (docs/config.md)."""
 
 
 def load_config(path: str | Path | None, **server_overrides: Any) -> Config:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from agent.config import ModelConfig
+    from agent.config import ModelConfig, VoiceConfig
     from agent.engine import Engine
     from agent.families import Family
     from agent.handler import Handler
@@ -49,6 +49,14 @@ def register_voices(register: Callable[[Voice], None]) -> None:
     """Register voices (speech out), by their ``name``: ``register(FliteVoice("flite", ...))``.
 
     A session that asks for audio names one (or a preset name, said by the default voice)."""
+
+
+@hookspec
+def register_voice_engines(register: Callable[[str, Callable[[str, VoiceConfig], Voice]],
+                                              None]) -> None:
+    """Register ways to read a voice from a file, by the name ``voices.NAME.engine`` gives:
+    ``register("piper", PiperVoice)``, called with the voice's name and its config; it raises
+    ``ConfigError`` for a file it cannot read."""
 
 
 @hookspec

@@ -6,14 +6,14 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
 from agent import hookspecs
-from agent.config import ModelConfig
+from agent.config import ModelConfig, VoiceConfig
 from agent.direct import DirectHandler
 from agent.engine import Engine
 from agent.errors import ConfigError
@@ -60,6 +60,7 @@ class Registry:
     handlers: dict[str, type[Handler]] = field(default_factory=dict)
     families: dict[str, Family] = field(default_factory=dict)
     voices: dict[str, Voice] = field(default_factory=dict)
+    voice_engines: dict[str, Callable[[str, VoiceConfig], Voice]] = field(default_factory=dict)
     tools: dict[str, ServerTool] = field(default_factory=dict)
 
 
@@ -79,6 +80,8 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     pm.hook.register_handlers(register=lambda cls: add("handler", reg.handlers, cls.name, cls))
     pm.hook.register_families(register=lambda fam: add("family", reg.families, fam.name, fam))
     pm.hook.register_voices(register=lambda voice: add("voice", reg.voices, voice.name, voice))
+    pm.hook.register_voice_engines(
+        register=lambda kind, make: add("voice engine", reg.voice_engines, kind, make))
     for tool in BUILT_IN:  # the server's own, beside the plugins'
         add("tool", reg.tools, tool.name, tool)
     pm.hook.register_tools(register=lambda tool: add("tool", reg.tools, tool.name, tool))

@@ -21,6 +21,7 @@ class Runtime:
         self.config = config
         self.registry = registry
         self.pool = pool
+        add_voices(registry, config)
         self._check()
 
     @classmethod
@@ -180,6 +181,18 @@ class Runtime:
         model = (profile.models.get(name) if profile else None) or self.handler_model(name)
         return cls(HandlerContext(self.pool, model, options, session_id,
                                   session if session is not None else SessionOptions()))
+
+
+def add_voices(registry: Registry, config: Config) -> None:
+    """The config's ``voices``, each read by the voice engine it names, into ``registry``."""
+    for name, voice in config.voices.items():
+        if voice.engine not in registry.voice_engines:
+            raise ConfigError(f"voices.{name}.engine is {voice.engine!r}; voice engines: "
+                              f"{sorted(registry.voice_engines) or 'none installed'}")
+        made = registry.voice_engines[voice.engine](name, voice)
+        if registry.voices.get(name, made) is not made:
+            raise ConfigError(f"voices.{name}: a plugin already has a voice named {name!r}")
+        registry.voices[name] = made
 
 
 def with_model_profiles(config: Config) -> Config:
