@@ -26,6 +26,7 @@ from plugins.hf.engine import TransformersEngine
 from plugins.hf.inputs import processor_args, processor_inputs
 from plugins.hf.kv_reuse import Reuse, SessionCaches
 from plugins.hf.partial_inputs import partial_inputs
+from plugins.hf.positions import full_positions, prefix_positions
 
 pytestmark = pytest.mark.slow
 FAMILIES = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
@@ -72,12 +73,19 @@ def run(engine: TransformersEngine, caches: SessionCaches,
                               engine.prompter)
     fresh = engine.model.generate(**inputs, **GREEDY, output_scores=True,
                                   return_dict_in_generate=True)
+    mrope = "image_grid_thw" in inputs
+    if mrope:  # the whole prompt numbered afresh, and the delta decoding goes on from
+        expected = full_positions(engine.model, inputs)
+        deltas = engine.model.model.rope_deltas.clone()
     engine.caches, kept = caches, engine.caches
     try:
         _, reuse = engine.prepared(request, GREEDY)
     finally:
         engine.caches = kept
     assert reuse is not None
+    if mrope:  # numbered from the cached prefix on: the same
+        assert torch.equal(reuse.inputs["position_ids"], expected)
+        assert torch.equal(engine.model.model.rope_deltas, deltas)
     out = engine.model.generate(**reuse.inputs, **GREEDY, output_scores=True,
                                 return_dict_in_generate=True)
     reuse.keep(out)
@@ -257,3 +265,21 @@ def test_on_ray_a_session_sticks_to_the_replica_holding_its_cache() -> None:
     assert not ModelConfig(engine="vllm", options={"enable_prefix_caching": False}).sticky()
     assert not ModelConfig(engine="rapidocr").sticky()
     assert not ModelConfig(engine="transformers", session_affinity=False).sticky()
+
+
+def test_the_answers_positions_go_on_as_text(engine: TransformersEngine) -> None:
+    """A cache holds its prompt and answer: the answer's positions, from the prompt's, are
+    those of the same tokens numbered as text of a longer prompt."""
+    inputs = processor_inputs(engine.processor, timeline(FRAMES[:2]), engine.family,
+                              engine.modalities or frozenset(), engine.max_pixels,
+                              engine.prompter)
+    answer = torch.tensor([[11, 12, 13, 14]])
+    longer = {"input_ids": torch.cat([inputs["input_ids"], answer], dim=1),
+              "attention_mask": torch.ones(1, inputs["input_ids"].shape[1] + 4, dtype=torch.long),
+              "mm_token_type_ids": torch.cat([inputs["mm_token_type_ids"],
+                                              torch.zeros_like(answer)], dim=1),
+              "image_grid_thw": inputs["image_grid_thw"]}
+    length = int(inputs["input_ids"].shape[1])
+    expected = full_positions(engine.model, longer)
+    got = prefix_positions(full_positions(engine.model, inputs), length + 3)
+    assert torch.equal(got, expected[..., :length + 3])

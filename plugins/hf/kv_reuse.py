@@ -11,10 +11,11 @@ there (``DynamicCache.crop``).
 transformers 5.19's ``generate()`` restarts from a cache by itself: its first step forwards
 the tokens past the cache only, with the pixel inputs it was given, encoded before that step.
 So a call that reuses passes the full ids, the pixels and grids of the pictures past the cache
-only, and the position ids of the whole sequence computed as ``generate()`` computes them from
-scratch (``_prepare_position_ids_for_generation``). Qwen2-VL, Qwen2.5-VL and Qwen3-VL number
-vision tokens in 3D with ``get_rope_index`` over the whole sequence (the uncached suffix alone
-cannot give them); that call also sets the model's ``rope_deltas``. A text model's positions
+only, and the position ids of the whole sequence, equal to those ``generate()`` computes from
+scratch. Qwen2-VL, Qwen2.5-VL and Qwen3-VL number vision tokens in 3D (``get_rope_index``):
+the positions of a prompt are kept with its cache, and the next call numbers only its tokens
+past the cache, from the cached prefix's highest position on (plugins/hf/positions.py), and
+sets the model's ``rope_deltas`` as numbering the whole would. A text model's positions
 are the count of the tokens before each.
 
 Reused: Qwen2-VL, Qwen2.5-VL and Qwen3-VL (text and pictures), and text on the text models of
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import ModelRequest, content_key
+from plugins.hf.positions import extended_positions, full_positions, prefix_positions
 
 MROPE = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl"})
 """Model types whose pictures are reused: flattened patches in ``pixel_values``, one grid a
@@ -79,6 +81,8 @@ class Held:
     adapter: str | None
     size: int
     """Bytes the cache takes."""
+    positions: Any = None
+    """The position ids of the prompt it was built from (3D positions), or ``None``."""
 
 
 class Reuse:
@@ -86,11 +90,12 @@ class Reuse:
     back when it has run."""
 
     def __init__(self, caches: SessionCaches, session: str, inputs: dict[str, Any],
-                 cached: int, spans: tuple[Span, ...], adapter: str | None) -> None:
+                 cached: int, spans: tuple[Span, ...], adapter: str | None,
+                 positions: Any = None) -> None:
         self.caches, self.session, self.inputs = caches, session, inputs
         self.cached = cached
         """Prompt tokens served from the cache."""
-        self.spans, self.adapter = spans, adapter
+        self.spans, self.adapter, self.positions = spans, adapter, positions
 
     def keep(self, output: Any) -> None:
         """After ``generate()`` returned ``output`` (its sequences): the cache, which now holds
@@ -102,7 +107,7 @@ class Reuse:
             return
         ids = sequences[0, :length].detach().to("cpu")
         self.caches.put(self.session, Held(cache, ids, self.spans, self.adapter,
-                                           cache_bytes(cache)))
+                                           cache_bytes(cache), self.positions))
 
 
 class SessionCaches:
@@ -185,12 +190,20 @@ class SessionCaches:
             assert full is not None
             inputs, known = full(), 0
         args = dict(inputs)
+        positions = None
+        if spans and "mm_token_type_ids" in inputs:  # 3D positions, kept for the next call
+            if held is not None and reused and held.positions is not None:
+                first = next((i for i, s in enumerate(spans) if s.start >= reused), len(spans))
+                positions = extended_positions(
+                    model, inputs, prefix_positions(held.positions, reused), first)
+            else:
+                positions = args["position_ids"] = full_positions(model, inputs)
         if held is not None and reused:
             cache = held.cache
             cache.crop(reused - cache.get_seq_length())
-            args = suffix_inputs(model, inputs, spans, reused, known)
+            args = suffix_inputs(model, inputs, spans, reused, known, positions)
         args["past_key_values"] = cache
-        return Reuse(self, request.session, args, reused, spans, adapter)
+        return Reuse(self, request.session, args, reused, spans, adapter, positions)
 
 
 def reusable(model: Any, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> bool:
@@ -270,14 +283,13 @@ def common_prefix(held: Held, ids: Any, spans: tuple[Span, ...]) -> int:
 
 
 def suffix_inputs(model: Any, inputs: Mapping[str, Any], spans: tuple[Span, ...],
-                  reused: int, known: int = 0) -> dict[str, Any]:
-    """The inputs of a call that starts at token ``reused``: the whole sequence's position ids,
-    and the pixels and grids of the pictures past the cache only (none: no pixel inputs).
-    ``inputs`` holds no pixels of its first ``known`` pictures, all in the cache."""
-    context = {k: inputs[k] for k in ("attention_mask", "mm_token_type_ids", "image_grid_thw")
-               if k in inputs}
+                  reused: int, known: int = 0, positions: Any = None) -> dict[str, Any]:
+    """The inputs of a call that starts at token ``reused``: the whole sequence's position ids
+    (``positions``, or numbered afresh), and the pixels and grids of the pictures past the
+    cache only (none: no pixel inputs). ``inputs`` holds no pixels of its first ``known``
+    pictures, all in the cache."""
     out = {k: v for k, v in inputs.items() if k not in ("pixel_values", "image_grid_thw")}
-    out["position_ids"] = model._prepare_position_ids_for_generation(inputs["input_ids"], context)
+    out["position_ids"] = full_positions(model, inputs) if positions is None else positions
     first = next((i for i, span in enumerate(spans) if span.start >= reused), len(spans))
     if first < len(spans):
         grid = inputs["image_grid_thw"]
