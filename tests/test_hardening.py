@@ -115,10 +115,16 @@ async def test_unread_events_are_bounded_in_bytes(served: Any) -> None:
     address, _ = served
     ws = await websockets.connect(url(address), max_queue=1, max_size=None)
     item = json.dumps(image_event(data_url(noise_jpeg())))
-    with contextlib.suppress(TimeoutError, websockets.ConnectionClosed):
-        for _ in range(100):
-            await asyncio.wait_for(ws.send(item), 5)
-    await until_sessions(address, 0)
+    await until_sessions(address, 1)
+
+    async def flood() -> None:
+        with contextlib.suppress(TimeoutError, websockets.ConnectionClosed):
+            for _ in range(100):
+                await asyncio.wait_for(ws.send(item), 5)
+
+    sending = asyncio.create_task(flood())  # a send blocks once the server stops reading:
+    await until_sessions(address, 0)  # stop it when the session is closed, not after 5 s
+    sending.cancel()
     ws.transport.abort()
 
 

@@ -239,8 +239,9 @@ async def test_minicpm_o_hears_an_utterance_from_listen(server: Any, tmp_path: P
     wav = flite_wav(tmp_path / "s.wav", "hello world. this is a test of speech recognition")
     samples, rate = read_wav(wav)
     seconds = samples.size / rate
+    # within the session's audio burst: sent at 50x, timed by its media timestamps
     replies, _ = await stream_file(str(wav), f"{address.ws}/v1/realtime?model=o",
-                                   handlers=["listen"], idle_s=2)
+                                   handlers=["listen"], idle_s=2, speed=50)
     assert [r.handler for r in replies] == ["listen"]
     assert replies[0].status == "incomplete"  # min_new_tokens == max_new_tokens
     assert replies[0].text

@@ -191,8 +191,10 @@ async def test_realtime_audio_an_utterance_from_listen(served: Served,
     needs(served, AUDIO)
     wav = flite_wav(tmp_path / "s.wav", "hello world. this is a test of speech recognition")
     before = served.engine().tokens_generated
+    # 3.5 s of speech, within the session's audio burst: sent at 50x (its media timestamps
+    # keep its timing), so the test waits for the model, not for the clock
     replies, _ = await stream_file(str(wav), served.address.realtime, handlers=["listen"],
-                                   idle_s=2)
+                                   idle_s=2, speed=50)
     assert [r.handler for r in replies] == ["listen"]
     assert replies[0].status in ("completed", "incomplete")
     served.generated(before)
@@ -326,7 +328,9 @@ def test_an_architecture_the_project_never_names_serves_with_zero_code(
                 session = json.loads(ws.recv())["session"]
                 assert session["streamagent"]["handlers"] == ["describe"]
                 ws.send(json.dumps(image_event(data_url(jpeg_bytes("x")), text="what?")))
-                ws.send(json.dumps({"type": "response.create"}))
+                # a short answer (the model's own limit is 128 tokens: seconds on a CPU)
+                ws.send(json.dumps({"type": "response.create",
+                                    "response": {"max_output_tokens": 8}}))
                 deltas = 0
                 while (event := json.loads(ws.recv(timeout=120)))["type"] != "response.done":
                     assert event["type"] != "error", event

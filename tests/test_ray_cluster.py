@@ -140,6 +140,10 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, i
            # every node, as docs/deploy-ray.md advises: Serve's controller sees a lost node's
            # replica dead about 0.8 s sooner (it tells live windows there is none running)
            **GATEWAY_ENV,
+           # the GCS marks a lost node dead after 3 failed checks 0.5 s apart (by default 5,
+           # 3 s apart: Serve reschedules its replicas that much later); a check of a live
+           # node still has its 10 s timeout, so load does not make one fail
+           "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                        os.environ.get("PYTHONPATH")]))}
     with pytest.MonkeyPatch.context() as environ:  # restored when the module is done

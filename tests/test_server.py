@@ -186,7 +186,7 @@ async def test_oversized_message_closes_only_that_session(served: Any) -> None:
     assert (await other.until("response.done"))[-1]["response"]["status"] == "completed"
 
 
-@pytest.mark.parametrize("served", [{"tokens": 500, "delay_s": 0.01}], indirect=True)
+@pytest.mark.parametrize("served", [{"tokens": 200, "delay_s": 0.01}], indirect=True)
 async def test_client_gone_mid_response_stops_the_engine(served: Any) -> None:
     address, runtime = served
     client = await Client.connect(url(address))
@@ -198,7 +198,7 @@ async def test_client_gone_mid_response_stops_the_engine(served: Any) -> None:
         if fake.active == 0:
             break
         await asyncio.sleep(0.02)
-    assert fake.active == 0 and fake.generated < 500
+    assert fake.active == 0 and fake.generated < 200  # 2 s a whole answer: not waited out
     again = await Client.connect(url(address))
     await again.send({"type": "response.create", "response": {}})
     assert (await again.until("response.done"))[-1]["response"]["status"] == "completed"
