@@ -55,8 +55,9 @@ recognizer CPU for 2-7 points of words on some voices (docs/performance.md)."""
 
 class PocketSphinxOptions(Options):
     search: Literal["accurate", "fast"] = "accurate"
-    """``accurate``: ``DECODER``; ``fast``: a narrower word beam, for more talking sessions on
-    a core at the cost of some words (``SEARCHES``)."""
+    """``accurate``: ``DECODER``; ``fast``: a narrower word beam, less recognizer CPU at the
+    cost of some words (``SEARCHES``). At the capacity benchmark's load it served no more
+    sessions: the recognizer is not what limits them there (docs/performance.md)."""
 
 
 class PocketSphinxEngine(Engine):
