@@ -150,8 +150,10 @@ class Run:
 
 
 async def session(url: str, script: list[str], frames: dict[str, str],
-                  audio: list[str] | None) -> Run:
-    """Stream ``script`` (one word per second); collect which windows' words were read."""
+                  audio: list[str] | None, phase: int = 0) -> Run:
+    """Stream ``script`` (one word per second); collect which windows' words were read.
+    ``phase``: where in its loop the speech starts (chunks), so sessions do not all finish an
+    utterance at the same moment, as people talking to one server would not."""
     run = Run(dict(enumerate(script)))
     window_of: dict[str, int] = {}
     text: dict[str, str] = {}
@@ -192,7 +194,7 @@ async def session(url: str, script: list[str], frames: dict[str, str],
                           f'"user","content":[{{"type":"input_image","image_url":'
                           f'"{frames[script[second]]}","streamagent":{{"timestamp":{ts:.3f}}}}}]}}}}')
             if audio:
-                await ws.send(f'{{"type":"input_audio_buffer.append","audio":"{audio[i % len(audio)]}"'
+                await ws.send(f'{{"type":"input_audio_buffer.append","audio":"{audio[(i + phase) % len(audio)]}"'
                               f',"streamagent":{{"timestamp":{ts:.3f}}}}}')
         await asyncio.sleep(SPEECH_WAIT_S if audio else 3)  # late transcripts still count
         receiver.cancel()
@@ -226,7 +228,9 @@ async def words(server: Server, sessions: list[int], seconds: int,
     for n in sessions:
         scripts = [[WORDS[(k + 7 * s) % len(WORDS)] for k in range(seconds)] for s in range(n)]
         before, t0 = server.cpu_s(), time.perf_counter()
-        runs = await asyncio.gather(*(session(server.url, sc, frames, audio) for sc in scripts))
+        phases = [len(audio) * s // n for s in range(n)] if audio else [0] * n
+        runs = await asyncio.gather(*(session(server.url, sc, frames, audio, ph)
+                                      for sc, ph in zip(scripts, phases, strict=True)))
         row = summary(list(runs), (server.cpu_s() - before) / (time.perf_counter() - t0))
         print("words" + ("" if speech else " (no speech)"), row, flush=True)
         rows.append(row)
