@@ -336,7 +336,8 @@ Measured by `python -m benchmarks.capacity --speech-search` on {time.strftime('%
 embedded default with `models.asr.options.search` `accurate` (the default) or `fast`, one
 server each, {seconds} s per row. A row passes when every session reads >= 95% of its words
 with lag p95 <= 1.5 s. Heard: utterances transcribed, all sessions together (looping speech
-offers about 3 a session), each session waiting {SPEECH_WAIT_S} s after its stream for late
+offers about 3 a session, each session starting at its own point of the loop), each
+session waiting {SPEECH_WAIT_S} s after its stream for late
 ones; speech lag: an utterance's end to its transcript's first words (not scored).
 
 | search | sessions | words read (worst session) | lag p95 | heard | speech lag p95 | server cores | passes |
