@@ -208,7 +208,7 @@ def summary(runs: list[Run], cpu_cores: float) -> dict[str, Any]:
         "words_min": min(r.fraction for r in runs),
         "words_mean": statistics.mean(r.fraction for r in runs),
         "lag_p50_s": statistics.median(lags) if lags else float("nan"),
-        "lag_p95_s": lags[min(len(lags) - 1, int(0.95 * len(lags)))] if lags else float("nan"),
+        "lag_p95_s": _p95(lags),
         "server_cores": cpu_cores,
         "heard": sum(r.heard for r in runs),
         "speech_lag_p95_s": _p95([lag for r in runs for lag in r.speech_lags]),
@@ -258,8 +258,7 @@ async def static(server: Server, n: int, still_s: int = 30) -> dict[str, Any]:
     row = {"sessions": n, "still_s": still_s, "server_cores": cpu[0],
            "change_read": len(lags) / n,
            "change_lag_p50_s": statistics.median(lags) if lags else float("nan"),
-           "change_lag_p95_s": lags[min(len(lags) - 1, int(0.95 * len(lags)))]
-           if lags else float("nan")}
+           "change_lag_p95_s": _p95(lags)}
     print("static", row, flush=True)
     return row
 

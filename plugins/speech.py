@@ -57,7 +57,7 @@ class PocketSphinxOptions(Options):
     search: Literal["accurate", "fast"] = "accurate"
     """``accurate``: ``DECODER``; ``fast``: a narrower word beam, less recognizer CPU at the
     cost of some words (``SEARCHES``). At the capacity benchmark's load it served no more
-    sessions: the recognizer is not what limits them there (docs/performance.md)."""
+    sessions (docs/performance.md, "Talking sessions")."""
 
 
 class PocketSphinxEngine(Engine):

@@ -193,9 +193,8 @@ class SessionCaches:
         positions = None
         if spans and "mm_token_type_ids" in inputs:  # 3D positions, kept for the next call
             if held is not None and reused and held.positions is not None:
-                first = next((i for i, s in enumerate(spans) if s.start >= reused), len(spans))
-                positions = extended_positions(
-                    model, inputs, prefix_positions(held.positions, reused), first)
+                positions = extended_positions(model, inputs, prefix_positions(
+                    held.positions, reused), first_past(spans, reused))
             else:
                 positions = args["position_ids"] = full_positions(model, inputs)
         if held is not None and reused:
@@ -290,12 +289,18 @@ def suffix_inputs(model: Any, inputs: Mapping[str, Any], spans: tuple[Span, ...]
     pictures, all in the cache."""
     out = {k: v for k, v in inputs.items() if k not in ("pixel_values", "image_grid_thw")}
     out["position_ids"] = full_positions(model, inputs) if positions is None else positions
-    first = next((i for i, span in enumerate(spans) if span.start >= reused), len(spans))
+    first = first_past(spans, reused)
     if first < len(spans):
         grid = inputs["image_grid_thw"]
         rows = int(grid[known:first].prod(-1).sum())
         out.update(pixel_values=inputs["pixel_values"][rows:], image_grid_thw=grid[first:])
     return out
+
+
+def first_past(spans: tuple[Span, ...], reused: int) -> int:
+    """The index of the first picture past the cache's ``reused`` tokens (``len(spans)``:
+    none)."""
+    return next((i for i, span in enumerate(spans) if span.start >= reused), len(spans))
 
 
 def cache_bytes(cache: Any) -> int:
