@@ -315,14 +315,14 @@ class Conversation:
         frames = self.media.latest_frames()
         return frames[-1] if frames else None
 
-    def cancel(self, response_id: str | None = None) -> None:
+    def cancel(self, response_id: str | None = None, reason: str = "client_cancelled") -> None:
         runs = [r for r in self.responses.values() if response_id in (None, r.id)]
         if not runs:
             raise NoActiveResponse(
                 "no active response" + (f" with id {response_id}" if response_id else ""),
                 param="response_id")
         for run in runs:
-            run.cancel()
+            run.cancel(reason)
             if run is self.question:  # cancelled: the next question may start now
                 self.question = None
 

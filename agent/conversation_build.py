@@ -88,7 +88,16 @@ def set_hearing(conv: Conversation, change: Settings) -> None:
     if old is not None:
         asyncio.get_running_loop().create_task(old.close())
     conv.transcriber = conv.media.transcriber = Transcriber(
-        conv.runtime.pool, conv.id, model, conv.listener, conv._heard, vad) if model else None
+        conv.runtime.pool, conv.id, model, conv.listener, conv._heard, vad,
+        on_speech=lambda: interrupt(conv)) if model else None
+
+
+async def interrupt(conv: Conversation) -> None:
+    """The user started to speak: with server VAD's ``interrupt_response``, the answer under
+    way stops now (``turn_detected``), not when the user's words are transcribed."""
+    vad = conv.transcriber.vad if conv.transcriber is not None else None
+    if vad is not None and vad.interrupt_response and conv.question is not None:
+        conv.cancel(conv.question.id, reason="turn_detected")
 
 
 async def hear(conv: Conversation, heard: Heard, transcript: str) -> None:
@@ -101,6 +110,6 @@ async def hear(conv: Conversation, heard: Heard, transcript: str) -> None:
     if vad is None or not vad.create_response:
         return
     if conv.question is not None and vad.interrupt_response:
-        conv.cancel(conv.question.id)
+        conv.cancel(conv.question.id, reason="turn_detected")
     if conv.question is None:
         conv.ask(Ask())

@@ -108,10 +108,10 @@ class Response:
         self.status = "in_progress"
         self.reason: str | None = None
         """Why it is ``incomplete`` (``max_output_tokens``) or ``cancelled``
-        (``client_cancelled``, ``handler_stopped``)."""
+        (``client_cancelled``, ``turn_detected``, ``handler_stopped``)."""
         self.started = False
         self.task: asyncio.Task[str] | None = None
-        self._cancel_requested = False
+        self._cancel_requested: str | None = None  # why it was asked to stop
         self._running = False
 
     @property
@@ -130,10 +130,11 @@ class Response:
         return (len(self.texts) if output is None else output, total.prompt_tokens or 0,
                 total.cached_tokens or 0)
 
-    def cancel(self) -> None:
-        """A task cancelled before it starts never runs, so it would send nothing (no end) and
-        clean nothing up: until ``run`` starts, only mark it."""
-        self._cancel_requested = True
+    def cancel(self, reason: str = "client_cancelled") -> None:
+        """Stop it, for ``reason`` (``client_cancelled``, or ``turn_detected``: the user began
+        to speak). A task cancelled before it starts never runs, so it would send nothing (no
+        end) and clean nothing up: until ``run`` starts, only mark it."""
+        self._cancel_requested = reason
         if self.task is not None and self._running:
             self.task.cancel()
 
@@ -183,7 +184,7 @@ class Response:
         if status == "completed" and total_usage(self.usage).finish_reason == "length":
             status, self.reason = "incomplete", "max_output_tokens"
         elif status == "cancelled":
-            self.reason = "client_cancelled" if self._cancel_requested else "handler_stopped"
+            self.reason = self._cancel_requested or "handler_stopped"
         self.status = status
 
     async def _start(self, eager: bool) -> None:

@@ -11,9 +11,14 @@ Gemini ``inputAudioTranscription``). Utterances end two ways:
   transcribed without the silence that ended it (``Utterance.voiced``).
 
 Each utterance is a user item; its transcript streams to the protocol (``Listener``) and joins
-the conversation as the user's words, so the next answer is to what was said. The VAD and the
-model calls run off the event loop, one utterance at a time, in order; at most ``QUEUE``
-windows wait (more are dropped and counted).
+the conversation as the user's words, so the next answer is to what was said. With server VAD
+the start of speech is told as soon as the window that holds it is heard, before the utterance
+ends (``Listener.started``; the conversation interrupts its answer then, as OpenAI's
+``interrupt_response`` does), and its end as soon as the silence that ends it is heard, while
+the utterance before it may still be being transcribed. The VAD runs off the event loop, one
+window at a time; the transcripts come one utterance at a time, in order. At most ``QUEUE``
+windows wait for the VAD (more are dropped and counted), and at most ``TRANSCRIBING``
+utterances for their transcript (then the VAD waits).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ QUEUE = 64
 DEFAULT_TRANSCRIBER = "default"
 """A transcription model as clients name one by default (OpenAI's names): the embedded ``asr``
 if the pool has it, else none."""
+TRANSCRIBING = 8
+"""Utterances (each at most ``MAX_UTTERANCE_S`` of audio) waiting for their transcript."""
 WAIT_S = 10.0
 """The longest a question waits for the transcripts of utterances committed before it."""
 
@@ -70,6 +77,10 @@ class Listener:
     """How a protocol shows what was heard, and problems outside any response; every method
     is awaited in order."""
 
+    async def started(self, item_id: str, start: float) -> None:
+        """The server's VAD heard speech begin at media time ``start`` (seconds); the user item
+        ``item_id`` will hold it. ``speech`` follows when it ends."""
+
     async def speech(self, heard: Heard, vad: bool) -> None:
         """An utterance ended (``vad``: found by the server's VAD, not committed by the client):
         its user item exists now."""
@@ -93,22 +104,27 @@ class Transcriber:
 
     def __init__(self, pool: Pool, session_id: str, model: str, listener: Listener,
                  on_words: Callable[[Heard, str], Awaitable[None]], vad: Vad | None = None,
-                 ) -> None:
-        """``on_words(heard, transcript)``: the conversation takes the user's words."""
+                 on_speech: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``on_words(heard, transcript)``: the conversation takes the user's words;
+        ``on_speech()``: the server's VAD heard the user start to speak."""
         self.pool, self.session_id, self.model = pool, session_id, model
         self.listener, self.on_words, self.vad = listener, on_words, vad
+        self.on_speech = on_speech
         self.segmenter = Segmenter(threshold=vad.threshold, min_silence_s=vad.silence_s,
                                    pre_roll_s=vad.prefix_s, max_utterance_s=MAX_UTTERANCE_S,
                                    stream=session_id) if vad else None
         self._audio: list[np.ndarray] = []
         self._start: float | None = None
         self._queue: asyncio.Queue[Window | str] = asyncio.Queue(QUEUE)
+        self._said: asyncio.Queue[tuple[Heard, np.ndarray]] = asyncio.Queue(TRANSCRIBING)
+        self._speaking: str | None = None  # the item of the utterance under way, once told
         self._pending: dict[str, asyncio.Event] = {}  # committed items not transcribed yet
         self.dropped = 0
         """Windows let go because the transcriber fell ``QUEUE`` behind."""
         self.cut_s = 0.0
         """Seconds of commit-mode audio let go past ``MAX_UTTERANCE_S``."""
-        self._task = asyncio.create_task(self._run(), name=f"transcribe-{session_id}")
+        self._task = asyncio.create_task(self._run(), name=f"hear-{session_id}")
+        self._words = asyncio.create_task(self._transcribe(), name=f"transcribe-{session_id}")
 
     @property
     def busy(self) -> bool:
@@ -138,7 +154,7 @@ class Transcriber:
 
     def clear(self) -> None:
         """Forget the audio not yet in an utterance (``input_audio_buffer.clear``)."""
-        self._audio, self._start = [], None
+        self._audio, self._start, self._speaking = [], None, None
         if self.segmenter is not None:
             self.segmenter.reset()
 
@@ -150,25 +166,52 @@ class Transcriber:
                 await asyncio.wait_for(asyncio.gather(*waits), timeout_s)
 
     async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        for task in (self._task, self._words):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for done in self._pending.values():
             done.set()
 
     async def _run(self) -> None:
+        """Windows and commits, in order: each ended utterance is told, then waits for its
+        transcript."""
         while True:
             item = await self._queue.get()
             if isinstance(item, str):
-                await self._utterance(item, self._take(), vad=False)
+                start, end, audio = self._take()
+                await self._ended(Heard(item, start, end), audio, vad=False)
             elif self.segmenter is not None:
-                t = item.end - item.audio.size / AUDIO_RATE
-                for utt in await asyncio.to_thread(self.segmenter.feed, item.audio, t,
-                                                   item.final):
-                    await self._utterance(new_id("item"), (utt.start, utt.end, utt.voiced),
-                                          vad=True)
+                await self._segment(item)
             else:
                 self._keep(item)
+
+    async def _segment(self, window: Window) -> None:
+        assert self.segmenter is not None
+        t = window.end - window.audio.size / AUDIO_RATE
+        for utt in await asyncio.to_thread(self.segmenter.feed, window.audio, t, window.final):
+            item_id = await self._started(utt.start)
+            self._speaking = None
+            await self._ended(Heard(item_id, utt.start, utt.end), utt.voiced, vad=True)
+        if (since := self.segmenter.speaking_since) is not None:
+            await self._started(since)
+
+    async def _started(self, start: float) -> str:
+        """The item of the utterance under way; told (and answered) the first time."""
+        if self._speaking is None:
+            self._speaking = new_id("item")
+            await self.listener.started(self._speaking, start)
+            if self.on_speech is not None:
+                await self.on_speech()
+        return self._speaking
+
+    async def _ended(self, heard: Heard, audio: np.ndarray, vad: bool) -> None:
+        try:
+            await self.listener.speech(heard, vad)
+        except BaseException:
+            self._done(heard)
+            raise
+        await self._said.put((heard, audio))
 
     def _keep(self, window: Window) -> None:
         if not window.audio.size:
@@ -193,26 +236,30 @@ class Transcriber:
         self._audio, self._start = [], None
         return start, start + audio.size / AUDIO_RATE, audio
 
-    async def _utterance(self, item_id: str, span: tuple[float, float, np.ndarray],
-                         vad: bool) -> None:
-        start, end, audio = span
-        heard = Heard(item_id, start, end)
-        try:
-            await self.listener.speech(heard, vad)
-            words: list[str] = []
-            if audio.size:
-                request = ModelRequest(audio=audio, session=self.session_id)
-                try:
-                    async for piece in text_only(self.pool.stream(self.model, request)):
-                        words.append(piece)
-                        await self.listener.delta(heard, piece)
-                except StreamAgentError as exc:
-                    await self.listener.failed(heard, exc)
-                    return
-            transcript = "".join(words).strip()
-            await self.listener.transcribed(heard, transcript)
-            await self.on_words(heard, transcript)
-        finally:
-            done = self._pending.pop(item_id, None)
-            if done is not None:
-                done.set()
+    async def _transcribe(self) -> None:
+        while True:
+            heard, audio = await self._said.get()
+            try:
+                await self._utterance(heard, audio)
+            finally:
+                self._done(heard)
+
+    def _done(self, heard: Heard) -> None:
+        done = self._pending.pop(heard.item_id, None)
+        if done is not None:
+            done.set()
+
+    async def _utterance(self, heard: Heard, audio: np.ndarray) -> None:
+        words: list[str] = []
+        if audio.size:
+            request = ModelRequest(audio=audio, session=self.session_id)
+            try:
+                async for piece in text_only(self.pool.stream(self.model, request)):
+                    words.append(piece)
+                    await self.listener.delta(heard, piece)
+            except StreamAgentError as exc:
+                await self.listener.failed(heard, exc)
+                return
+        transcript = "".join(words).strip()
+        await self.listener.transcribed(heard, transcript)
+        await self.on_words(heard, transcript)

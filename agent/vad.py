@@ -199,6 +199,12 @@ class Segmenter:
         self._start = 0.0
         self._silent = 0
 
+    @property
+    def speaking_since(self) -> float | None:
+        """The media time where the utterance now under way began (its pre-roll included),
+        or ``None`` between utterances: speech has started, its end is not heard yet."""
+        return self._start if self._speech else None
+
     def reset(self) -> None:
         """Forget all buffered audio and the VAD's state (``input_audio_buffer.clear``)."""
         self._generation += 1

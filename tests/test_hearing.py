@@ -19,7 +19,7 @@ import websockets
 from agent.config import Config
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
-from agent.testing import ServerThread
+from agent.testing import FakePlugin, ServerThread
 from agent.uvicorn_server import Address
 from tests.helpers import Client
 from tests.media import flite_wav, read_wav
@@ -157,3 +157,47 @@ async def test_gemini_live_input_transcription(served: Address, tmp_path: Path) 
              if "inputTranscription" in m]
     assert "hello" in "".join(h["text"] for h in heard).lower() and heard[-1]["finished"]
     assert gemini_problems(got) == []
+
+
+def said_alone(tmp_path: Path, text: str) -> str:
+    """``text`` spoken by flite with no silence after it: an utterance that has not ended."""
+    audio, rate = read_wav(flite_wav(tmp_path / "alone.wav", text))
+    audio = np.trim_zeros(soxr.resample(audio, rate, RATE), "b")
+    return base64.b64encode((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()).decode()
+
+
+async def test_speech_starting_interrupts_the_answer_at_once(tmp_path: Path) -> None:
+    """Server VAD with ``interrupt_response``: the answer under way stops when the user starts
+    to speak (``turn_detected``), before the utterance has ended or been transcribed; the
+    end of speech then commits it and asks again."""
+    pm = get_plugin_manager()
+    pm.register(FakePlugin(tokens=400, delay_s=0.05))  # a 20 s answer
+    with ServerThread(Runtime.build(Config(), pm)) as address:
+        client = await Client.connect(f"{address.ws}/v1/realtime?model=default")
+        await client.send({"type": "session.update", "session": {
+            "type": "realtime", "streamagent": {"handlers": ["echo"]},
+            "audio": {"input": {"turn_detection": {"type": "server_vad"}}}}})
+        await client.until("session.updated")
+        await client.send({"type": "response.create", "response": {
+            "output_modalities": ["text"]}})
+        first = (await client.until("response.output_text.delta"))[-1]["response_id"]
+        await client.send({"type": "input_audio_buffer.append",
+                           "audio": said_alone(tmp_path, "open the door please")})
+        got = await client.until("response.done", timeout=30)
+        kinds = [e["type"] for e in got]
+        assert "input_audio_buffer.speech_started" in kinds, kinds
+        assert "input_audio_buffer.speech_stopped" not in kinds  # still speaking
+        done = got[-1]["response"]
+        assert done["id"] == first and done["status"] == "cancelled"
+        assert done["status_details"]["reason"] == "turn_detected"
+        started = next(e for e in got if e["type"] == "input_audio_buffer.speech_started")
+        await client.send({"type": "input_audio_buffer.append",
+                           "audio": base64.b64encode(bytes(2 * RATE)).decode()})  # 1 s quiet
+        got = await client.until("response.created", timeout=60)
+        stopped = next(e for e in got if e["type"] == "input_audio_buffer.speech_stopped")
+        assert stopped["item_id"] == started["item_id"]
+        heard = next(e for e in got if e["type"]
+                     == "conversation.item.input_audio_transcription.completed")
+        assert heard["item_id"] == started["item_id"] and "door" in heard["transcript"]
+        check(client.seen, beta=False)
+        await client.close()

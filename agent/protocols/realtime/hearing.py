@@ -54,17 +54,19 @@ def input_object(transcriber: Transcriber | None) -> dict[str, Any]:
 
 
 class HeardEvents(Listener):
-    """What the user said, as realtime events: with server VAD the buffer's speech and commit
-    events, the user item, then its transcript."""
+    """What the user said, as realtime events: with server VAD ``speech_started`` when speech
+    begins, then at its end ``speech_stopped``, the commit and the user item; then its
+    transcript."""
 
     def __init__(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.send = send
 
+    async def started(self, item_id: str, start: float) -> None:
+        await self.send(events.event("input_audio_buffer.speech_started",
+                                     audio_start_ms=round(start * 1000), item_id=item_id))
+
     async def speech(self, heard: Heard, vad: bool) -> None:
         if vad:
-            await self.send(events.event("input_audio_buffer.speech_started",
-                                         audio_start_ms=round(heard.start * 1000),
-                                         item_id=heard.item_id))
             await self.send(events.event("input_audio_buffer.speech_stopped",
                                          audio_end_ms=round(heard.end * 1000),
                                          item_id=heard.item_id))

@@ -149,7 +149,7 @@ class RealtimeSink(ResponseSink):
         elif status == "cancelled":
             # the SDKs' reasons are a closed list: a server-side stop says why in our extension
             details = ({"type": status, "reason": response.reason}
-                       if response.reason == "client_cancelled" else
+                       if response.reason in ("client_cancelled", "turn_detected") else
                        {"type": status, "streamagent": {"reason": response.reason}})
         resp = events.response_object(response.id, status, response.metadata, output, details,
                                       *response.tokens(), spoken=response.speech is not None)
