@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent import turns
 from agent.engine import ModelRequest
 from agent.errors import StreamAgentError
 from agent.ids import new_id
@@ -62,6 +63,10 @@ class Vad:
     prefix_s: float = 0.3
     create_response: bool = True
     interrupt_response: bool = True
+    eagerness: str | None = None
+    """``semantic_vad``'s (``low``, ``medium``, ``high``, ``auto``): a pause of
+    ``turns.PAUSE_S`` ends the turn when the end-of-turn model hears it as finished, and
+    ``silence_s`` is the longest pause that does not. ``None``: server VAD, silence alone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +115,10 @@ class Transcriber:
         self.pool, self.session_id, self.model = pool, session_id, model
         self.listener, self.on_words, self.vad = listener, on_words, vad
         self.on_speech = on_speech
-        self.segmenter = Segmenter(threshold=vad.threshold, min_silence_s=vad.silence_s,
-                                   pre_roll_s=vad.prefix_s, max_utterance_s=MAX_UTTERANCE_S,
-                                   stream=session_id) if vad else None
+        self.segmenter = Segmenter(
+            threshold=vad.threshold, min_silence_s=vad.silence_s, pre_roll_s=vad.prefix_s,
+            max_utterance_s=MAX_UTTERANCE_S, stream=session_id, pause_s=turns.PAUSE_S,
+            turn_over=turns.turn_over if vad.eagerness else None) if vad else None
         self._audio: list[np.ndarray] = []
         self._start: float | None = None
         self._queue: asyncio.Queue[Window | str] = asyncio.Queue(QUEUE)

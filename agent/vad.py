@@ -20,6 +20,7 @@ import functools
 import threading
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -34,6 +35,8 @@ TAIL_S = 0.3
 """Trailing silence an utterance keeps for the recognizer (``Utterance.voiced``): enough for
 the last word's end (0.15 s lost words on flite's 8 kHz voice and on human recordings), not
 the whole wait that ended the utterance."""
+MODEL_CHUNKS = 8 * AUDIO_RATE // CHUNK
+"""The end of an utterance an end-of-turn model hears (8 s)."""
 HISTORY = 4096
 """Chunks (131 s) and windows a track remembers for segmenters that bring the same audio later."""
 
@@ -180,9 +183,15 @@ class Segmenter:
 
     def __init__(self, threshold: float = 0.5, min_silence_s: float = 0.5,
                  pre_roll_s: float = 0.2, max_utterance_s: float = 20.0,
-                 stream: str = "") -> None:
+                 stream: str = "", turn_over: Callable[[Audio], bool] | None = None,
+                 pause_s: float = 0.2) -> None:
+        """``turn_over``: an end-of-turn model (``agent.turns.turn_over``). With it, a pause of
+        ``pause_s`` ends the utterance when the model hears it as finished; ``min_silence_s``
+        is then the longest pause that does not."""
         self.track = voice_track(stream) if stream else VoiceTrack()
         self.threshold = threshold
+        self.turn_over = turn_over
+        self.pause = max(1, int(pause_s * AUDIO_RATE / CHUNK))
         self.min_silence = int(min_silence_s * AUDIO_RATE / CHUNK)
         self.pre_roll = int(pre_roll_s * AUDIO_RATE / CHUNK)
         self.max_chunks = int(max_utterance_s * AUDIO_RATE / CHUNK)
@@ -255,9 +264,16 @@ class Segmenter:
             return None
         self._speech.append(chunk)
         self._silent = 0 if speech else self._silent + 1
-        if self._silent >= self.min_silence or len(self._speech) >= self.max_chunks:
+        if (self._silent >= self.min_silence or len(self._speech) >= self.max_chunks
+                or self._silent == self.pause and self._turn_over()):
             return self._end(t + CHUNK / AUDIO_RATE)
         return None
+
+    def _turn_over(self) -> bool:
+        """Whether the end-of-turn model hears the utterance so far as finished."""
+        if self.turn_over is None:
+            return False
+        return self.turn_over(np.concatenate(self._speech[-MODEL_CHUNKS:]))
 
     def _end(self, t: float) -> Utterance:
         utt = Utterance(self._start, t, np.concatenate(self._speech), self._silent * CHUNK)

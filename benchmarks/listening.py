@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import soxr
 
+from agent import turns
 from agent.audio import AudioConverter, pcm16_to_float
 from agent.media import AUDIO_RATE, b64decode
 from agent.vad import Segmenter, Utterance, load_vad
@@ -60,8 +61,12 @@ def windows(audio: np.ndarray) -> list[tuple[float, np.ndarray]]:
     return [(lo / AUDIO_RATE, audio[lo:lo + AUDIO_RATE]) for lo in range(0, audio.size, AUDIO_RATE)]
 
 
-def segment(audio: np.ndarray, listeners: int = 1, stream: str = "") -> list[Utterance]:
-    segs, ws = [Segmenter(stream=stream) for _ in range(listeners)], windows(audio)
+def segment(audio: np.ndarray, listeners: int = 1, stream: str = "",
+            semantic: bool = False) -> list[Utterance]:
+    """``semantic``: with the end-of-turn model, as ``semantic_vad`` (longest pause 4 s)."""
+    segs = [Segmenter(stream=stream, min_silence_s=4.0, turn_over=turns.turn_over) if semantic
+            else Segmenter(stream=stream) for _ in range(listeners)]
+    ws = windows(audio)
     found = [[u for t, w in ws for u in seg.feed(w, t)] for seg in segs]
     return found[0]
 
@@ -92,6 +97,7 @@ def stages(events: list[str]) -> dict[str, float]:
     out["vad"], utts = cpu(lambda: segment(audio))
     out["vad, 2 listeners before"], _ = cpu(lambda: segment(audio, listeners=2))
     out["vad, 2 listeners after"], _ = cpu(lambda: segment(audio, 2, f"s{time.monotonic()}"))
+    out["vad, semantic"], _ = cpu(lambda: segment(audio, semantic=True))
     for side, (config, voiced) in SIDES.items():
         dec, heard = decoder(config), [u.voiced if voiced else u.audio for u in utts]
         out[f"recognizer {side}"], _ = cpu(lambda d=dec, h=heard: [recognize(d, a) for a in h])
@@ -172,17 +178,36 @@ def table(res: dict[str, Any]) -> str:
                         ("VAD, one listener", "vad", "vad"),
                         ("VAD, two listeners (speech handler + server VAD)",
                          "vad, 2 listeners before", "vad, 2 listeners after"),
+                        ("VAD and end-of-turn model (`semantic_vad`), one listener", "",
+                         "vad, semantic"),
                         ("recognizer (pocketsphinx)", "recognizer before",
                          "recognizer after"),
                         ("recognizer, stock settings on the voiced utterance",
                          "recognizer voiced, stock", "recognizer voiced, stock")):
-        lines.append(f"| {stage} | {span(ms[b][0], *ms[b])} | {span(ms[a][0], *ms[a])} |")
-    lines += ["", "Word accuracy (1 - WER), each clip through the VAD as live audio:", "",
+        before = span(ms[b][0], *ms[b]) if b else "-"
+        lines.append(f"| {stage} | {before} | {span(ms[a][0], *ms[a])} |")
+    lines += ["", f"The end-of-turn model (Smart Turn v3.2) takes {res['turn_ms']:.0f} ms a call "
+              "(median of 20, one thread); `semantic_vad` calls it once per pause of "
+              f"{turns.PAUSE_S:g} s after speech.",
+              "", "Word accuracy (1 - WER), each clip through the VAD as live audio:", "",
               "| speech | before | voiced, stock settings | after |", "|---|---|---|---|"]
     for kind, sides in res["accuracy"].items():
         lines.append(f"| {kind} | " + " | ".join(f"{100 * sides[side]:.1f}%" for side in SIDES)
                      + " |")
     return "\n".join(lines)
+
+
+def turn_ms(calls: int = 20) -> float:
+    """The end-of-turn model's wall time per call (ms, median), on 3 s of speech."""
+    audio, rate = flite(SENTENCE, "kal")
+    speech = soxr.resample(audio, rate, AUDIO_RATE).astype(np.float32)[:3 * AUDIO_RATE]
+    turns.finished(speech)  # loaded
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        turns.finished(speech)
+        times.append(1000 * (time.perf_counter() - t0))
+    return float(np.median(times))
 
 
 def main() -> None:
@@ -195,7 +220,8 @@ def main() -> None:
     args = parser.parse_args()
     load_vad()
     res = {"machine": machine(), "rounds": args.rounds,
-           "costs": costs(args.rounds, args.loops), "accuracy": accuracies(args.testdata)}
+           "costs": costs(args.rounds, args.loops), "accuracy": accuracies(args.testdata),
+           "turn_ms": turn_ms()}
     text = table(res)
     print(text)
     if not args.no_write:

@@ -72,8 +72,9 @@ def _encode_audio(out: av.container.OutputContainer, stream: av.audio.AudioStrea
     out.mux(stream.encode())
 
 
-def flite_wav(path: Path, text: str) -> Path:
-    subprocess.run([need("flite"), "-t", text, "-o", str(path)], check=True)
+def flite_wav(path: Path, text: str, voice: str = "kal") -> Path:
+    """``text`` said by flite's ``voice`` (``kal``: 8 kHz; ``kal16``, ``slt``: 16 kHz)."""
+    subprocess.run([need("flite"), "-voice", voice, "-t", text, "-o", str(path)], check=True)
     return path
 
 

@@ -113,7 +113,9 @@ async def test_turn_fields_work_or_are_refused_by_name(served: Address) -> None:
         assert named in error["message"] or named in (error["param"] or ""), error
     session = await configure(client, {"turn_detection": {"type": "semantic_vad",
                                                           "eagerness": "high"}})
-    assert session["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 300
+    assert session["audio"]["input"]["turn_detection"] == {
+        "type": "semantic_vad", "eagerness": "high", "create_response": True,
+        "interrupt_response": True}
     session = await configure(client, {"turn_detection": None, "transcription": None})
     assert session["audio"]["input"] == {"format": {"type": "audio/pcm", "rate": RATE},
                                          "transcription": None, "turn_detection": None}

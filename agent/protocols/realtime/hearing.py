@@ -13,9 +13,10 @@ OPENAI_TRANSCRIBERS = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe
                        "gpt-4o-transcribe-diarize", "gpt-realtime", "gpt-realtime-whisper")
 """OpenAI's transcription models, which the clients' defaults name: the embedded ``asr``
 transcribes for them."""
-EAGERNESS_S = {"low": 1.2, "medium": 0.6, "auto": 0.6, "high": 0.3}
-"""``semantic_vad``'s eagerness as the silence that ends a turn (no end-of-turn model ships
-here: it is server VAD with these silences)."""
+EAGERNESS_S = {"low": 8.0, "medium": 4.0, "auto": 4.0, "high": 2.0}
+"""``semantic_vad``'s eagerness as the longest pause that the end-of-turn model may hear as
+unfinished (OpenAI's "max timeouts" of 8, 4 and 2 s); a pause it hears as finished ends the
+turn after ``agent.turns.PAUSE_S``."""
 
 
 def hearing(audio: wire.AudioInput | None) -> dict[str, Any]:
@@ -32,10 +33,12 @@ def hearing(audio: wire.AudioInput | None) -> dict[str, Any]:
         if td is None:
             out["vad"] = None
         else:
-            silence = (EAGERNESS_S[td.eagerness] if td.type == "semantic_vad"
+            semantic = td.type == "semantic_vad"
+            silence = (EAGERNESS_S[td.eagerness] if semantic
                        else (td.silence_duration_ms or 500) / 1000)
             out["vad"] = Vad(td.threshold, silence, td.prefix_padding_ms / 1000,
-                             td.create_response, td.interrupt_response)
+                             td.create_response, td.interrupt_response,
+                             td.eagerness if semantic else None)
     return out
 
 
@@ -44,13 +47,17 @@ def input_object(transcriber: Transcriber | None) -> dict[str, Any]:
     if transcriber is None:
         return {"transcription": None, "turn_detection": None}
     vad = transcriber.vad
-    return {"transcription": {"model": transcriber.model},
-            "turn_detection": None if vad is None else {
-                "type": "server_vad", "threshold": vad.threshold,
-                "prefix_padding_ms": round(vad.prefix_s * 1000),
-                "silence_duration_ms": round(vad.silence_s * 1000),
-                "create_response": vad.create_response,
-                "interrupt_response": vad.interrupt_response}}
+    turns: dict[str, Any] | None = None
+    if vad is not None and vad.eagerness:
+        turns = {"type": "semantic_vad", "eagerness": vad.eagerness}
+    elif vad is not None:
+        turns = {"type": "server_vad", "threshold": vad.threshold,
+                 "prefix_padding_ms": round(vad.prefix_s * 1000),
+                 "silence_duration_ms": round(vad.silence_s * 1000)}
+    if turns is not None and vad is not None:
+        turns.update(create_response=vad.create_response,
+                     interrupt_response=vad.interrupt_response)
+    return {"transcription": {"model": transcriber.model}, "turn_detection": turns}
 
 
 class HeardEvents(Listener):
