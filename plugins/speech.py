@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import multiprocessing
 import os
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Literal
@@ -53,6 +55,10 @@ SEARCHES: dict[str, dict[str, Any]] = {"accurate": DECODER, "fast": {**DECODER, 
 recognizer CPU for 2-7 points of words on some voices (docs/performance.md)."""
 
 
+SHARED_DECODES = 32
+"""Recent decodes kept (their words) for a second request of the same audio."""
+
+
 class PocketSphinxOptions(Options):
     search: Literal["accurate", "fast"] = "accurate"
     """``accurate``: ``DECODER``; ``fast``: a narrower word beam, less recognizer CPU at the
@@ -70,11 +76,14 @@ class PocketSphinxEngine(Engine):
 
     kind = "pocketsphinx"
     options_model = PocketSphinxOptions
+    decodes = 0
+    """Utterances decoded (a request for audio decoded just before shares that decode)."""
 
     def default_workers(self) -> int:
         return os.cpu_count() or 1
 
     async def start(self) -> None:
+        self._recent: OrderedDict[bytes, asyncio.Future[list[str]]] = OrderedDict()
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded server
         search = SEARCHES[PocketSphinxOptions.of(self.config.options).search]
         self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_configure,
@@ -89,7 +98,7 @@ class PocketSphinxEngine(Engine):
         if request.audio is None or not request.audio.size:
             return
         pcm = (np.clip(request.audio, -1, 1) * 32767).astype("<i2").tobytes()
-        decoding = asyncio.get_running_loop().run_in_executor(self._pool, _decode, pcm)
+        decoding = self._decoding(pcm)
         try:
             words = await asyncio.shield(decoding)
         except asyncio.CancelledError:
@@ -98,6 +107,23 @@ class PocketSphinxEngine(Engine):
             raise
         for i, word in enumerate(words):
             yield TextDelta(word if i == 0 else " " + word)
+
+    def _decoding(self, pcm: bytes) -> asyncio.Future[list[str]]:
+        """The decode of ``pcm``: the one already under way or just done for the same audio
+        (a session's speech handler and its transcriber cut the same utterance when their VAD
+        settings agree, as they do by default), else a new one."""
+        key = hashlib.blake2b(pcm, digest_size=16).digest()
+        recent = self._recent
+        decoding = recent.get(key)
+        if decoding is None or decoding.done() and (decoding.cancelled()
+                                                    or decoding.exception() is not None):
+            decoding = asyncio.get_running_loop().run_in_executor(self._pool, _decode, pcm)
+            self.decodes += 1
+        recent[key] = decoding
+        recent.move_to_end(key)
+        while len(recent) > SHARED_DECODES:
+            recent.popitem(last=False)
+        return decoding
 
     async def check_health(self) -> None:
         pool = getattr(self, "_pool", None)
@@ -142,6 +168,11 @@ def _decode(pcm: bytes) -> list[str]:
     return hyp.hypstr.split() if hyp is not None else []
 
 
+PRE_ROLL_S = 0.3
+"""Audio kept before the speech starts: server VAD's default ``prefix_padding_ms`` (300), so
+that with the default settings both cut the very same utterances and decode them once."""
+
+
 class SpeechOptions(Options):
     """``handlers.speech.options``: how voice activity cuts utterances."""
 
@@ -166,7 +197,7 @@ class SpeechHandler(Handler):
         super().__init__(*args, **kwargs)
         opts = SpeechOptions.of(self.ctx.options)
         self.segmenter = Segmenter(threshold=opts.threshold, min_silence_s=opts.min_silence_s,
-                                   max_utterance_s=opts.max_utterance_s,
+                                   pre_roll_s=PRE_ROLL_S, max_utterance_s=opts.max_utterance_s,
                                    stream=self.ctx.session_id)
         self.last_utterance: Utterance | None = None
         self.last_text: str | None = None

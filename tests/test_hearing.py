@@ -203,3 +203,31 @@ async def test_speech_starting_interrupts_the_answer_at_once(tmp_path: Path) -> 
         assert heard["item_id"] == started["item_id"] and "door" in heard["transcript"]
         check(client.seen, beta=False)
         await client.close()
+
+
+async def test_the_speech_handler_and_the_transcriber_decode_an_utterance_once(
+        tmp_path: Path) -> None:
+    """A live session with the speech handler and server VAD transcription, both at their
+    default settings: they cut the same utterance, and the recognizer decodes it once for
+    both (the speech handler's live response and the user's transcript say the same)."""
+    runtime = Runtime.build(Config(), get_plugin_manager())
+    with ServerThread(runtime) as address:
+        client = await Client.connect(f"{address.ws}/v1/realtime?model=default")
+        await client.send({"type": "session.update", "session": {
+            "type": "realtime", "streamagent": {"handlers": ["speech"], "live": True},
+            "output_modalities": ["text"], "audio": {"input": {"transcription": {"model": "asr"},
+                                "turn_detection": {"type": "server_vad",
+                                                   "create_response": False}}}}})
+        await client.until("session.updated")
+        await client.send({"type": "input_audio_buffer.append",
+                           "audio": speech(tmp_path, "open the door please", silence_s=1.5)})
+        kinds = {"conversation.item.input_audio_transcription.completed", "response.done"}
+        while not kinds <= {e["type"] for e in client.seen}:
+            await client.recv(timeout=60)
+        transcript = next(e["transcript"] for e in client.seen if e["type"]
+                          == "conversation.item.input_audio_transcription.completed")
+        live = next(e["response"] for e in client.seen if e["type"] == "response.done")
+        said = live["output"][0]["content"][0]["text"]
+        await client.close()
+        assert "door" in transcript and said == transcript
+        assert runtime.pool.engines["asr"].decodes == 1  # type: ignore[attr-defined]
