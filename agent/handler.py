@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from agent import metrics
 from agent.engine import TOOL_CHOICES, ModelRequest, Tool, Turn
-from agent.media import Frame, Modality, Window
+from agent.media import Audio, Frame, Modality, Window
 from agent.options import Options
 from agent.parts import Part, text_only
 from agent.pool import Pool
@@ -148,7 +148,12 @@ class Handler:
     """The typed ``handlers.NAME.options`` (unknown keys refused at start-up); ``None``: any
     keys (agent/options.py)."""
     feed_off_loop: ClassVar[bool] = False
-    """Run ``feed`` on a worker thread (in order) when it does real work, such as a VAD."""
+    """Run ``feed`` (and ``hear``) on a worker thread (in order) when it does real work, such
+    as a VAD."""
+    hears_on_arrival: ClassVar[bool] = False
+    """Give this handler the session's audio as it is received (``hear``), not only with each
+    window, so that a handler that cuts utterances ends them as soon as their silence is
+    heard rather than when their window closes (up to a window later)."""
     gated: ClassVar[bool] = False
     """Whether scene-change gating is on by default: a live window whose frame shows what this
     handler last acted on is skipped (config ``handlers.NAME.gating`` overrides it)."""
@@ -159,6 +164,13 @@ class Handler:
     def feed(self, window: Window) -> object | None:
         """Called for every window, in order. Return work for ``respond``, or ``None``."""
         return window if window.has(self.modality) else None
+
+    def hear(self, pieces: list[tuple[Audio, float]]) -> object | None:
+        """With ``hears_on_arrival``: audio just received, in order, as pieces of 16 kHz
+        samples with the media time of each one's first sample (several when they came while
+        the last call ran). Return work for ``respond``, or ``None``. The same audio still
+        comes in the windows given to ``feed``, after it."""
+        return None
 
     def clear_audio(self) -> None:
         """Forget buffered audio state (``input_audio_buffer.clear``); override if kept."""

@@ -31,7 +31,18 @@ second."""
 MAX_RECENT_FRAMES = 64
 FEED_QUEUE = 16
 """Windows that may wait for a handler that feeds off the event loop (``feed_off_loop``)."""
+FEED_AUDIO_S = 16.0
+"""Seconds of just-received audio that may wait for a handler that hears it on arrival
+(``hears_on_arrival``)."""
 CLEAR = None  # in a feed queue: forget buffered audio, in order with the windows
+
+
+@dataclass(frozen=True, slots=True)
+class Arrived:
+    """Audio as it was received (16 kHz), its first sample at media time ``t``."""
+
+    audio: Audio
+    t: float
 
 
 @dataclass
@@ -40,9 +51,11 @@ class _Slot:
     mailbox: Mailbox[Any]
     task: asyncio.Task[None]
     gate: SceneGate | None = None
-    feeding: asyncio.Queue[Window | None] | None = None
+    feeding: asyncio.Queue[Window | Arrived | None] | None = None
     feeder: asyncio.Task[None] | None = None
     feed_dropped: int = 0
+    queued_windows: int = 0
+    queued_audio: int = 0  # samples of Arrived waiting
 
     def cancel(self) -> None:
         self.task.cancel()
@@ -71,6 +84,7 @@ class LiveMedia:
         self.recent: deque[Frame] = deque(maxlen=self._recent_len())
         self._ticker: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
+        self._heard_to = 0.0  # media time past the audio given to hear on arrival
         self.thumbs = Thumbnails()
         self.skipped_before: dict[str, int] = {}  # counts of handlers since turned off
         self.deferred = 0
@@ -157,7 +171,7 @@ class LiveMedia:
         task = asyncio.create_task(self._worker(handler, box, gate), name=f"{name}-worker")
         slot = self.slots[name] = _Slot(handler, box, task, gate)
         if handler.feed_off_loop:
-            slot.feeding = asyncio.Queue(FEED_QUEUE)
+            slot.feeding = asyncio.Queue()  # bounded by _enqueue
             slot.feeder = asyncio.create_task(self._feeder(slot), name=f"{name}-feed")
 
     def _forget(self, name: str) -> _Slot:
@@ -196,12 +210,29 @@ class LiveMedia:
         stats = self.sampler.stats
         dropped = stats.audio_dropped_s
         self._dispatch(self.sampler.add_audio(samples, ts))
+        t = max(self.sampler.audio_t - samples.size / AUDIO_RATE, self._heard_to)
+        self._heard_to = t + samples.size / AUDIO_RATE  # a stream that never goes back
+        self._hear(Arrived(samples, t))
         self._arrived.set()
         if stats.audio_dropped_s > dropped:
             raise LimitExceeded(
                 f"{stats.audio_dropped_s - dropped:.2f} s of audio dropped: one window holds at "
                 f"most {self.sampler.max_audio_samples / AUDIO_RATE:g} s; send "
                 "input_audio_buffer.commit or use a shorter window", param="audio")
+
+    def _hear(self, arrived: Arrived) -> None:
+        """Audio as received, to those that hear it on arrival (utterances end as soon as
+        their silence is heard, not when their window closes)."""
+        if not arrived.audio.size:
+            return
+        for slot in self.slots.values():
+            if slot.handler.hears_on_arrival:
+                if slot.feeding is not None:
+                    self._enqueue(slot, arrived)
+                else:
+                    self._put(slot, hear_safely(slot.handler, [arrived]))
+        if self.transcriber is not None:
+            self.transcriber.hear(arrived.audio, arrived.t)
 
     def clear_audio(self) -> None:
         """Forget every buffered sample: the open window's and each handler's (VAD state)."""
@@ -232,37 +263,55 @@ class LiveMedia:
                     self._feed(slot, window)
             if self.watches is not None:
                 self.watches.feed(window)
-            if self.transcriber is not None:
-                self.transcriber.feed(window)
+            if self.transcriber is not None and window.final:
+                self.transcriber.end_utterance(window.end)
 
     def _feed(self, slot: _Slot, window: Window) -> None:
-        work = feed_safely(slot.handler, window)
+        self._put(slot, feed_safely(slot.handler, window))
+
+    def _put(self, slot: _Slot, work: Any) -> None:
         if work is not None and self.live:
             slot.mailbox.put(work)
 
-    def _enqueue(self, slot: _Slot, item: Window | None) -> None:
+    def _enqueue(self, slot: _Slot, item: Window | Arrived | None) -> None:
         assert slot.feeding is not None
-        try:
-            slot.feeding.put_nowait(item)
-        except asyncio.QueueFull:
+        audio = item.audio.size if isinstance(item, Arrived) else 0
+        if (slot.queued_audio + audio > FEED_AUDIO_S * AUDIO_RATE if audio
+                else item is not CLEAR and slot.queued_windows >= FEED_QUEUE):
             slot.feed_dropped += 1
-            log.warning("handler %s is %d windows behind; a window is dropped",
-                        slot.handler.name, FEED_QUEUE)
+            log.warning("handler %s is %s behind; %s is dropped", slot.handler.name,
+                        f"{FEED_AUDIO_S:g} s of audio" if audio else f"{FEED_QUEUE} windows",
+                        "audio" if audio else "a window")
+            return
+        slot.queued_audio += audio
+        slot.queued_windows += isinstance(item, Window)
+        slot.feeding.put_nowait(item)
 
     async def _feeder(self, slot: _Slot) -> None:
-        """Feed windows to a handler on a thread, in order (its VAD, say, stays off the loop)."""
+        """Feed windows and received audio to a handler on a thread, in order (its VAD, say,
+        stays off the loop); audio received meanwhile goes in one call."""
         assert slot.feeding is not None
         while True:
-            item = await slot.feeding.get()
+            items = [await slot.feeding.get()]
+            while not slot.feeding.empty():
+                items.append(slot.feeding.get_nowait())
             try:
-                if item is CLEAR:
-                    await asyncio.to_thread(slot.handler.clear_audio)
-                    continue
-                work = await asyncio.to_thread(feed_safely, slot.handler, item)
-                if work is not None and self.live:
-                    slot.mailbox.put(work)
+                for group in _runs(items):
+                    await self._feed_group(slot, group)
             finally:
-                slot.feeding.task_done()
+                for _ in items:
+                    slot.feeding.task_done()
+
+    async def _feed_group(self, slot: _Slot, group: list[Any]) -> None:
+        first = group[0]
+        if first is CLEAR:
+            await asyncio.to_thread(slot.handler.clear_audio)
+        elif isinstance(first, Arrived):
+            slot.queued_audio -= sum(a.audio.size for a in group)
+            self._put(slot, await asyncio.to_thread(hear_safely, slot.handler, group))
+        else:
+            slot.queued_windows -= 1
+            self._put(slot, await asyncio.to_thread(feed_safely, slot.handler, first))
 
     async def settled(self) -> None:
         """Wait until every handler has been fed every window closed so far (a question
@@ -303,6 +352,26 @@ class LiveMedia:
                 continue
             await asyncio.sleep(max(0.005, wait))
             self._dispatch(self.sampler.tick())
+
+
+def _runs(items: list[Any]) -> list[list[Any]]:
+    """``items`` in order, consecutive ``Arrived`` together, every other item alone."""
+    runs: list[list[Any]] = []
+    for item in items:
+        if isinstance(item, Arrived) and runs and isinstance(runs[-1][0], Arrived):
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
+def hear_safely(handler: Handler, pieces: list[Arrived]) -> Any:
+    """``handler.hear(pieces)``, logged and ``None`` if it fails (the stream goes on)."""
+    try:
+        return handler.hear([(a.audio, a.t) for a in pieces])
+    except Exception:
+        log.exception("handler %s failed on audio at %.2f s", handler.name, pieces[0].t)
+        return None
 
 
 def feed_safely(handler: Handler, window: Window) -> Any:

@@ -101,6 +101,11 @@ class Sampler:
         self._lag = self.now() - ts  # the newest media time is the chunk's end
         return closed
 
+    @property
+    def audio_t(self) -> float:
+        """Media time just past the newest audio sample (0 before any)."""
+        return self._audio_t or 0.0
+
     def release(self) -> None:
         """Drop the pending frame and audio (the session is over)."""
         self._frame = None

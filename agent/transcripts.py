@@ -15,10 +15,12 @@ the conversation as the user's words, so the next answer is to what was said. Wi
 the start of speech is told as soon as the window that holds it is heard, before the utterance
 ends (``Listener.started``; the conversation interrupts its answer then, as OpenAI's
 ``interrupt_response`` does), and its end as soon as the silence that ends it is heard, while
-the utterance before it may still be being transcribed. The VAD runs off the event loop, one
-window at a time; the transcripts come one utterance at a time, in order. At most ``QUEUE``
-windows wait for the VAD (more are dropped and counted), and at most ``TRANSCRIBING``
-utterances for their transcript (then the VAD waits).
+the utterance before it may still be being transcribed. The transcriber hears the audio as it
+is received, not when its window closes, so a turn ends as soon as its silence is heard. The
+VAD runs off the event loop (the audio received meanwhile in one call); the transcripts come
+one utterance at a time, in order. At most ``QUEUE_S`` seconds of audio wait for the VAD
+(more is dropped and counted), and at most ``TRANSCRIBING`` utterances for their transcript
+(then the VAD waits).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from agent import turns
 from agent.engine import ModelRequest
 from agent.errors import StreamAgentError
 from agent.ids import new_id
-from agent.media import AUDIO_RATE, Window
+from agent.media import AUDIO_RATE
 from agent.parts import text_only
 from agent.pool import Pool
 from agent.vad import Segmenter
@@ -43,8 +45,10 @@ from agent.vad import Segmenter
 log = logging.getLogger(__name__)
 MAX_UTTERANCE_S = 30.0
 """The longest utterance kept: commit-mode audio beyond it is let go, oldest first."""
-QUEUE = 64
-"""Windows (and commits) waiting for the transcriber."""
+QUEUE_S = 64.0
+"""Seconds of received audio waiting for the transcriber's VAD."""
+QUEUE_ITEMS = 4096
+"""Pieces of audio, commits and ends waiting for it, however short the pieces."""
 DEFAULT_TRANSCRIBER = "default"
 """A transcription model as clients name one by default (OpenAI's names): the embedded ``asr``
 if the pool has it, else none."""
@@ -121,12 +125,13 @@ class Transcriber:
             turn_over=turns.turn_over if vad.eagerness else None) if vad else None
         self._audio: list[np.ndarray] = []
         self._start: float | None = None
-        self._queue: asyncio.Queue[Window | str] = asyncio.Queue(QUEUE)
+        self._queue: asyncio.Queue[tuple[np.ndarray, float] | str | float] = asyncio.Queue()
+        self._queued = 0  # samples in the queue
         self._said: asyncio.Queue[tuple[Heard, np.ndarray]] = asyncio.Queue(TRANSCRIBING)
         self._speaking: str | None = None  # the item of the utterance under way, once told
         self._pending: dict[str, asyncio.Event] = {}  # committed items not transcribed yet
         self.dropped = 0
-        """Windows let go because the transcriber fell ``QUEUE`` behind."""
+        """Pieces of audio let go because the transcriber fell ``QUEUE_S`` behind."""
         self.cut_s = 0.0
         """Seconds of commit-mode audio let go past ``MAX_UTTERANCE_S``."""
         self._task = asyncio.create_task(self._run(), name=f"hear-{session_id}")
@@ -137,9 +142,16 @@ class Transcriber:
         """Whether utterances committed so far are still being transcribed."""
         return bool(self._pending)
 
-    def feed(self, window: Window) -> None:
-        if window.audio.size or window.final:
-            self._put(window)
+    def hear(self, audio: np.ndarray, t: float) -> None:
+        """Audio as received (16 kHz), its first sample at media time ``t``."""
+        if audio.size:
+            self._put((audio, t))
+
+    def end_utterance(self, t: float) -> None:
+        """The audio so far is all there is for now (a commit, the stream's end): with server
+        VAD, an utterance under way ends at media time ``t``."""
+        if self.segmenter is not None:
+            self._put(t)
 
     def commit(self) -> str:
         """End the utterance now (``input_audio_buffer.commit``); its user item's id."""
@@ -148,15 +160,17 @@ class Transcriber:
         self._put(item_id)
         return item_id
 
-    def _put(self, item: Window | str) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+    def _put(self, item: tuple[np.ndarray, float] | str | float) -> None:
+        size = item[0].size if isinstance(item, tuple) else 0
+        if self._queue.qsize() >= QUEUE_ITEMS or self._queued + size > QUEUE_S * AUDIO_RATE:
             self.dropped += 1
             if isinstance(item, str):  # a commit is never dropped: it ends as empty
                 self._pending.pop(item).set()
-            log.warning("session %s: the transcriber is %d behind; audio is dropped",
-                        self.session_id, QUEUE)
+            log.warning("session %s: the transcriber is %g s behind; audio is dropped",
+                        self.session_id, QUEUE_S)
+            return
+        self._queued += size
+        self._queue.put_nowait(item)
 
     def clear(self) -> None:
         """Forget the audio not yet in an utterance (``input_audio_buffer.clear``)."""
@@ -180,26 +194,47 @@ class Transcriber:
             done.set()
 
     async def _run(self) -> None:
-        """Windows and commits, in order: each ended utterance is told, then waits for its
-        transcript."""
+        """Audio, commits and ends, in order (what came meanwhile together): each ended
+        utterance is told, then waits for its transcript."""
         while True:
-            item = await self._queue.get()
-            if isinstance(item, str):
-                start, end, audio = self._take()
-                await self._ended(Heard(item, start, end), audio, vad=False)
-            elif self.segmenter is not None:
-                await self._segment(item)
-            else:
-                self._keep(item)
+            items = [await self._queue.get()]
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            pieces: list[tuple[np.ndarray, float]] = []
+            for item in items:
+                if isinstance(item, tuple):
+                    self._queued -= item[0].size
+                    pieces.append(item)
+                    continue
+                await self._heard(pieces)
+                pieces = []
+                if isinstance(item, str):
+                    start, end, audio = self._take()
+                    await self._ended(Heard(item, start, end), audio, vad=False)
+                else:
+                    await self._segment([(np.zeros(0, np.float32), item)], final=True)
+            await self._heard(pieces)
 
-    async def _segment(self, window: Window) -> None:
-        assert self.segmenter is not None
-        t = window.end - window.audio.size / AUDIO_RATE
-        for utt in await asyncio.to_thread(self.segmenter.feed, window.audio, t, window.final):
+    async def _heard(self, pieces: list[tuple[np.ndarray, float]]) -> None:
+        if not pieces:
+            return
+        if self.segmenter is not None:
+            await self._segment(pieces)
+        else:
+            for audio, t in pieces:
+                self._keep(audio, t)
+
+    async def _segment(self, pieces: list[tuple[np.ndarray, float]], final: bool = False,
+                       ) -> None:
+        segmenter = self.segmenter
+        assert segmenter is not None
+        done = await asyncio.to_thread(
+            lambda: [u for audio, t in pieces for u in segmenter.feed(audio, t, final)])
+        for utt in done:
             item_id = await self._started(utt.start)
             self._speaking = None
             await self._ended(Heard(item_id, utt.start, utt.end), utt.voiced, vad=True)
-        if (since := self.segmenter.speaking_since) is not None:
+        if (since := segmenter.speaking_since) is not None:
             await self._started(since)
 
     async def _started(self, start: float) -> str:
@@ -219,12 +254,10 @@ class Transcriber:
             raise
         await self._said.put((heard, audio))
 
-    def _keep(self, window: Window) -> None:
-        if not window.audio.size:
-            return
+    def _keep(self, audio: np.ndarray, t: float) -> None:
         if self._start is None:
-            self._start = window.end - window.audio.size / AUDIO_RATE
-        self._audio.append(window.audio)
+            self._start = t
+        self._audio.append(audio)
         over = sum(a.size for a in self._audio) - int(MAX_UTTERANCE_S * AUDIO_RATE)
         while over > 0 and self._audio:
             first = self._audio[0]

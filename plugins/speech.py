@@ -24,6 +24,7 @@ from pydantic import Field
 
 from agent import (
     AUDIO_RATE,
+    Audio,
     Engine,
     EngineError,
     Handler,
@@ -192,6 +193,7 @@ class SpeechHandler(Handler):
     modality = "audio"
     default_model = "asr"
     feed_off_loop = True  # the VAD runs for every 32 ms of audio
+    hears_on_arrival = True  # an utterance ends when its silence is heard
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -205,9 +207,17 @@ class SpeechHandler(Handler):
     def clear_audio(self) -> None:
         self.segmenter.reset()
 
+    def hear(self, pieces: list[tuple[Audio, float]]) -> Utterance | None:
+        return self._ended([u for audio, t in pieces for u in self.segmenter.feed(audio, t)])
+
     def feed(self, window: Window) -> Utterance | None:
-        t = window.end - window.audio.size / AUDIO_RATE
-        done = self.segmenter.feed(window.audio, t, final=window.final)
+        """Its audio was heard as it came (``hear``); the stream's end ends an utterance."""
+        if not window.final:
+            return None
+        return self._ended(self.segmenter.feed(window.audio[:0], window.end, final=True))
+
+    def _ended(self, done: list[Utterance]) -> Utterance | None:
+        """The utterances that ended, as one (those that ended together are said together)."""
         if not done:
             return None
         utt = done[0] if len(done) == 1 else Utterance(

@@ -231,3 +231,23 @@ async def test_the_speech_handler_and_the_transcriber_decode_an_utterance_once(
         await client.close()
         assert "door" in transcript and said == transcript
         assert runtime.pool.engines["asr"].decodes == 1  # type: ignore[attr-defined]
+
+
+async def test_a_turn_ends_when_its_silence_is_heard_not_when_its_window_closes(
+        served: Address, tmp_path: Path) -> None:
+    """Hearing does not wait for the sampler: with 20 s windows, a turn said and followed by
+    silence is told ended, and transcribed, long before its window closes."""
+    client = await Client.connect(f"{served.ws}/v1/realtime?model=default")
+    await client.send({"type": "session.update", "session": {
+        "type": "realtime", "output_modalities": ["text"],
+        "streamagent": {"handlers": [], "sample_fps": 0.05},
+        "audio": {"input": {"turn_detection": {"type": "server_vad",
+                                               "create_response": False}}}}})
+    await client.until("session.updated")
+    await client.send({"type": "input_audio_buffer.append",
+                       "audio": speech(tmp_path, "open the door please", silence_s=1.0)})
+    got = await client.until("conversation.item.input_audio_transcription.completed",
+                             timeout=8)
+    assert "input_audio_buffer.speech_stopped" in [e["type"] for e in got]
+    assert "door" in got[-1]["transcript"]
+    await client.close()

@@ -62,7 +62,8 @@ async def test_the_recognizer_hears_each_utterance_once_without_its_silence(
     await pool.start()
     try:
         handler = SpeechHandler(HandlerContext(pool, "asr", {}, session_id="hear-once"))
-        utterances = [u for w in windows(said) if (u := handler.feed(w)) is not None]
+        utterances = [u for w in windows(said)
+                      if (u := handler.hear([(w.audio, w.start)])) is not None]
         heard = []
         for utt in utterances:
             heard.append("".join([w async for w in handler.transcribe(utt)]))
