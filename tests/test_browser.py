@@ -201,6 +201,77 @@ def test_watch_for_box_registers_watches_and_firings_stand_out(
         driver.quit()
 
 
+SOCKET_SPY = """
+window.sent = []; window.got = [];
+const Real = window.WebSocket;
+window.WebSocket = class extends Real {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (e) => window.got.push(JSON.parse(e.data)));
+  }
+  send(data) {
+    const ev = JSON.parse(data);
+    if (ev.type !== "input_audio_buffer.append") window.sent.push(ev);
+    super.send(data);
+  }
+};"""
+
+SENT = 'return window.sent.filter((e) => e.type === arguments[0])'
+GOT = 'return window.got.filter((e) => e.type === arguments[0])'
+
+
+def user_turns(driver: WebDriver) -> list[str]:
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR,
+                                                 '#responses li[data-role="user"] .text')]
+
+
+def test_speak_answers_hears_the_user_and_stops_when_interrupted(
+        embedded: Address, tmp_path: Path, browser_dir: Path) -> None:
+    driver = chromium(browser_dir, video=camera_y4m(tmp_path / "cam.y4m"),
+                      audio=microphone_wav(tmp_path / "mic.wav"))
+    try:
+        driver.get(embedded.http + "/")
+        driver.execute_script(SOCKET_SPY)
+        driver.find_element(By.ID, "speak").click()
+        driver.find_element(By.ID, "start").click()
+        wait = WebDriverWait(driver, 60, poll_frequency=0.2)
+        wait.until(lambda d: status(d)[0] == "live")
+        session = driver.execute_script(SENT, "session.update")[0]["session"]
+        assert session["output_modalities"] == ["audio"]
+        assert session["audio"]["output"] == {"format": {"type": "audio/pcm", "rate": 24000}}
+        assert session["audio"]["input"]["transcription"] == {"model": "asr"}
+        assert session["audio"]["input"]["turn_detection"] == {"type": "server_vad",
+                                                               "create_response": True}
+        # the live speech handler would say the user's words back before the answer: without
+        # it, the answer is what plays when the next loop of the sentence interrupts it
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#handlers input[value="speech"]'))
+        driver.find_element(By.CSS_SELECTOR, '#handlers input[value="speech"]').click()
+
+        wait.until(lambda d: any({"hello", "world"} & set(t.lower().split())
+                                 for t in user_turns(d)))
+        assert all(t.startswith("You: ") for t in user_turns(driver))
+        wait.until(lambda d: int(d.execute_script("return document.body.dataset.audioMs || 0")) > 0)
+        wait.until(lambda d: any(t["audio_end_ms"] > 0
+                                 for t in d.execute_script(SENT, "conversation.item.truncate")))
+        assert driver.execute_script(GOT, "input_audio_buffer.speech_started")
+        answers = {li.get_attribute("data-item-id"): li.find_element(By.CSS_SELECTOR, ".text").text
+                   for li in driver.find_elements(By.CSS_SELECTOR,
+                                                  '#responses li[data-answer="true"]')}
+        for cut in driver.execute_script(SENT, "conversation.item.truncate"):
+            assert cut["content_index"] == 0
+            assert answers.get(cut["item_id"])  # an answer that said something, not a live one
+        wait.until(lambda d: d.execute_script(GOT, "conversation.item.truncated"))
+
+        driver.find_element(By.ID, "speak").click()  # off: answers in text, nothing heard
+        wait.until(lambda d: d.execute_script(GOT, "session.updated")[-1]["session"][
+            "output_modalities"] == ["text"])
+        heard = driver.execute_script(GOT, "session.updated")[-1]["session"]["audio"]["input"]
+        assert heard["transcription"] is None and heard["turn_detection"] is None
+        assert [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#errors li")] == []
+    finally:
+        driver.quit()
+
+
 @pytest.mark.parametrize(("flags", "state", "words"), [
     ({"fake_ui": False}, "denied", "permission denied"),
     ({"fake_device": False}, "nodevice", "No camera or microphone found"),

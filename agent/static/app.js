@@ -8,7 +8,7 @@ const MAX_ERRORS = 20;
 const state = {
   running: false, ws: null, stream: null, audio: null, frameTimer: null, reconnectTimer: null,
   retry: 0, handlers: null, available: [], responses: new Map(),
-  watches: [], pendingWatches: null, beeper: null,
+  watches: [], pendingWatches: null, beeper: null, speaker: new Speaker(),
 };
 
 function setStatus(kind, text) {
@@ -36,9 +36,9 @@ async function openMedia() {
   }
   const cam = $("camera-select").value, mic = $("mic-select").value;
   const video = cam ? { deviceId: { exact: cam } } : { width: 640, height: 480 };
-  // The agent answers in text and plays nothing, so there is no echo to cancel: give the
-  // speech models the microphone as it is.
-  const raw = { channelCount: 1, echoCancellation: false, noiseSuppression: false,
+  // Answers in text play nothing, so there is no echo to cancel: give the speech models the
+  // microphone as it is. Spoken answers would be heard back as the user: cancel their echo.
+  const raw = { channelCount: 1, echoCancellation: $("speak").checked, noiseSuppression: false,
                 autoGainControl: false };
   const audio = mic ? { ...raw, deviceId: { exact: mic } } : raw;
   let stream;
@@ -173,8 +173,25 @@ function updateSession() {
   const streamagent = { live: true, sample_fps: 1 };
   if (state.handlers) streamagent.handlers = state.handlers;
   streamagent.watches = state.pendingWatches || state.watches;
+  // Spoken answers make it a conversation: the server hears where each turn of the user ends,
+  // transcribes it and answers it aloud. Otherwise both are off (null), as they are by default.
+  const speak = $("speak").checked;
+  const turns = speak ? { type: "server_vad", create_response: true } : null;
+  const audio = { input: { format: { type: "audio/pcm", rate },
+                           transcription: speak ? { model: "asr" } : null, turn_detection: turns } };
+  if (speak) audio.output = { format: { type: "audio/pcm", rate: 24000 } };
   send({ type: "session.update", session: { type: "realtime", instructions: $("instructions").value,
-         audio: { input: { format: { type: "audio/pcm", rate } } }, streamagent } });
+         output_modalities: [speak ? "audio" : "text"], audio, streamagent } });
+}
+
+function speakChanged() {
+  if ($("speak").checked) state.speaker.wake();  // on the click: browsers allow sound then
+  else state.speaker.stop();
+  const track = state.stream && state.stream.getAudioTracks()[0];
+  // best effort: browsers that cannot switch echo cancellation on a live track use it from
+  // the next Start
+  if (track) track.applyConstraints({ echoCancellation: $("speak").checked }).catch(() => {});
+  updateSession();
 }
 
 function onEvent(ev) {
@@ -187,51 +204,107 @@ function onEvent(ev) {
       watchesTaken(ev.session.streamagent);
       break;
     case "response.created": addResponse(ev.response); break;
-    case "response.output_text.delta": {
+    case "response.output_item.added": {
+      const el = state.responses.get(ev.response_id);
+      if (el && ev.item.type === "message") el.dataset.itemId = ev.item.id;
+      break;
+    }
+    case "response.output_text.delta":
+    case "response.output_audio_transcript.delta": {  // the words of a spoken answer
       const el = state.responses.get(ev.response_id);
       if (el) el.querySelector(".text").textContent += ev.delta;
       break;
     }
-    case "response.done": {
-      const el = state.responses.get(ev.response.id);
-      if (el) el.dataset.status = ev.response.status;
-      if (el && el.dataset.watch) alertFiring(el);
-      state.responses.delete(ev.response.id);
+    case "response.output_audio.delta": state.speaker.play(ev.item_id, ev.delta); break;
+    case "response.output_audio.done": state.speaker.done(ev.item_id); break;
+    case "response.done": responseDone(ev.response); break;
+    case "input_audio_buffer.speech_started": bargeIn(); break;
+    case "conversation.item.input_audio_transcription.completed": addUserTurn(ev); break;
+    case "conversation.item.input_audio_transcription.failed": addError(ev.error); break;
+    case "error": {
+      const param = ev.error.param || "";
+      // a refused session.update changed nothing: a watch being added or removed is not
+      if (state.pendingWatches && param.startsWith("session.")) state.pendingWatches = null;
+      addError(ev.error);
+      if ($("speak").checked && /^session\.(output_modalities|audio\.output)/.test(param)) {
+        $("speak").checked = false;  // e.g. a server without a voice: go on in text
+        updateSession();
+      }
       break;
     }
-    case "error":
-      // a refused session.update changed nothing: a watch being added or removed is not
-      if (state.pendingWatches && (ev.error.param || "").startsWith("session.")) {
-        state.pendingWatches = null;
-      }
-      addError(ev.error);
-      break;
     default: break;
   }
 }
 
+function addEntry(source, text = "") {
+  const li = document.createElement("li");
+  const label = Object.assign(document.createElement("span"), { className: "label",
+    textContent: `${source} · ${new Date().toLocaleTimeString()}` });
+  li.append(label, Object.assign(document.createElement("span"), { className: "text",
+                                                                   textContent: text }));
+  const list = $("responses");
+  list.prepend(li);
+  while (list.children.length > MAX_RESPONSES) list.lastElementChild.remove();
+  return li;
+}
+
 function addResponse(response) {
   const meta = response.metadata || {};
-  const li = document.createElement("li");
+  const span = meta.window_start_ms ? ` · ${clock(meta.window_start_ms)}–${clock(meta.window_end_ms)}` : "";
+  const source = meta.streamagent_watch ? `watch ${meta.streamagent_watch}` : meta.handler || "response";
+  const li = addEntry(`${source}${span}`);
   li.dataset.responseId = response.id;
   li.dataset.handler = meta.handler || "";
   li.dataset.status = "in_progress";
-  const label = document.createElement("span");
-  label.className = "label";
-  const span = meta.window_start_ms ? ` · ${clock(meta.window_start_ms)}–${clock(meta.window_end_ms)}` : "";
-  const source = meta.streamagent_watch ? `watch ${meta.streamagent_watch}` : meta.handler || "response";
-  label.textContent = `${source}${span} · ${new Date().toLocaleTimeString()}`;
   if (meta.streamagent_watch) {  // a watch fired: it stands out from what the handlers say
     li.classList.add("firing");
     li.dataset.watch = meta.streamagent_watch;
   }
-  const text = document.createElement("span");
-  text.className = "text";
-  li.append(label, text);
-  const list = $("responses");
-  list.prepend(li);
-  while (list.children.length > MAX_RESPONSES) list.lastElementChild.remove();
+  // Live responses (they count windows_skipped) and firings stay out of the conversation;
+  // answers to the user join it, so one cut short by the user is truncated there.
+  li.dataset.answer = String(!("windows_skipped" in meta) && !meta.streamagent_watch);
   state.responses.set(response.id, li);
+}
+
+function responseDone(response) {
+  const el = state.responses.get(response.id);
+  state.responses.delete(response.id);
+  if (response.status === "cancelled") {  // no more of it is heard
+    (response.output || []).forEach((item) => state.speaker.drop(item.id));
+    if (el && el.dataset.itemId) state.speaker.drop(el.dataset.itemId);
+  }
+  if (!el) return;
+  el.dataset.status = response.status;
+  if (el.dataset.watch) alertFiring(el);
+  if (el.dataset.heardMs) truncate(el);  // the user spoke over it while it was still coming
+}
+
+function addUserTurn(ev) {
+  if (!(ev.transcript || "").trim()) return;
+  const li = addEntry("you", `You: ${ev.transcript.trim()}`);
+  li.classList.add("user");
+  li.dataset.role = "user";
+  li.dataset.itemId = ev.item_id;
+}
+
+function bargeIn() {
+  // The user started to speak: stop the answers at once, and tell the server how much of each
+  // was heard, so that the conversation holds what the user really heard.
+  for (const [item, ms] of state.speaker.stop()) {
+    const el = [...$("responses").children].find((li) => li.dataset.itemId === item);
+    if (!el || el.dataset.answer !== "true") continue;
+    el.dataset.heardMs = ms;
+    if (el.dataset.status !== "in_progress") truncate(el);  // else once it has ended
+  }
+}
+
+function truncate(el) {
+  // an answer that said nothing is not in the conversation
+  if (el.querySelector(".text").textContent) {
+    send({ type: "conversation.item.truncate", item_id: el.dataset.itemId, content_index: 0,
+           audio_end_ms: Number(el.dataset.heardMs) });
+  }
+  delete el.dataset.heardMs;
 }
 
 function addError(error) {
@@ -342,6 +415,7 @@ function watchKindChanged() {
 
 async function start() {
   $("start").disabled = true;
+  if ($("speak").checked) state.speaker.wake();  // on the click: browsers allow sound then
   state.running = true;
   setStatus("connecting", "Opening the camera…");
   try {
@@ -365,6 +439,7 @@ function stop() {
   if (state.stream) state.stream.getTracks().forEach((t) => t.stop());
   if (state.audio) state.audio.close();
   state.stream = state.audio = null;
+  state.speaker.stop();
   $("start").disabled = false;
   $("stop").disabled = true;
   $("ask").disabled = true;
@@ -376,6 +451,7 @@ $("start").onclick = start;
 $("stop").onclick = stop;
 $("fps").onchange = () => { if (state.frameTimer) startFrames(); };
 $("instructions").onchange = updateSession;
+$("speak").onchange = speakChanged;
 for (const id of ["camera-select", "mic-select"]) {
   $(id).onchange = async () => { if (state.running) { stop(); await start(); } };
 }
