@@ -40,6 +40,7 @@ bench: setup  ## measure ingest CPU, added latency, session memory and live-sess
 	$(PY) -m benchmarks.burst --sessions 48 64
 	$(PY) -m benchmarks.voice
 	$(PY) -m benchmarks.listening
+	$(PY) -m benchmarks.turns
 	$(PY) -m benchmarks.watches
 	$(PY) -m benchmarks.captions
 
