@@ -196,6 +196,8 @@ class Transcriber:
     async def _run(self) -> None:
         """Audio, commits and ends, in order (what came meanwhile together): each ended
         utterance is told, then waits for its transcript."""
+        if self.vad is not None and self.vad.eagerness:
+            await asyncio.to_thread(turns.load_turn_model)  # before the first pause, not at it
         while True:
             items = [await self._queue.get()]
             while not self._queue.empty():

@@ -15,13 +15,12 @@ The features are Whisper's log-mel spectrogram (80 mels, 8 s), as
 
 from __future__ import annotations
 
-import functools
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
 from agent.media import AUDIO_RATE, Audio
+from agent.vad import packaged_model
 
 MODEL_S = 8
 """Seconds of audio the model hears: the end of the utterance, zero-padded in front."""
@@ -69,14 +68,8 @@ def features(audio: Audio) -> np.ndarray:
     return out
 
 
-@functools.cache
 def _session() -> Any:
-    import onnxruntime as ort
-
-    model = resources.files("agent").joinpath("data", "smart_turn_v3_2.onnx").read_bytes()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return packaged_model("smart_turn_v3_2.onnx")
 
 
 def load_turn_model() -> None:

@@ -42,13 +42,19 @@ HISTORY = 4096
 
 
 @functools.cache
-def _session() -> Any:
+def packaged_model(name: str) -> Any:
+    """An onnxruntime session on one thread for ``name``, a model shipped in ``agent/data``
+    (loaded once, shared by every session)."""
     import onnxruntime as ort
 
-    model = resources.files("agent").joinpath("data", "silero_vad.onnx").read_bytes()
+    model = resources.files("agent").joinpath("data", name).read_bytes()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def _session() -> Any:
+    return packaged_model("silero_vad.onnx")
 
 
 def load_vad() -> None:

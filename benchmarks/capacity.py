@@ -1,7 +1,8 @@
 """`make bench`: how many live sessions one machine serves on the embedded default.
 
 Workload 1 (words): N live sessions, each showing a new word every second (640x480 JPEG at
-10 fps, sampled at 1 fps) plus looping speech at 24 kHz, with every default handler (text in
+10 fps, sampled at 1 fps) plus looping speech at 24 kHz (flite's ``VOICE``, a sentence
+and 2 s of silence), with every default handler (text in
 view, speech, faces). A word counts as read when the text-in-view response for the window it was
 shown in contains it; lag is window close (when the next second begins, on the client's clock)
 -> first delta of that response. N passes when every session reads >= 95% of its words and the
@@ -74,11 +75,20 @@ def jpeg_url(word: str) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def speech_chunks() -> list[str]:
-    """Flite speech with a pause, resampled to 24 kHz, as 100 ms base64 PCM16 chunks."""
+VOICE = "kal16"
+"""The looping speech's flite voice: 16 kHz, full band as a microphone gives. (Until
+2026-12-05 it was ``kal``, the same voice at 8 kHz, upsampled: telephone band, of which the
+recognizer reads 23% of the words for 1.4x the CPU; ``--speech-search`` measures both.)"""
+
+
+def speech_chunks(voice: str = VOICE) -> list[str]:
+    """Flite speech with a pause, resampled to 24 kHz, as 100 ms base64 PCM16 chunks.
+    ``kal`` is an 8 kHz voice (telephone band, upsampled: the recognizer reads 23% of its
+    words and spends about 1.4x the CPU of the same voice at 16 kHz, ``kal16``, or 1.3x
+    that of human recordings; benchmarks/listening.py)."""
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "s.wav"
-        subprocess.run(["flite", "-t", SENTENCE, "-o", str(wav)], check=True)
+        subprocess.run(["flite", "-voice", voice, "-t", SENTENCE, "-o", str(wav)], check=True)
         raw = wav.read_bytes()
     rate = int.from_bytes(raw[24:28], "little")
     pcm = np.frombuffer(raw[44:], "<i2").astype(np.float32)
@@ -221,9 +231,9 @@ def _p95(values: list[float]) -> float:
 
 
 async def words(server: Server, sessions: list[int], seconds: int,
-                speech: bool = True) -> list[dict[str, Any]]:
+                speech: bool = True, voice: str = VOICE) -> list[dict[str, Any]]:
     frames = {w: jpeg_url(w) for w in WORDS}
-    audio = speech_chunks() if speech else None
+    audio = speech_chunks(voice) if speech else None
     rows = []
     for n in sessions:
         scripts = [[WORDS[(k + 7 * s) % len(WORDS)] for k in range(seconds)] for s in range(n)]
@@ -311,36 +321,45 @@ def gate_us(n: int = 500) -> tuple[float, float]:
     return 1e6 * (t1 - t0) / n, 1e6 * (time.perf_counter() - t1) / n
 
 
+SEARCHES = (("kal", "accurate"), ("kal", "fast"), ("kal16", "accurate"), ("kal16", "fast"))
+"""The speech-search rows: the benchmark's voice (8 kHz ``kal``, 16 kHz ``kal16``) and the
+recognizer's search."""
+
+
 async def speech_search(sessions: list[int], seconds: int = 20) -> None:
     """Workload 1 with speech, the recognizer's ``accurate`` search (the default) against
-    ``fast``, one server each, in one run: does the cheaper search buy talking sessions?"""
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for search in ("accurate", "fast"):
+    ``fast``, with the 8 kHz voice and its 16 kHz twin, one server each, in one run: does the
+    cheaper search buy talking sessions, and what does the speech's band cost?"""
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for voice, search in SEARCHES:
         server = Server({"models": {"asr": {"engine": "pocketsphinx",
                                             "options": {"search": search}}}})
         try:
             await session(server.url, WORDS[:2], {w: jpeg_url(w) for w in WORDS[:2]}, None)
-            rows[search] = await words(server, sessions, seconds)
+            rows[voice, search] = await words(server, sessions, seconds, voice=voice)
         finally:
             server.stop()
-    lines = [f"| {search} | {r['sessions']} | {r['words_min']:.0%} | {r['lag_p95_s']:.2f} s | "
+    lines = [f"| {voice} | {search} | {r['sessions']} | {r['words_min']:.0%} | "
+             f"{r['lag_p95_s']:.2f} s | "
              f"{r['heard']} | {r['speech_lag_p95_s']:.1f} s | {r['server_cores']:.2f} | "
              f"{'yes' if r['words_min'] >= 0.95 and r['lag_p95_s'] <= 1.5 else 'no'} |"
-             for search, found in rows.items() for r in found]
+             for (voice, search), found in rows.items() for r in found]
     write_block("capacity-search", f"""<!-- bench:capacity-search -->
 ### Talking sessions: the recognizer's `search`
 
 Measured by `python -m benchmarks.capacity --speech-search` on {time.strftime('%Y-%m-%d')},
 {machine()}: workload 1 (a new word a second and looping speech, every default handler), the
 embedded default with `models.asr.options.search` `accurate` (the default) or `fast`, one
-server each, {seconds} s per row. A row passes when every session reads >= 95% of its words
+server each, {seconds} s per row. Voice: flite's `kal16` (16 kHz, full band as a microphone
+gives: what the capacity table uses) or `kal` (the same voice at 8 kHz, telephone band,
+upsampled to 24 kHz: what it used until 2026-12-05). A row passes when every session reads >= 95% of its words
 with lag p95 <= 1.5 s. Heard: utterances transcribed, all sessions together (looping speech
 offers about 3 a session, each session starting at its own point of the loop), each
 session waiting {SPEECH_WAIT_S} s after its stream for late
 ones; speech lag: an utterance's end to its transcript's first words (not scored).
 
-| search | sessions | words read (worst session) | lag p95 | heard | speech lag p95 | server cores | passes |
-|---|---|---|---|---|---|---|---|
+| voice | search | sessions | words read (worst session) | lag p95 | heard | speech lag p95 | server cores | passes |
+|---|---|---|---|---|---|---|---|---|
 """ + "\n".join(lines) + "\n<!-- /bench:capacity-search -->")
 
 

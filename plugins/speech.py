@@ -14,6 +14,8 @@ import contextlib
 import hashlib
 import multiprocessing
 import os
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
@@ -56,6 +58,8 @@ SEARCHES: dict[str, dict[str, Any]] = {"accurate": DECODER, "fast": {**DECODER, 
 recognizer CPU for 2-7 points of words on some voices (docs/performance.md)."""
 
 
+PARENT_CHECK_S = 1.0
+"""How often a worker looks whether its server is still there."""
 SHARED_DECODES = 32
 """Recent decodes kept (their words) for a second request of the same audio."""
 
@@ -65,6 +69,13 @@ class PocketSphinxOptions(Options):
     """``accurate``: ``DECODER``; ``fast``: a narrower word beam, less recognizer CPU at the
     cost of some words (``SEARCHES``). At the capacity benchmark's load it served no more
     sessions (docs/performance.md, "Talking sessions")."""
+    nice: int = Field(default=10, ge=0, le=19)
+    """How much lower the recognizer's processes run than the server (Unix ``nice``; 0: the
+    same): work that must keep pace with the stream (reading frames, the event loop) goes
+    first when the CPU is short, and the recognizer takes what is left, which on a machine
+    that is not overloaded is all it needs. Measured (benchmarks/capacity.py, 12 talking
+    sessions on 2 cores): 10 against 0, words read in time 67% -> 100%, transcript lag p95
+    10.1 -> 9.7 s."""
 
 
 class PocketSphinxEngine(Engine):
@@ -86,9 +97,9 @@ class PocketSphinxEngine(Engine):
     async def start(self) -> None:
         self._recent: OrderedDict[bytes, asyncio.Future[list[str]]] = OrderedDict()
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded server
-        search = SEARCHES[PocketSphinxOptions.of(self.config.options).search]
+        opts = PocketSphinxOptions.of(self.config.options)
         self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_configure,
-                                         initargs=(search,))
+                                         initargs=(SEARCHES[opts.search], opts.nice))
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._pool, _decode, b"")
                                for _ in range(self.workers)))  # every worker loads now
@@ -141,10 +152,24 @@ _decoder: Any = None
 _search: dict[str, Any] = DECODER
 
 
-def _configure(search: dict[str, Any]) -> None:
-    """In a worker process, first: the search settings its decoder is built with."""
+def _configure(search: dict[str, Any], nice: int = 0) -> None:
+    """In a worker process, first: the search settings its decoder is built with, its
+    priority, and a watch on the server that started it."""
     global _search
     _search = search
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
+    threading.Thread(target=_outlive_not, args=(os.getppid(),), daemon=True,
+                     name="parent-watch").start()
+
+
+def _outlive_not(parent: int) -> None:
+    """End this worker when its server is gone (killed, crashed): its siblings hold the
+    task queue's pipe open, so no end-of-file would ever tell it, and it would idle on with
+    its decoder (about 190 MB) for good."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 def _decoder_setting(name: str) -> Any:

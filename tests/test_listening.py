@@ -5,6 +5,10 @@ real pocketsphinx, real flite speech)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -123,18 +127,60 @@ def test_a_window_the_others_let_go_is_still_heard(said: np.ndarray) -> None:
 
 async def test_the_fast_search_narrows_the_word_beam_and_still_hears(said: np.ndarray) -> None:
     """``options.search: fast`` reaches the worker process's decoder (a word beam of 1e-20
-    instead of pocketsphinx's 7e-29), and the sentence is still heard."""
+    instead of pocketsphinx's 7e-29), and ``options.nice`` its priority; the sentence is
+    still heard."""
     import plugins.speech as speech
 
     engine = PocketSphinxEngine("asr", ModelConfig(engine="pocketsphinx", workers=1,
-                                                   options={"search": "fast"}))
+                                                   options={"search": "fast", "nice": 7}))
     await engine.start()
     try:
         beam = await asyncio.get_running_loop().run_in_executor(
             engine._pool, speech._decoder_setting, "wbeam")
+        nice = await asyncio.get_running_loop().run_in_executor(engine._pool, os.nice, 0)
         text = "".join([p.text async for p in engine.stream(ModelRequest(audio=said[:80000]))
                         if isinstance(p, TextDelta)])
     finally:
         await engine.close()
     assert beam == pytest.approx(1e-20)
+    assert nice == os.nice(0) + 7  # the worker runs below the server
     assert {"hello", "world", "test"} & set(text.lower().split())
+
+
+WORKERS_SCRIPT = """
+import asyncio
+from agent.config import ModelConfig
+from plugins.speech import PocketSphinxEngine
+
+async def main():
+    engine = PocketSphinxEngine("asr", ModelConfig(engine="pocketsphinx", workers=2))
+    await engine.start()
+    print(*engine._pool._processes, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_recognizers_workers_end_with_their_server() -> None:
+    """A server killed outright (SIGKILL, a crash) leaves no recognizer process behind."""
+    server = subprocess.Popen([sys.executable, "-c", WORKERS_SCRIPT], stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).parents[1])
+    assert server.stdout is not None
+    workers = [int(pid) for pid in server.stdout.readline().split()]
+    assert len(workers) == 2 and all(map(_running, workers))
+    server.kill()
+    server.wait()
+    server.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, workers))
