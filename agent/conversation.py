@@ -338,7 +338,8 @@ class Conversation:
                  f"{meta['window_end_ms']} ms" if "window_start_ms" in meta else
                  f"{handler.name}'s live response")
         run = self._launch(Response(self.sinks(), meta, defer=Overloaded, about=about),
-                           handler.respond(work), eager=False)
+                           handler.respond(work), eager=False,
+                           speak=None if handler.speaks_live else False)
         if run.task is not None:
             await run.task  # a cancelled worker cancels its response too
         if run.status == "failed":

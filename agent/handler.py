@@ -150,6 +150,9 @@ class Handler:
     feed_off_loop: ClassVar[bool] = False
     """Run ``feed`` (and ``hear``) on a worker thread (in order) when it does real work, such
     as a VAD."""
+    speaks_live: ClassVar[bool] = True
+    """Whether its live responses are spoken when the session answers in speech (the
+    ``speech`` handler's are the user's own words: never said back)."""
     hears_on_arrival: ClassVar[bool] = False
     """Give this handler the session's audio as it is received (``hear``), not only with each
     window, so that a handler that cuts utterances ends them as soon as their silence is

@@ -219,6 +219,7 @@ class SpeechHandler(Handler):
     default_model = "asr"
     feed_off_loop = True  # the VAD runs for every 32 ms of audio
     hears_on_arrival = True  # an utterance ends when its silence is heard
+    speaks_live = False  # what the user said is shown, not said back
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

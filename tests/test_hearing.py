@@ -209,13 +209,15 @@ async def test_the_speech_handler_and_the_transcriber_decode_an_utterance_once(
         tmp_path: Path) -> None:
     """A live session with the speech handler and server VAD transcription, both at their
     default settings: they cut the same utterance, and the recognizer decodes it once for
-    both (the speech handler's live response and the user's transcript say the same)."""
+    both (the speech handler's live response and the user's transcript say the same). The
+    session answers in speech (turn detection, no modalities), but the speech handler's live
+    response, the user's own words, comes as text: it is not said back."""
     runtime = Runtime.build(Config(), get_plugin_manager())
     with ServerThread(runtime) as address:
         client = await Client.connect(f"{address.ws}/v1/realtime?model=default")
         await client.send({"type": "session.update", "session": {
             "type": "realtime", "streamagent": {"handlers": ["speech"], "live": True},
-            "output_modalities": ["text"], "audio": {"input": {"transcription": {"model": "asr"},
+            "audio": {"input": {"transcription": {"model": "asr"},
                                 "turn_detection": {"type": "server_vad",
                                                    "create_response": False}}}}})
         await client.until("session.updated")
