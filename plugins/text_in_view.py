@@ -32,8 +32,10 @@ class RapidOCROptions(Options):
     det_limit_type: Literal["max", "min"] = "max"
     use_cls: bool = False
     """The text-direction classifier (only for upside-down text)."""
-    threads: int = Field(default=1, ge=1)
-    """onnxruntime threads per RapidOCR instance (one instance per worker thread)."""
+    threads: int = Field(default=1, ge=-1)
+    """onnxruntime threads per RapidOCR instance (one instance per worker thread); -1 or 0:
+    onnxruntime's own choice, every core (RapidOCR's stock setting, which the capacity
+    benchmark's baseline measures)."""
 
 
 class RapidOCREngine(ThreadedEngine):
