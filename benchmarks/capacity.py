@@ -352,7 +352,8 @@ Measured by `python -m benchmarks.capacity --speech-search` on {time.strftime('%
 embedded default with `models.asr.options.search` `accurate` (the default) or `fast`, one
 server each, {seconds} s per row. Voice: flite's `kal16` (16 kHz, full band as a microphone
 gives: what the capacity table uses) or `kal` (the same voice at 8 kHz, telephone band,
-upsampled to 24 kHz: what it used until 2026-12-05). A row passes when every session reads >= 95% of its words
+upsampled to 24 kHz: what it used until 2026-12-05). The recognizer runs at its default
+`nice` of 10. A row passes when every session reads >= 95% of its words
 with lag p95 <= 1.5 s. Heard: utterances transcribed, all sessions together (looping speech
 offers about 3 a session, each session starting at its own point of the loop), each
 session waiting {SPEECH_WAIT_S} s after its stream for late
