@@ -16,7 +16,7 @@ from agent.config import ProfileConfig
 from agent.engine import ModelRequest
 from agent.handler import Handler, Question, ResponseOptions, SessionOptions
 from agent.ids import new_id
-from agent.live import MAX_RECENT_FRAMES, feed_safely
+from agent.live import MAX_RECENT_FRAMES, Arrived, feed_safely, hear_safely
 from agent.media import AUDIO_RATE, Frame, Window
 from agent.parts import Part
 from agent.runtime import Runtime
@@ -53,7 +53,10 @@ def feed(handlers: list[Handler], profile: ProfileConfig, request: ModelRequest)
         last = window
         if window.frame is not None:
             recent.append(window.frame)
+        heard = Arrived(window.audio, window.end - window.audio.size / AUDIO_RATE)
         for handler in handlers:
+            if handler.hears_on_arrival and heard.audio.size:
+                hear_safely(handler, [heard])  # as a session's audio arrives: first
             feed_safely(handler, window)
     frames = tuple(recent)
     return Question(text=request.prompt, instructions=request.instructions,

@@ -173,6 +173,15 @@ class Utterance:
     silence: int = 0
     """Samples of silence at the end of ``audio`` (the wait that ended the utterance)."""
 
+    @classmethod
+    def joined(cls, done: list[Utterance]) -> Utterance:
+        """Utterances that ended together (in one window or one ``hear``) as one, none
+        dropped: a handler answers them in one response."""
+        if len(done) == 1:
+            return done[0]
+        return cls(done[0].start, done[-1].end, np.concatenate([u.audio for u in done]),
+                   done[-1].silence)
+
     @property
     def voiced(self) -> Audio:
         """``audio`` less its trailing silence past ``TAIL_S``: what a recognizer needs."""

@@ -246,9 +246,7 @@ class SpeechHandler(Handler):
         """The utterances that ended, as one (those that ended together are said together)."""
         if not done:
             return None
-        utt = done[0] if len(done) == 1 else Utterance(
-            done[0].start, done[-1].end, np.concatenate([u.audio for u in done]),
-            done[-1].silence)
+        utt = Utterance.joined(done)
         self.last_utterance, self.last_text = utt, None
         return utt
 

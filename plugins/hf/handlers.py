@@ -211,13 +211,15 @@ class ListenHandler(_LLMHandler):
     name = "listen"
     modality = "audio"
     feed_off_loop = True  # the VAD runs for every 32 ms of audio
+    hears_on_arrival = True  # an utterance ends when its silence is heard
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         chunk = self.ctx.options.get("chunk_s")
         self.chunk_s = float(chunk) if chunk else None
         self.segmenter = None if self.chunk_s else Segmenter(
-            min_silence_s=float(self.ctx.options.get("min_silence_s", 0.5)))
+            min_silence_s=float(self.ctx.options.get("min_silence_s", 0.5)),
+            stream=self.ctx.session_id)  # the session's one VAD pass
         self._buffer: list[np.ndarray] = []
         self._start: float | None = None
         self.last: Utterance | None = None
@@ -227,19 +229,25 @@ class ListenHandler(_LLMHandler):
     def default_prompt(self) -> str:
         return LISTEN
 
+    def hear(self, pieces: list[tuple[np.ndarray, float]]) -> Utterance | None:
+        if self.segmenter is None:  # fixed chunks: cut by the windows
+            return None
+        return self._ended([u for audio, t in pieces for u in self.segmenter.feed(audio, t)])
+
     def feed(self, window: Window) -> Utterance | None:
         if window.audio.size:
             self.recent.append(window.audio)
         t = window.end - window.audio.size / AUDIO_RATE
-        if self.segmenter is not None:
-            done = self.segmenter.feed(window.audio, t, final=window.final)
-        else:
-            done = self._chunks(window, t)
+        if self.segmenter is None:
+            return self._ended(self._chunks(window, t))
+        if window.final:  # the audio was heard as it came; the stream's end ends it
+            return self._ended(self.segmenter.feed(window.audio[:0], window.end, final=True))
+        return None
+
+    def _ended(self, done: list[Utterance]) -> Utterance | None:
         if not done:
             return None
-        # several utterances ending in one window are one response, none dropped
-        self.last = done[0] if len(done) == 1 else Utterance(
-            done[0].start, done[-1].end, np.concatenate([u.audio for u in done]))
+        self.last = Utterance.joined(done)
         return self.last
 
     def clear_audio(self) -> None:
