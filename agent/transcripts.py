@@ -30,6 +30,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from agent.ids import new_id
 from agent.media import AUDIO_RATE
 from agent.parts import text_only
 from agent.pool import Pool
-from agent.vad import Segmenter
+from agent.vad import Segmenter, Utterance
 
 log = logging.getLogger(__name__)
 MAX_UTTERANCE_S = 30.0
@@ -213,30 +214,28 @@ class Transcriber:
                 if isinstance(item, str):
                     start, end, audio = self._take()
                     await self._ended(Heard(item, start, end), audio, vad=False)
-                else:
-                    await self._segment([(np.zeros(0, np.float32), item)], final=True)
+                elif self.segmenter is not None:  # an end (put only with server VAD)
+                    await self._segment(self.segmenter.finish, item)
             await self._heard(pieces)
 
     async def _heard(self, pieces: list[tuple[np.ndarray, float]]) -> None:
         if not pieces:
             return
         if self.segmenter is not None:
-            await self._segment(pieces)
+            await self._segment(self.segmenter.hear, pieces)
         else:
             for audio, t in pieces:
                 self._keep(audio, t)
 
-    async def _segment(self, pieces: list[tuple[np.ndarray, float]], final: bool = False,
-                       ) -> None:
-        segmenter = self.segmenter
-        assert segmenter is not None
-        done = await asyncio.to_thread(
-            lambda: [u for audio, t in pieces for u in segmenter.feed(audio, t, final)])
-        for utt in done:
+    async def _segment(self, step: Callable[[Any], list[Utterance]], arg: Any) -> None:
+        """``step(arg)`` of the segmenter (``hear`` or ``finish``) off the loop; tell the
+        utterances it ended, and the start of the one under way."""
+        assert self.segmenter is not None
+        for utt in await asyncio.to_thread(step, arg):
             item_id = await self._started(utt.start)
             self._speaking = None
             await self._ended(Heard(item_id, utt.start, utt.end), utt.voiced, vad=True)
-        if (since := segmenter.speaking_since) is not None:
+        if (since := self.segmenter.speaking_since) is not None:
             await self._started(since)
 
     async def _started(self, start: float) -> str:

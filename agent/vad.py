@@ -252,6 +252,16 @@ class Segmenter:
             done.append(self._end(self._t))
         return done
 
+    def hear(self, pieces: list[tuple[Audio, float]]) -> list[Utterance]:
+        """``feed`` each piece (samples, media time of the first) in order; the utterances
+        they ended."""
+        return [u for audio, t in pieces for u in self.feed(audio, t)]
+
+    def finish(self, t: float) -> list[Utterance]:
+        """The audio so far is all there is (a commit, the stream's end): the utterance under
+        way, if any, ends at media time ``t``."""
+        return self.feed(np.zeros(0, np.float32), t, final=True)
+
     def _chunks(self, track: VoiceTrack, audio: Audio) -> list[Utterance]:
         buf = np.concatenate([self._rest, audio]) if self._rest.size else audio
         skip = -self._at % CHUNK  # a stretch may start mid-chunk: its first part is not heard

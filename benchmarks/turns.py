@@ -85,9 +85,17 @@ async def rounds(url: str, turn: dict[str, Any], n: int) -> dict[str, list[float
                                       "audio": base64.b64encode(pcm[i:i + step]).decode()}))
         await asyncio.sleep(5)
         listener.cancel()
-    # each event goes with the first round it can belong to (none is early)
+    length = one.size / RATE
+
     def lags(times: list[float], marks: list[float]) -> list[float]:
-        return [t - m for t, m in zip(sorted(times), marks, strict=False) if t >= m]
+        """Each round's first event within a round's length of its mark: a round with none
+        is left out, and shifts no other."""
+        out = []
+        for mark in marks:
+            after = [t for t in times if mark <= t < mark + length]
+            if after:
+                out.append(min(after) - mark)
+        return out
 
     return {"started": lags(seen["started"], starts), "stopped": lags(seen["stopped"], ends),
             "transcript": lags(seen["transcript"], ends)}

@@ -234,13 +234,11 @@ class SpeechHandler(Handler):
         self.segmenter.reset()
 
     def hear(self, pieces: list[tuple[Audio, float]]) -> Utterance | None:
-        return self._ended([u for audio, t in pieces for u in self.segmenter.feed(audio, t)])
+        return self._ended(self.segmenter.hear(pieces))
 
     def feed(self, window: Window) -> Utterance | None:
         """Its audio was heard as it came (``hear``); the stream's end ends an utterance."""
-        if not window.final:
-            return None
-        return self._ended(self.segmenter.feed(window.audio[:0], window.end, final=True))
+        return self._ended(self.segmenter.finish(window.end)) if window.final else None
 
     def _ended(self, done: list[Utterance]) -> Utterance | None:
         """The utterances that ended, as one (those that ended together are said together)."""

@@ -232,7 +232,7 @@ class ListenHandler(_LLMHandler):
     def hear(self, pieces: list[tuple[np.ndarray, float]]) -> Utterance | None:
         if self.segmenter is None:  # fixed chunks: cut by the windows
             return None
-        return self._ended([u for audio, t in pieces for u in self.segmenter.feed(audio, t)])
+        return self._ended(self.segmenter.hear(pieces))
 
     def feed(self, window: Window) -> Utterance | None:
         if window.audio.size:
@@ -240,9 +240,8 @@ class ListenHandler(_LLMHandler):
         t = window.end - window.audio.size / AUDIO_RATE
         if self.segmenter is None:
             return self._ended(self._chunks(window, t))
-        if window.final:  # the audio was heard as it came; the stream's end ends it
-            return self._ended(self.segmenter.feed(window.audio[:0], window.end, final=True))
-        return None
+        # the audio was heard as it came (hear); the stream's end ends an utterance
+        return self._ended(self.segmenter.finish(window.end)) if window.final else None
 
     def _ended(self, done: list[Utterance]) -> Utterance | None:
         if not done:
