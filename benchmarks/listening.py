@@ -170,7 +170,8 @@ def table(res: dict[str, Any]) -> str:
     span = "{:.1f} ({:.1f}-{:.1f})".format
     lines = [f"Measured by `python -m benchmarks.listening` on {time.strftime('%Y-%m-%d')}, "
              f"{res['machine']}, {res['rounds']} rounds over {res['costs']['audio_s']:.0f} s of "
-             "the capacity benchmark's speech (4.5 s said, 2 s silent, looped). CPU ms per "
+             "the capacity benchmark's speech (flite `kal16`; 4.5 s said, 2 s silent, looped). "
+             "CPU ms per "
              "second of audio, min (min-max); per session, 1 ms/s is 0.001 cores.", "",
              "| stage | before | after |", "|---|---|---|"]
     for stage, b, a in (("event loop: JSON, base64, PCM16 to float", "loop", "loop"),
