@@ -196,9 +196,11 @@ class VoiceConfig(_Config):
     """A voice from a file (``voices.NAME``): a voice engine a plugin registers reads it."""
 
     engine: str
-    """The voice engine: ``piper`` (``pip install 'streamagent[piper]'``)."""
+    """The voice engine: ``piper`` (``pip install 'streamagent[piper]'``), or ``model``: a
+    model of this config that speaks itself (an omni checkpoint, docs/config.md)."""
     model: str
-    """The voice file (piper: a ``.onnx`` voice with its ``.onnx.json`` beside it)."""
+    """The voice file (piper: a ``.onnx`` voice with its ``.onnx.json`` beside it); for
+    engine ``model``, the model's name."""
     description: str = ""
     options: dict[str, Any] = {}
     """The engine's own (piper: ``speaker``, ``length_scale``, ``noise_scale``, ...)."""

@@ -30,7 +30,7 @@ from agent.runtime import Runtime
 from agent.server_tools import ServerTool, ToolContext, answer_with, check_names, choose
 from agent.timeline import Memory
 from agent.transcripts import Heard, Listener, Transcriber
-from agent.voice import Speech
+from agent.voice import Speech, speaker
 from agent.voice import speak as spoken
 from agent.watch_runner import Watches
 from agent.watches import Firing, check_calls, resolve
@@ -168,6 +168,7 @@ class Conversation:
         self.mcp_tools = mcp_tools
         set_hearing(self, change)
         self.speech = speech
+        self._set_options(speaker=speaker(self._speech(None)))  # live responses speak so
         if change.live is not None:
             self.media.live = change.live
         if change.memory is not None:

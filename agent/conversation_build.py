@@ -12,6 +12,7 @@ from agent.engine import Turn, check_tools
 from agent.errors import InvalidRequest
 from agent.handler import Question
 from agent.transcripts import DEFAULT_TRANSCRIBER, Heard, Transcriber
+from agent.voice import speaker
 
 if TYPE_CHECKING:
     from agent.conversation import Conversation
@@ -21,7 +22,8 @@ def build_question(conv: Conversation, ask: Ask) -> Question:
     """The question ``ask`` puts to ``conv``'s handlers; the pending text joins the history
     (unless ``ask`` brings its own context)."""
     frames = conv.media.latest_frames()
-    options = replace(conv.options.response, live=False)
+    options = replace(conv.options.response, live=False,
+                      speaker=speaker(conv._speech(ask.speak)))
     if ask.max_output_tokens is not None:
         options = replace(options, max_new_tokens=ask.max_output_tokens)
     if ask.tools is not None or ask.tool_choice is not None:

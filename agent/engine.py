@@ -145,6 +145,9 @@ class ModelRequest:
     output_schema: Mapping[str, Any] | None = None
     """A JSON schema the output must follow, enforced by the engine's constrained decoding
     (engines with ``constrains = True``); set by the pool for an enforced ``tool_choice``."""
+    voice: str = ""
+    """Speak the answer in the model's own voice, as this speaker (one of the engine's
+    ``voices``): its ``AudioChunk`` parts come before its text. ``""``: text only."""
 
 
 class Engine(abc.ABC):
@@ -169,6 +172,9 @@ class Engine(abc.ABC):
     """How the model writes a tool call in free text (``hermes``, ``llama3_json``,
     ``mistral``; see ``agent.toolcalls``), learned from its chat template when it loads;
     ``None``: the model was not trained to call tools (only an enforced choice works)."""
+    voices: frozenset[str] = frozenset()
+    """Speakers of the model's own speech (an omni checkpoint loaded with its talker): a
+    request naming one in ``voice`` is answered in speech as well."""
     calls_tools: ClassVar[bool] = False
     """Whether ``stream`` itself yields the model's calls as ``ToolCallDelta`` parts and
     enforces ``tool_choice`` (an upstream API that parses them: ``engine: openai``); the pool

@@ -66,6 +66,11 @@ class Family:
     load: Callable[..., Any] | None = None
     """transformers: ``load(source, **from_pretrained_kwargs) -> model``; default: the first
     of ``AutoModelForMultimodalLM``, ``AutoModelForImageTextToText``, ... that maps it."""
+    speech: Callable[..., Any] | None = None
+    """transformers: ``speech(source, **from_pretrained_kwargs) -> model``, the whole checkpoint
+    with its speech generator, for ``options.speech``. The model is one of transformers' omni
+    classes: its ``thinker`` writes text, its ``speaker_map`` names its voices, and
+    ``generate(..., speaker=S, return_audio=True)`` gives the text and the wave."""
     messages: Callable[[ModelRequest, Messages], Messages] | None = None
     """``messages(request, media_parts) -> chat``; default: ``agent.families.messages``."""
     processor_kwargs: Mapping[str, Any] = field(default_factory=dict)

@@ -40,13 +40,19 @@ class ResponseOptions:
     """The client's functions, offered to every model call of the response."""
     tool_choice: str = "auto"
     parallel_tool_calls: bool = True
+    speaker: tuple[str, str] | None = None
+    """``(model, speaker)``: calls to that model speak the answer themselves, as that speaker
+    (a session speaking in a model's own voice, ``agent.voice.ModelVoice``)."""
 
     @property
     def forces_call(self) -> bool:
         """Whether the answer must be a function call (``required`` or a function's name)."""
         return bool(self.tools) and self.tool_choice not in ("auto", "none")
 
-    def apply(self, request: ModelRequest) -> ModelRequest:
+    def apply(self, request: ModelRequest, model: str | None = None) -> ModelRequest:
+        """``request`` under these options, for a call to ``model``."""
+        if self.speaker is not None and self.speaker[0] == model:
+            request = replace(request, voice=self.speaker[1])
         if self.live:
             request = replace(request, live=True)
         if self.tools and not request.tools:
@@ -100,7 +106,8 @@ class HandlerContext:
         if self.model is None:
             raise RuntimeError("this handler has no model configured")
         chosen = options if options is not None else self.session.response
-        request = chosen.apply(replace(request, session=request.session or self.session_id))
+        request = chosen.apply(replace(request, session=request.session or self.session_id),
+                               self.model)
         return metrics.timed(self.model, self.pool.stream(self.model, request))
 
     def text(self, request: ModelRequest,

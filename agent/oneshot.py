@@ -23,16 +23,19 @@ from agent.runtime import Runtime
 from agent.sampler import Sampler
 
 
-async def profile_answer(runtime: Runtime, profile: ProfileConfig,
-                         request: ModelRequest) -> AsyncGenerator[Part, None]:
+async def profile_answer(runtime: Runtime, profile: ProfileConfig, request: ModelRequest,
+                         speaker: tuple[str, str] | None = None
+                         ) -> AsyncGenerator[Part, None]:
     """Stream the profile's answer to ``request`` (its text, media and conversation). Every
     model call made for it is capped at the request's ``max_new_tokens``, and their ``Usage``
-    parts come with the answer, as a realtime response's do."""
+    parts come with the answer, as a realtime response's do. ``speaker``: a model's own voice
+    (``ResponseOptions.speaker``)."""
     session_id = new_id("chat")
     cap = request.options.get("max_new_tokens")
     options = SessionOptions(ResponseOptions(
         max_new_tokens=None if cap is None else int(cap), tools=request.tools,
-        tool_choice=request.tool_choice, parallel_tool_calls=request.parallel_tool_calls))
+        tool_choice=request.tool_choice, parallel_tool_calls=request.parallel_tool_calls,
+        speaker=speaker))
     handlers = [runtime.make_handler(name, session_id, profile, options)
                 for name in runtime.default_handlers(profile)]
     question = await asyncio.to_thread(feed, handlers, profile, request)

@@ -12,7 +12,13 @@ from dataclasses import replace
 
 from agent import toolstream
 from agent.engine import Engine, ModelRequest
-from agent.errors import ConfigError, EngineError, StreamAgentError, UnknownModel
+from agent.errors import (
+    ConfigError,
+    EngineError,
+    InvalidRequest,
+    StreamAgentError,
+    UnknownModel,
+)
 from agent.parts import Part
 from agent.scheduler import Scheduler
 
@@ -112,7 +118,13 @@ async def guarded_stream(engine: Engine, request: ModelRequest) -> AsyncGenerato
     """The engine's stream, closed when the consumer stops; its failures as ``EngineError``.
     The request's functions: an enforced choice becomes the engine's output schema, and the
     model's calls become ``ToolCallDelta`` parts; a model that takes no tools (no tool format,
-    no constrained decoding: the embedded models) answers as without them."""
+    no constrained decoding: the embedded models) answers as without them. A ``voice`` the
+    model does not have is refused."""
+    if request.voice and request.voice not in engine.voices:
+        has = (", ".join(sorted(engine.voices)) if engine.voices else
+               "none (an omni checkpoint speaks with options.speech on the transformers engine)")
+        raise InvalidRequest(f"model {engine.name!r} has no voice {request.voice!r} of its "
+                             f"own; its voices: {has}", param="voice")
     if request.tools and engine.tool_format is None and not (engine.constrains or
                                                              engine.calls_tools):
         request = replace(request, tools=(), tool_choice="auto")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pluggy
 
-from agent.config import Config, MemoryConfig, ModelConfig, ProfileConfig
+from agent.config import Config, MemoryConfig, ModelConfig, ProfileConfig, VoiceConfig
 from agent.direct import model_profile
 from agent.engine import Engine
 from agent.errors import ConfigError, InvalidRequest, UnknownModel
@@ -13,7 +15,7 @@ from agent.handler import Handler, HandlerContext, SessionOptions
 from agent.options import check_options
 from agent.plugins import Registry, collect
 from agent.pool import LocalPool, Pool
-from agent.voice import Speech, Voice, pick_voice
+from agent.voice import ModelVoice, Speech, Voice, pick_voice
 
 
 class Runtime:
@@ -184,15 +186,38 @@ class Runtime:
 
 
 def add_voices(registry: Registry, config: Config) -> None:
-    """The config's ``voices``, each read by the voice engine it names, into ``registry``."""
+    """The config's ``voices``, each read by the voice engine it names, into ``registry``.
+    Engine ``model`` is built in: a model of the config that speaks itself
+    (``agent.voice.ModelVoice``); what other models say is said by the default voice."""
+    engines = {"model": _model_voice({*registry.models, *config.models}),
+               **registry.voice_engines}
     for name, voice in config.voices.items():
-        if voice.engine not in registry.voice_engines:
+        if voice.engine not in engines:
             raise ConfigError(f"voices.{name}.engine is {voice.engine!r}; voice engines: "
-                              f"{sorted(registry.voice_engines) or 'none installed'}")
-        made = registry.voice_engines[voice.engine](name, voice)
+                              f"{sorted(engines)}")
+        made = engines[voice.engine](name, voice)
         if registry.voices.get(name, made) is not made:
             raise ConfigError(f"voices.{name}: a plugin already has a voice named {name!r}")
         registry.voices[name] = made
+    others = {n: v for n, v in registry.voices.items() if not isinstance(v, ModelVoice)}
+    fallback = others.get(config.server.voice or "") or (others[min(others)] if others else None)
+    for made in registry.voices.values():
+        if isinstance(made, ModelVoice):
+            made.fallback = fallback
+
+
+def _model_voice(models: set[str]) -> Callable[[str, VoiceConfig], Voice]:
+    def make(name: str, voice: VoiceConfig) -> Voice:
+        speaker = voice.options.get("speaker")
+        if set(voice.options) != {"speaker"} or not isinstance(speaker, str) or not speaker:
+            raise ConfigError(f"voices.{name}.options: a model's voice takes one option, "
+                              "speaker (the name of one of the model's speakers, e.g. Ethan)")
+        if voice.model not in models:
+            raise ConfigError(f"voices.{name}.model is {voice.model!r}: name a model "
+                              f"({', '.join(sorted(models)) or 'none'})")
+        return ModelVoice(name, voice.model, speaker, voice.description)
+
+    return make
 
 
 def with_model_profiles(config: Config) -> Config:

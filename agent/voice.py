@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import soxr
 
-from agent.errors import InvalidRequest
+from agent.errors import EngineError, InvalidRequest
 from agent.parts import AudioChunk, Part, TextDelta, as_part
 
 OUTPUT_RATE = 24000
@@ -56,6 +56,33 @@ class Voice:
         """``text`` spoken: 16-bit mono PCM at the voice's own rate, with ``text`` as its
         transcript. ``speed``: 0.25 to 1.5 (1 is the voice's own pace)."""
         raise NotImplementedError
+
+
+class ModelVoice(Voice):
+    """A model's own voice (``voices.NAME: {engine: model, model: M, options: {speaker: S}}``):
+    answers of model ``M`` come spoken by the model itself, as its speaker ``S`` (an omni
+    checkpoint with its talker, ``options.speech`` on the transformers engine). What another
+    model says (another handler's answer) is said by ``fallback``, the server's default voice
+    among the others."""
+
+    def __init__(self, name: str, model: str, speaker: str, description: str = "") -> None:
+        self.name = name
+        self.model = model
+        self.speaker = speaker
+        self.description = description or f"model {model}'s own voice, speaker {speaker}"
+        self.fallback: Voice | None = None
+
+    def synthesize(self, text: str, speed: float = 1.0) -> AudioChunk:
+        if self.fallback is None:
+            raise EngineError(f"voice {self.name!r} speaks only model {self.model!r}'s "
+                              "answers, and no other voice is installed to say the rest")
+        return self.fallback.synthesize(text, speed)
+
+
+def speaker(speech: Speech | None) -> tuple[str, str] | None:
+    """``(model, speaker)`` when ``speech`` is a model's own voice (``ResponseOptions.speaker``)."""
+    voice = speech.voice if speech is not None else None
+    return (voice.model, voice.speaker) if isinstance(voice, ModelVoice) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ def test_a_voice_file_is_checked_at_start_up(voice_file: Path, tmp_path: Path) -
     with pytest.raises(ConfigError, match="lonely.onnx.json, the voice's config, is missing"):
         runtime({"amy": VoiceConfig(engine="piper", model=str(lonely))})
     with pytest.raises(ConfigError, match="voices.amy.engine is 'coqui'; voice engines: "
-                                          r"\['piper'\]"):
+                                          r"\['model', 'piper'\]"):
         runtime({"amy": VoiceConfig(engine="coqui", model=str(voice_file))})
     with pytest.raises(ConfigError, match="voices.amy.options: unknown option 'speed'"):
         runtime({"amy": VoiceConfig(engine="piper", model=str(voice_file),

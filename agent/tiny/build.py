@@ -143,38 +143,6 @@ def _hub_layout(path: Path, old: str, new: str) -> None:
               metadata={"format": "pt"})
 
 
-def qwen2_5_omni(out: Path) -> None:
-    from transformers import (
-        Qwen2_5OmniProcessor,
-        Qwen2_5OmniThinkerConfig,
-        Qwen2_5OmniThinkerForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-        WhisperFeatureExtractor,
-    )
-
-    vision_tokens = dict(image_token="<|IMAGE|>", video_token="<|VIDEO|>",
-                         vision_bos_token="<|vision_bos|>", vision_eos_token="<|vision_eos|>")
-    tok = tokenizer(**_audio_tokens(), **vision_tokens)
-    i = ids(tok)
-    vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2,
-                  out_hidden_size=128, fullatt_block_indexes=[1], window_size=112,
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-    config = Qwen2_5OmniThinkerConfig(  # type: ignore[call-arg]
-        audio_config=dict(AUDIO, output_dim=128, n_window=100), vision_config=vision,
-        text_config=_text(tok, mrope=True), audio_token_index=i["<|AUDIO|>"],
-        image_token_index=i["<|IMAGE|>"], video_token_index=i["<|VIDEO|>"],
-        audio_start_token_id=i["<|audio_bos|>"], audio_end_token_id=i["<|audio_eos|>"],
-        vision_start_token_id=i["<|vision_bos|>"], vision_end_token_id=i["<|vision_eos|>"],
-        user_token_id=i["<|im_start|>"])
-    processor = Qwen2_5OmniProcessor(
-        image_processor=Qwen2VLImageProcessor(size=IMAGE_SIZE),
-        video_processor=Qwen2VLVideoProcessor(size=IMAGE_SIZE),
-        feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok,
-        chat_template=templates.QWEN2_5_OMNI)
-    _save(Qwen2_5OmniThinkerForConditionalGeneration(config), processor, tok, out)
-
-
 def minicpm_v(out: Path) -> None:
     _minicpm26().minicpm(out, audio=False)
 
@@ -192,7 +160,7 @@ FAMILIES: dict[str, Callable[[Path], None]] = {
     "minicpm-v": minicpm_v,
     "minicpm-o": minicpm_o,
     "qwen2-audio": qwen2_audio,
-    "qwen2.5-omni": qwen2_5_omni,
+    "qwen2.5-omni": lambda out: _omni().qwen2_5_omni(out),
     "qwen2-vl": qwen2_vl,
     "qwen2.5-vl": qwen2_5_vl,
     "blip-2": lambda out: _captioners().blip2(out),
@@ -217,6 +185,12 @@ def _current() -> Any:
     from agent.tiny import current
 
     return current
+
+
+def _omni() -> Any:
+    from agent.tiny import omni
+
+    return omni
 
 
 def _minicpm26() -> Any:

@@ -17,12 +17,12 @@ from pydantic import Field
 from agent import (
     ChatCall,
     ConfigError,
-    EngineError,
     Family,
     InvalidRequest,
     ModelConfig,
     ModelRequest,
     Options,
+    Part,
     Prompter,
     ThreadedEngine,
     Usage,
@@ -35,11 +35,13 @@ from agent import (
     learn_modalities,
     requested_adapter,
 )
+from plugins.hf.constrain import schema_processor
 from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_args
 from plugins.hf.kv_reuse import Reuse, SessionCaches
 from plugins.hf.partial_inputs import partial_inputs
 from plugins.hf.quantize import load_kwargs
 from plugins.hf.streaming import counting_streamer, cut
+from plugins.hf.talker import Talker
 
 log = logging.getLogger(__name__)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -55,6 +57,8 @@ class TransformersOptions(Options):
     default_lora: str | None = None
     quantization: Literal["nf4", "fp4", "int8"] | None = None
     session_cache_mb: int = Field(default=512, ge=0)
+    speech: bool = False
+    speech_max_s: float = Field(default=60.0, gt=0)
 
 
 class TransformersEngine(ThreadedEngine):
@@ -65,6 +69,10 @@ class TransformersEngine(ThreadedEngine):
     adapter one at a time (the model holds one active adapter).
 
     ``quantization``: ``nf4``, ``fp4`` or ``int8`` (bitsandbytes, plugins/hf/quantize.py).
+
+    ``speech``: load an omni checkpoint whole, its talker too, so that it speaks itself
+    (plugins/hf/talker.py): its speakers are the engine's ``voices``, and a spoken answer is
+    at most ``speech_max_s`` seconds long (default 60).
 
     ``session_cache_mb``: a session's KV cache is kept between its calls, and a prompt that
     extends the last one computes only what is new (plugins/hf/kv_reuse.py), within this many
@@ -96,6 +104,8 @@ class TransformersEngine(ThreadedEngine):
         self.active = 0
         self._grammars: Any = None  # xgrammar's compiler for this tokenizer, built on first use
         self.caches = SessionCaches(opts.session_cache_mb * 2**20)
+        self.speech, self.speech_max_s = opts.speech, opts.speech_max_s
+        self.talker: Talker | None = None
 
     def load(self) -> None:
         import torch
@@ -112,7 +122,10 @@ class TransformersEngine(ThreadedEngine):
         if cfg.device_map is not None:
             kwargs["device_map"] = cfg.device_map
         log.info("loading %s (%s) from %s", self.name, self.family.name, source)
-        if self.family.load is not None:
+        if self.speech:
+            self.talker = Talker(self.name, self.family, source, kwargs)
+            self.model, self.voices = self.talker.thinker, self.talker.voices
+        elif self.family.load is not None:
             self.model = self.family.load(source, **kwargs)
         else:
             self.model = auto_load(source, checkpoint, remote, kwargs)
@@ -173,7 +186,7 @@ class TransformersEngine(ThreadedEngine):
             yield
 
     def generate(self, request: ModelRequest,
-                 cancelled: threading.Event) -> Iterator[str | Usage]:
+                 cancelled: threading.Event) -> Iterator[str | Part]:
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         class Cancelled(StoppingCriteria):
@@ -192,7 +205,11 @@ class TransformersEngine(ThreadedEngine):
         self.active += 1
         try:
             with self._using(adapter):
-                if self.family.chat is not None:
+                if request.voice and self.talker is not None and not (
+                        request.tools or request.output_schema):
+                    yield from self.talker.say(self, request, options, cancelled,
+                                               self.speech_max_s)
+                elif self.family.chat is not None:
                     yield from self._chat(request, options, cancelled)
                 else:
                     yield from self._generate(request, options, cancelled)
@@ -299,14 +316,10 @@ class TransformersEngine(ThreadedEngine):
         """``request``'s processor inputs on the model's device, and how its call reuses its
         session's cache (``None``: computed afresh, from ``inputs``). The pictures that cache
         holds are not prepared again (plugins/hf/partial_inputs.py)."""
-        text, kwargs = processor_args(self.processor, request, self.family,
-                                      self.modalities or frozenset(), self.max_pixels,
-                                      self.prompter)
+        text, kwargs = self._processor_args(request)
 
         def full() -> Any:
-            out = self.processor(text=[text], return_tensors="pt", **kwargs,
-                                 **self.family.processor_kwargs)
-            return out.to(self.model.device).to(self.model.dtype)
+            return self.full_inputs(request, (text, kwargs))
 
         grids = self.caches.known(self.model, request, kwargs)
         inputs = None if grids is None else partial_inputs(
@@ -316,6 +329,18 @@ class TransformersEngine(ThreadedEngine):
         reuse = self.caches.prepare(self.model, request, inputs, self.adapter(request), options,
                                     known, full)
         return (full() if reuse is None and known else inputs), reuse
+
+    def _processor_args(self, request: ModelRequest) -> tuple[str, dict[str, Any]]:
+        return processor_args(self.processor, request, self.family,
+                              self.modalities or frozenset(), self.max_pixels, self.prompter)
+
+    def full_inputs(self, request: ModelRequest,
+                    args: tuple[str, dict[str, Any]] | None = None) -> Any:
+        """``request``'s processor inputs, every picture prepared, on the model's device."""
+        text, kwargs = args or self._processor_args(request)
+        out = self.processor(text=[text], return_tensors="pt", **kwargs,
+                             **self.family.processor_kwargs)
+        return out.to(self.model.device).to(self.model.dtype)
 
     def _pieces(self, inputs: Any, options: dict[str, Any], cancelled: threading.Event,
                 reuse: Reuse | None = None) -> Generator[str, None, None]:
@@ -365,32 +390,3 @@ def _usage(prompt: int | None, generated: int, limit: int, ended: str | None,
     cache (``None``: no cache for this call)."""
     return Usage(prompt_tokens=prompt, completion_tokens=generated, cached_tokens=cached,
                  finish_reason=ended or ("length" if generated >= limit else "stop"))
-
-
-def schema_processor(compiled: Any) -> Any:
-    """A logits processor that lets through only the tokens ``compiled`` (an xgrammar grammar)
-    allows next: the output follows the schema, and an end-of-sequence token is allowed only
-    once the JSON value is complete. One per ``generate()`` call, one sequence."""
-    import xgrammar as xgr
-    from transformers import LogitsProcessor
-
-    class Schema(LogitsProcessor):
-        def __init__(self) -> None:
-            self.matcher = xgr.GrammarMatcher(compiled)
-            self.bitmask = xgr.allocate_token_bitmask(1, compiled.tokenizer_info.vocab_size)
-            self.started = False
-
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
-            if self.started:  # the token chosen at the last step
-                token = int(input_ids[0, -1])
-                if not self.matcher.accept_token(token):
-                    raise EngineError(f"token {token} breaks the output schema")
-            self.started = True
-            self.matcher.fill_next_token_bitmask(self.bitmask)
-            on = scores.device.type  # xgrammar's own kernels on CPU and CUDA
-            xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device),
-                                            backend="auto" if on in ("cpu", "cuda")
-                                            else "torch_native")
-            return scores
-
-    return Schema()

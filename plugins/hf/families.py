@@ -4,7 +4,8 @@ the ``register_families`` hook exactly as a third-party family does.
 Qwen2-VL, Qwen2.5-VL, Qwen2-Audio, MiniCPM-V 4.x, LLaVA-OneVision and their peers need
 nothing: the generic path serves them. These families exist for what it cannot know:
 - Qwen2.5-Omni / Qwen3-Omni: a full checkpoint also holds a speech generator (the talker); text
-  output needs only the thinker, so load that alone.
+  output needs only the thinker, so load that alone. Qwen2.5-Omni speaks with its talker when
+  a model sets ``options.speech`` (plugins/hf/talker.py).
 - MiniCPM-V 2.6 / MiniCPM-o 2.6: remote code written for transformers 4.x with its own
   ``chat()`` API; plugins/hf/minicpm.py loads it on 5.x and drives that API. On vLLM, their
   placeholders in the prompt (plugins/hf/minicpm_prompts.py).
@@ -40,6 +41,18 @@ def _thinker(full_type: str, full_class: str, thinker_class: str) -> Any:
     return load
 
 
+def _whole(full_class: str) -> Any:
+    """A loader of the whole Omni checkpoint, its talker and speakers too (speech out)."""
+
+    def load(source: str, **kwargs: Any) -> Any:
+        import transformers
+
+        return getattr(transformers, full_class).from_pretrained(
+            source, enable_audio_output=True, **kwargs)
+
+    return load
+
+
 FAMILIES = [
     # Names kept for configs written before the generic path: they are the generic path.
     Family("qwen2-vl"),
@@ -51,7 +64,8 @@ FAMILIES = [
            processor_kwargs={"cap_pixels_per_frame": True}),
     Family("qwen2.5-omni", model_types=("qwen2_5_omni",),
            load=_thinker("qwen2_5_omni", "Qwen2_5OmniForConditionalGeneration",
-                         "Qwen2_5OmniThinkerForConditionalGeneration")),
+                         "Qwen2_5OmniThinkerForConditionalGeneration"),
+           speech=_whole("Qwen2_5OmniForConditionalGeneration")),
     Family("qwen3-omni", model_types=("qwen3_omni_moe",),
            load=_thinker("qwen3_omni_moe", "Qwen3OmniMoeForConditionalGeneration",
                          "Qwen3OmniMoeThinkerForConditionalGeneration")),

@@ -23,12 +23,13 @@ from agent import oneshot
 from agent.audio import wav_bytes
 from agent.engine import ModelRequest
 from agent.errors import InvalidRequest, StreamAgentError, UnknownModel
+from agent.handler import ResponseOptions
 from agent.ids import new_id
 from agent.parts import AudioChunk, Part, TextDelta, ToolCallDelta, Usage, total_usage
 from agent.protocols.chat.request import Builder, ChatRequest, explain
 from agent.protocols.common import check_containers
 from agent.runtime import Runtime
-from agent.voice import Speech, speak
+from agent.voice import Speech, speak, speaker
 
 
 def error(status: int, message: str, type_: str = "invalid_request_error",
@@ -141,13 +142,15 @@ class ChatAPI:
                                  f"use {' or '.join(formats)}", param="audio.format")
         return Speech(self.runtime.voice(chat.audio.voice_name()), on=True)
 
-    def _answer(self, name: str, req: ModelRequest) -> AsyncGenerator[Part, None]:
+    def _answer(self, name: str, req: ModelRequest,
+                speech: Speech | None) -> AsyncGenerator[Part, None]:
         """The same rule as every protocol: a profile answers through its handlers, a model
-        name is that model."""
+        name is that model (which speaks itself when ``speech`` is its own voice)."""
         profiles = self.runtime.config.profiles
         if name in profiles:
-            return oneshot.profile_answer(self.runtime, profiles[name], req)
-        return self.runtime.pool.stream(name, req)
+            return oneshot.profile_answer(self.runtime, profiles[name], req, speaker(speech))
+        options = ResponseOptions(speaker=speaker(speech))
+        return self.runtime.pool.stream(name, options.apply(req, name))
 
     async def _deltas(self, chat: ChatRequest, req: ModelRequest, ended: _Cut,
                       speech: Speech | None = None,
@@ -158,7 +161,7 @@ class ChatAPI:
         stops = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or [])
         hold = max((len(s) for s in stops), default=1) - 1
         pending = ""
-        answer = self._answer(chat.model, req)
+        answer = self._answer(chat.model, req, speech)
         if speech is not None:  # speak's stream is an async generator: it closes
             answer = cast(AsyncGenerator[Part, None], speak(answer, speech))
         async with contextlib.aclosing(answer) as stream:
