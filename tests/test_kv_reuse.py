@@ -25,7 +25,7 @@ from agent.tiny import build
 from plugins.hf.engine import TransformersEngine
 from plugins.hf.inputs import processor_args, processor_inputs
 from plugins.hf.kv_reuse import Reuse, SessionCaches
-from plugins.hf.partial_inputs import partial_inputs
+from plugins.hf.partial_inputs import Pieces, partial_inputs
 from plugins.hf.positions import full_positions, prefix_positions
 
 pytestmark = pytest.mark.slow
@@ -143,6 +143,33 @@ def test_only_the_pictures_past_the_cache_are_prepared(engine: TransformersEngin
     _, _, reuse = run(engine, caches, timeline(FRAMES[:4]))
     assert torch.equal(reuse.inputs["image_grid_thw"], grid[3:4])  # the fourth frame alone
     assert reuse.inputs["pixel_values"].shape[0] == int(grid[3].prod())
+
+
+def test_a_prompt_is_tokenized_piece_by_piece(engine: TransformersEngine) -> None:
+    """A growing timeline's ids, message by message with the messages seen before
+    remembered, are the processor's own for the whole; past the first call, each call
+    tokenizes the same few new messages, however long the timeline."""
+    batches: list[list[str]] = []
+
+    def tokenizer(texts: list[str], **kwargs: Any) -> Any:
+        batches.append(list(texts))
+        return engine.tokenizer(texts, **kwargs)
+
+    pieces, new, held = Pieces(tokenizer), [], []
+    for seconds in range(1, len(FRAMES) + 1):
+        text, kwargs = processor_args(engine.processor, timeline(FRAMES[:seconds]),
+                                      engine.family, engine.modalities or frozenset(),
+                                      engine.max_pixels, engine.prompter)
+        full = engine.processor(text=[text], return_tensors="pt", **kwargs)
+        batches.clear()
+        part = partial_inputs(engine.processor, text, kwargs, {},
+                              full["image_grid_thw"][:seconds], pieces)
+        for name in ("input_ids", "attention_mask", "mm_token_type_ids"):
+            assert torch.equal(part[name], full[name]), name
+        new.append(len(batches[0]))
+        held.append(text.count(pieces.marker))
+    assert pieces.checked and len(set(new[1:])) == 1, new
+    assert new[-1] < held[-1] // 2, (new, held)
 
 
 def test_a_frame_that_differs_is_computed_again(engine: TransformersEngine) -> None:

@@ -38,7 +38,7 @@ from agent import (
 from plugins.hf.constrain import schema_processor
 from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_args
 from plugins.hf.kv_reuse import Reuse, SessionCaches
-from plugins.hf.partial_inputs import partial_inputs
+from plugins.hf.partial_inputs import Pieces, partial_inputs
 from plugins.hf.quantize import load_kwargs
 from plugins.hf.streaming import counting_streamer, cut
 from plugins.hf.talker import Talker
@@ -146,6 +146,7 @@ class TransformersEngine(ThreadedEngine):
             self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
             self.modalities = self.family.modalities or learn_modalities(self.processor)
             self.prompter = Prompter(self.processor, self.family, self.modalities)
+            self.token_pieces = Pieces(self.tokenizer)
             self.converses = self.prompter.converses
             self.tool_format = detect_format(getattr(self.processor, "chat_template", None)
                                              or getattr(self.tokenizer, "chat_template", None))
@@ -323,7 +324,7 @@ class TransformersEngine(ThreadedEngine):
 
         grids = self.caches.known(self.model, request, kwargs)
         inputs = None if grids is None else partial_inputs(
-            self.processor, text, kwargs, self.family.processor_kwargs, grids)
+            self.processor, text, kwargs, self.family.processor_kwargs, grids, self.token_pieces)
         known = 0 if inputs is None else len(grids)
         inputs = full() if inputs is None else inputs.to(self.model.device).to(self.model.dtype)
         reuse = self.caches.prepare(self.model, request, inputs, self.adapter(request), options,
