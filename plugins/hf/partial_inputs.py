@@ -22,6 +22,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 TEXT_ONLY = frozenset({"images", "add_special_tokens"})
@@ -41,7 +43,7 @@ class Pieces:
     def __init__(self, tokenizer: Any, marker: str = "<|im_start|>",
                  max_pieces: int = 4096) -> None:
         self.tokenizer, self.marker, self.max_pieces = tokenizer, marker, max_pieces
-        self._ids: OrderedDict[str, list[int]] = OrderedDict()
+        self._ids: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.checked: bool | None = None
         """``None`` until the first use; then whether the pieces give the tokenizer's ids."""
@@ -50,6 +52,8 @@ class Pieces:
         """What ``tokenizer([text], **kwargs)`` gives (``input_ids`` and ``attention_mask``),
         as lists."""
         kwargs.pop("return_tensors", None)
+        if kwargs.get("return_token_type_ids") is False:
+            del kwargs["return_token_type_ids"]
         if self.checked is False or self.marker not in text or \
                 set(kwargs) - {"add_special_tokens", "padding"}:
             return dict(self.tokenizer([text], **kwargs))
@@ -57,28 +61,40 @@ class Pieces:
         if self.checked is None:
             whole = dict(self.tokenizer([text], **kwargs))
             self.checked = set(whole) == {"input_ids", "attention_mask"} and \
-                list(whole["input_ids"][0]) == ids
+                whole["input_ids"][0] == ids.tolist()
             if not self.checked:
                 log.info("the tokenizer does not cut at %s: prompts are tokenized whole",
                          self.marker)
                 return whole
-        return {"input_ids": [ids], "attention_mask": [[1] * len(ids)]}
+        return {"input_ids": ids[None], "attention_mask": np.ones_like(ids)[None]}
 
-    def _encode(self, text: str) -> list[int]:
+    def _encode(self, text: str) -> Any:
         head, *rest = text.split(self.marker)
         pieces = ([head] if head else []) + [self.marker + r for r in rest]
-        ids: list[int] = []
         with self._lock:
             new = [p for p in dict.fromkeys(pieces) if p not in self._ids]
             if new:
                 made = self.tokenizer(new, add_special_tokens=False)["input_ids"]
-                self._ids.update(zip(new, made, strict=True))
+                self._ids.update((p, np.array(i, dtype=np.int64))
+                                 for p, i in zip(new, made, strict=True))
+            ids = np.concatenate([self._ids[p] for p in pieces])
             for piece in pieces:
-                ids += self._ids[piece]
                 self._ids.move_to_end(piece)
             while len(self._ids) > max(self.max_pieces, len(pieces)):
                 self._ids.popitem(last=False)
         return ids
+
+
+def token_types(processor: Any, ids: Any) -> Any:
+    """``processor.create_mm_token_type_ids(ids)``, for ids as an array too (without its
+    round trips through Python lists)."""
+    if not isinstance(ids, np.ndarray):
+        return processor.create_mm_token_type_ids(ids)
+    types = np.zeros_like(ids)
+    for kind, tokens in enumerate((processor.image_token_ids, processor.video_token_ids,
+                                   processor.audio_token_ids), start=1):
+        types[np.isin(ids, tokens)] = kind
+    return types
 
 
 def partial_inputs(processor: Any, text: str, kwargs: Mapping[str, Any],
@@ -106,8 +122,12 @@ def partial_inputs(processor: Any, text: str, kwargs: Mapping[str, Any],
     if len(known) < len(images):
         data.update(processor.image_processor(images[len(known):], **merged["images_kwargs"]))
         grid = torch.cat([known.to(data["image_grid_thw"].dtype), data["image_grid_thw"]])
-    replacements = [processor.replace_image_token({"image_grid_thw": grid}, i)
-                    for i in range(len(images))]
+    said: dict[tuple[int, ...], str] = {}  # the processor's own placeholder, once a size
+    for row in grid.tolist():
+        if tuple(row) not in said:
+            said[tuple(row)] = processor.replace_image_token({"image_grid_thw": [
+                torch.tensor(row)]}, 0)
+    replacements = [said[tuple(row)] for row in grid.tolist()]
     expanded, _ = processor.get_text_with_replacements([text], replacements)
     text_kwargs = dict(merged["text_kwargs"])
     types = text_kwargs.pop("return_mm_token_type_ids", False)
@@ -116,6 +136,6 @@ def partial_inputs(processor: Any, text: str, kwargs: Mapping[str, Any],
         pieces(expanded[0], **text_kwargs)
     data.update(tokens, image_grid_thw=grid)
     if types:
-        data["mm_token_type_ids"] = processor.create_mm_token_type_ids(tokens["input_ids"])
+        data["mm_token_type_ids"] = token_types(processor, tokens["input_ids"])
     unused = set(processor.unused_input_names)
     return BatchFeature({k: v for k, v in data.items() if k not in unused}, tensor_type="pt")
