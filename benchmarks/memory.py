@@ -223,12 +223,13 @@ from the window's close to its first text delta.
 Latency on this shared 2-core machine varies by up to 2x between runs of the same work
 (compare the memory-off rows, whose work is constant): the computed tokens are the stable
 measure. Where the memory-off rows hold flat, the growth of the memory-on latency is real. On
-a tiny model it is work that grows with the prompt's length, not its computed tokens: on
-transformers, rendering the template, tokenizing the whole prompt and numbering its 3D positions
-(the processor prepares only the new pictures' pixels, plugins/hf/partial_inputs.py), and
-`generate()` over a longer cache; on vLLM, its input path tokenizes the whole prompt and places
-each picture's tokens at each call (a profile at 100 frames: tokenizing about a quarter of it,
-placing pictures an eighth). Wall time per stream: {", ".join(walls)}.
+a tiny model it is work that grows with the prompt's length, not its computed tokens. On
+transformers our input preparation is nearly flat now (only the new pictures are prepared and
+only the new messages tokenized, plugins/hf/partial_inputs.py): what grows is `generate()` over
+a longer cache, its attention, the copy of the cache it appends to and of the keys it repeats
+for grouped heads, which a model of real size spends beside a prefill the cache keeps flat. On vLLM, its input path tokenizes the
+whole prompt and places each picture's tokens at each call (a profile at 100 frames: tokenizing
+about a quarter of it, placing pictures an eighth). Wall time per stream: {", ".join(walls)}.
 <!-- /bench:memory -->"""
 
 
