@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 AUDIO_CHUNK_S = 0.1
 REORDER_S = 0.5
 SEND_RATE = 16000
+EXPECT_QUIET_S = 1.0
+"""With ``expect``: how long nothing more may come once the responses expected have."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +149,13 @@ async def stream_file(
     idle_s: float = 3.0,
     on_reply: Callable[[Reply], None] = lambda r: None,
     watches: list[dict[str, Any]] | None = None,
+    expect: int | None = None,
 ) -> tuple[list[Reply], StreamStats]:
     """Stream ``path`` in live mode; return every response, in the order they finished.
-    ``watches``: the session's ``streamagent.watches`` (their firings are responses too)."""
+    ``watches``: the session's ``streamagent.watches`` (their firings are responses too).
+    After the media, wait until nothing has come for ``idle_s``; with ``expect``, until that
+    many responses have finished and nothing more came for ``EXPECT_QUIET_S`` (or, at most,
+    nothing for ``idle_s``)."""
     stats, replies = StreamStats(), []
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
@@ -191,7 +197,9 @@ async def stream_file(
             await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         state["last"] = time.monotonic()
         while state["open"] > 0 or time.monotonic() - state["last"] < idle_s:
-            if receiver.done():
+            if receiver.done() or (
+                    expect is not None and len(replies) >= expect and not state["open"]
+                    and time.monotonic() - state["last"] >= EXPECT_QUIET_S):
                 break
             await asyncio.sleep(0.05)
         receiver.cancel()

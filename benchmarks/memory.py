@@ -128,9 +128,12 @@ async def _receive(ws: Any, done: dict[int, asyncio.Future[dict[str, Any]]],
             done.setdefault(k, loop.create_future()).set_result(ev["response"])
 
 
-async def stream(url: str, seconds: int, memory: bool) -> Run:
-    """``seconds`` windows, each a new picture; every window's usage and first delta."""
-    frames = ["data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(f"W{i}")).decode()
+async def stream(url: str, seconds: int, memory: bool, size: tuple[int, int] = (320, 240)
+                 ) -> Run:
+    """``seconds`` windows, each a new picture of ``size``; every window's usage and first
+    delta."""
+    frames = ["data:image/jpeg;base64," +
+              base64.b64encode(jpeg_bytes(f"W{i}", size=size, font_size=size[1] // 5)).decode()
               for i in range(seconds + 1)]
     sent: dict[int, float] = {}
     first: dict[int, float] = {}
@@ -157,7 +160,8 @@ async def stream(url: str, seconds: int, memory: bool) -> Run:
     return run
 
 
-async def measure(engine: str, family: str, source: Path, seconds: int) -> dict[str, Run]:
+async def measure(engine: str, family: str, source: Path, seconds: int,
+                  size: tuple[int, int] = (320, 240), sample: int = SAMPLE) -> dict[str, Run]:
     config = Config(models={"m": model(engine, source)},  # every window is work: no gating
                     handlers={"describe": HandlerConfig(gating=GatingConfig(enabled=False))})
     runtime = Runtime.build(config, get_plugin_manager())
@@ -165,9 +169,9 @@ async def measure(engine: str, family: str, source: Path, seconds: int) -> dict[
     async with running(runtime) as address:
         for memory in (True, False):
             out["on" if memory else "off"] = run = await stream(address.realtime, seconds,
-                                                                memory)
+                                                                memory, size)
             print(engine, family, "memory", "on" if memory else "off",
-                  f"{run.wall_s:.0f} s", summary(run, seconds), flush=True)
+                  f"{run.wall_s:.0f} s", summary(run, seconds, sample), flush=True)
     return out
 
 
@@ -181,10 +185,10 @@ def at(run: Run, start: int, end: int) -> dict[str, float]:
     return {"prompt": prompt, "computed": computed, "hit": hits, "latency_ms": 1000 * latency}
 
 
-def summary(run: Run, seconds: int) -> dict[str, dict[str, float]]:
-    """Early (the ``SAMPLE`` windows around a fifth of the stream) and late (its last ones)."""
-    early = max(0, seconds // 5 - SAMPLE // 2)
-    return {"early": at(run, early, early + SAMPLE), "late": at(run, seconds - SAMPLE, seconds)}
+def summary(run: Run, seconds: int, sample: int = SAMPLE) -> dict[str, dict[str, float]]:
+    """Early (the ``sample`` windows around a fifth of the stream) and late (its last ones)."""
+    early = max(0, seconds // 5 - sample // 2)
+    return {"early": at(run, early, early + sample), "late": at(run, seconds - sample, seconds)}
 
 
 def row(engine: str, family: str, memory: str, s: dict[str, dict[str, float]]) -> str:
@@ -249,12 +253,49 @@ async def main(seconds: int, engines: list[str]) -> str:
     return section(rows, seconds, walls, statistics.median(growth))
 
 
-def write(block: str) -> None:
-    write_block("memory", block)
+async def real(name: str, seconds: int, sample: int = 5) -> str:
+    """The same stream on a full-size random-weight checkpoint (scripts/gpu_bench_models.py)
+    on this CPU, transformers, with small frames (112x84: 12 vision tokens each) so that a
+    window takes seconds: the compute of a real model beside the same growth of context."""
+    from scripts.gpu_bench_models import build as build_real
+
+    source = build_real(name, Path(tempfile.mkdtemp()) / name, small=False, device="cpu")
+    runs = await measure("transformers", name, source, seconds, size=(112, 84), sample=sample)
+    sums = {memory: summary(run, seconds, sample) for memory, run in runs.items()}
+    rows = [row("transformers", name, memory, s) for memory, s in sums.items()]
+    growth = sums["on"]["late"]["prompt"] / sums["on"]["early"]["prompt"]
+    walls = ", ".join(f"memory {m} {r.wall_s:.0f} s" for m, r in runs.items())
+    return f"""<!-- bench:memory-real -->
+### The same at full size: {name}, random weights, on this CPU
+
+Measured by `benchmarks/memory.py --real {name}` on {time.strftime('%Y-%m-%d')}, {machine()}:
+the stream above ({seconds} s, {TOKENS} answer tokens a window, frames of 112x84) on a checkpoint
+with the real architecture and sizes of {name} (scripts/gpu_bench_models.py; speed does not
+depend on the weights' values), float32 on the CPU. Medians over the {sample} windows around
+second {max(0, seconds // 5 - sample // 2) + sample // 2} and the last {sample}; the prompt
+grows {growth:.1f}x.
+
+| engine | checkpoint | memory | prompt tokens | computed tokens | cache hits | first delta (ms) | late / early: computed, latency |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Wall time: {walls}.
+<!-- /bench:memory-real -->"""
+
+
+def write(block: str, name: str = "memory") -> None:
+    write_block(name, block)
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=100)
     parser.add_argument("--engines", nargs="+", default=["transformers", "vllm"])
+    parser.add_argument("--real", metavar="MODEL", default=None,
+                        help="a full-size random-weight checkpoint instead (qwen2-vl-2b): "
+                             "transformers on this CPU, small frames; minutes a window")
     args = parser.parse_args()
-    write(asyncio.run(main(args.seconds, args.engines)))
+    if args.real:
+        write(asyncio.run(real(args.real, args.seconds)), "memory-real")
+    else:
+        write(asyncio.run(main(args.seconds, args.engines)))

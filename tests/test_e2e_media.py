@@ -34,10 +34,10 @@ async def test_a_word_per_second_is_read_in_order_in_its_window(
 async def test_speech_is_transcribed_one_response_per_utterance(
         embedded: Address, tmp_path: Path) -> None:
     wav = flite_wav(tmp_path / "speech.wav", SENTENCE)  # 8 kHz: resampled on the way
-    # the transcript follows the utterance's end by the decode, more on a loaded machine
-    # (docs/performance.md, "Talking sessions"): wait up to 5 s for it
+    # the transcript follows the utterance's end by the decode, which runs at nice 10: on a
+    # machine busy with other work, seconds later (docs/performance.md, "Talking sessions")
     replies, stats = await stream_file(str(wav), embedded.realtime, handlers=["speech"],
-                                       idle_s=5)
+                                       idle_s=20, expect=1)
     assert stats.audio_s == pytest.approx(read_wav(wav)[0].size / 8000, abs=0.05)
     assert len(replies) == 1, replies
     heard = set(replies[0].text.lower().split())
