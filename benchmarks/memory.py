@@ -279,7 +279,11 @@ grows {growth:.1f}x.
 |---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Wall time: {walls}.
+The latency a window takes at this size is the model's compute on the tokens it computes, which
+the session's cache keeps flat: the work that grows with the prompt (attention over a longer
+cache, the bookkeeping above) is small beside it. Memory on computes more each window than
+memory off: a window adds its frame's time and the last exchange to the timeline, beside the
+frame. Wall time: {walls}.
 <!-- /bench:memory-real -->"""
 
 
