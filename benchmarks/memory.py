@@ -253,37 +253,44 @@ async def main(seconds: int, engines: list[str]) -> str:
     return section(rows, seconds, walls, statistics.median(growth))
 
 
-async def real(name: str, seconds: int, sample: int = 5) -> str:
+async def real(name: str, seconds: int, engines: list[str], sample: int = 5) -> str:
     """The same stream on a full-size random-weight checkpoint (scripts/gpu_bench_models.py)
-    on this CPU, transformers, with small frames (112x84: 12 vision tokens each) so that a
-    window takes seconds: the compute of a real model beside the same growth of context."""
+    on this CPU, with small frames (112x84: 12 vision tokens each) so that a window takes
+    seconds: the compute of a real model beside the same growth of context."""
     from scripts.gpu_bench_models import build as build_real
 
     source = build_real(name, Path(tempfile.mkdtemp()) / name, small=False, device="cpu")
-    runs = await measure("transformers", name, source, seconds, size=(112, 84), sample=sample)
-    sums = {memory: summary(run, seconds, sample) for memory, run in runs.items()}
-    rows = [row("transformers", name, memory, s) for memory, s in sums.items()]
-    growth = sums["on"]["late"]["prompt"] / sums["on"]["early"]["prompt"]
-    walls = ", ".join(f"memory {m} {r.wall_s:.0f} s" for m, r in runs.items())
+    rows, walls, growth = [], [], []
+    for engine in engines:
+        runs = await measure(engine, name, source, seconds, size=(112, 84), sample=sample)
+        for memory, run in runs.items():
+            s = summary(run, seconds, sample)
+            rows.append(row(engine, name, memory, s))
+            walls.append(f"{engine} memory {memory} {run.wall_s:.0f} s")
+            if memory == "on":
+                growth.append(s["late"]["prompt"] / s["early"]["prompt"])
+    walls_text, growth_x = ", ".join(walls), statistics.median(growth)
     return f"""<!-- bench:memory-real -->
 ### The same at full size: {name}, random weights, on this CPU
 
 Measured by `benchmarks/memory.py --real {name}` on {time.strftime('%Y-%m-%d')}, {machine()}:
 the stream above ({seconds} s, {TOKENS} answer tokens a window, frames of 112x84) on a checkpoint
 with the real architecture and sizes of {name} (scripts/gpu_bench_models.py; speed does not
-depend on the weights' values), float32 on the CPU. Medians over the {sample} windows around
+depend on the weights' values), on this CPU. Medians over the {sample} windows around
 second {max(0, seconds // 5 - sample // 2) + sample // 2} and the last {sample}; the prompt
-grows {growth:.1f}x.
+grows {growth_x:.1f}x.
 
 | engine | checkpoint | memory | prompt tokens | computed tokens | cache hits | first delta (ms) | late / early: computed, latency |
 |---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-The latency a window takes at this size is the model's compute on the tokens it computes, which
-the session's cache keeps flat: the work that grows with the prompt (attention over a longer
-cache, the bookkeeping above) is small beside it. Memory on computes more each window than
-memory off: a window adds its frame's time and the last exchange to the timeline, beside the
-frame. Wall time: {walls}.
+The tokens computed stay flat: the caches serve the rest. What still grows is the work no cache
+saves: each new token attends to every one before it (on transformers, the cache is also copied
+as it grows, and the keys of grouped heads repeated). A cut (`memory.max_tokens`) bounds it: past the budget, the cost per second
+stays between what the retention ratio keeps and the whole budget. Memory on computes more
+each window than memory off: a window adds its frame's time and the last exchange to the
+timeline, beside the frame (and vLLM caches whole blocks of 128 tokens). Wall time:
+{walls_text}.
 <!-- /bench:memory-real -->"""
 
 
@@ -296,10 +303,10 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=int, default=100)
     parser.add_argument("--engines", nargs="+", default=["transformers", "vllm"])
     parser.add_argument("--real", metavar="MODEL", default=None,
-                        help="a full-size random-weight checkpoint instead (qwen2-vl-2b): "
-                             "transformers on this CPU, small frames; minutes a window")
+                        help="a full-size random-weight checkpoint instead (qwen2-vl-2b), on "
+                             "this CPU with small frames: seconds a window, minutes a run")
     args = parser.parse_args()
     if args.real:
-        write(asyncio.run(real(args.real, args.seconds)), "memory-real")
+        write(asyncio.run(real(args.real, args.seconds, args.engines)), "memory-real")
     else:
         write(asyncio.run(main(args.seconds, args.engines)))
