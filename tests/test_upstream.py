@@ -108,7 +108,10 @@ def upstream_model(up: Upstream, tokens: int = TOKENS, **options: object) -> Mod
 @pytest.fixture(scope="module")
 def served(upstream: Upstream) -> Iterator[Address]:
     config = Config(models={"up": upstream_model(upstream),
-                            "slow": upstream_model(upstream, tokens=2000)})
+                            # about as long as the context (4096) allows: still running
+                            # when the cancel test looks (with 2000, one run found none
+                            # running 10 s after the first delta)
+                            "slow": upstream_model(upstream, tokens=3800)})
     with ServerThread(Runtime.build(config, get_plugin_manager())) as address:
         yield address
 
@@ -228,14 +231,16 @@ async def _running(upstream: Upstream, wanted: float, within_s: float = 20.0) ->
 
 async def test_cancel_ends_the_upstream_request(upstream: Upstream, served: Address) -> None:
     client = await Client.connect(f"{served.ws}/v1/realtime?model=slow")
-    await _first_delta(client)
-    assert await _running(upstream, 1, 10) == 1
-    await client.send({"type": "response.cancel"})
-    got = await client.until("response.done", timeout=30)
-    assert got[-1]["response"]["status"] == "cancelled"
-    # 2000 tokens would take the upstream far longer: the closed stream aborted it
-    assert await _running(upstream, 0) == 0
-    await client.close()
+    try:
+        await _first_delta(client)
+        assert await _running(upstream, 1, 10) == 1
+        await client.send({"type": "response.cancel"})
+        got = await client.until("response.done", timeout=30)
+        assert got[-1]["response"]["status"] == "cancelled"
+        # 3800 tokens would take the upstream far longer: the closed stream aborted it
+        assert await _running(upstream, 0) == 0
+    finally:
+        await client.close()
 
 
 async def test_an_upstream_that_dies_mid_answer_is_an_error_event(
