@@ -3,7 +3,7 @@ docs/plugin-hooks.md; tests/test_plugin_api.py holds plugins/ and examples/ to i
 
 from agent import long_audio
 from agent.adapters import AdapterGate, requested_adapter
-from agent.audio import wav_bytes
+from agent.audio import float_to_pcm16, wav_bytes
 from agent.config import (
     Config,
     HandlerConfig,
@@ -75,7 +75,7 @@ from agent.server_tools import ServerTool, ToolContext, ToolResult
 from agent.timeline import Timeline, content_key, frame_key
 from agent.toolcalls import detect_format
 from agent.vad import Segmenter, Utterance, load_vad
-from agent.voice import Voice
+from agent.voice import Voice, chunked
 
 __all__ = [
     "AdapterGate",
@@ -107,6 +107,8 @@ __all__ = [
     "check_options",
     "requested_adapter",
     "wav_bytes",
+    "float_to_pcm16",
+    "chunked",
     "Prompt",
     "Prompter",
     "Pool",

@@ -36,6 +36,11 @@ def pcm16_to_float(raw: bytes, channels: int = 1) -> Audio:
     return samples
 
 
+def float_to_pcm16(audio: Audio) -> bytes:
+    """Float samples (clipped to [-1, 1]) -> PCM16 little-endian bytes."""
+    return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
 class AudioConverter:
     """Streams one session's audio to 16 kHz without clicks at chunk boundaries."""
 

@@ -209,9 +209,15 @@ async def say(text: str, speech: Speech) -> list[AudioChunk]:
     """``text`` spoken, in pieces of at most ``CHUNK_S``; the first carries ``text`` as its
     transcript (one with no sound when the voice said nothing)."""
     pcm = await asyncio.get_running_loop().run_in_executor(_SYNTH, render, text, speech)
-    step = 2 * max(1, int(speech.rate * CHUNK_S))
-    return [AudioChunk(pcm[i:i + step], speech.rate, text if i == 0 else "")
-            for i in range(0, max(len(pcm), 1), step)]
+    return chunked(pcm, speech.rate, text)
+
+
+def chunked(pcm16: bytes, rate: int, transcript: str) -> list[AudioChunk]:
+    """Speech in pieces of at most ``CHUNK_S`` (one wire event each), the first carrying
+    ``transcript`` (one with no sound when there is none)."""
+    step = 2 * max(1, int(rate * CHUNK_S))
+    return [AudioChunk(pcm16[i:i + step], rate, transcript if i == 0 else "")
+            for i in range(0, max(len(pcm16), 1), step)]
 
 
 async def speak(parts: AsyncIterator[str | Part], speech: Speech) -> AsyncIterator[Part]:

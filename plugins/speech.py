@@ -21,7 +21,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field
 
 from agent import (
@@ -39,6 +38,7 @@ from agent import (
     TextDelta,
     Utterance,
     Window,
+    float_to_pcm16,
     hookimpl,
     load_vad,
 )
@@ -109,7 +109,7 @@ class PocketSphinxEngine(Engine):
     async def stream(self, request: ModelRequest) -> AsyncGenerator[Part, None]:
         if request.audio is None or not request.audio.size:
             return
-        pcm = (np.clip(request.audio, -1, 1) * 32767).astype("<i2").tobytes()
+        pcm = float_to_pcm16(request.audio)
         decoding = self._decoding(pcm)
         try:
             words = await asyncio.shield(decoding)

@@ -40,7 +40,7 @@ from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_args
 from plugins.hf.kv_reuse import Reuse, SessionCaches
 from plugins.hf.partial_inputs import Pieces, partial_inputs
 from plugins.hf.quantize import load_kwargs
-from plugins.hf.streaming import counting_streamer, cut
+from plugins.hf.streaming import counting_streamer, cut, usage
 from plugins.hf.talker import Talker
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ class TransformersEngine(ThreadedEngine):
             stream.close()
             if self.tokens_generated == before:
                 self.tokens_generated += pieces
-        yield _usage(None, self.tokens_generated - before, options["max_new_tokens"],
+        yield usage(None, self.tokens_generated - before, options["max_new_tokens"],
                      "stop" if stopped else "abort" if aborted else None)
 
     def _generate(self, request: ModelRequest, options: dict[str, Any],
@@ -308,7 +308,7 @@ class TransformersEngine(ThreadedEngine):
                 stopped = yield from cut(pieces, stops)
         finally:
             pieces.close()
-        yield _usage(prompt, self.tokens_generated - before, options["max_new_tokens"],
+        yield usage(prompt, self.tokens_generated - before, options["max_new_tokens"],
                      "stop" if stopped else "abort" if cancelled.is_set() else None,
                      None if reuse is None else reuse.cached)
 
@@ -382,12 +382,3 @@ class TransformersEngine(ThreadedEngine):
             thread.join()
         if failure:
             raise failure[0]
-
-
-def _usage(prompt: int | None, generated: int, limit: int, ended: str | None,
-           cached: int | None = None) -> Usage:
-    """``ended``: ``stop`` (a stop string), ``abort`` (cancelled), or ``None`` (the limit or
-    the model's end, told apart by the count); ``cached``: prompt tokens from the session's
-    cache (``None``: no cache for this call)."""
-    return Usage(prompt_tokens=prompt, completion_tokens=generated, cached_tokens=cached,
-                 finish_reason=ended or ("length" if generated >= limit else "stop"))

@@ -122,12 +122,10 @@ def partial_inputs(processor: Any, text: str, kwargs: Mapping[str, Any],
     if len(known) < len(images):
         data.update(processor.image_processor(images[len(known):], **merged["images_kwargs"]))
         grid = torch.cat([known.to(data["image_grid_thw"].dtype), data["image_grid_thw"]])
-    said: dict[tuple[int, ...], str] = {}  # the processor's own placeholder, once a size
-    for row in grid.tolist():
-        if tuple(row) not in said:
-            said[tuple(row)] = processor.replace_image_token({"image_grid_thw": [
-                torch.tensor(row)]}, 0)
-    replacements = [said[tuple(row)] for row in grid.tolist()]
+    rows = [tuple(row) for row in grid.tolist()]
+    said = {row: processor.replace_image_token({"image_grid_thw": [torch.tensor(row)]}, 0)
+            for row in set(rows)}  # the processor's own placeholder, once a size
+    replacements = [said[row] for row in rows]
     expanded, _ = processor.get_text_with_replacements([text], replacements)
     text_kwargs = dict(merged["text_kwargs"])
     types = text_kwargs.pop("return_mm_token_type_ids", False)

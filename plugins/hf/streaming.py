@@ -1,10 +1,12 @@
-"""The transformers engine's text out: a streamer that counts the tokens it passes on, and the
-cut at a family's stop text."""
+"""The transformers engine's text out: a streamer that counts the tokens it passes on, the
+cut at a family's stop text, and a call's ``Usage``."""
 
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 from typing import Any
+
+from agent import Usage
 
 
 def counting_streamer(engine: Any, tokenizer: Any, timeout_s: float,
@@ -39,3 +41,12 @@ def cut(pieces: Iterator[str], stops: tuple[str, ...]) -> Generator[str, None, b
     if held:
         yield held
     return False
+
+
+def usage(prompt: int | None, generated: int, limit: int, ended: str | None,
+          cached: int | None = None) -> Usage:
+    """``ended``: ``stop`` (a stop string), ``abort`` (cancelled), or ``None`` (the limit or
+    the model's end, told apart by the count); ``cached``: prompt tokens from the session's
+    cache (``None``: no cache for this call)."""
+    return Usage(prompt_tokens=prompt, completion_tokens=generated, cached_tokens=cached,
+                 finish_reason=ended or ("length" if generated >= limit else "stop"))

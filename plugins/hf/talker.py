@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from agent import AudioChunk, ConfigError, Family, ModelRequest, Usage
+from agent import AudioChunk, ConfigError, Family, ModelRequest, Usage, chunked, float_to_pcm16
+from plugins.hf.streaming import usage
 
 if TYPE_CHECKING:
     from plugins.hf.engine import TransformersEngine
@@ -29,8 +30,6 @@ SYSTEM = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Gro
           "perceiving auditory and visual inputs, as well as generating text and speech.")
 """The system prompt Qwen2.5-Omni's model card requires for speech out; a session's own
 instructions follow it."""
-CHUNK_S = 0.5
-"""Speech is passed on in pieces of this many seconds (one wire event each)."""
 
 
 class Talker:
@@ -56,37 +55,25 @@ class Talker:
         """The answer spoken as ``request.voice``: its audio first (the first piece carries
         the words), then its text, then its ``Usage``. ``max_s`` bounds the speech (the
         talker's tokens)."""
-        import numpy as np
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
-                return cancelled.is_set()
 
         # the whole prompt each time: the talker's generate() takes no session cache
         inputs = engine.full_inputs(replace(request, instructions="\n\n".join(
             filter(None, (SYSTEM, request.instructions)))))
         prompt = int(inputs["input_ids"].shape[1])
-        thinker = {f"thinker_{k}": v for k, v in options.items() if k != "stopping_criteria"}
+        thinker = {f"thinker_{k}": v for k, v in options.items()}  # the cancel check too
         codes = max(1, int(max_s * self.rate / self.samples_per_code))
         with torch.inference_mode():
             sequences, wave = self.whole.generate(
                 **inputs, **thinker, speaker=request.voice, return_audio=True,
-                thinker_stopping_criteria=StoppingCriteriaList([Cancelled()]),
-                talker_stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                talker_stopping_criteria=options["stopping_criteria"],
                 talker_max_new_tokens=codes, talker_eos_token_id=self.ends)
         if cancelled.is_set():
             return
         answer = sequences[0, prompt:]
         engine.tokens_generated += int(answer.numel())
         text = str(engine.tokenizer.decode(answer, skip_special_tokens=True)).strip()
-        samples = wave.reshape(-1).float().clamp(-1, 1).cpu().numpy()
-        pcm = (samples * 32767).astype(np.int16).tobytes()
-        step = 2 * int(self.rate * CHUNK_S)
-        for i in range(0, max(len(pcm), 1), step):
-            yield AudioChunk(pcm[i:i + step], self.rate, text if i == 0 else "")
+        yield from chunked(float_to_pcm16(wave.reshape(-1).float().cpu().numpy()), self.rate,
+                           text)
         yield text
-        yield Usage(prompt_tokens=prompt, completion_tokens=int(answer.numel()),
-                    finish_reason="length" if answer.numel() >= options["max_new_tokens"]
-                    else "stop")
+        yield usage(prompt, int(answer.numel()), options["max_new_tokens"], None)

@@ -18,7 +18,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agent import AUDIO_RATE, RGB, Audio, ModelRequest, fit, messages, subsample, wav_bytes
+from agent import (
+    AUDIO_RATE,
+    RGB,
+    Audio,
+    ModelRequest,
+    fit,
+    float_to_pcm16,
+    messages,
+    subsample,
+    wav_bytes,
+)
 
 Messages = list[dict[str, Any]]
 
@@ -35,8 +45,7 @@ def image_part(image: RGB, max_pixels: int) -> dict[str, Any]:
 
 def audio_part(audio: Audio) -> dict[str, Any]:
     """16 kHz mono float samples as a 16-bit WAV ``input_audio`` part."""
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-    wav = wav_bytes(pcm, AUDIO_RATE)
+    wav = wav_bytes(float_to_pcm16(audio), AUDIO_RATE)
     return {"type": "input_audio",
             "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}}
 
