@@ -66,7 +66,7 @@ async def check(family: str, source: str, engine_kind: str, dtype: str,
             "load_s": load_s, "device": name, "runs": results}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", required=True)
     parser.add_argument("--source", required=True)
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     result = asyncio.run(check(args.family, args.source, args.engine, args.dtype, args.device))
     text = json.dumps(result, indent=2)
     print(text)

@@ -14,6 +14,7 @@ that matches their torch and need no patch.
 from __future__ import annotations
 
 import importlib.util
+import py_compile
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,7 @@ def main() -> int:
         text = text.replace('@torch.library.register_fake("torchvision::',
                             '@_register_fake("torchvision::')
         path.write_text(text)
+        py_compile.compile(str(path), doraise=True)  # its bytecode, as compileall made the rest
     if not imports():
         print(f"patched {path}, but torchvision still does not import", file=sys.stderr)
         return 1

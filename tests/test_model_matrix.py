@@ -43,7 +43,7 @@ class Arch:
 
 
 ARCHS = {
-    "qwen2-vl": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
+    "qwen2-vl": Arch(frozenset({IMAGE, VIDEO}), (TRF,)),  # vLLM: tests/test_vllm.py's server
     "qwen2.5-vl": Arch(frozenset({IMAGE, VIDEO}), (TRF, VLLM)),
     "qwen2-audio": Arch(frozenset({AUDIO}), (TRF, VLLM)),
     "qwen2.5-omni": Arch(frozenset({IMAGE, VIDEO, AUDIO}), (TRF,)),  # vLLM: as Qwen3-Omni
@@ -290,68 +290,53 @@ async def test_chat_completions_with_the_openai_sdk(served: Served, media: str,
     await client.close()
 
 
-def _serve(args: list[str]) -> Any:
-    import os
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "agent.cli", "serve", "--port", "0", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def _endpoint(proc: Any) -> str:
-    """The realtime URL `streamagent serve` prints (after vLLM's own start-up lines)."""
-    for line in proc.stdout:
-        if "realtime endpoint:" in line:
-            return str(line.split("realtime endpoint:")[1].strip())
-    raise AssertionError(f"streamagent serve printed no realtime endpoint: {proc.stderr.read()}")
-
-
 @pytest.mark.parametrize("engine_kind", [TRF, VLLM])
 def test_an_architecture_the_project_never_names_serves_with_zero_code(
         engine_kind: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     """`streamagent serve --source DIR` on a LLaVA-1.5 checkpoint: no family, no builder, no
-    code path in the project names it."""
+    code path in the project names it. (The command's own config, served in this process:
+    test_transformers runs the command with these flags.)"""
     import json
 
     import websockets.sync.client as ws_client
 
+    from agent.cli import with_flag_model
     from tests.unnamed import build_llava
 
     source = tmp_path_factory.getbasetemp() / "llava"
     if not (source / "config.json").exists():
         build_llava(source)
-    with _serve(["--source", str(source), "--engine", engine_kind]) as proc:
-        try:
-            with ws_client.connect(_endpoint(proc), max_size=None) as ws:
-                session = json.loads(ws.recv())["session"]
-                assert session["streamagent"]["handlers"] == ["describe"]
-                ws.send(json.dumps(image_event(data_url(jpeg_bytes("x")), text="what?")))
-                # a short answer (the model's own limit is 128 tokens: seconds on a CPU)
-                ws.send(json.dumps({"type": "response.create",
-                                    "response": {"max_output_tokens": 8}}))
-                deltas = 0
-                while (event := json.loads(ws.recv(timeout=120)))["type"] != "response.done":
-                    assert event["type"] != "error", event
-                    deltas += event["type"] == "response.output_text.delta"
-                assert event["response"]["status"] in ("completed", "incomplete") and deltas
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    config = with_flag_model(Config(), ModelConfig(engine=engine_kind, source=str(source)), None)
+    with (ServerThread(Runtime.build(config, get_plugin_manager())) as address,
+          ws_client.connect(address.realtime, max_size=None) as ws):
+        session = json.loads(ws.recv())["session"]
+        assert session["streamagent"]["handlers"] == ["describe"]
+        ws.send(json.dumps(image_event(data_url(jpeg_bytes("x")), text="what?")))
+        # a short answer (the model's own limit is 128 tokens: seconds on a CPU)
+        ws.send(json.dumps({"type": "response.create", "response": {"max_output_tokens": 8}}))
+        deltas = 0
+        while (event := json.loads(ws.recv(timeout=120)))["type"] != "response.done":
+            assert event["type"] != "error", event
+            deltas += event["type"] == "response.output_text.delta"
+        assert event["response"]["status"] in ("completed", "incomplete") and deltas
 
 
 def test_a_handler_for_input_the_model_lacks_fails_at_start_up(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+        tmp_path_factory: pytest.TempPathFactory, root_logging: None) -> None:
+    """`streamagent serve` (its click command, in this process) exits 1 with the reason."""
+    from click.testing import CliRunner
+
+    from agent.cli import main
     from tests.unnamed import build_llava
 
     source = tmp_path_factory.getbasetemp() / "llava"
     if not (source / "config.json").exists():
         build_llava(source)
-    with _serve(["--source", str(source), "--handlers", "describe,listen"]) as proc:
-        _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in err
-    assert "handler 'listen' needs audio input, but model 'default-model' takes image" in err
+    out = CliRunner().invoke(main, ["serve", "--port", "0", "--source", str(source),
+                                    "--handlers", "describe,listen"])
+    assert out.exit_code == 1 and "Traceback" not in out.output, out.output
+    assert "handler 'listen' needs audio input, but model 'default-model' takes image" in \
+        out.output
 
 
 async def test_a_family_plugin_fixes_what_the_generic_path_cannot(

@@ -47,7 +47,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(tiny: Path) -> Iterator[ServerThread]:
     """The model has no handlers of its own, so chat completions talk to it directly; realtime
     sessions get the default profile: describe and video on it."""
-    model = ModelConfig(engine="vllm", family="qwen2-vl", source=str(tiny),
+    model = ModelConfig(engine="vllm", source=str(tiny),  # no family: learned
                         options={"max_num_seqs": 16, "enable_prefix_caching": True},
                         generation=GenerationConfig(max_new_tokens=TOKENS, min_new_tokens=TOKENS))
     live = ProfileConfig(handlers=["describe", "video"],
@@ -80,6 +80,13 @@ async def test_question_streams_deltas_then_done(served: Any) -> None:
     assert got[-1]["response"]["status"] == "incomplete" and texts(got)
     assert engine(runtime).tokens_generated - before == 2 * TOKENS  # describe + video
     await client.close()
+
+
+def test_modalities_are_learned_from_the_checkpoint(served: Any) -> None:
+    """(The model matrix serves every other architecture on vLLM this way; Qwen2-VL's is this
+    module's server.)"""
+    tiny = engine(served[1])
+    assert tiny.config.family is None and tiny.modalities == {"image", "video"}
 
 
 async def test_live_video_gets_a_response_per_window(served: Any, tmp_path: Path) -> None:
