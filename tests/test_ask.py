@@ -1,20 +1,22 @@
 """``streamagent ask FILE... QUESTION``: one answer about files, with no server, as a person
-types it: the embedded models on a picture, a recording and a video with its sound; a tiny
-real checkpoint with ``--source``; a clear error for what it cannot read."""
+types it (its click command, in this process; test_install runs the installed command): the
+embedded models on a picture, a recording and a video with its sound; a tiny real checkpoint
+with ``--source``; a clear error for what it cannot read."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from agent.cli import main
 from agent.testing import jpeg_bytes
 from agent.tiny import build
 from tests.media import flite_wav, read_wav, word_video
 
-CLI = [sys.executable, "-m", "agent.cli", "ask"]
 SENTENCE = "hello world. this is a test of speech recognition"
 KEYWORDS = {"hello", "world", "test", "speech", "recognition"}
 
@@ -24,8 +26,22 @@ def heard(answer: str) -> bool:
     return len(KEYWORDS & set(answer.lower().replace('"', " ").split())) >= 3
 
 
-def ask(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def ask(*args: str) -> Done:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # as the root_logging fixture
+    try:
+        out = CliRunner().invoke(main, ["ask", *args])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return Done(out.exit_code, out.stdout, out.stderr)
 
 
 @pytest.mark.slow
@@ -61,9 +77,9 @@ def test_source_runs_a_tiny_checkpoint(tmp_path: Path) -> None:
 def test_what_it_cannot_read_is_one_clear_line(tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not media")
-    out = ask(str(notes), "what?", timeout=60)
+    out = ask(str(notes), "what?")
     assert out.returncode == 1
     assert "notes.txt" in out.stderr and "neither a picture" in out.stderr
     assert "Traceback" not in out.stderr
-    out = ask("what?", str(notes), timeout=60)  # the question last
+    out = ask("what?", str(notes))  # the question last
     assert out.returncode == 2 and "the question comes last" in out.stderr
