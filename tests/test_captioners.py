@@ -163,7 +163,7 @@ async def test_a_live_describe_is_a_caption(served: Served, tmp_path: Path) -> N
     video = word_video(tmp_path / "v.mp4", ["ONE", "TWO"])
     first = len(served.inputs)
     replies, _ = await stream_file(str(video), served.address.realtime, handlers=["describe"],
-                                   send_fps=5, idle_s=2)
+                                   send_fps=5, idle_s=2, speed=4, expect=2)
     assert_windows_told(replies, "describe", [(0, 1000), (1000, 2000)])
     assert all(r.status in ("completed", "incomplete") for r in replies)
     live = served.inputs[first:]

@@ -194,7 +194,7 @@ async def test_realtime_audio_an_utterance_from_listen(served: Served,
     # 3.5 s of speech, within the session's audio burst: sent at 50x (its media timestamps
     # keep its timing), so the test waits for the model, not for the clock
     replies, _ = await stream_file(str(wav), served.address.realtime, handlers=["listen"],
-                                   idle_s=2, speed=50)
+                                   idle_s=2, speed=50, expect=1)
     assert [r.handler for r in replies] == ["listen"]
     assert replies[0].status in ("completed", "incomplete")
     served.generated(before)

@@ -102,7 +102,7 @@ async def test_live_video_gets_a_response_per_window(family: Any, tmp_path: Path
     name, address, _ = family
     video = word_video(tmp_path / "v.mp4", ["ONE", "TWO", "THREE"])
     replies, _ = await stream_file(str(video), address.realtime, handlers=["describe"],
-                                   send_fps=5, idle_s=2)
+                                   send_fps=5, idle_s=2, speed=4, expect=3)
     assert_windows_told(replies, "describe", [(0, 1000), (1000, 2000), (2000, 3000)])
     assert all(r.status == "incomplete" and r.text for r in replies)
 
