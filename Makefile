@@ -36,6 +36,7 @@ bench: setup  ## measure ingest CPU, added latency, session memory and live-sess
 	$(PY) -m benchmarks.engines_bench
 	$(PY) -m benchmarks.memory
 	$(PY) -m benchmarks.memory --real qwen2-vl-2b --seconds 64
+	$(PY) -m benchmarks.attention
 	$(PY) -m benchmarks.memory_long
 	$(PY) -m benchmarks.loop_lag --sessions 16
 	$(PY) -m benchmarks.burst --sessions 48 64

@@ -22,6 +22,7 @@ from agent.engine import Entry, ModelRequest
 from agent.parts import Usage
 from agent.timeline import stamp
 from agent.tiny import build
+from plugins.hf.attention import GROUPED_SDPA
 from plugins.hf.engine import TransformersEngine
 from plugins.hf.inputs import processor_args, processor_inputs
 from plugins.hf.kv_reuse import Reuse, SessionCaches
@@ -117,6 +118,9 @@ def test_a_growing_timeline_answers_as_computed_afresh(engine: TransformersEngin
                in zip(cached, cached[1:], strict=False)), cached
     assert reuse.cached > cached[-1][1] - 20  # all but the question
     assert "pixel_values" not in reuse.inputs  # every picture came from the cache
+    # through plugins/hf/attention.py: grouped heads unrepeated, a cache appended in place
+    assert engine.model.config._attn_implementation == GROUPED_SDPA
+    assert all(hasattr(layer, "room") for layer in reuse.inputs["past_key_values"].layers)
 
 
 def test_only_the_pictures_past_the_cache_are_prepared(engine: TransformersEngine) -> None:

@@ -35,6 +35,7 @@ from agent import (
     learn_modalities,
     requested_adapter,
 )
+from plugins.hf.attention import use_grouped_sdpa
 from plugins.hf.constrain import schema_processor
 from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_args
 from plugins.hf.kv_reuse import Reuse, SessionCaches
@@ -136,6 +137,7 @@ class TransformersEngine(ThreadedEngine):
         self.model.eval()
         if "device_map" not in kwargs:  # a quantized model is placed as it loads
             self.model.to(cfg.device)
+        use_grouped_sdpa(self.model)  # plugins/hf/attention.py
         self._load_adapters()
         if self.family.chat is not None:
             self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import ModelRequest, content_key
+from plugins.hf.attention import growing_layer
 from plugins.hf.positions import extended_positions, full_positions, prefix_positions
 
 MROPE = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl"})
@@ -221,7 +222,8 @@ def reusable(model: Any, inputs: Mapping[str, Any], options: Mapping[str, Any]) 
 
 
 def fresh_cache(model: Any) -> Any:
-    """An empty cache for ``model`` whose every layer can be cropped; ``None``: one has a
+    """An empty cache for ``model`` whose every layer can be cropped, each a ``GrowingLayer``
+    (plugins/hf/attention.py: it appends without copying what it holds); ``None``: one has a
     sliding window or linear attention."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
@@ -229,6 +231,7 @@ def fresh_cache(model: Any) -> Any:
     cache = DynamicCache(config=model.config)
     if any(type(layer) is not DynamicLayer for layer in cache.layers):
         return None
+    cache.layers = [growing_layer() for _ in cache.layers]
     return cache
 
 
@@ -304,6 +307,7 @@ def first_past(spans: tuple[Span, ...], reused: int) -> int:
 
 
 def cache_bytes(cache: Any) -> int:
-    """Bytes a cache's keys and values take."""
-    return sum(int(t.numel()) * t.element_size() for layer in cache.layers
-               for t in (layer.keys, layer.values) if t is not None)
+    """Bytes a cache's keys and values take (a ``GrowingLayer``'s room included)."""
+    return sum(layer.nbytes() if hasattr(layer, "nbytes") else
+               sum(int(t.numel()) * t.element_size() for t in (layer.keys, layer.values)
+                   if t is not None) for layer in cache.layers)
