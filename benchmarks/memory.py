@@ -230,8 +230,9 @@ measure. Where the memory-off rows hold flat, the growth of the memory-on latenc
 a tiny model it is work that grows with the prompt's length, not its computed tokens. On
 transformers our input preparation is nearly flat now (only the new pictures are prepared and
 only the new messages tokenized, plugins/hf/partial_inputs.py): what grows is `generate()` over
-a longer cache, its attention, the copy of the cache it appends to and of the keys it repeats
-for grouped heads, which a model of real size spends beside a prefill the cache keeps flat. On vLLM, its input path tokenizes the
+a longer cache, mostly its attention, each new token attending to every one before it
+(transformers' own path also copied the whole cache at every step and repeated the keys of
+grouped heads; plugins/hf/attention.py does neither: the table after the next). On vLLM, its input path tokenizes the
 whole prompt and places each picture's tokens at each call (a profile at 100 frames: tokenizing
 about a quarter of it, placing pictures an eighth). Wall time per stream: {", ".join(walls)}.
 <!-- /bench:memory -->"""
@@ -285,8 +286,8 @@ grows {growth_x:.1f}x.
 {chr(10).join(rows)}
 
 The tokens computed stay flat: the caches serve the rest. What still grows is the work no cache
-saves: each new token attends to every one before it (on transformers, the cache is also copied
-as it grows, and the keys of grouped heads repeated). A cut (`memory.max_tokens`) bounds it: past the budget, the cost per second
+saves: each new token attends to every one before it (on transformers, plugins/hf/attention.py
+keeps the rest from growing: the next table). A cut (`memory.max_tokens`) bounds it: past the budget, the cost per second
 stays between what the retention ratio keeps and the whole budget. Memory on computes more
 each window than memory off: a window adds its frame's time and the last exchange to the
 timeline, beside the frame (and vLLM caches whole blocks of 128 tokens). Wall time:
