@@ -35,7 +35,9 @@ bench: setup  ## measure ingest CPU, added latency, session memory and live-sess
 	$(PY) -m benchmarks.node_loss
 	$(PY) -m benchmarks.engines_bench
 	$(PY) -m benchmarks.memory
+	$(PY) -m benchmarks.memory_paired
 	$(PY) -m benchmarks.memory --real qwen2-vl-2b --seconds 64
+	$(PY) -m benchmarks.memory_paired --real qwen2-vl-2b
 	$(PY) -m benchmarks.attention
 	$(PY) -m benchmarks.memory_long
 	$(PY) -m benchmarks.loop_lag --sessions 16

@@ -19,6 +19,7 @@ import base64
 import contextlib
 import json
 import re
+import shutil
 import statistics
 import tempfile
 import time
@@ -232,7 +233,7 @@ transformers our input preparation is nearly flat now (only the new pictures are
 only the new messages tokenized, plugins/hf/partial_inputs.py): what grows is `generate()` over
 a longer cache, mostly its attention, each new token attending to every one before it
 (transformers' own path also copied the whole cache at every step and repeated the keys of
-grouped heads; plugins/hf/attention.py does neither: the table after the next). On vLLM, its input path tokenizes the
+grouped heads; plugins/hf/attention.py does neither: its table, below). On vLLM, its input path tokenizes the
 whole prompt and places each picture's tokens at each call (a profile at 100 frames: tokenizing
 about a quarter of it, placing pictures an eighth). Wall time per stream: {", ".join(walls)}.
 <!-- /bench:memory -->"""
@@ -260,10 +261,16 @@ async def real(name: str, seconds: int, engines: list[str], sample: int = 5) -> 
     seconds: the compute of a real model beside the same growth of context."""
     from scripts.gpu_bench_models import build as build_real
 
-    source = build_real(name, Path(tempfile.mkdtemp()) / name, small=False, device="cpu")
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        source = build_real(name, tmp / name, small=False, device="cpu")
+        runs_of = {engine: await measure(engine, name, source, seconds, size=(112, 84),
+                                         sample=sample) for engine in engines}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # its weights: 8 GB for qwen2-vl-2b
     rows, walls, growth = [], [], []
     for engine in engines:
-        runs = await measure(engine, name, source, seconds, size=(112, 84), sample=sample)
+        runs = runs_of[engine]
         for memory, run in runs.items():
             s = summary(run, seconds, sample)
             rows.append(row(engine, name, memory, s))
@@ -287,7 +294,7 @@ grows {growth_x:.1f}x.
 
 The tokens computed stay flat: the caches serve the rest. What still grows is the work no cache
 saves: each new token attends to every one before it (on transformers, plugins/hf/attention.py
-keeps the rest from growing: the next table). A cut (`memory.max_tokens`) bounds it: past the budget, the cost per second
+keeps the rest from growing: its table, below). A cut (`memory.max_tokens`) bounds it: past the budget, the cost per second
 stays between what the retention ratio keeps and the whole budget. Memory on computes more
 each window than memory off: a window adds its frame's time and the last exchange to the
 timeline, beside the frame (and vLLM caches whole blocks of 128 tokens). Wall time:

@@ -312,7 +312,7 @@ def token_ids(engine: Any, request: ModelRequest) -> list[int]:
 @pytest.mark.slow
 async def test_vllm_serves_each_second_from_its_prefix_cache(sources: dict[str, str]) -> None:
     """vLLM's own count of cached prompt tokens, as the client reads it: each live second's
-    prompt finds the one before it cached (whole 128-token blocks on CPU), so the tokens
+    prompt finds the one before it cached (whole blocks: 32 tokens on a CPU), so the tokens
     computed stay flat while the prompt grows; a chat completions request that repeats
     another reports its cached tokens too."""
     import httpx
@@ -335,7 +335,8 @@ async def test_vllm_serves_each_second_from_its_prefix_cache(sources: dict[str, 
     prompt = [r["usage"]["input_tokens"] for r in done]
     cached = [r["usage"]["input_token_details"]["cached_tokens"] for r in done]
     assert prompt[-1] > 4 * prompt[0] and cached[-1] >= prompt[-1] - 200, (prompt, cached)
-    assert all(c % 128 == 0 for c in cached) and cached[0] == 0
-    assert max(p - c for p, c in zip(prompt[3:], cached[3:], strict=True)) < 200
+    assert all(c % 32 == 0 for c in cached) and cached[0] == 0
+    computed = [p - c for p, c in zip(prompt[3:], cached[3:], strict=True)]
+    assert max(computed) < 128, computed  # under one of vLLM's default blocks on a CPU
     assert usage[0]["prompt_tokens_details"]["cached_tokens"] == 0
-    assert usage[1]["prompt_tokens_details"]["cached_tokens"] >= 128
+    assert usage[1]["prompt_tokens_details"]["cached_tokens"] >= 32

@@ -164,13 +164,13 @@ def test_vllm_prompt_lists_tools_and_renders_tool_turns(qwen3_vl: Path) -> None:
 
 @pytest.mark.slow
 def test_vllm_structured_outputs_are_compact_xgrammar_unless_configured() -> None:
-    from plugins.vllm_engine import _structured
+    from plugins.vllm_engine import structured
 
-    ours = _structured("m", None)
+    ours = structured("m", None)
     assert (ours.backend, ours.disable_any_whitespace) == ("xgrammar", True)
-    assert _structured("m", {"backend": "guidance"}).backend == "guidance"
+    assert structured("m", {"backend": "guidance"}).backend == "guidance"
     with pytest.raises(ConfigError, match="model 'm': bad structured_outputs_config"):
-        _structured("m", {"backend": "auto"})  # vLLM: no compact JSON under "auto"
+        structured("m", {"backend": "auto"})  # vLLM: no compact JSON under "auto"
 
 
 def test_going_on_from_a_function_output_asks_nothing_new() -> None:
