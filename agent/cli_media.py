@@ -43,9 +43,13 @@ def pacing_options(speed_help: str, sample_help: str) -> Callable[[F], F]:
               "server's].")
 @click.option("--idle", type=float, default=3.0, show_default=True,
               help="Seconds without news after the end before quitting.")
+@click.option("--expect", type=click.IntRange(min=1), default=None,
+              help="Responses expected: once that many are in after the end, quit 1 s after "
+                   "the last news (--idle then only bounds a wait with none).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per response.")
 def stream(path: str, url: str, api_key: str | None, speed: float, send_fps: float,
-           sample_fps: float, handlers: str | None, idle: float, as_json: bool) -> None:
+           sample_fps: float, handlers: str | None, idle: float, expect: int | None,
+           as_json: bool) -> None:
     """Stream a video or audio file (mp4, webm, avi, wav, ...) and print each response with
     its window of media time and its handler."""
     from dataclasses import asdict
@@ -62,7 +66,8 @@ def stream(path: str, url: str, api_key: str | None, speed: float, send_fps: flo
     try:
         _, stats = asyncio.run(stream_file(
             path, url, speed=speed, send_fps=send_fps, sample_fps=sample_fps, handlers=names,
-            api_key=api_key or os.environ.get("OPENAI_API_KEY"), idle_s=idle, on_reply=show))
+            api_key=api_key or os.environ.get("OPENAI_API_KEY"), idle_s=idle, expect=expect,
+            on_reply=show))
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"sent {stats.frames} frames and {stats.audio_s:.1f} s of audio"

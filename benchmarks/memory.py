@@ -217,7 +217,7 @@ alone, as before. Media time runs faster than the clock (the next frame goes whe
 before it is answered), so {seconds} s of stream stand for the issue's 5 minutes: figures are
 medians over the {SAMPLE} windows around second {early} (→) and the last {SAMPLE}, when the
 prompt is {growth:.1f}x longer. "Computed": prompt tokens minus those the engine served from its prefix cache
-(vLLM's automatic prefix caching, blocks of 128 tokens on CPU; transformers: the session's KV
+(vLLM's automatic prefix caching, in blocks of 32 tokens on a CPU; transformers: the session's KV
 cache kept from its call before, plugins/hf/kv_reuse.py, matched token by token). Latency:
 from the window's close to its first text delta.
 
@@ -297,7 +297,7 @@ saves: each new token attends to every one before it (on transformers, plugins/h
 keeps the rest from growing: its table, below). A cut (`memory.max_tokens`) bounds it: past the budget, the cost per second
 stays between what the retention ratio keeps and the whole budget. Memory on computes more
 each window than memory off: a window adds its frame's time and the last exchange to the
-timeline, beside the frame (and vLLM caches whole blocks of 128 tokens). Wall time:
+timeline, beside the frame (and vLLM caches whole blocks, of 32 tokens on a CPU). Wall time:
 {walls_text}.
 <!-- /bench:memory-real -->"""
 

@@ -63,9 +63,12 @@ async def call(engine: Any, timeline: Timeline, session: str, t: int,
 
 
 async def pair(kind: str, source: Path, seconds: tuple[int, int], calls: int,
-               size: tuple[int, int]) -> tuple[Run, Run]:
-    """``calls`` calls of each session, alternating, after each one's warm-up."""
-    config = model(kind, source).model_copy(update={"handlers": []})
+               size: tuple[int, int], **options: Any) -> tuple[Run, Run]:
+    """``calls`` calls of each session, alternating, after each one's warm-up; ``options``:
+    the model's, beside the benchmark's."""
+    config = model(kind, source)
+    config = config.model_copy(update={"handlers": [],
+                                       "options": {**config.options, **options}})
     registry = collect(get_plugin_manager())
     engine = build_engines({"m": config}, registry.engines, registry.families)["m"]
     await engine.start()
@@ -104,10 +107,14 @@ async def _main(tmp: Path, real: str | None, engines: list[str], calls: int) -> 
     rows = []
     for kind in engines:
         for name, source in sources.items():
-            early, late = await pair(kind, source, seconds, calls, size)
-            rows.append(row(kind, name, "on", {"early": at(early, 1, calls),
-                                               "late": at(late, 1, calls)}))
-            print(rows[-1], flush=True)
+            # vLLM on a CPU: the engine's blocks of 32 tokens, and vLLM's own 128
+            for block in (None, 128) if kind == "vllm" and real else (None,):
+                options = {} if block is None else {"block_size": block}
+                early, late = await pair(kind, source, seconds, calls, size, **options)
+                label = name if block is None else f"{name}, blocks of {block}"
+                rows.append(row(kind, label, "on", {"early": at(early, 1, calls),
+                                                    "late": at(late, 1, calls)}))
+                print(rows[-1], flush=True)
     what = (f"{real} (random weights, the real sizes; frames of 112x84)" if real else
             "the tiny checkpoints of the table above (frames of 320x240)")
     return f"""<!-- bench:memory-paired{'-real' if real else ''} -->
