@@ -77,7 +77,7 @@ $(STAMP): pyproject.toml Makefile constraints-cpu.txt
 	$(PY) -m pip install -qq --no-deps 'openai-agents==0.24.0' 'griffelib>=2'
 	@# (as pip does, files this Python cannot compile are left: torch ships 3.12-only tests)
 	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null 2>&1 || true
-	@# after compileall: its two imports of torchvision then read bytecode (9 s before, 2 s after)
+	@# after compileall: its imports of torchvision then read bytecode, not compile torch in memory
 	$(PY) scripts/patch_torchvision.py
 	touch $(STAMP) $(RUN_STAMP)
 
