@@ -53,8 +53,10 @@ from agent import (
 from plugins.vllm_engine.options import ENGINE_OPTIONS, VllmOptions, structured
 
 log = logging.getLogger(__name__)
+
+
 class VllmEngine(Engine):
-    """Options: the vLLM engine arguments above, ``lora: {name: path}`` adapters served beside
+    """Options: vLLM's engine arguments (options.py), ``lora: {name: path}`` adapters served beside
     the base model (a request picks one with option ``lora``; ``default_lora`` applies to all),
     ``max_pixels`` (frame budget). ``output_schema`` is enforced by vLLM's structured outputs."""
 
@@ -114,13 +116,14 @@ class VllmEngine(Engine):
         os.environ.setdefault("DO_NOT_TRACK", "1")
         opts = {k: v for k, v in self.config.options.items() if k in ENGINE_OPTIONS}
         opts.setdefault("enforce_eager", cpu)
+        opts.setdefault("enable_prefix_caching", True)  # sessions' timelines extend a prompt
         if cpu:  # its engine process imports this: what CPU torch lacks (plugins/vllm_cpu.py)
             opts.setdefault("worker_extension_cls", "plugins.vllm_cpu.CpuWorkerExtension")
-        opts.setdefault("enable_prefix_caching", True)  # sessions' timelines extend a prompt
-        if cpu:  # vLLM caches whole blocks (128 tokens on a CPU): a window computes 40% fewer
-            opts.setdefault("block_size", 32)  # tokens and answers 30% sooner (performance.md)
+            # vLLM caches whole blocks, 128 tokens on a CPU: with 32, a live window computes
+            # 40% fewer tokens and answers 30% sooner (docs/performance.md)
+            opts.setdefault("block_size", 32)
         opts["structured_outputs_config"] = structured(self.name,
-                                                        opts.get("structured_outputs_config"))
+                                                       opts.get("structured_outputs_config"))
         if self.config.dtype != "auto":
             opts.setdefault("dtype", self.config.dtype)
         if opts.get("quantization") == "nf4":  # the transformers engine's name for it
