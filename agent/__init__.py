@@ -73,6 +73,7 @@ from agent.pool import LocalPool, Pool
 from agent.prompts import Prompt, Prompter
 from agent.server_tools import ServerTool, ToolContext, ToolResult
 from agent.timeline import Timeline, content_key, frame_key
+from agent.token_pieces import TokenPieces
 from agent.toolcalls import detect_format
 from agent.vad import Segmenter, Utterance, load_vad
 from agent.voice import Voice, chunked
@@ -124,6 +125,7 @@ __all__ = [
     "TextDelta",
     "ThreadedEngine",
     "Timeline",
+    "TokenPieces",
     "ToolCallDelta",
     "ToolContext",
     "ToolOutput",

@@ -97,7 +97,9 @@ def config(name: str, tok: Any, small: bool) -> Any:
 
 
 def build(name: str, out: Path, small: bool, device: str) -> Path:
-    """Write a random-weight checkpoint of ``name`` to ``out`` (bfloat16 on CUDA)."""
+    """Write a random-weight checkpoint of ``name`` to ``out``: in bfloat16, as the real one
+    ships (a CPU engine loading it with ``dtype: auto`` then runs what its users run), except a
+    ``small`` one on a CPU (float32, for the tests)."""
     import torch
     from transformers import (
         GenerationConfig,
@@ -115,7 +117,7 @@ def build(name: str, out: Path, small: bool, device: str) -> Path:
     torch.manual_seed(0)
     model_cls: Any = (Qwen2_5_VLForConditionalGeneration if family == "qwen2.5-vl"
                       else Qwen2VLForConditionalGeneration)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = torch.float32 if small and not device.startswith("cuda") else torch.bfloat16
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

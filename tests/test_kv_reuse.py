@@ -21,12 +21,13 @@ from agent.config import GenerationConfig, ModelConfig
 from agent.engine import Entry, ModelRequest
 from agent.parts import Usage
 from agent.timeline import stamp
+from agent.token_pieces import TokenPieces
 from agent.tiny import build
 from plugins.hf.attention import GROUPED_SDPA
 from plugins.hf.engine import TransformersEngine
 from plugins.hf.inputs import processor_args, processor_inputs
 from plugins.hf.kv_reuse import Reuse, SessionCaches
-from plugins.hf.partial_inputs import Pieces, partial_inputs
+from plugins.hf.partial_inputs import partial_inputs
 from plugins.hf.positions import full_positions, prefix_positions
 
 pytestmark = pytest.mark.slow
@@ -159,7 +160,7 @@ def test_a_prompt_is_tokenized_piece_by_piece(engine: TransformersEngine) -> Non
         batches.append(list(texts))
         return engine.tokenizer(texts, **kwargs)
 
-    pieces, new, held = Pieces(tokenizer), [], []
+    pieces, new, held = TokenPieces(tokenizer), [], []
     for seconds in range(1, len(FRAMES) + 1):
         text, kwargs = processor_args(engine.processor, timeline(FRAMES[:seconds]),
                                       engine.family, engine.modalities or frozenset(),

