@@ -21,8 +21,8 @@ from agent.config import GenerationConfig, ModelConfig
 from agent.engine import Entry, ModelRequest
 from agent.parts import Usage
 from agent.timeline import stamp
-from agent.token_pieces import TokenPieces
 from agent.tiny import build
+from agent.token_pieces import TokenPieces
 from plugins.hf.attention import GROUPED_SDPA
 from plugins.hf.engine import TransformersEngine
 from plugins.hf.inputs import processor_args, processor_inputs
