@@ -285,8 +285,8 @@ async def real(name: str, seconds: int, engines: list[str], sample: int = 5) -> 
 
 Measured by `benchmarks/memory.py --real {name}` on {time.strftime('%Y-%m-%d')}, {machine()}:
 the stream above ({seconds} s, {TOKENS} answer tokens a window, frames of 112x84) on a checkpoint
-with the real architecture and sizes of {name} (scripts/gpu_bench_models.py; speed does not
-depend on the weights' values), on this CPU. Medians over the {sample} windows around
+with the real architecture and sizes of {name}, in bfloat16 as the real one ships
+(scripts/gpu_bench_models.py; speed does not depend on the weights' values), on this CPU. Medians over the {sample} windows around
 second {max(0, seconds // 5 - sample // 2) + sample // 2} and the last {sample}; the prompt
 grows {growth_x:.1f}x.
 

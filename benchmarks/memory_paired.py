@@ -115,7 +115,7 @@ async def _main(tmp: Path, real: str | None, engines: list[str], calls: int) -> 
                 rows.append(row(kind, label, "on", {"early": at(early, 1, calls),
                                                     "late": at(late, 1, calls)}))
                 print(rows[-1], flush=True)
-    what = (f"{real} (random weights, the real sizes; frames of 112x84)" if real else
+    what = (f"{real} (random weights, the real sizes, in bfloat16 as the real one ships; frames of 112x84)" if real else
             "the tiny checkpoints of the table above (frames of 320x240)")
     return f"""<!-- bench:memory-paired{'-real' if real else ''} -->
 ### Minute 1 and minute 5 side by side{', at full size' if real else ''}
