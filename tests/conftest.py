@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,20 @@ def embedded() -> Iterator[Address]:
     runtime = Runtime.build(Config(), get_plugin_manager())
     with ServerThread(runtime) as address:
         yield address
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vllm_engines_fork() -> Iterator[None]:
+    """vLLM's engine processes forked from a server that imported vLLM once (tests/vllm_fork.py),
+    in workers that collected vLLM's tests (a worker that never imported vLLM is left as is)."""
+    if "vllm" not in sys.modules:
+        yield
+        return
+    from tests.vllm_fork import fork_engines
+
+    with pytest.MonkeyPatch.context() as patch:
+        fork_engines(patch)
+        yield
 
 
 @pytest.fixture
