@@ -24,7 +24,8 @@ KEYWORDS = {"hello", "world", "test", "speech", "recognition"}
 async def test_a_word_per_second_is_read_in_order_in_its_window(
         embedded: Address, tmp_path: Path) -> None:
     video = word_video(tmp_path / "words.mp4", WORDS)  # H.264 + AAC
-    replies, stats = await stream_file(str(video), embedded.realtime, handlers=["text_in_view"])
+    replies, stats = await stream_file(str(video), embedded.realtime, handlers=["text_in_view"],
+                                       expect=len(WORDS))
     assert stats.frames == 50 and not stats.errors
     read = [(r.text.strip(), r.start_ms, r.end_ms) for r in replies]
     assert read == [(w, i * 1000, (i + 1) * 1000) for i, w in enumerate(WORDS)]
@@ -49,7 +50,8 @@ async def test_speech_is_transcribed_one_response_per_utterance(
 @pytest.mark.parametrize("ext", ["webm", "avi"])  # VP8/Opus, MJPEG/PCM
 async def test_other_containers(embedded: Address, tmp_path: Path, ext: str) -> None:
     video = word_video(tmp_path / f"words.{ext}", WORDS[:2])
-    replies, _ = await stream_file(str(video), embedded.realtime, handlers=["text_in_view"])
+    replies, _ = await stream_file(str(video), embedded.realtime, handlers=["text_in_view"],
+                                   expect=2)
     assert [r.text.strip() for r in replies] == WORDS[:2]
 
 
