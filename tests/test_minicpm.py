@@ -241,7 +241,8 @@ async def test_minicpm_o_hears_an_utterance_from_listen(server: Any, tmp_path: P
     seconds = samples.size / rate
     # within the session's audio burst: sent at 50x, timed by its media timestamps
     replies, _ = await stream_file(str(wav), f"{address.ws}/v1/realtime?model=o",
-                                   handlers=["listen"], idle_s=2, speed=50)
+                                   handlers=["listen"], idle_s=2, speed=50,
+                                   expect=1)
     assert [r.handler for r in replies] == ["listen"]
     assert replies[0].status == "incomplete"  # min_new_tokens == max_new_tokens
     assert replies[0].text
@@ -307,7 +308,8 @@ async def test_a_40_s_utterance_reaches_the_model_whole(long_server: Any, name: 
         seen = record_audio_frames(m)
     wav = long_speech(tmp_path / "long.wav", 40)
     replies, _ = await stream_file(str(wav), f"{address.ws}/v1/realtime?model={name}",
-                                   handlers=["listen"], idle_s=2, speed=50)
+                                   handlers=["listen"], idle_s=2, speed=50,
+                                   expect=1)
     assert [r.status for r in replies] == ["incomplete"]  # min_new_tokens == max_new_tokens
     if name == "qa":
         assert seen == [2]  # two clips of 20 s in one request (one clip would cut it at 30 s)
