@@ -123,7 +123,7 @@ class VllmEngine(Engine):
         if cpu:  # its engine process imports this: what CPU torch lacks (plugins/vllm_cpu.py)
             opts.setdefault("worker_extension_cls", "plugins.vllm_cpu.CpuWorkerExtension")
             # vLLM caches whole blocks, 128 tokens on a CPU: with 32, a live window computes
-            # 40% fewer tokens and answers 30% sooner (docs/performance.md)
+            # about 40% fewer tokens and answers sooner (docs/performance.md, side by side)
             opts.setdefault("block_size", 32)
         opts["structured_outputs_config"] = structured(self.name,
                                                        opts.get("structured_outputs_config"))
